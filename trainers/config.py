@@ -1,0 +1,180 @@
+"""Typed configuration of a training run: frozen dataclasses, one per section, defaults only here.
+
+``pipeline.config.load_config(Config, path, overrides)`` builds a :class:`Config` from YAML plus
+dotted overrides (``plan.k=5``) and reports every problem at once; each ``validate()`` here returns
+the problems of its own section as ``"field: message"`` strings.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Literal
+
+from rewards.config import RewardSpec
+
+PLAN_NAMES = ("draft", "draft_k", "draft_lv", "drtune", "refl", "alignprop")
+
+
+def _positive(name: str, value: float, minimum: float = 1) -> list[str]:
+    return [] if value >= minimum else [f"{name}: must be >= {minimum}, got {value!r}"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelConfig:
+    """Which diffusion model to tune and how to run it."""
+
+    family: Literal["sd"] = "sd"  # model family: sd = Stable Diffusion 1.x / 2.x
+    path: str = "pipeline/assets/toy_sd"  # diffusers pipeline folder, or a hub id when online
+    dtype: Literal["fp32", "bf16", "fp16"] = "fp32"  # frozen weights' precision; trained weights stay fp32
+    device: str = "auto"  # "auto" (cuda if present, else cpu), "cpu", "cuda", "cuda:1", ...
+    resolution: int | None = None  # image side in px; None = the UNet's native size
+    unet_checkpointing: bool = False  # activation checkpointing inside the UNet (less memory, ~1.5x time)
+    vae_checkpointing: bool = False  # activation checkpointing inside the VAE decoder
+    step_checkpointing: bool = True  # recompute each trained sampling step in backward (memory flat in K)
+
+    def validate(self) -> list[str]:
+        ok = self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda")
+        problems = [] if ok else [f"device: expected 'auto', 'cpu' or 'cuda[:N]', got {self.device!r}"]
+        if self.resolution is not None and (self.resolution < 8 or self.resolution % 8):
+            problems.append(f"resolution: must be a multiple of 8 and >= 8, got {self.resolution}")
+        return problems
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainableConfig:
+    """Which parameters are trained: LoRA adapters on the UNet attention projections, or the full UNet."""
+
+    kind: Literal["lora", "full"] = "lora"  # lora = peft adapters; full = every UNet weight
+    rank: int = 4  # LoRA rank r
+    alpha: float = 4.0  # LoRA alpha; the update is scaled by alpha / r
+    target_modules: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")  # UNet module names given adapters
+    init: Literal["zeros", "gaussian"] = "zeros"  # zeros: B = 0, so the tuned model starts as the base
+    dropout: float = 0.0  # LoRA dropout probability
+
+    def validate(self) -> list[str]:
+        problems = _positive("rank", self.rank)
+        problems += [] if self.alpha > 0 else [f"alpha: must be > 0, got {self.alpha}"]
+        problems += [] if 0 <= self.dropout < 1 else [f"dropout: must be in [0, 1), got {self.dropout}"]
+        problems += [] if self.target_modules else ["target_modules: must name at least one module"]
+        return problems
+
+
+@dataclass(frozen=True, kw_only=True)
+class SamplerConfig:
+    """The DDIM sampler used for training and evaluation."""
+
+    num_steps: int = 20  # T, DDIM sampling steps
+    guidance_scale: float = 7.5  # classifier-free guidance w (<= 1 turns guidance off)
+    eta: float = 0.0  # DDIM stochasticity: 0 deterministic, 1 DDPM-like
+
+    def validate(self) -> list[str]:
+        problems = _positive("num_steps", self.num_steps)
+        problems += [] if 0 <= self.eta <= 1 else [f"eta: must be in [0, 1], got {self.eta}"]
+        problems += [] if self.guidance_scale >= 0 else [f"guidance_scale: must be >= 0, got {self.guidance_scale}"]
+        return problems
+
+
+@dataclass(frozen=True, kw_only=True)
+class PlanConfig:
+    """The gradient plan, i.e. the algorithm (see trainers/grad_plan.py)."""
+
+    name: Literal["draft", "draft_k", "draft_lv", "drtune", "refl", "alignprop"] = "drtune"
+    k: int = 1  # trained steps: last k (draft_k) or spread over the chain (drtune)
+    lv_copies: int = 2  # draft_lv: n re-noised copies of the final latent
+    early_stop: int = 0  # m: stop at a step drawn from the last m (drtune: 0 = off; refl: required)
+
+    def validate(self) -> list[str]:
+        problems = _positive("k", self.k) + _positive("lv_copies", self.lv_copies)
+        problems += _positive("early_stop", self.early_stop, 0)
+        if self.name == "refl" and self.early_stop < 1:
+            problems.append("early_stop: refl draws its stop step from the last m steps; set early_stop >= 1")
+        return problems
+
+
+@dataclass(frozen=True, kw_only=True)
+class OptimConfig:
+    """AdamW with linear warm-up and gradient-norm clipping."""
+
+    lr: float = 1e-4  # peak learning rate
+    betas: tuple[float, float] = (0.9, 0.999)  # Adam betas
+    weight_decay: float = 0.01  # decoupled weight decay
+    eps: float = 1e-8  # Adam epsilon
+    warmup_steps: int = 0  # linear warm-up from 0 to lr over this many steps
+    grad_clip: float = 1.0  # max global grad norm; 0 = no clipping
+
+    def validate(self) -> list[str]:
+        problems = [] if self.lr > 0 else [f"lr: must be > 0, got {self.lr}"]
+        problems += [] if all(0 <= b < 1 for b in self.betas) else [f"betas: each must be in [0, 1), got {list(self.betas)}"]
+        problems += _positive("warmup_steps", self.warmup_steps, 0) + _positive("grad_clip", self.grad_clip, 0)
+        return problems
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataConfig:
+    """Where prompts come from."""
+
+    prompts: str | None = None  # .txt (one per line) or .jsonl ({"prompt": ...}); None = built-in list
+    eval_prompts: str | None = None  # held-out prompts, same formats; None = built-in held-out list
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvalConfig:
+    """Held-out evaluation: base vs tuned on fixed noise, with rewards not used for training."""
+
+    every: int = 50  # evaluate every this many steps (and at the start and end); 0 = start and end only
+    images_per_prompt: int = 2  # samples per held-out prompt
+    max_prompts: int = 8  # at most this many held-out prompts
+    seed: int = 1234  # noise seed, fixed so evaluations are comparable
+    rewards: list[RewardSpec] = field(default_factory=list)  # extra rewards scored but not trained on
+
+    def validate(self) -> list[str]:
+        return _positive("every", self.every, 0) + _positive("images_per_prompt", self.images_per_prompt) \
+            + _positive("max_prompts", self.max_prompts)
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    """Loop length, batch, checkpoints and the run folder."""
+
+    steps: int = 100  # optimiser steps
+    batch_size: int = 2  # prompts per step (per worker)
+    seed: int = 0  # seeds prompt order, initial noise and plan draws
+    checkpoint_every: int = 50  # save a resumable checkpoint every this many steps (and at the end)
+    output_dir: str = "runs"  # run folders are created under here
+    run_name: str | None = None  # folder name; None = derived from plan and seed
+    resume: bool = True  # continue from the run folder's latest checkpoint if there is one
+    max_bad_steps: int = 5  # consecutive non-finite losses before aborting
+
+    def validate(self) -> list[str]:
+        return _positive("steps", self.steps) + _positive("batch_size", self.batch_size) \
+            + _positive("checkpoint_every", self.checkpoint_every) + _positive("max_bad_steps", self.max_bad_steps)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Config:
+    """A whole training run."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    trainable: TrainableConfig = field(default_factory=TrainableConfig)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    plan: PlanConfig = field(default_factory=PlanConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    rewards: list[RewardSpec] = field(default_factory=lambda: [RewardSpec(name="brightness")])  # trained reward: weighted sum
+    data: DataConfig = field(default_factory=DataConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def validate(self) -> list[str]:
+        """Cross-section checks: the plan must fit in the sampler's steps."""
+        problems, steps, plan = [], self.sampler.num_steps, self.plan
+        if plan.name in ("draft_k", "drtune") and plan.k > steps - plan.early_stop:
+            problems.append(f"plan.k: {plan.name} trains k={plan.k} of the {steps - plan.early_stop} steps "
+                            f"it runs (sampler.num_steps={steps}, plan.early_stop={plan.early_stop}); lower k")
+        if plan.early_stop >= steps:
+            problems.append(f"plan.early_stop: must be < sampler.num_steps={steps}, got {plan.early_stop}")
+        if not self.rewards:
+            problems.append("rewards: list at least one reward to train on")
+        if not math.isfinite(self.optim.lr):
+            problems.append(f"optim.lr: must be finite, got {self.optim.lr}")
+        return problems

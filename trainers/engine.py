@@ -1,0 +1,139 @@
+"""The one sampling engine: a differentiable DDIM loop driven by a gradient plan.
+
+``sample`` runs T DDIM steps from ``x_T`` with classifier-free guidance. At step ``i`` the plan's
+:class:`~trainers.grad_plan.StepFlags` decide whether the denoiser call carries parameter gradients,
+whether it sees ``sg(x_t)``, whether ``x_t`` keeps its graph, and whether sampling stops with the
+one-step prediction ``x0_hat``. A trained step is checkpointed as a whole (both CFG branches) when
+``step_checkpointing`` is on: only its input latent is kept and the UNet is re-run during backward,
+so memory grows by one latent per trained step rather than by one UNet's activations.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch.utils.checkpoint import checkpoint
+
+from trainers.ddim import DDIMSchedule, add_noise, ddim_step, predict_x0
+from trainers.grad_plan import StepFlags
+from trainers.models import Conditioning, DiffusionModel
+
+
+@dataclass
+class Trajectory:
+    """What one sampling run produced.
+
+    Attributes:
+        finals: Final latents, each ``(B, C, h, w)``: the sample, then DRaFT-LV's re-noised copies.
+        flags: The plan's flags for the steps that ran.
+        grad_calls: Number of denoiser calls that carried parameter gradients.
+    """
+
+    finals: list[torch.Tensor]
+    flags: list[StepFlags]
+    grad_calls: int
+
+
+def guided_output(model: DiffusionModel, x_t: torch.Tensor, t: torch.Tensor, cond: Conditioning,
+                  uncond: Conditioning | None, guidance: float) -> torch.Tensor:
+    """Classifier-free guided denoiser output ``u + w (c - u)``, shape ``(B, C, h, w)``.
+
+    Both branches run in one batched call, unconditional first, as diffusers does. With
+    ``uncond=None`` (guidance off) it is the conditional output alone.
+    """
+    x_in = x_t.to(model.dtype)
+    if uncond is None:
+        return model.family.denoise(model, x_in, t, cond).to(x_t.dtype)
+    out = model.family.denoise(model, torch.cat([x_in, x_in]), t, Conditioning.cat([uncond, cond]))
+    out_uncond, out_cond = out.to(x_t.dtype).chunk(2)
+    return out_uncond + guidance * (out_cond - out_uncond)
+
+
+def _step_noise(x: torch.Tensor, eta: float, gen: torch.Generator | None) -> torch.Tensor | None:
+    """Fresh ``z ~ N(0, I)`` of ``x``'s shape and dtype when ``eta > 0``, drawn as diffusers' ``randn_tensor`` does."""
+    if eta <= 0:
+        return None
+    device = gen.device if gen is not None else x.device
+    return torch.randn(x.shape, generator=gen, device=device, dtype=x.dtype).to(x.device)
+
+
+class _Denoise:
+    """Guided output at one timestep, as a function of the latent only (for checkpointing)."""
+
+    def __init__(self, model, t, cond, uncond, guidance):
+        self.model, self.t, self.cond, self.uncond, self.guidance = model, t, cond, uncond, guidance
+
+    def __call__(self, x_t: torch.Tensor) -> torch.Tensor:
+        return guided_output(self.model, x_t, self.t, self.cond, self.uncond, self.guidance)
+
+
+def _call_denoiser(fn: _Denoise, x_t: torch.Tensor, flags: StepFlags, step_checkpointing: bool) -> torch.Tensor:
+    """Run the denoiser as the flags say: no graph, or a (checkpointed) graph."""
+    x_in = x_t.detach() if flags.detach_input else x_t
+    if not flags.grad:
+        with torch.no_grad():
+            return fn(x_in)
+    if step_checkpointing:
+        return checkpoint(fn, x_in, use_reentrant=False)
+    return fn(x_in)
+
+
+def sample(model: DiffusionModel, cond: Conditioning, uncond: Conditioning | None, x_T: torch.Tensor,
+           schedule: DDIMSchedule, flags: list[StepFlags], *, guidance: float, eta: float = 0.0,
+           gen: torch.Generator | None = None, refine_copies: int = 0,
+           step_checkpointing: bool = True) -> Trajectory:
+    """Sample latents from ``x_T`` following a gradient plan.
+
+    Args:
+        model: The diffusion model; its ``denoiser`` holds the trainable parameters.
+        cond: Prompt conditioning, batch ``B``.
+        uncond: Empty-prompt conditioning of batch ``B``, or None to disable guidance.
+        x_T: Initial noise, shape ``(B, C, h, w)``, float32.
+        schedule: DDIM timesteps and alpha-bars (``len(schedule) == T``).
+        flags: One :class:`StepFlags` per step that runs (``len(flags) <= T``).
+        guidance: CFG weight w.
+        eta: DDIM stochasticity; ``eta > 0`` draws noise from ``gen`` at every step.
+        gen: Random generator for DDIM noise and DRaFT-LV re-noising.
+        refine_copies: DRaFT-LV's n: re-noise ``sg(x0)`` to the last timestep n times and denoise
+            each once more with gradient.
+        step_checkpointing: Recompute trained steps during backward instead of storing activations.
+
+    Returns:
+        A :class:`Trajectory` whose ``finals[0]`` is ``x0`` (``(B, C, h, w)``).
+    """
+    x, grad_calls, last = x_T, 0, len(schedule) - 1
+    for i, f in enumerate(flags):
+        t = schedule.timesteps[i].to(model.device)
+        x = x if f.chain else x.detach()
+        out = _call_denoiser(_Denoise(model, t, cond, uncond, guidance), x, f, step_checkpointing)
+        grad_calls += f.grad
+        if f.stop:
+            return Trajectory([predict_x0(out, x, schedule, i)], flags, grad_calls)
+        x = ddim_step(out, x, schedule, i, eta, _step_noise(x, eta, gen))
+    finals = [x]
+    t_last = schedule.timesteps[last].to(model.device)
+    for _ in range(refine_copies):
+        noise = _step_noise(x, 1.0, gen)
+        x1 = add_noise(x.detach(), noise, schedule.abar[last])
+        out = _call_denoiser(_Denoise(model, t_last, cond, uncond, guidance), x1, StepFlags(grad=True),
+                             step_checkpointing)
+        finals.append(ddim_step(out, x1, schedule, last, eta, _step_noise(x1, eta, gen)))
+        grad_calls += 1
+    return Trajectory(finals, flags, grad_calls)
+
+
+def no_grad_flags(num_steps: int) -> list[StepFlags]:
+    """Flags for plain sampling: no step carries gradient."""
+    return [StepFlags(grad=False) for _ in range(num_steps)]
+
+
+@torch.no_grad()
+def generate(model: DiffusionModel, prompts: list[str], x_T: torch.Tensor, schedule: DDIMSchedule, *,
+             guidance: float, eta: float = 0.0, gen: torch.Generator | None = None) -> torch.Tensor:
+    """Images ``(B, 3, H, W)`` in [0, 1] for ``prompts`` from noise ``x_T``, with no gradients."""
+    cond = model.family.encode_prompts(model, prompts)
+    uncond = model.family.encode_prompts(model, [""] * len(prompts)) if guidance > 1 else None
+    traj = sample(model, cond, uncond, x_T, schedule, no_grad_flags(len(schedule)), guidance=guidance, eta=eta,
+                  gen=gen)
+    return model.family.decode(model, traj.finals[0])

@@ -1,0 +1,126 @@
+"""Gradient plans: which sampling steps carry gradient, and how.
+
+Every gradient-based reward-tuning method in this project is the same sampler with a different
+*plan* (ALGORITHMS.md §4). For each of the T sampling steps ``i = 0 .. T-1`` (0 is the noisiest) a
+plan gives :class:`StepFlags`:
+
+* ``grad``: the denoiser call carries parameter gradients (otherwise its output is a constant);
+* ``detach_input``: the denoiser sees ``sg(x_t)`` (DRTune), so gradient reaches earlier steps only
+  along the sampler's linear skip path ``x_prev = a_t x_t + b_t eps_hat``;
+* ``chain``: the latent ``x_t`` entering the step keeps its graph (otherwise it is detached);
+* ``stop``: sampling stops after this step's denoiser call, with the one-step prediction
+  ``x0_hat`` as the final latent (ReFL, DRTune early stop).
+
+With paper step numbers ``t = T - i`` (t = 1 is the last step):
+
+=============  ======================================================================
+DRaFT          all steps grad and chain (full backprop through the sampler)
+DRaFT-K        last K steps grad and chain; the first T-K run without a graph
+DRaFT-LV       DRaFT-1, then n copies ``x_1 = add_noise(sg(x0), t_last)`` denoised again with grad
+DRTune         K steps ``o + j*floor(L/K)`` (random offset o), every input detached, chain on,
+               optional early stop at ``t_min ~ U{1..m}``; L is the number of steps run
+ReFL           stop at ``t_min ~ U{1..m}``; only that step has grad; no chain
+AlignProp      chain everywhere; step i has grad iff ``i >= c_i``, ``c_i ~ U{0..T-1}`` drawn per step
+=============  ======================================================================
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class StepFlags:
+    """How one sampling step is differentiated (see module docstring)."""
+
+    grad: bool
+    detach_input: bool = False
+    chain: bool = False
+    stop: bool = False
+
+
+def _randint(low: int, high: int, gen: torch.Generator | None) -> int:
+    """Uniform integer in ``[low, high]`` (inclusive) from ``gen``."""
+    return int(torch.randint(low, high + 1, (), generator=gen))
+
+
+@dataclass(frozen=True)
+class Draft:
+    """DRaFT (Clark et al., 2024): backpropagate through the whole sampling chain."""
+
+    refine_copies: int = 0
+
+    def flags(self, num_steps: int, gen: torch.Generator | None = None) -> list[StepFlags]:
+        return [StepFlags(grad=True, chain=True) for _ in range(num_steps)]
+
+
+@dataclass(frozen=True)
+class DraftK:
+    """DRaFT-K: gradients through the last ``k`` steps only; DRaFT-LV when ``refine_copies > 0``.
+
+    Attributes:
+        k: Number of trained steps at the end of the chain.
+        refine_copies: DRaFT-LV's n: re-noised copies of the final latent denoised again with grad.
+    """
+
+    k: int = 1
+    refine_copies: int = 0
+
+    def flags(self, num_steps: int, gen: torch.Generator | None = None) -> list[StepFlags]:
+        first = num_steps - self.k
+        return [StepFlags(grad=i >= first, chain=i >= first) for i in range(num_steps)]
+
+
+@dataclass(frozen=True)
+class DRTune:
+    """DRTune (Wu et al., 2024): K equally spaced trained steps, stop-gradient on every denoiser input.
+
+    Attributes:
+        k: Number of trained steps.
+        early_stop: m; stop at a step drawn from the last m (0 = run all steps).
+    """
+
+    k: int = 5
+    early_stop: int = 0
+    refine_copies: int = 0
+
+    def flags(self, num_steps: int, gen: torch.Generator | None = None) -> list[StepFlags]:
+        stop = num_steps - _randint(1, self.early_stop, gen) if self.early_stop else num_steps - 1
+        run = stop + 1
+        stride = run // self.k
+        offset = _randint(0, stride - 1, gen)
+        trained = {offset + j * stride for j in range(self.k)}
+        return [StepFlags(grad=i in trained, detach_input=True, chain=True, stop=i == stop and self.early_stop > 0)
+                for i in range(run)]
+
+
+@dataclass(frozen=True)
+class ReFL:
+    """ReFL (Xu et al., 2023): one grad step at a random late step, scored on its x0 prediction.
+
+    Attributes:
+        early_stop: m; the stop step is drawn from the last m steps.
+    """
+
+    early_stop: int = 10
+    refine_copies: int = 0
+
+    def flags(self, num_steps: int, gen: torch.Generator | None = None) -> list[StepFlags]:
+        stop = num_steps - _randint(1, self.early_stop, gen)
+        return [StepFlags(grad=i == stop, stop=i == stop) for i in range(stop + 1)]
+
+
+@dataclass(frozen=True)
+class AlignProp:
+    """AlignProp (Prabhudesai et al., 2023): randomised truncation, a fresh cut drawn per step."""
+
+    refine_copies: int = 0
+
+    def flags(self, num_steps: int, gen: torch.Generator | None = None) -> list[StepFlags]:
+        cuts = torch.randint(0, num_steps, (num_steps,), generator=gen).tolist()
+        return [StepFlags(grad=i >= cuts[i], chain=True) for i in range(num_steps)]
+
+
+GradPlan = Draft | DraftK | DRTune | ReFL | AlignProp

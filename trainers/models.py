@@ -1,0 +1,220 @@
+"""Loading diffusion models, making them trainable, and saving what was trained.
+
+Model-family specifics (text encoding, added conditioning, latent scale, the denoiser's call
+signature) live behind :class:`ModelFamily`; the sampler and trainers only see
+:class:`DiffusionModel` and :class:`Conditioning`. Stable Diffusion 1.x/2.x is the family
+implemented here; SDXL (pooled embeddings plus ``time_ids``) and PixArt-alpha (T5 plus a DiT) slot
+in as further families.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+
+from trainers.config import ModelConfig, TrainableConfig
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class Conditioning:
+    """What the denoiser is conditioned on, batch-first.
+
+    Attributes:
+        hidden_states: Text-encoder states for cross-attention, shape ``(B, L, D)``.
+        added: Extra conditioning tensors by name (SDXL: ``text_embeds``, ``time_ids``), each ``(B, ...)``.
+    """
+
+    hidden_states: torch.Tensor
+    added: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return self.hidden_states.shape[0]
+
+    @staticmethod
+    def cat(parts: list[Conditioning]) -> Conditioning:
+        """Concatenate along the batch axis."""
+        added = {k: torch.cat([p.added[k] for p in parts]) for k in parts[0].added}
+        return Conditioning(torch.cat([p.hidden_states for p in parts]), added)
+
+    def repeat(self, n: int) -> Conditioning:
+        """Tile the batch ``n`` times: ``(B, ...) -> (n*B, ...)``."""
+        return Conditioning.cat([self] * n)
+
+
+@dataclass
+class DiffusionModel:
+    """A loaded text-to-image latent diffusion model; ``denoiser`` is what training changes."""
+
+    family: ModelFamily
+    denoiser: torch.nn.Module
+    vae: torch.nn.Module
+    text_encoder: torch.nn.Module
+    tokenizer: object
+    scheduler: object
+    device: torch.device
+    dtype: torch.dtype
+    resolution: int
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        """``(C, h, w)`` of one latent."""
+        return self.family.latent_shape(self)
+
+
+class ModelFamily(Protocol):
+    """What differs between model families."""
+
+    name: str
+
+    def encode_prompts(self, model: DiffusionModel, prompts: list[str]) -> Conditioning: ...
+
+    def denoise(self, model: DiffusionModel, x_t: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor: ...
+
+    def decode(self, model: DiffusionModel, latents: torch.Tensor) -> torch.Tensor: ...
+
+    def latent_shape(self, model: DiffusionModel) -> tuple[int, int, int]: ...
+
+
+class StableDiffusion:
+    """Stable Diffusion 1.x / 2.x: one CLIP text encoder, a UNet, ``x = vae.decode(z / scale)``."""
+
+    name = "sd"
+
+    def encode_prompts(self, model: DiffusionModel, prompts: list[str]) -> Conditioning:
+        """Tokenise to the tokenizer's max length and take the last hidden state: ``(B, 77, D)``."""
+        tok = model.tokenizer
+        ids = tok(list(prompts), padding="max_length", max_length=tok.model_max_length, truncation=True,
+                  return_tensors="pt").input_ids.to(model.device)
+        with torch.no_grad():
+            states = model.text_encoder(ids)[0]
+        return Conditioning(states.to(model.dtype))
+
+    def denoise(self, model: DiffusionModel, x_t: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+        """UNet output for latents ``(B, C, h, w)`` at integer timestep ``t``."""
+        added = cond.added or None
+        return model.denoiser(x_t, t, encoder_hidden_states=cond.hidden_states, added_cond_kwargs=added,
+                              return_dict=False)[0]
+
+    def decode(self, model: DiffusionModel, latents: torch.Tensor) -> torch.Tensor:
+        """Latents ``(B, C, h, w)`` -> images ``(B, 3, H, W)`` in [0, 1], differentiable."""
+        z = latents.to(model.dtype) / model.vae.config.scaling_factor
+        images = model.vae.decode(z, return_dict=False)[0]
+        images = images.to(torch.promote_types(images.dtype, torch.float32))  # rewards get >= fp32
+        return (images / 2 + 0.5).clamp(0, 1)
+
+    def latent_shape(self, model: DiffusionModel) -> tuple[int, int, int]:
+        scale = 2 ** (len(model.vae.config.block_out_channels) - 1)
+        side = model.resolution // scale
+        return (model.denoiser.config.in_channels, side, side)
+
+
+FAMILIES: dict[str, ModelFamily] = {"sd": StableDiffusion()}
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> cuda when available, else cpu."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"model.device={name!r} but no CUDA device is visible; use model.device=cpu or auto")
+    return torch.device(name)
+
+
+def _check_model_path(path: str) -> None:
+    """Fail clearly when a local model folder is missing or incomplete (hub ids pass through)."""
+    looks_local = os.path.isabs(path) or path.startswith(".") or os.path.exists(path) or path.count("/") != 1
+    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+    if looks_local or offline:
+        index = os.path.join(path, "model_index.json")
+        if not os.path.isfile(index):
+            raise FileNotFoundError(
+                f"model.path={path!r}: no diffusers pipeline folder there (expected {index}). Point model.path at a "
+                "folder written by StableDiffusionPipeline.save_pretrained" + (" (HF_HUB_OFFLINE is set, so hub ids "
+                "cannot be downloaded)" if offline and not looks_local else ""))
+
+
+def load_model(cfg: ModelConfig) -> DiffusionModel:
+    """Load a diffusers pipeline folder (or hub id) and freeze everything.
+
+    Raises:
+        FileNotFoundError: the folder is missing or is not a diffusers pipeline.
+        ValueError: the device is unavailable.
+    """
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+    _check_model_path(cfg.path)
+    device, dtype = resolve_device(cfg.device), DTYPES[cfg.dtype]
+    offline = os.path.isdir(cfg.path)
+    pipe = StableDiffusionPipeline.from_pretrained(cfg.path, dtype=dtype, local_files_only=offline,
+                                                   safety_checker=None, requires_safety_checker=False)
+    scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    for module in (pipe.unet, pipe.vae, pipe.text_encoder):
+        module.requires_grad_(False).eval().to(device)
+    if cfg.unet_checkpointing:
+        pipe.unet.enable_gradient_checkpointing()
+    if cfg.vae_checkpointing:
+        pipe.vae.enable_gradient_checkpointing()
+    scale = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
+    resolution = cfg.resolution or pipe.unet.config.sample_size * scale
+    return DiffusionModel(FAMILIES[cfg.family], pipe.unet, pipe.vae, pipe.text_encoder, pipe.tokenizer,
+                          scheduler, device, dtype, resolution)
+
+
+def make_trainable(model: DiffusionModel, cfg: TrainableConfig) -> list[torch.nn.Parameter]:
+    """Add LoRA adapters (or unfreeze the UNet) and return the trainable parameters, kept in fp32."""
+    unet = model.denoiser
+    if cfg.kind == "full":
+        unet.to(torch.float32).requires_grad_(True)
+    else:
+        from peft import LoraConfig
+
+        init = True if cfg.init == "zeros" else "gaussian"
+        unet.add_adapter(LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
+                                    target_modules=list(cfg.target_modules), init_lora_weights=init))
+    params = [p for p in unet.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError(f"trainable.target_modules={list(cfg.target_modules)} matched no UNet module; "
+                         "use names such as to_q, to_k, to_v, to_out.0")
+    for p in params:
+        p.data = p.data.float()
+    return params
+
+
+def trainable_state_dict(model: DiffusionModel) -> dict[str, torch.Tensor]:
+    """The trained tensors by name (LoRA adapters, or the full UNet), detached on CPU."""
+    return {n: p.detach().cpu().clone() for n, p in model.denoiser.named_parameters() if p.requires_grad}
+
+
+def load_trainable_state_dict(model: DiffusionModel, state: dict[str, torch.Tensor]) -> None:
+    """Copy tensors saved by :func:`trainable_state_dict` back in place."""
+    params = dict(model.denoiser.named_parameters())
+    missing = [n for n, p in params.items() if p.requires_grad and n not in state]
+    unexpected = [n for n in state if n not in params]
+    if missing or unexpected:
+        raise ValueError(f"checkpoint does not match the trainable parameters: missing {missing[:3]}, "
+                         f"unexpected {unexpected[:3]}; was it written with another trainable config?")
+    with torch.no_grad():
+        for n, t in state.items():
+            params[n].copy_(t)
+
+
+def save_trained(model: DiffusionModel, cfg: TrainableConfig, folder: str) -> None:
+    """Save in diffusers formats: LoRA via ``save_lora_weights`` (loadable with
+    ``StableDiffusionPipeline.load_lora_weights(folder)``), a full fine-tune via ``unet.save_pretrained``."""
+    from diffusers import StableDiffusionPipeline
+
+    unet = model.denoiser
+    if cfg.kind == "full":
+        unet.save_pretrained(os.path.join(folder, "unet"))
+        return
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft.utils import get_peft_model_state_dict
+
+    layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
+    metadata = unet.peft_config["default"].to_dict()
+    StableDiffusionPipeline.save_lora_weights(folder, unet_lora_layers=layers, unet_lora_adapter_metadata=metadata)
