@@ -174,12 +174,13 @@ def make_trainable(model: DiffusionModel, cfg: TrainableConfig) -> list[torch.nn
         from peft import LoraConfig
 
         init = True if cfg.init == "zeros" else "gaussian"
-        unet.add_adapter(LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
-                                    target_modules=list(cfg.target_modules), init_lora_weights=init))
+        try:
+            unet.add_adapter(LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
+                                        target_modules=list(cfg.target_modules), init_lora_weights=init))
+        except ValueError as err:  # peft: "Target modules {...} not found in the base model"
+            raise ValueError(f"trainable.target_modules={list(cfg.target_modules)} does not fit this UNet ({err}); "
+                             "use attention projection names such as to_q, to_k, to_v, to_out.0") from None
     params = [p for p in unet.parameters() if p.requires_grad]
-    if not params:
-        raise ValueError(f"trainable.target_modules={list(cfg.target_modules)} matched no UNet module; "
-                         "use names such as to_q, to_k, to_v, to_out.0")
     for p in params:
         p.data = p.data.float()
     return params

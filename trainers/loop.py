@@ -1,0 +1,280 @@
+"""The Ray-free training core: ``run(cfg)`` samples, scores, backpropagates, evaluates and checkpoints.
+
+One optimiser step (ALGORITHMS.md §1-2): draw prompts ``c`` and noise ``x_T``, draw the plan's
+step flags, sample ``x0`` with the engine, decode, and minimise
+``L = -sum_j mean_b r(decode(x0_j)_b, c_b)`` over the final latents ``x0_j`` (one, or 1 + n for
+DRaFT-LV). Non-finite losses or gradients skip the step; ``train.max_bad_steps`` in a row abort.
+Everything random flows from one ``torch.Generator``, so a resumed run equals an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+
+from rewards.base import Reward
+from rewards.build import build_reward
+from trainers.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from trainers.config import Config
+from trainers.ddim import DDIMSchedule, ddim_schedule
+from trainers.engine import generate, sample
+from trainers.grad_plan import GradPlan
+from trainers.models import (DiffusionModel, load_model, load_trainable_state_dict, make_trainable, save_trained,
+                             trainable_state_dict)
+from trainers.prompts import BUILTIN_HELD_OUT, BUILTIN_TRAIN, PromptSampler, load_prompts
+from trainers.registry import build_plan
+
+
+class Reporter(Protocol):
+    """Receives metrics (and, when one was written, a checkpoint folder) after each step."""
+
+    def report(self, step: int, metrics: dict[str, float], checkpoint_dir: str | None = None) -> None: ...
+
+
+class TrainingAborted(RuntimeError):
+    """Too many non-finite steps in a row."""
+
+
+@dataclass
+class Trainer:
+    """Everything a run holds; ``state_dict`` captures what resume needs."""
+
+    cfg: Config
+    model: DiffusionModel
+    params: list[torch.nn.Parameter]
+    plan: GradPlan
+    reward: Reward
+    eval_rewards: dict[str, Reward]
+    optimizer: torch.optim.Optimizer
+    lr_schedule: torch.optim.lr_scheduler.LRScheduler
+    sampler: PromptSampler
+    eval_prompts: list[str]
+    schedule: DDIMSchedule
+    gen: torch.Generator
+    step: int = 0
+    bad_in_a_row: int = 0
+    skipped: int = 0
+    extra: dict = field(default_factory=dict)
+
+    def state_dict(self) -> dict:
+        return {"step": self.step, "trainable": trainable_state_dict(self.model),
+                "optimizer": self.optimizer.state_dict(), "lr_schedule": self.lr_schedule.state_dict(),
+                "gen": self.gen.get_state(), "torch_rng": torch.get_rng_state(), "sampler": self.sampler.state_dict(),
+                "bad_in_a_row": self.bad_in_a_row, "skipped": self.skipped, "extra": self.extra}
+
+    def load_state_dict(self, state: dict) -> None:
+        load_trainable_state_dict(self.model, state["trainable"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.lr_schedule.load_state_dict(state["lr_schedule"])
+        self.gen.set_state(state["gen"])
+        torch.set_rng_state(state["torch_rng"])
+        self.sampler.load_state_dict(state["sampler"])
+        self.step, self.bad_in_a_row, self.skipped = state["step"], state["bad_in_a_row"], state["skipped"]
+        self.extra = state.get("extra", {})
+
+
+def build_trainer(cfg: Config, model: DiffusionModel | None = None, reward: Reward | None = None) -> Trainer:
+    """Load the model, add trainable weights, build rewards, optimiser and prompt sampler."""
+    model = model or load_model(cfg.model)
+    cuda = [model.device] if model.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):  # adapter init is seeded, and leaves global RNG alone
+        torch.manual_seed(cfg.train.seed)
+        params = make_trainable(model, cfg.trainable)
+    o = cfg.optim
+    optimizer = torch.optim.AdamW(params, lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
+    warmup = max(o.warmup_steps, 1)
+    lr_schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
+    eval_rewards = {spec.name: build_reward([spec], device=model.device) for spec in cfg.eval.rewards}
+    return Trainer(
+        cfg=cfg, model=model, params=params, plan=build_plan(cfg.plan),
+        reward=reward or build_reward(cfg.rewards, device=model.device), eval_rewards=eval_rewards,
+        optimizer=optimizer, lr_schedule=lr_schedule,
+        sampler=PromptSampler(load_prompts(cfg.data.prompts, BUILTIN_TRAIN), cfg.train.seed),
+        eval_prompts=load_prompts(cfg.data.eval_prompts, BUILTIN_HELD_OUT)[: cfg.eval.max_prompts],
+        schedule=ddim_schedule(model.scheduler, cfg.sampler.num_steps),
+        gen=torch.Generator().manual_seed(cfg.train.seed))
+
+
+def reward_loss(tr: Trainer, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sample with the plan and return ``(loss, scores)``; scores ``(J, B)`` for the J final latents."""
+    model, s = tr.model, tr.cfg.sampler
+    flags = tr.plan.flags(s.num_steps, tr.gen)
+    x_T = torch.randn(len(prompts), *model.latent_shape, generator=tr.gen).to(model.device)
+    cond = model.family.encode_prompts(model, prompts)
+    uncond = model.family.encode_prompts(model, [""] * len(prompts)) if s.guidance_scale > 1 else None
+    traj = sample(model, cond, uncond, x_T, tr.schedule, flags, guidance=s.guidance_scale, eta=s.eta, gen=tr.gen,
+                  refine_copies=tr.plan.refine_copies, step_checkpointing=tr.cfg.model.step_checkpointing)
+    scores = torch.stack([tr.reward(model.family.decode(model, x0), prompts) for x0 in traj.finals])
+    return -scores.mean(dim=1).sum(), scores
+
+
+def train_step(tr: Trainer) -> dict[str, float]:
+    """One optimiser step (skipped, and counted, when the loss or gradient is not finite)."""
+    start = time.perf_counter()
+    prompts = tr.sampler.next_batch(tr.cfg.train.batch_size)
+    tr.model.denoiser.train()
+    tr.optimizer.zero_grad(set_to_none=True)
+    loss, scores = reward_loss(tr, prompts)
+    grad_norm = torch.tensor(float("nan"))
+    if torch.isfinite(loss):
+        loss.backward()
+        clip = tr.cfg.optim.grad_clip or float("inf")
+        grad_norm = torch.nn.utils.clip_grad_norm_(tr.params, clip)
+    finite = bool(torch.isfinite(loss) and torch.isfinite(grad_norm))
+    if finite:
+        tr.optimizer.step()
+        tr.bad_in_a_row = 0
+    else:
+        tr.optimizer.zero_grad(set_to_none=True)
+        tr.bad_in_a_row, tr.skipped = tr.bad_in_a_row + 1, tr.skipped + 1
+    tr.lr_schedule.step()
+    tr.step += 1
+    seconds = time.perf_counter() - start
+    return {"train/loss": float(loss.detach()), "train/reward": float(scores[0].detach().mean()), "train/grad_norm": float(grad_norm),
+            "train/lr": tr.optimizer.param_groups[0]["lr"], "train/skipped_steps": tr.skipped,
+            "perf/step_seconds": seconds, "perf/images_per_second": len(prompts) / seconds,
+            "perf/peak_memory_mb": peak_memory_mb(tr.model.device)}
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak accelerator memory on CUDA, else the process's peak resident set size."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+@torch.no_grad()
+def evaluate(tr: Trainer) -> tuple[dict[str, float], dict[str, torch.Tensor], torch.Tensor]:
+    """Score held-out prompts on fixed noise.
+
+    Returns:
+        ``(metrics, scores, images)``: mean score per reward, per-image scores ``(N,)`` per reward,
+        and the images ``(N, 3, H, W)`` ordered prompt-major.
+    """
+    model, s, e = tr.model, tr.cfg.sampler, tr.cfg.eval
+    model.denoiser.eval()
+    prompts = [p for p in tr.eval_prompts for _ in range(e.images_per_prompt)]
+    gen = torch.Generator().manual_seed(e.seed)
+    x_T = torch.randn(len(prompts), *model.latent_shape, generator=gen).to(model.device)
+    images = generate(model, prompts, x_T, tr.schedule, guidance=s.guidance_scale, eta=s.eta, gen=gen)
+    scores = {"trained": tr.reward(images, prompts)}
+    scores.update({name: reward(images, prompts) for name, reward in tr.eval_rewards.items()})
+    metrics = {f"eval/{name}": float(v.float().mean()) for name, v in scores.items()}
+    return metrics, {k: v.float().cpu() for k, v in scores.items()}, images.float().cpu()
+
+
+def save_grid(images: torch.Tensor, path: str, per_row: int) -> None:
+    """Save images ``(N, 3, H, W)`` in [0, 1] as one PNG grid, ``per_row`` images per row."""
+    from torchvision.utils import save_image
+
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    save_image(images, path, nrow=per_row, padding=1)
+
+
+class JsonlLog:
+    """Metrics as one JSON object per line in ``<run>/metrics.jsonl``; steps past a resume point are dropped."""
+
+    def __init__(self, path: str, resume_step: int):
+        self.path = path
+        kept = []
+        if os.path.isfile(path):
+            with open(path, encoding="utf-8") as f:
+                kept = [line for line in f if line.strip() and json.loads(line)["step"] <= resume_step]
+        with open(path, "w", encoding="utf-8") as f:
+            f.writelines(kept)
+
+    def report(self, step: int, metrics: dict[str, float], checkpoint_dir: str | None = None) -> None:
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps({"step": step, **metrics}) + "\n")
+
+
+@dataclass
+class RunResult:
+    """Where a run wrote its outputs and its last metrics."""
+
+    run_dir: str
+    step: int
+    final_model_dir: str
+    eval_before: dict[str, float]
+    eval_after: dict[str, float]
+    metrics: dict[str, float]
+
+
+def run_folder(cfg: Config) -> str:
+    """``<output_dir>/<run_name>``, with a default name from the plan and seed; absolute."""
+    name = cfg.train.run_name or f"{cfg.plan.name}-seed{cfg.train.seed}"
+    return os.path.abspath(os.path.join(cfg.train.output_dir, name))
+
+
+def _checkpoint(tr: Trainer, run_dir: str) -> str:
+    write_model = lambda folder: save_trained(tr.model, tr.cfg.trainable, folder)  # noqa: E731
+    return save_checkpoint(run_dir, tr.step, tr.state_dict(), write_model)
+
+
+def _evaluate_and_save(tr: Trainer, run_dir: str) -> dict[str, float]:
+    metrics, scores, images = evaluate(tr)
+    save_grid(images, os.path.join(run_dir, "samples", f"step_{tr.step:06d}.png"), tr.cfg.eval.images_per_prompt)
+    torch.save(scores, os.path.join(run_dir, "samples", f"scores_{tr.step:06d}.pt"))
+    return metrics
+
+
+def run(cfg: Config, *, reporters: tuple[Reporter, ...] = (), reward: Reward | None = None,
+        run_dir: str | None = None) -> RunResult:
+    """Train as ``cfg`` says, resuming from the run folder's latest checkpoint when there is one.
+
+    Writes ``metrics.jsonl``, sample grids and held-out scores under ``samples/``, resumable
+    checkpoints under ``checkpoints/``, and the trained weights in diffusers format under ``final/``.
+
+    Raises:
+        TrainingAborted: ``train.max_bad_steps`` non-finite steps in a row (a checkpoint of the last
+            good weights is written first).
+    """
+    run_dir = run_dir or run_folder(cfg)
+    os.makedirs(run_dir, exist_ok=True)
+    tr = build_trainer(cfg, reward=reward)
+    resume_from = latest_checkpoint(run_dir) if cfg.train.resume else None
+    if resume_from:
+        tr.load_state_dict(load_checkpoint(resume_from))
+    log = JsonlLog(os.path.join(run_dir, "metrics.jsonl"), tr.step)
+    sinks = (log, *reporters)
+    if tr.step == 0:
+        tr.extra["eval_before"] = _evaluate_and_save(tr, run_dir)
+        for sink in sinks:
+            sink.report(0, tr.extra["eval_before"])
+    metrics, every = {}, cfg.eval.every
+    progress = _progress(cfg.train.steps, tr.step)
+    while tr.step < cfg.train.steps:
+        metrics = train_step(tr)
+        if tr.bad_in_a_row >= cfg.train.max_bad_steps:
+            folder = _checkpoint(tr, run_dir)
+            raise TrainingAborted(
+                f"{tr.bad_in_a_row} steps in a row had a non-finite loss or gradient (limit train.max_bad_steps="
+                f"{cfg.train.max_bad_steps}); stopped at step {tr.step}, last good weights saved in {folder}. "
+                "Lower optim.lr, keep optim.grad_clip > 0, use model.dtype=fp32 or a smaller plan.k")
+        last = tr.step == cfg.train.steps
+        if last or (every and tr.step % every == 0):
+            metrics.update(_evaluate_and_save(tr, run_dir))
+        folder = _checkpoint(tr, run_dir) if last or tr.step % cfg.train.checkpoint_every == 0 else None
+        for sink in sinks:
+            sink.report(tr.step, metrics, folder)
+        progress.update(1)
+        progress.set_postfix(reward=f"{metrics['train/reward']:.4g}", loss=f"{metrics['train/loss']:.4g}")
+    progress.close()
+    final_dir = os.path.join(run_dir, "final")
+    save_trained(tr.model, cfg.trainable, final_dir)
+    eval_after = {k: v for k, v in metrics.items() if k.startswith("eval/")}
+    return RunResult(run_dir, tr.step, final_dir, tr.extra.get("eval_before", {}), eval_after, metrics)
+
+
+def _progress(total: int, initial: int):
+    """A progress bar on a terminal, silent otherwise."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc="train", disable=not sys.stderr.isatty(), dynamic_ncols=True)
