@@ -53,7 +53,7 @@ def device_problems(key: str, device: str) -> list[str]:
     return []
 
 
-def preflight(cfg: Config) -> None:
+def preflight(cfg: Config, source: str = "config") -> None:
     """Raise one ``ConfigError`` listing every missing file or unavailable device the config names."""
     problems = model_problems("model.path", cfg.model.path) + device_problems("model.device", cfg.model.device)
     problems += reward_problems("rewards", cfg.rewards) + reward_problems("eval.rewards", cfg.eval.rewards)
@@ -62,11 +62,12 @@ def preflight(cfg: Config) -> None:
             problems.append(f"{key}: prompt file {path!r} does not exist; give a .txt or .jsonl file, or null "
                             "for the built-in prompts")
     if problems:
-        raise ConfigError(problems, "preflight")
+        raise ConfigError(problems, f"{source} (files and devices it names)")
 
 
-def load_checked(path: str | None, overrides: list[str]) -> Config:
-    """Load, validate and preflight a training config."""
+def load_checked(path: str | None, overrides: list[str], check_files: bool = True) -> Config:
+    """Load and validate a training config, then (``check_files``) preflight what it names."""
     cfg = load_config(Config, path, overrides)
-    preflight(cfg)
+    if check_files:
+        preflight(cfg, path or "default config")
     return cfg

@@ -189,3 +189,28 @@ def test_drtune_places_k_equally_spaced_steps():
 
 def test_step_flags_defaults_are_no_gradient():
     assert StepFlags(grad=False) == StepFlags(grad=False, detach_input=False, chain=False, stop=False)
+
+
+def _saved_bytes(model, flags, step_checkpointing):
+    """Bytes autograd keeps for backward while sampling (what peak training memory is made of)."""
+    total = 0
+
+    def pack(t):
+        nonlocal total
+        total += t.numel() * t.element_size()
+        return t
+
+    cond, uncond, x_T = _inputs(model)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        sample(model, cond, uncond, x_T, ddim_schedule(model.scheduler, len(flags)), flags, guidance=GUIDANCE,
+               step_checkpointing=step_checkpointing)
+    return total
+
+
+def test_step_checkpointing_keeps_memory_flat_in_trained_steps(model64):
+    """With step-level checkpointing each extra trained step stores a few latents, not UNet activations."""
+    latent_bytes = 2 * 4 * 8 * 8 * 8  # (B, C, h, w) float64
+    grow = {ckpt: _saved_bytes(model64, Draft().flags(8), ckpt) - _saved_bytes(model64, Draft().flags(2), ckpt)
+            for ckpt in (True, False)}
+    assert grow[True] <= 6 * 16 * latent_bytes
+    assert grow[False] > 10 * grow[True], "without checkpointing the UNet's activations should dominate"

@@ -22,7 +22,7 @@ import torch
 from rewards.base import Reward
 from rewards.build import build_reward
 from trainers.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from trainers.config import Config
+from trainers.config import Config, SamplerConfig
 from trainers.ddim import DDIMSchedule, ddim_schedule
 from trainers.engine import generate, sample
 from trainers.grad_plan import GradPlan
@@ -151,23 +151,31 @@ def peak_memory_mb(device: torch.device) -> float:
 
 
 @torch.no_grad()
-def evaluate(tr: Trainer) -> tuple[dict[str, float], dict[str, torch.Tensor], torch.Tensor]:
-    """Score held-out prompts on fixed noise.
+def sample_and_score(model: DiffusionModel, prompts: list[str], rewards: dict[str, Reward], sampler: SamplerConfig,
+                     schedule: DDIMSchedule, seed: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Sample ``prompts`` from noise seeded by ``seed`` and score the images with every reward.
 
     Returns:
-        ``(metrics, scores, images)``: mean score per reward, per-image scores ``(N,)`` per reward,
-        and the images ``(N, 3, H, W)`` ordered prompt-major.
+        ``(scores, images)``: per-image scores ``(N,)`` by reward name, images ``(N, 3, H, W)``, on CPU.
     """
-    model, s, e = tr.model, tr.cfg.sampler, tr.cfg.eval
     model.denoiser.eval()
-    prompts = [p for p in tr.eval_prompts for _ in range(e.images_per_prompt)]
-    gen = torch.Generator().manual_seed(e.seed)
+    gen = torch.Generator().manual_seed(seed)
     x_T = torch.randn(len(prompts), *model.latent_shape, generator=gen).to(model.device)
-    images = generate(model, prompts, x_T, tr.schedule, guidance=s.guidance_scale, eta=s.eta, gen=gen)
-    scores = {"trained": tr.reward(images, prompts)}
-    scores.update({name: reward(images, prompts) for name, reward in tr.eval_rewards.items()})
-    metrics = {f"eval/{name}": float(v.float().mean()) for name, v in scores.items()}
-    return metrics, {k: v.float().cpu() for k, v in scores.items()}, images.float().cpu()
+    images = generate(model, prompts, x_T, schedule, guidance=sampler.guidance_scale, eta=sampler.eta, gen=gen)
+    scores = {name: reward(images, prompts).float().cpu() for name, reward in rewards.items()}
+    return scores, images.float().cpu()
+
+
+def evaluate(tr: Trainer) -> tuple[dict[str, float], dict[str, torch.Tensor], torch.Tensor]:
+    """Score the held-out prompts (``images_per_prompt`` each, prompt-major) on fixed noise.
+
+    Returns:
+        ``(metrics, scores, images)``: ``eval/<reward>`` means, per-image scores, the images.
+    """
+    prompts = [p for p in tr.eval_prompts for _ in range(tr.cfg.eval.images_per_prompt)]
+    rewards = {"trained": tr.reward, **tr.eval_rewards}
+    scores, images = sample_and_score(tr.model, prompts, rewards, tr.cfg.sampler, tr.schedule, tr.cfg.eval.seed)
+    return {f"eval/{name}": float(v.mean()) for name, v in scores.items()}, scores, images
 
 
 def save_grid(images: torch.Tensor, path: str, per_row: int) -> None:

@@ -219,3 +219,23 @@ def save_trained(model: DiffusionModel, cfg: TrainableConfig, folder: str) -> No
     layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
     metadata = unet.peft_config["default"].to_dict()
     StableDiffusionPipeline.save_lora_weights(folder, unet_lora_layers=layers, unet_lora_adapter_metadata=metadata)
+
+
+def load_trained(model: DiffusionModel, folder: str) -> None:
+    """Apply weights written by :func:`save_trained`: a LoRA folder or a full ``unet/`` folder.
+
+    Raises:
+        FileNotFoundError: the folder holds neither.
+    """
+    lora = os.path.join(folder, "pytorch_lora_weights.safetensors")
+    unet_dir = os.path.join(folder, "unet")
+    if os.path.isfile(lora):
+        model.denoiser.load_lora_adapter(folder, weight_name=os.path.basename(lora), prefix="unet", adapter_name="tuned")
+    elif os.path.isdir(unet_dir):
+        from diffusers import UNet2DConditionModel
+
+        unet = UNet2DConditionModel.from_pretrained(unet_dir, dtype=model.dtype).to(model.device)
+        model.denoiser = unet.requires_grad_(False).eval()
+    else:
+        raise FileNotFoundError(f"{folder!r} holds no trained weights: expected pytorch_lora_weights.safetensors "
+                                "(LoRA) or a unet/ folder (full fine-tune), as written in a run's final/ folder")

@@ -1,0 +1,80 @@
+"""Generate images from a base model plus optional trained weights: ``python -m pipeline.generate``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from pipeline.config import ConfigError, run_cli
+from pipeline.preflight import device_problems, model_problems
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m pipeline.generate", description=__doc__)
+    p.add_argument("--model", required=True, help="base diffusers pipeline folder (or hub id when online)")
+    p.add_argument("--weights", help="trained weights: a run's final/ folder or a checkpoint's model/ folder")
+    p.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable)")
+    p.add_argument("--prompts", help="prompt file (.txt or .jsonl)")
+    p.add_argument("--num-images", type=int, default=4, help="images per prompt")
+    p.add_argument("--steps", type=int, default=20, help="DDIM steps")
+    p.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale")
+    p.add_argument("--eta", type=float, default=0.0, help="DDIM eta")
+    p.add_argument("--seed", type=int, default=0, help="noise seed")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+    p.add_argument("--out", default="samples", help="output folder for PNGs and grid.png")
+    return p.parse_args(argv)
+
+
+def check(args: argparse.Namespace) -> None:
+    problems = model_problems("--model", args.model) + device_problems("--device", args.device)
+    if args.weights and not os.path.isdir(args.weights):
+        problems.append(f"--weights: {args.weights!r} is not a folder; give a run's final/ folder")
+    if args.prompts and not os.path.isfile(args.prompts):
+        problems.append(f"--prompts: {args.prompts!r} does not exist; give a .txt or .jsonl prompt file")
+    if not args.prompt and not args.prompts:
+        problems.append("--prompt: give at least one --prompt TEXT or a --prompts FILE")
+    if args.num_images < 1 or args.steps < 1:
+        problems.append(f"--num-images/--steps: must be >= 1, got {args.num_images}/{args.steps}")
+    if problems:
+        raise ConfigError(problems, "command line")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    check(args)
+    import torch
+
+    from trainers.config import ModelConfig
+    from trainers.ddim import ddim_schedule
+    from trainers.engine import generate
+    from trainers.models import load_model, load_trained
+    from trainers.prompts import read_prompts
+
+    model = load_model(ModelConfig(path=args.model, device=args.device))
+    if args.weights:
+        load_trained(model, args.weights)
+    prompts = [p for p in args.prompt + (read_prompts(args.prompts) if args.prompts else [])
+               for _ in range(args.num_images)]
+    gen = torch.Generator().manual_seed(args.seed)
+    x_T = torch.randn(len(prompts), *model.latent_shape, generator=gen).to(model.device)
+    images = generate(model, prompts, x_T, ddim_schedule(model.scheduler, args.steps), guidance=args.guidance,
+                      eta=args.eta, gen=gen)
+    save_images(images.float().cpu(), prompts, args.out, args.num_images)
+    print(f"wrote {len(prompts)} images and grid.png to {os.path.abspath(args.out)}")
+    return 0
+
+
+def save_images(images, prompts: list[str], out: str, per_row: int) -> None:
+    from torchvision.utils import save_image
+
+    from trainers.loop import save_grid
+
+    os.makedirs(out, exist_ok=True)
+    for i, (image, prompt) in enumerate(zip(images, prompts)):
+        slug = "".join(c if c.isalnum() else "_" for c in prompt)[:40]
+        save_image(image, os.path.join(out, f"{i:03d}_{slug}.png"))
+    save_grid(images, os.path.join(out, "grid.png"), per_row)
+
+
+if __name__ == "__main__":
+    run_cli(main)
