@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import json
+import os
 
 from pipeline.config import dump_yaml, run_cli
 from pipeline.preflight import load_checked
@@ -24,14 +26,30 @@ def main(argv: list[str] | None = None) -> int:
     if args.print_config:
         print(dump_yaml(cfg), end="")
         return 0
-    from trainers.loop import run
+    from trainers.loop import run, run_folder
 
-    result = run(cfg)
-    print(f"run folder: {result.run_dir}")
-    print(f"trained weights (diffusers format): {result.final_model_dir}")
-    for key, value in result.eval_after.items():
-        print(f"{key}: {result.eval_before.get(key, float('nan')):.4f} -> {value:.4f}")
+    run_dir = run_folder(cfg)
+    if cfg.ray.enabled:
+        from pipeline.ray_train import fit
+
+        fit(cfg, run_dir)
+        with open(os.path.join(run_dir, "summary.json"), encoding="utf-8") as f:
+            summary = json.load(f)
+        held_out, final_dir = summary["held_out"], summary["final_model_dir"]
+    else:
+        result = run(cfg, run_dir=run_dir)
+        held_out, final_dir = result.held_out, result.final_model_dir
+    print_held_out(held_out)
+    print(f"trained weights (diffusers format): {final_dir}")
+    print(f"run folder: {run_dir}")
     return 0
+
+
+def print_held_out(held_out: dict[str, dict[str, float]]) -> None:
+    """One line per reward: base -> tuned on the held-out prompts, with the 95% interval of the gain."""
+    for name, r in held_out.items():
+        print(f"held-out {name}: base {r['base']:.4f} -> tuned {r['tuned']:.4f}, "
+              f"gain {r['diff']:+.4f} [95% CI {r['diff_low']:+.4f}, {r['diff_high']:+.4f}]")
 
 
 if __name__ == "__main__":

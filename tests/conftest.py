@@ -27,3 +27,21 @@ def tiny_sd_dir(tmp_path_factory, clip_tokenizer_dir) -> str:
     from sd_factories import build_tiny_sd
 
     return build_tiny_sd(str(tmp_path_factory.mktemp("tiny_sd")), clip_tokenizer_dir)
+
+
+@pytest.fixture(scope="session")
+def ray_session(tmp_path_factory):
+    """One local Ray for the whole test session, bound to 127.0.0.1 (PLATFORM.md §2, §7)."""
+    import tempfile
+
+    import ray
+
+    from pipeline.ray_train import LOCAL_RAY_ENV
+
+    os.environ.update(LOCAL_RAY_ENV)
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
+    os.environ["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="ray", dir="/tmp")
+    ray.init(address="local", num_cpus=2, object_store_memory=1 << 30, include_dashboard=True,
+             dashboard_host="127.0.0.1", configure_logging=False)
+    yield ray
+    ray.shutdown()

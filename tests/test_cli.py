@@ -80,7 +80,7 @@ def test_train_generate_evaluate_end_to_end(tiny_sd_dir, tmp_path):
     result = cli("pipeline.train", f"model.path={tiny_sd_dir}", "model.device=cpu", "sampler.num_steps=3",
                  "plan.name=drtune", "plan.k=2", "train.steps=2", "train.batch_size=1", f"train.output_dir={tmp_path}",
                  "train.run_name=e2e", f"data.prompts={prompts}", "eval.max_prompts=2", "eval.images_per_prompt=1",
-                 "eval.rewards=[{name: symmetry}]", timeout=300)
+                 "eval.rewards=[{name: symmetry}]", "ray.enabled=false", timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     run_dir = tmp_path / "e2e"
     assert f"run folder: {run_dir}" in result.stdout
@@ -101,3 +101,13 @@ def test_train_generate_evaluate_end_to_end(tiny_sd_dir, tmp_path):
 def test_generate_without_prompts_exits_2(tiny_sd_dir):
     result = cli("pipeline.generate", "--model", tiny_sd_dir)
     assert result.returncode == 2 and "--prompt: give at least one" in result.stderr
+
+
+def test_config_round_trips_through_plain_data():
+    """What the driver sends to Ray workers (to_dict) rebuilds the same config."""
+    from pipeline.config import from_dict, to_dict
+
+    cfg = load_config(Config, os.path.join(ROOT, "pipeline", "configs", "sd15_drtune_hps.yaml"), ["optim.betas=[0.8, 0.9]"])
+    assert from_dict(Config, to_dict(cfg)) == cfg and cfg.optim.betas == (0.8, 0.9)
+    with pytest.raises(ConfigError, match="optim.betas: expected two values"):
+        load_config(Config, None, ["optim.betas=[0.9]"])

@@ -97,7 +97,7 @@ class OptimConfig:
     """AdamW with linear warm-up and gradient-norm clipping."""
 
     lr: float = 1e-4  # peak learning rate
-    betas: tuple[float, float] = (0.9, 0.999)  # Adam betas
+    betas: tuple[float, ...] = (0.9, 0.999)  # Adam (beta1, beta2)
     weight_decay: float = 0.01  # decoupled weight decay
     eps: float = 1e-8  # Adam epsilon
     warmup_steps: int = 0  # linear warm-up from 0 to lr over this many steps
@@ -105,7 +105,8 @@ class OptimConfig:
 
     def validate(self) -> list[str]:
         problems = [] if self.lr > 0 else [f"lr: must be > 0, got {self.lr}"]
-        problems += [] if all(0 <= b < 1 for b in self.betas) else [f"betas: each must be in [0, 1), got {list(self.betas)}"]
+        ok = len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas)
+        problems += [] if ok else [f"betas: expected two values in [0, 1), got {list(self.betas)}"]
         problems += _positive("warmup_steps", self.warmup_steps, 0) + _positive("grad_clip", self.grad_clip, 0)
         return problems
 
@@ -152,6 +153,27 @@ class TrainConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class RayConfig:
+    """How the run is placed on Ray (read only by pipeline/; the core never imports Ray)."""
+
+    enabled: bool = True  # run as a Ray Train job; false = plain in-process loop, no Ray at all
+    address: str | None = None  # Ray cluster to join; None = RAY_ADDRESS if set, else a local in-process Ray
+    num_workers: int = 1  # data-parallel training workers
+    use_gpu: bool = False  # one GPU per worker
+    cpus_per_worker: float = 1.0  # CPUs reserved per worker
+    num_cpus: int | None = None  # CPUs of the local in-process Ray; None = all
+    storage_path: str | None = None  # Ray Train run storage (local folder); None = <output_dir>/ray
+    max_failures: int = 0  # worker-group restarts after a failure (resumes from the last checkpoint)
+
+    def validate(self) -> list[str]:
+        problems = _positive("num_workers", self.num_workers) + _positive("max_failures", self.max_failures, 0)
+        problems += [] if self.cpus_per_worker > 0 else [f"cpus_per_worker: must be > 0, got {self.cpus_per_worker}"]
+        if self.num_cpus is not None and self.num_cpus < 1:
+            problems.append(f"num_cpus: must be >= 1 or null, got {self.num_cpus}")
+        return problems
+
+
+@dataclass(frozen=True, kw_only=True)
 class Config:
     """A whole training run."""
 
@@ -164,6 +186,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
 
     def validate(self) -> list[str]:
         """Cross-section checks: the plan must fit in the sampler's steps."""

@@ -30,6 +30,7 @@ from trainers.models import (DiffusionModel, load_model, load_trainable_state_di
                              trainable_state_dict)
 from trainers.prompts import BUILTIN_HELD_OUT, BUILTIN_TRAIN, PromptSampler, load_prompts
 from trainers.registry import build_plan
+from trainers.stats import paired_difference_ci
 
 
 class Reporter(Protocol):
@@ -162,8 +163,19 @@ def sample_and_score(model: DiffusionModel, prompts: list[str], rewards: dict[st
     gen = torch.Generator().manual_seed(seed)
     x_T = torch.randn(len(prompts), *model.latent_shape, generator=gen).to(model.device)
     images = generate(model, prompts, x_T, schedule, guidance=sampler.guidance_scale, eta=sampler.eta, gen=gen)
-    scores = {name: reward(images, prompts).float().cpu() for name, reward in rewards.items()}
+    scores = {}
+    for name, reward in rewards.items():
+        scores.update(_score_with_components(name, reward, images, prompts))
     return scores, images.float().cpu()
+
+
+def _score_with_components(name: str, reward: Reward, images, prompts) -> dict[str, torch.Tensor]:
+    """``{name: scores}``, plus ``{name/part: scores}`` for each term of a weighted sum."""
+    if not hasattr(reward, "components"):
+        return {name: reward(images, prompts).float().cpu()}
+    parts = reward.components(images, prompts)
+    out = {f"{name}/{part}": value.float().cpu() for part, value in parts.items()}
+    return {name: reward.combine(parts).float().cpu(), **out}
 
 
 def evaluate(tr: Trainer) -> tuple[dict[str, float], dict[str, torch.Tensor], torch.Tensor]:
@@ -210,8 +222,7 @@ class RunResult:
     run_dir: str
     step: int
     final_model_dir: str
-    eval_before: dict[str, float]
-    eval_after: dict[str, float]
+    held_out: dict[str, dict[str, float]]  # per reward: base, tuned, diff, diff_low, diff_high (95% bootstrap)
     metrics: dict[str, float]
 
 
@@ -277,8 +288,25 @@ def run(cfg: Config, *, reporters: tuple[Reporter, ...] = (), reward: Reward | N
     progress.close()
     final_dir = os.path.join(run_dir, "final")
     save_trained(tr.model, cfg.trainable, final_dir)
-    eval_after = {k: v for k, v in metrics.items() if k.startswith("eval/")}
-    return RunResult(run_dir, tr.step, final_dir, tr.extra.get("eval_before", {}), eval_after, metrics)
+    held_out = held_out_summary(run_dir, tr.step)
+    with open(os.path.join(run_dir, "summary.json"), "w", encoding="utf-8") as f:
+        json.dump({"step": tr.step, "held_out": held_out, "final_model_dir": final_dir}, f, indent=1)
+    return RunResult(run_dir, tr.step, final_dir, held_out, metrics)
+
+
+def held_out_summary(run_dir: str, step: int) -> dict[str, dict[str, float]]:
+    """Base (step 0) versus tuned (``step``) held-out scores on the same prompts and noise, per reward,
+    with a 95% bootstrap interval of the mean paired difference."""
+    paths = [os.path.join(run_dir, "samples", f"scores_{s:06d}.pt") for s in (0, step)]
+    if not all(os.path.isfile(p) for p in paths):
+        return {}
+    before, after = (torch.load(p, weights_only=True) for p in paths)
+    summary = {}
+    for name in after:
+        diff, low, high = paired_difference_ci(after[name], before[name])
+        summary[name] = {"base": float(before[name].mean()), "tuned": float(after[name].mean()), "diff": diff,
+                         "diff_low": low, "diff_high": high}
+    return summary
 
 
 def _progress(total: int, initial: int):

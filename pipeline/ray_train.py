@@ -1,0 +1,75 @@
+"""Run the training core as a Ray Train job (Train V2 API): one ``TorchTrainer`` worker group.
+
+Each worker rebuilds the typed config from ``train_loop_config``, runs ``trainers.loop.run`` and
+reports every step through :class:`RayReporter`: all ranks call ``ray.train.report``, and rank 0
+attaches the checkpoint folder the core just wrote atomically. Ray is started here, at the edge,
+only after the config and the files it names have been checked.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+from pipeline.config import from_dict, to_dict
+from trainers.config import Config
+
+# Settings that keep a local Ray on 127.0.0.1 and quiet (PLATFORM.md §2)
+LOCAL_RAY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+
+
+class RayReporter:
+    """Forwards the core's metrics to Ray Train; rank 0 attaches checkpoints."""
+
+    def report(self, step: int, metrics: dict[str, float], checkpoint_dir: str | None = None) -> None:
+        import ray.train
+
+        checkpoint = None
+        if checkpoint_dir and ray.train.get_context().get_world_rank() == 0:
+            checkpoint = ray.train.Checkpoint.from_directory(checkpoint_dir)
+        ray.train.report({"step": step, **metrics}, checkpoint=checkpoint)
+
+
+def train_fn_per_worker(config: dict) -> None:
+    """Ray Train worker entry point: ``config`` holds the plain-data training config and run folder."""
+    from trainers.loop import run
+
+    cfg = from_dict(Config, config["cfg"], "train_loop_config")
+    run(cfg, reporters=(RayReporter(),), run_dir=config["run_dir"])
+
+
+def init_ray(cfg: Config) -> None:
+    """Join the configured (or job's) cluster, else start a local in-process Ray bound to 127.0.0.1."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address)
+        return
+    for key, value in LOCAL_RAY_ENV.items():
+        os.environ.setdefault(key, value)
+    os.environ.setdefault("RAY_TMPDIR", os.path.join(tempfile.gettempdir(), "rt-ray"))
+    ray.init(address="local", num_cpus=cfg.ray.num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
+             object_store_memory=1 << 30, log_to_driver=True, configure_logging=False)
+
+
+def fit(cfg: Config, run_dir: str):
+    """Run ``cfg`` on Ray Train and return the ``ray.train.Result``."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    init_ray(cfg)
+    r = cfg.ray
+    storage = os.path.abspath(r.storage_path or os.path.join(cfg.train.output_dir, "ray"))
+    trainer = TorchTrainer(
+        train_fn_per_worker,
+        train_loop_config={"cfg": to_dict(cfg), "run_dir": run_dir},
+        torch_config=TorchConfig(backend="nccl" if r.use_gpu else "gloo"),
+        scaling_config=ScalingConfig(num_workers=r.num_workers, use_gpu=r.use_gpu,
+                                     resources_per_worker={"CPU": r.cpus_per_worker}),
+        run_config=RunConfig(name=os.path.basename(run_dir), storage_path=storage,
+                             failure_config=FailureConfig(max_failures=r.max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=2)))
+    return trainer.fit()
