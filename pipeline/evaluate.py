@@ -8,10 +8,9 @@ model on the same noise and reports the paired difference with a bootstrap 95% i
 from __future__ import annotations
 
 import argparse
-import os
 
 from pipeline.config import ConfigError, run_cli
-from pipeline.preflight import load_checked
+from pipeline.preflight import load_checked, weights_problems
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -27,8 +26,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     cfg = load_checked(args.config, args.overrides)
-    if args.weights and not os.path.isdir(args.weights):
-        raise ConfigError([f"--weights: {args.weights!r} is not a folder; give a run's final/ folder"], "command line")
+    problems = weights_problems("--weights", args.weights)
+    if problems:
+        raise ConfigError(problems, "command line")
     from rewards.build import build_reward
     from trainers.ddim import ddim_schedule
     from trainers.loop import sample_and_score

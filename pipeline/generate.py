@@ -6,7 +6,7 @@ import argparse
 import os
 
 from pipeline.config import ConfigError, run_cli
-from pipeline.preflight import device_problems, model_problems
+from pipeline.preflight import device_problems, model_problems, prompt_problems, weights_problems
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -27,14 +27,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def check(args: argparse.Namespace) -> None:
     problems = model_problems("--model", args.model) + device_problems("--device", args.device)
-    if args.weights and not os.path.isdir(args.weights):
-        problems.append(f"--weights: {args.weights!r} is not a folder; give a run's final/ folder")
-    if args.prompts and not os.path.isfile(args.prompts):
-        problems.append(f"--prompts: {args.prompts!r} does not exist; give a .txt or .jsonl prompt file")
+    problems += weights_problems("--weights", args.weights) + prompt_problems("--prompts", args.prompts)
+    if not 0 <= args.eta <= 1:
+        problems.append(f"--eta: must be in [0, 1], got {args.eta}")
     if not args.prompt and not args.prompts:
         problems.append("--prompt: give at least one --prompt TEXT or a --prompts FILE")
-    if args.num_images < 1 or args.steps < 1:
-        problems.append(f"--num-images/--steps: must be >= 1, got {args.num_images}/{args.steps}")
+    if args.num_images < 1 or not 1 <= args.steps <= 1000:
+        problems.append(f"--num-images/--steps: need >= 1 and 1..1000, got {args.num_images}/{args.steps}")
     if problems:
         raise ConfigError(problems, "command line")
 

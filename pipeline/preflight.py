@@ -11,6 +11,8 @@ import os
 from pipeline.config import ConfigError, load_config
 from rewards.config import RewardSpec
 from trainers.config import Config
+from trainers.models import model_path_problem
+from trainers.prompts import read_prompts
 
 _REWARD_FILES = {  # RewardSpec field -> what the file or folder is
     "checkpoint": "the reward's checkpoint (file, or the model folder for pickscore)",
@@ -20,18 +22,33 @@ _REWARD_FILES = {  # RewardSpec field -> what the file or folder is
 }
 
 
-def _is_local(path: str) -> bool:
-    return os.path.isabs(path) or path.startswith(".") or os.path.exists(path) or path.count("/") != 1
-
-
 def model_problems(key: str, path: str) -> list[str]:
-    """A local model path must be a diffusers pipeline folder; hub ids need the network."""
-    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false", "False")
-    if not (_is_local(path) or offline) or os.path.isfile(os.path.join(path, "model_index.json")):
+    """A local model path must be a diffusers pipeline folder; hub ids need the network or the cache."""
+    problem = model_path_problem(path)
+    return [f"{key}: {problem}"] if problem else []
+
+
+def prompt_problems(key: str, path: str | None) -> list[str]:
+    """The prompt file must exist and hold prompts in a supported format."""
+    if path is None:
         return []
-    why = "does not exist" if not os.path.exists(path) else "has no model_index.json"
-    return [f"{key}: {path!r} {why}; point it at a folder written by StableDiffusionPipeline.save_pretrained"
-            + (" (HF_HUB_OFFLINE is set, so hub ids cannot be fetched)" if offline and not _is_local(path) else "")]
+    try:
+        read_prompts(path)
+    except (OSError, ValueError) as err:
+        return [f"{key}: {err}"]
+    return []
+
+
+def run_folder_problems(cfg: Config) -> list[str]:
+    """``train.resume=false`` must not write into a folder that already holds another run's checkpoints."""
+    from trainers.checkpoint import latest_checkpoint
+    from trainers.loop import run_folder
+
+    folder = run_folder(cfg)
+    if cfg.train.resume or not os.path.isdir(folder) or latest_checkpoint(folder) is None:
+        return []
+    return [f"train.resume: false, but {folder} already holds checkpoints; set train.run_name to a new name, "
+            "delete the folder, or set train.resume=true to continue it"]
 
 
 def reward_problems(key: str, specs: list[RewardSpec]) -> list[str]:
@@ -43,6 +60,17 @@ def reward_problems(key: str, specs: list[RewardSpec]) -> list[str]:
                 problems.append(f"{key}.{i}.{name}: {path!r} does not exist; expected {what} for reward "
                                 f"{spec.name!r}")
     return problems
+
+
+def weights_problems(key: str, folder: str | None) -> list[str]:
+    """Trained weights: a folder with a LoRA file or a full ``unet/`` folder."""
+    if folder is None:
+        return []
+    lora = os.path.join(folder, "pytorch_lora_weights.safetensors")
+    if os.path.isfile(lora) or os.path.isdir(os.path.join(folder, "unet")):
+        return []
+    return [f"{key}: {folder!r} holds no trained weights; expected pytorch_lora_weights.safetensors or a unet/ "
+            "folder, as in a run's final/ folder or a checkpoint's model/ folder"]
 
 
 def device_problems(key: str, device: str) -> list[str]:
@@ -57,10 +85,8 @@ def preflight(cfg: Config, source: str = "config") -> None:
     """Raise one ``ConfigError`` listing every missing file or unavailable device the config names."""
     problems = model_problems("model.path", cfg.model.path) + device_problems("model.device", cfg.model.device)
     problems += reward_problems("rewards", cfg.rewards) + reward_problems("eval.rewards", cfg.eval.rewards)
-    for key, path in (("data.prompts", cfg.data.prompts), ("data.eval_prompts", cfg.data.eval_prompts)):
-        if path is not None and not os.path.isfile(path):
-            problems.append(f"{key}: prompt file {path!r} does not exist; give a .txt or .jsonl file, or null "
-                            "for the built-in prompts")
+    problems += prompt_problems("data.prompts", cfg.data.prompts)
+    problems += prompt_problems("data.eval_prompts", cfg.data.eval_prompts) + run_folder_problems(cfg)
     if problems:
         raise ConfigError(problems, f"{source} (files and devices it names)")
 

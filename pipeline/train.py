@@ -1,4 +1,7 @@
-"""Train a diffusion model against rewards: ``python -m pipeline.train --config FILE [key=value ...]``."""
+"""Train a diffusion model against rewards: ``python -m pipeline.train [--config FILE] [key=value ...]``.
+
+With no arguments it runs the quickstart: DRTune on the shipped toy shapes world, on a local Ray.
+"""
 
 from __future__ import annotations
 
@@ -9,12 +12,15 @@ import os
 from pipeline.config import dump_yaml, run_cli
 from pipeline.preflight import load_checked
 
+QUICKSTART = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "quickstart.yaml")
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m pipeline.train", description=__doc__,
         epilog="Example: python -m pipeline.train --config pipeline/configs/draft_k_sd15.yaml plan.k=5 train.steps=200")
-    parser.add_argument("--config", help="YAML config file (defaults apply to keys it leaves out)")
+    parser.add_argument("--config", default=QUICKSTART,
+                        help="YAML config file; defaults apply to keys it leaves out (default: the toy-world quickstart)")
     parser.add_argument("overrides", nargs="*", help="dotted overrides such as plan.name=drtune plan.k=5")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     return parser.parse_args(argv)

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from pipeline.config import ConfigError, load_config
+from pipeline.config import ConfigError, from_dict, load_config
 from trainers.config import Config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -77,7 +77,9 @@ def test_train_generate_evaluate_end_to_end(tiny_sd_dir, tmp_path):
     """Train through the real command line, then generate and evaluate with the trained weights."""
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a red circle\na blue square\n")
-    result = cli("pipeline.train", f"model.path={tiny_sd_dir}", "model.device=cpu", "sampler.num_steps=3",
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("{}\n")
+    result = cli("pipeline.train", "--config", str(empty), f"model.path={tiny_sd_dir}", "model.device=cpu", "sampler.num_steps=3",
                  "plan.name=drtune", "plan.k=2", "train.steps=2", "train.batch_size=1", f"train.output_dir={tmp_path}",
                  "train.run_name=e2e", f"data.prompts={prompts}", "eval.max_prompts=2", "eval.images_per_prompt=1",
                  "eval.rewards=[{name: symmetry}]", "ray.enabled=false", timeout=300)
@@ -111,3 +113,17 @@ def test_config_round_trips_through_plain_data():
     assert from_dict(Config, to_dict(cfg)) == cfg and cfg.optim.betas == (0.8, 0.9)
     with pytest.raises(ConfigError, match="optim.betas: expected two values"):
         load_config(Config, None, ["optim.betas=[0.9]"])
+
+
+def test_resume_false_refuses_a_folder_with_checkpoints(tiny_sd_dir, tmp_path):
+    from pipeline.preflight import run_folder_problems
+    from trainers.checkpoint import save_checkpoint
+    from trainers.loop import run_folder
+
+    cfg = from_dict(Config, {"model": {"path": tiny_sd_dir}, "train": {"output_dir": str(tmp_path), "resume": False}})
+    assert run_folder_problems(cfg) == []
+    save_checkpoint(run_folder(cfg), 2, {"step": 2}, write_model=os.makedirs)
+    (problem,) = run_folder_problems(cfg)
+    assert run_folder(cfg) in problem and "train.run_name" in problem and "train.resume=true" in problem
+    resume = from_dict(Config, {"model": {"path": tiny_sd_dir}, "train": {"output_dir": str(tmp_path)}})
+    assert resume.train.resume and run_folder_problems(resume) == []

@@ -187,6 +187,18 @@ def test_drtune_places_k_equally_spaced_steps():
         assert all(f.detach_input and f.chain for f in flags)
 
 
+def test_drtune_offsets_cover_the_whole_trajectory():
+    """The offset is uniform over every placement that fits, so both the first and the last step get trained."""
+    first, last = set(), set()
+    for seed in range(200):
+        flags = DRTune(k=3).flags(10, torch.Generator().manual_seed(seed))
+        trained = [i for i, f in enumerate(flags) if f.grad]
+        assert trained == [trained[0], trained[0] + 3, trained[0] + 6]
+        first.add(trained[0])
+        last.add(trained[-1])
+    assert first == {0, 1, 2, 3} and 9 in last
+
+
 def test_step_flags_defaults_are_no_gradient():
     assert StepFlags(grad=False) == StepFlags(grad=False, detach_input=False, chain=False, stop=False)
 

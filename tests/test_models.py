@@ -102,8 +102,10 @@ def test_unknown_target_modules_fail_clearly(tiny_sd_dir):
 
 
 def test_missing_model_folder_names_the_path(tmp_path):
-    with pytest.raises(FileNotFoundError, match="model_index.json"):
+    with pytest.raises(FileNotFoundError, match="nowhere' does not exist.*save_pretrained"):
         load_model(ModelConfig(path=str(tmp_path / "nowhere"), device="cpu"))
+    with pytest.raises(FileNotFoundError, match="has no model_index.json"):
+        load_model(ModelConfig(path=str(tmp_path), device="cpu"))
 
 
 @pytest.mark.parametrize("dtype", ["bf16", "fp16"])

@@ -44,10 +44,11 @@ def _trained(run_dir: str) -> dict[str, torch.Tensor]:
     return load_checkpoint(latest_checkpoint(run_dir))
 
 
-@pytest.mark.parametrize("plan", ["drtune", "draft_lv"])
+@pytest.mark.parametrize("plan", [{"name": "drtune", "k": 2, "early_stop": 1}, {"name": "draft_lv", "k": 1}],
+                         ids=["drtune", "draft_lv"])
 def test_resume_equals_uninterrupted_run(tiny_sd_dir, tmp_path, plan):
     """2 steps, a kill after step 3 is logged, resume from the step-2 checkpoint, finish: equals 4 steps."""
-    sections = {"plan": {"name": plan, "k": 2, "early_stop": 1}, "sampler": {"eta": 0.5}}
+    sections = {"plan": plan, "sampler": {"eta": 0.5}}
     straight = run(make_config(tiny_sd_dir, str(tmp_path / "a"), **sections))
     cfg = make_config(tiny_sd_dir, str(tmp_path / "b"), **sections)
     with pytest.raises(KeyboardInterrupt):
@@ -89,6 +90,28 @@ class NaNReward:
 
     def __call__(self, images, prompts):
         return images.mean((1, 2, 3)) * float("nan")
+
+
+def test_non_finite_weights_skip_the_step_without_touching_weights(tiny_sd_dir, tmp_path):
+    """A NaN adapter weight gives NaN images; the step is skipped and counted, not fed to the reward."""
+    tr = build_trainer(make_config(tiny_sd_dir, str(tmp_path)))
+    with torch.no_grad():
+        tr.params[0].view(-1)[0] = float("nan")
+    before = {k: v.clone() for k, v in trainable_state_dict(tr.model).items()}
+    metrics = train_step(tr)
+    assert tr.skipped == 1 and tr.bad_in_a_row == 1 and metrics["train/skipped_steps"] == 1
+    for name, tensor in trainable_state_dict(tr.model).items():
+        torch.testing.assert_close(tensor, before[name], rtol=0, atol=0, equal_nan=True, msg=name)
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "fp16"])
+def test_low_precision_step_trains_fp32_adapters(tiny_sd_dir, tmp_path, dtype):
+    tr = build_trainer(make_config(tiny_sd_dir, str(tmp_path), model={"dtype": dtype}))
+    before = [p.detach().clone() for p in tr.params]
+    metrics = train_step(tr)
+    assert tr.skipped == 0 and metrics["train/grad_norm"] > 0
+    assert all(p.dtype == torch.float32 for p in tr.params)
+    assert any(not torch.equal(a, p) for a, p in zip(before, tr.params))
 
 
 def test_non_finite_steps_are_skipped_then_abort(tiny_sd_dir, tmp_path):

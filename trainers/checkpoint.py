@@ -45,16 +45,29 @@ def save_checkpoint(run_dir: str, step: int, state: dict, write_model: Callable[
     os.makedirs(root, exist_ok=True)
     name = f"step_{step:06d}"
     final, tmp = os.path.join(root, name), os.path.join(root, f".tmp_{name}_{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
+    for stale in (n for n in os.listdir(root) if n.startswith(".tmp_")):  # left by a crash mid-write
+        shutil.rmtree(os.path.join(root, stale), ignore_errors=True)
     os.makedirs(tmp)
     torch.save(state, os.path.join(tmp, "state.pt"))
     write_model(os.path.join(tmp, "model"))
+    _fsync_tree(tmp)
     if os.path.exists(final):
         shutil.rmtree(final)
     os.replace(tmp, final)
     _write_text_atomic(os.path.join(root, LATEST), name)
     _prune(root, keep)
     return final
+
+
+def _fsync_tree(folder: str) -> None:
+    """Flush every file under ``folder`` to disk before the rename makes it visible."""
+    for base, _, files in os.walk(folder):
+        for name in files:
+            fd = os.open(os.path.join(base, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
 
 
 def _prune(root: str, keep: int) -> None:

@@ -49,7 +49,7 @@ class TrainableConfig:
     rank: int = 4  # LoRA rank r
     alpha: float = 4.0  # LoRA alpha; the update is scaled by alpha / r
     target_modules: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")  # UNet module names given adapters
-    init: Literal["zeros", "gaussian"] = "zeros"  # zeros: B = 0, so the tuned model starts as the base
+    init: Literal["kaiming", "gaussian"] = "kaiming"  # init of A; B starts at 0 either way, so tuning starts at the base
     dropout: float = 0.0  # LoRA dropout probability
 
     def validate(self) -> list[str]:
@@ -71,6 +71,8 @@ class SamplerConfig:
     def validate(self) -> list[str]:
         problems = _positive("num_steps", self.num_steps)
         problems += [] if 0 <= self.eta <= 1 else [f"eta: must be in [0, 1], got {self.eta}"]
+        if self.num_steps > 1000:
+            problems.append(f"num_steps: must be <= 1000 (the schedulers' training timesteps), got {self.num_steps}")
         problems += [] if self.guidance_scale >= 0 else [f"guidance_scale: must be >= 0, got {self.guidance_scale}"]
         return problems
 
@@ -108,6 +110,8 @@ class OptimConfig:
         ok = len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas)
         problems += [] if ok else [f"betas: expected two values in [0, 1), got {list(self.betas)}"]
         problems += _positive("warmup_steps", self.warmup_steps, 0) + _positive("grad_clip", self.grad_clip, 0)
+        problems += [] if self.eps > 0 else [f"eps: must be > 0, got {self.eps}"]
+        problems += _positive("weight_decay", self.weight_decay, 0)
         return problems
 
 
@@ -167,6 +171,8 @@ class RayConfig:
 
     def validate(self) -> list[str]:
         problems = _positive("num_workers", self.num_workers) + _positive("max_failures", self.max_failures, 0)
+        if self.num_workers > 1:
+            problems.append(f"num_workers: data-parallel training is not available yet, got {self.num_workers}; use 1")
         problems += [] if self.cpus_per_worker > 0 else [f"cpus_per_worker: must be > 0, got {self.cpus_per_worker}"]
         if self.num_cpus is not None and self.num_cpus < 1:
             problems.append(f"num_cpus: must be >= 1 or null, got {self.num_cpus}")
@@ -191,6 +197,8 @@ class Config:
     def validate(self) -> list[str]:
         """Cross-section checks: the plan must fit in the sampler's steps."""
         problems, steps, plan = [], self.sampler.num_steps, self.plan
+        if plan.early_stop and plan.name not in ("drtune", "refl"):
+            problems.append(f"plan.early_stop: only drtune and refl stop early; set it to 0 for {plan.name}")
         if plan.name in ("draft_k", "drtune") and plan.k > steps - plan.early_stop:
             problems.append(f"plan.k: {plan.name} trains k={plan.k} of the {steps - plan.early_stop} steps "
                             f"it runs (sampler.num_steps={steps}, plan.early_stop={plan.early_stop}); lower k")
@@ -198,6 +206,9 @@ class Config:
             problems.append(f"plan.early_stop: must be < sampler.num_steps={steps}, got {plan.early_stop}")
         if not self.rewards:
             problems.append("rewards: list at least one reward to train on")
+        if self.trainable.kind == "full" and self.model.dtype != "fp32":
+            problems.append(f"trainable.kind: full fine-tuning trains the UNet in fp32; set model.dtype=fp32 "
+                            f"(got {self.model.dtype}) or use kind=lora")
         if not math.isfinite(self.optim.lr):
             problems.append(f"optim.lr: must be finite, got {self.optim.lr}")
         return problems

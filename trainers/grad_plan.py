@@ -17,7 +17,7 @@ With paper step numbers ``t = T - i`` (t = 1 is the last step):
 DRaFT          all steps grad and chain (full backprop through the sampler)
 DRaFT-K        last K steps grad and chain; the first T-K run without a graph
 DRaFT-LV       DRaFT-1, then n copies ``x_1 = add_noise(sg(x0), t_last)`` denoised again with grad
-DRTune         K steps ``o + j*floor(L/K)`` (random offset o), every input detached, chain on,
+DRTune         K steps ``o + j*floor(L/K)``, ``o ~ U{0..L-1-(K-1)floor(L/K)}``, inputs detached, chain on,
                optional early stop at ``t_min ~ U{1..m}``; L is the number of steps run
 ReFL           stop at ``t_min ~ U{1..m}``; only that step has grad; no chain
 AlignProp      chain everywhere; step i has grad iff ``i >= c_i``, ``c_i ~ U{0..T-1}`` drawn per step
@@ -90,7 +90,7 @@ class DRTune:
         stop = num_steps - _randint(1, self.early_stop, gen) if self.early_stop else num_steps - 1
         run = stop + 1
         stride = run // self.k
-        offset = _randint(0, stride - 1, gen)
+        offset = _randint(0, run - 1 - (self.k - 1) * stride, gen)  # the last trained step may be the last step
         trained = {offset + j * stride for j in range(self.k)}
         return [StepFlags(grad=i in trained, detach_input=True, chain=True, stop=i == stop and self.early_stop > 0)
                 for i in range(run)]

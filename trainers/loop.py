@@ -68,6 +68,7 @@ class Trainer:
         return {"step": self.step, "trainable": trainable_state_dict(self.model),
                 "optimizer": self.optimizer.state_dict(), "lr_schedule": self.lr_schedule.state_dict(),
                 "gen": self.gen.get_state(), "torch_rng": torch.get_rng_state(), "sampler": self.sampler.state_dict(),
+                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
                 "bad_in_a_row": self.bad_in_a_row, "skipped": self.skipped, "extra": self.extra}
 
     def load_state_dict(self, state: dict) -> None:
@@ -76,6 +77,8 @@ class Trainer:
         self.lr_schedule.load_state_dict(state["lr_schedule"])
         self.gen.set_state(state["gen"])
         torch.set_rng_state(state["torch_rng"])
+        if state.get("cuda_rng") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
         self.sampler.load_state_dict(state["sampler"])
         self.step, self.bad_in_a_row, self.skipped = state["step"], state["bad_in_a_row"], state["skipped"]
         self.extra = state.get("extra", {})
@@ -112,7 +115,11 @@ def reward_loss(tr: Trainer, prompts: list[str]) -> tuple[torch.Tensor, torch.Te
     uncond = model.family.encode_prompts(model, [""] * len(prompts)) if s.guidance_scale > 1 else None
     traj = sample(model, cond, uncond, x_T, tr.schedule, flags, guidance=s.guidance_scale, eta=s.eta, gen=tr.gen,
                   refine_copies=tr.plan.refine_copies, step_checkpointing=tr.cfg.model.step_checkpointing)
-    scores = torch.stack([tr.reward(model.family.decode(model, x0), prompts) for x0 in traj.finals])
+    images = [model.family.decode(model, x0) for x0 in traj.finals]
+    if not all(torch.isfinite(x).all() for x in images):  # rewards reject NaN images; skip the step instead
+        nan = torch.full((len(images), len(prompts)), float("nan"))
+        return nan.sum(), nan
+    scores = torch.stack([tr.reward(x, prompts) for x in images])
     return -scores.mean(dim=1).sum(), scores
 
 
@@ -206,13 +213,21 @@ class JsonlLog:
         kept = []
         if os.path.isfile(path):
             with open(path, encoding="utf-8") as f:
-                kept = [line for line in f if line.strip() and json.loads(line)["step"] <= resume_step]
+                kept = [line for line in f if _step_of(line) is not None and _step_of(line) <= resume_step]
         with open(path, "w", encoding="utf-8") as f:
             f.writelines(kept)
 
     def report(self, step: int, metrics: dict[str, float], checkpoint_dir: str | None = None) -> None:
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps({"step": step, **metrics}) + "\n")
+
+
+def _step_of(line: str) -> int | None:
+    """The step of a metrics line, or None for a blank or torn (partly written) line."""
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 @dataclass

@@ -125,17 +125,25 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _check_model_path(path: str) -> None:
-    """Fail clearly when a local model folder is missing or incomplete (hub ids pass through)."""
-    looks_local = os.path.isabs(path) or path.startswith(".") or os.path.exists(path) or path.count("/") != 1
-    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
-    if looks_local or offline:
-        index = os.path.join(path, "model_index.json")
-        if not os.path.isfile(index):
-            raise FileNotFoundError(
-                f"model.path={path!r}: no diffusers pipeline folder there (expected {index}). Point model.path at a "
-                "folder written by StableDiffusionPipeline.save_pretrained" + (" (HF_HUB_OFFLINE is set, so hub ids "
-                "cannot be downloaded)" if offline and not looks_local else ""))
+def model_path_problem(path: str) -> str | None:
+    """Why ``path`` cannot be loaded, or None: a local folder needs ``model_index.json``; a hub id
+    (``org/name``) needs the network, or the local hub cache when ``HF_HUB_OFFLINE`` is set."""
+    if os.path.isfile(os.path.join(path, "model_index.json")):
+        return None
+    hub_id = not (os.path.isabs(path) or path.startswith(".") or os.path.exists(path)) and path.count("/") == 1
+    if hub_id:
+        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false", "False")
+        if not offline or _in_hub_cache(path):
+            return None
+        return f"{path!r} is not in the local hub cache and HF_HUB_OFFLINE is set; download it first or give a folder"
+    why = "does not exist" if not os.path.exists(path) else "has no model_index.json"
+    return f"{path!r} {why}; point it at a folder written by StableDiffusionPipeline.save_pretrained"
+
+
+def _in_hub_cache(repo_id: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    return isinstance(try_to_load_from_cache(repo_id, "model_index.json"), str)
 
 
 def load_model(cfg: ModelConfig) -> DiffusionModel:
@@ -147,7 +155,9 @@ def load_model(cfg: ModelConfig) -> DiffusionModel:
     """
     from diffusers import DDIMScheduler, StableDiffusionPipeline
 
-    _check_model_path(cfg.path)
+    problem = model_path_problem(cfg.path)
+    if problem:
+        raise FileNotFoundError(f"model.path: {problem}")
     device, dtype = resolve_device(cfg.device), DTYPES[cfg.dtype]
     offline = os.path.isdir(cfg.path)
     pipe = StableDiffusionPipeline.from_pretrained(cfg.path, dtype=dtype, local_files_only=offline,
@@ -173,7 +183,7 @@ def make_trainable(model: DiffusionModel, cfg: TrainableConfig) -> list[torch.nn
     else:
         from peft import LoraConfig
 
-        init = True if cfg.init == "zeros" else "gaussian"
+        init = True if cfg.init == "kaiming" else "gaussian"
         try:
             unet.add_adapter(LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
                                         target_modules=list(cfg.target_modules), init_lora_weights=init))
