@@ -1,0 +1,120 @@
+"""Shapes world: the generator, the train/held-out split, the prompt files, and the shipped assets."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pipeline.toyworld import shapes
+from pipeline.toyworld.measure import colour_adherence, read_colours
+from pipeline.toyworld.shapes import (ASSETS_DIR, BACKGROUND_COLOURS, OBJECT_COLOURS, SHAPES, Combo, all_combos,
+                                      caption, held_out_combos, parse_caption, render, sample_batch, train_combos)
+
+
+def _gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def test_render_is_deterministic_for_a_seed():
+    combo = Combo("red", "triangle", "black")
+    first, again, other = render(combo, _gen(3)), render(combo, _gen(3)), render(combo, _gen(4))
+    assert first.shape == (3, 32, 32) and first.dtype == torch.uint8
+    assert torch.equal(first, again)
+    assert not torch.equal(first, other)
+
+
+def test_sample_batch_is_deterministic_and_in_range():
+    images, captions = sample_batch(16, train_combos(), _gen(0))
+    images2, captions2 = sample_batch(16, train_combos(), _gen(0))
+    assert images.shape == (16, 3, 32, 32) and images.dtype == torch.float32
+    assert 0 <= images.min() and images.max() <= 1
+    assert torch.equal(images, images2) and captions == captions2
+    assert len(set(captions)) > 1
+
+
+@pytest.mark.parametrize("combo", all_combos(), ids=caption)
+def test_drawn_colours_match_the_caption(combo):
+    images = torch.stack([render(combo, _gen(seed)) for seed in range(4)]).float() / 255
+    obj, bg = torch.tensor(OBJECT_COLOURS[combo.colour]), torch.tensor(BACKGROUND_COLOURS[combo.background])
+    corners = images[:, :, [0, 0, -1, -1], [0, -1, 0, -1]]  # (4, 3, 4)
+    assert (corners - bg[None, :, None]).abs().max() < 0.01
+    if combo.shape != "triangle":  # circles and squares always cover the central 4x4 pixels
+        centre = images[:, :, 14:18, 14:18].mean(dim=(2, 3))  # (4, 3)
+        assert (centre - obj).abs().max() < 0.01
+    assert all(read_colours(img) == read_colours(images[0]) for img in images)
+    assert read_colours(images[0]).colour == combo.colour
+    assert read_colours(images[0]).background == combo.background
+
+
+def test_colour_adherence_detects_wrong_captions():
+    combos = all_combos()
+    images = torch.stack([render(c, _gen(i)) for i, c in enumerate(combos)]).float() / 255
+    assert colour_adherence(images, combos) == {"object": 1.0, "background": 1.0, "both": 1.0}
+    assert colour_adherence(images.flip(0), combos)["both"] < 0.2
+
+
+def test_split_holds_out_combos_but_no_words():
+    train, held = train_combos(), held_out_combos()
+    assert not set(train) & set(held)
+    assert sorted(train + held) == sorted(all_combos()) and len(all_combos()) == 66
+    assert 0.10 <= len(held) / len(all_combos()) <= 0.15
+    assert {c.colour for c in train} == set(OBJECT_COLOURS)
+    assert {c.shape for c in train} == set(SHAPES)
+    assert {c.background for c in train} == set(BACKGROUND_COLOURS)
+    assert all(c.colour != c.background for c in all_combos())
+
+
+def test_caption_round_trips_and_rejects_others():
+    assert caption(Combo("red", "circle", "gray")) == "a red circle on a gray background"
+    assert all(parse_caption(caption(c)) == c for c in all_combos())
+    with pytest.raises(ValueError, match="no valid combo"):
+        parse_caption("a blue circle on a blue background")
+    with pytest.raises(ValueError, match="not a shapes-world caption"):
+        parse_caption("a photo of a cat")
+
+
+def test_prompt_files_on_disk_equal_the_generator(tmp_path):
+    written = shapes.write_prompt_files(tmp_path)
+    for split, path in written.items():
+        shipped = ASSETS_DIR / shapes.PROMPT_FILES[split]
+        assert shipped.read_text(encoding="utf-8") == path.read_text(encoding="utf-8"), f"regenerate {shipped}"
+    lines = (ASSETS_DIR / "prompts_heldout.txt").read_text(encoding="utf-8").splitlines()
+    assert lines == [caption(c) for c in held_out_combos()]
+
+
+def test_shipped_pipeline_loads_and_generates_32px_images():
+    from trainers.config import ModelConfig
+    from trainers.ddim import ddim_schedule
+    from trainers.engine import generate
+    from trainers.models import load_model
+
+    model = load_model(ModelConfig(path=str(ASSETS_DIR / "sd"), device="cpu"))
+    assert {p.dtype for p in model.denoiser.parameters()} == {torch.float32}
+    assert model.resolution == 32 and model.latent_shape == (4, 16, 16)
+    combos = [c for c in train_combos()[::6] for _ in range(2)]  # 10 prompts x 2 samples
+    x_T = torch.randn((len(combos), *model.latent_shape), generator=_gen(0))
+    images = generate(model, [caption(c) for c in combos], x_T, ddim_schedule(model.scheduler, 10), guidance=7.5)
+    assert images.shape == (len(combos), 3, 32, 32)
+    assert torch.isfinite(images).all() and 0 <= images.min() and images.max() <= 1
+    # The shipped model reads 0.70-0.75 here over noise seeds; chance is 1/25.
+    assert colour_adherence(images, combos)["both"] >= 0.5
+
+
+def test_shipped_reward_prefers_matching_captions_on_held_out_images():
+    from pipeline.toyworld.build_reward import load_shipped_reward
+
+    reward = load_shipped_reward(str(ASSETS_DIR / "clip"))
+    combos = held_out_combos()
+    images = torch.stack([render(c, _gen(i)) for i, c in enumerate(combos)]).float() / 255
+    # Mismatches change one word at a time: the colour, the shape, or the background.
+    swaps = [Combo(next(k for k in OBJECT_COLOURS if k not in (c.colour, c.background)), c.shape, c.background)
+             for c in combos]
+    swaps += [Combo(c.colour, SHAPES[(SHAPES.index(c.shape) + 1) % 3], c.background) for c in combos]
+    swaps += [Combo(c.colour, c.shape, next(k for k in BACKGROUND_COLOURS if k not in (c.colour, c.background)))
+              for c in combos]
+    with torch.no_grad():
+        matched = reward(images, [caption(c) for c in combos])  # (9,)
+        mismatched = reward(images.repeat(3, 1, 1, 1), [caption(c) for c in swaps]).view(3, -1)  # (3, 9)
+    assert matched.shape == (len(combos),)
+    assert matched.mean() > mismatched.mean() + 5  # scores are 100 * cosine
+    assert (matched > mismatched).float().mean() >= 0.85
