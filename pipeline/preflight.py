@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 
-from pipeline.config import ConfigError, load_config
+from pipeline.config import ConfigError, dump_yaml, flatten, load_config
 from rewards.config import RewardSpec
 from trainers.config import Config
 from trainers.models import model_path_problem
@@ -39,16 +39,46 @@ def prompt_problems(key: str, path: str | None) -> list[str]:
     return []
 
 
+RUN_CONFIG = "config.yaml"  # the resolved config, written into the run folder when a run starts
+# keys a resumed run may change: how long it runs and how it is evaluated and placed, not what it trains
+RESUMABLE_CHANGES = ("train.steps", "train.checkpoint_every", "train.max_bad_steps", "eval.", "ray.", "model.device")
+
+
 def run_folder_problems(cfg: Config) -> list[str]:
-    """``train.resume=false`` must not write into a folder that already holds another run's checkpoints."""
+    """A folder holding checkpoints is resumed only with ``train.resume=true`` and the config it started with."""
     from trainers.checkpoint import latest_checkpoint
     from trainers.loop import run_folder
 
     folder = run_folder(cfg)
-    if cfg.train.resume or not os.path.isdir(folder) or latest_checkpoint(folder) is None:
+    if not os.path.isdir(folder) or latest_checkpoint(folder) is None:
         return []
-    return [f"train.resume: false, but {folder} already holds checkpoints; set train.run_name to a new name, "
-            "delete the folder, or set train.resume=true to continue it"]
+    if not cfg.train.resume:
+        return [f"train.resume: false, but {folder} already holds checkpoints; set train.run_name to a new name, "
+                "delete the folder, or set train.resume=true to continue it"]
+    saved = os.path.join(folder, RUN_CONFIG)
+    if not os.path.isfile(saved):
+        return []
+    changed = config_changes(load_config(Config, saved, []), cfg)
+    if not changed:
+        return []
+    return [f"train.resume: {folder} was started with a different config ({'; '.join(changed)}); resume it with "
+            f"the values in {saved}, or set train.run_name to a new name to start a new run"]
+
+
+def config_changes(before: Config, after: Config) -> list[str]:
+    """``"key: old -> new"`` for each setting that differs, except those a resumed run may change."""
+    old, new = flatten(before), flatten(after)
+    keys = [k for k in sorted(old.keys() | new.keys()) if not k.startswith(RESUMABLE_CHANGES)]
+    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
+
+
+def write_run_config(cfg: Config, run_dir: str) -> None:
+    """Record the resolved config in the run folder (atomically), for resume checks and for people."""
+    os.makedirs(run_dir, exist_ok=True)
+    path = os.path.join(run_dir, RUN_CONFIG)
+    with open(f"{path}.tmp", "w", encoding="utf-8") as f:
+        f.write(dump_yaml(cfg))
+    os.replace(f"{path}.tmp", path)
 
 
 def reward_problems(key: str, specs: list[RewardSpec]) -> list[str]:

@@ -19,11 +19,19 @@ LOCAL_RAY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "dis
 
 
 class RayReporter:
-    """Forwards the core's metrics to Ray Train; rank 0 attaches checkpoints."""
+    """Forwards the core's metrics to Ray Train every ``every`` steps and at each evaluation and checkpoint;
+    rank 0 attaches checkpoints. Each ``ray.train.report`` is a barrier across workers (about a second on
+    a busy 2-core machine), so per-step metrics stay in the run folder's ``metrics.jsonl``."""
+
+    def __init__(self, every: int = 1):
+        self.every = every
 
     def report(self, step: int, metrics: dict[str, float], checkpoint_dir: str | None = None) -> None:
         import ray.train
 
+        evaluated = any(key.startswith("eval/") for key in metrics)  # same steps on every rank
+        if not (checkpoint_dir or evaluated or step % self.every == 0):
+            return
         checkpoint = None
         if checkpoint_dir and ray.train.get_context().get_world_rank() == 0:
             checkpoint = ray.train.Checkpoint.from_directory(checkpoint_dir)
@@ -35,7 +43,7 @@ def train_fn_per_worker(config: dict) -> None:
     from trainers.loop import run
 
     cfg = from_dict(Config, config["cfg"], "train_loop_config")
-    run(cfg, reporters=(RayReporter(),), run_dir=config["run_dir"])
+    run(cfg, reporters=(RayReporter(cfg.ray.report_every),), run_dir=config["run_dir"])
 
 
 def init_ray(cfg: Config) -> None:
@@ -61,6 +69,9 @@ def fit(cfg: Config, run_dir: str):
     from ray.train.torch import TorchConfig, TorchTrainer
 
     init_ray(cfg)
+    # Ray Train would chdir workers into its own trial folder; relative paths in the config mean the
+    # directory the command was run from (or the job's working_dir), so keep the workers there.
+    os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
     r = cfg.ray
     storage = os.path.abspath(r.storage_path or os.path.join(cfg.train.output_dir, "ray"))
     trainer = TorchTrainer(

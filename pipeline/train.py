@@ -10,7 +10,7 @@ import json
 import os
 
 from pipeline.config import dump_yaml, run_cli
-from pipeline.preflight import load_checked
+from pipeline.preflight import load_checked, write_run_config
 
 QUICKSTART = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "quickstart.yaml")
 
@@ -32,9 +32,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.print_config:
         print(dump_yaml(cfg), end="")
         return 0
+    from trainers.checkpoint import latest_checkpoint
     from trainers.loop import run, run_folder
 
     run_dir = run_folder(cfg)
+    resume_from = latest_checkpoint(run_dir) if cfg.train.resume else None
+    if resume_from:
+        print(f"resuming {run_dir} from {os.path.basename(resume_from)} (train.run_name=NEW starts a new run)")
+    write_run_config(cfg, run_dir)
     if cfg.ray.enabled:
         from pipeline.ray_train import fit
 

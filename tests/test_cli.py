@@ -127,3 +127,20 @@ def test_resume_false_refuses_a_folder_with_checkpoints(tiny_sd_dir, tmp_path):
     assert run_folder(cfg) in problem and "train.run_name" in problem and "train.resume=true" in problem
     resume = from_dict(Config, {"model": {"path": tiny_sd_dir}, "train": {"output_dir": str(tmp_path)}})
     assert resume.train.resume and run_folder_problems(resume) == []
+
+
+def test_resume_refuses_a_different_config_but_allows_more_steps(tiny_sd_dir, tmp_path):
+    from pipeline.preflight import run_folder_problems, write_run_config
+    from trainers.checkpoint import save_checkpoint
+    from trainers.loop import run_folder
+
+    def config(**train):
+        return from_dict(Config, {"model": {"path": tiny_sd_dir}, "optim": {"lr": train.pop("lr", 1e-4)},
+                                  "train": {"output_dir": str(tmp_path), "run_name": "r", **train}})
+
+    started = config(steps=10)
+    save_checkpoint(run_folder(started), 2, {"step": 2}, write_model=os.makedirs)
+    write_run_config(started, run_folder(started))
+    assert run_folder_problems(config(steps=50)) == []
+    (problem,) = run_folder_problems(config(steps=10, lr=1e-3))
+    assert "optim.lr: 0.0001 -> 0.001" in problem and "config.yaml" in problem and "train.run_name" in problem

@@ -25,7 +25,7 @@ class ModelConfig:
     """Which diffusion model to tune and how to run it."""
 
     family: Literal["sd"] = "sd"  # model family: sd = Stable Diffusion 1.x / 2.x
-    path: str = "pipeline/assets/toy_sd"  # diffusers pipeline folder, or a hub id when online
+    path: str = "pipeline/assets/toyworld/sd"  # diffusers pipeline folder, or a hub id when online
     dtype: Literal["fp32", "bf16", "fp16"] = "fp32"  # frozen weights' precision; trained weights stay fp32
     device: str = "auto"  # "auto" (cuda if present, else cpu), "cpu", "cuda", "cuda:1", ...
     resolution: int | None = None  # image side in px; None = the UNet's native size
@@ -168,9 +168,11 @@ class RayConfig:
     num_cpus: int | None = None  # CPUs of the local in-process Ray; None = all
     storage_path: str | None = None  # Ray Train run storage (local folder); None = <output_dir>/ray
     max_failures: int = 0  # worker-group restarts after a failure (resumes from the last checkpoint)
+    report_every: int = 10  # forward metrics to Ray every this many steps, and at each evaluation and checkpoint
 
     def validate(self) -> list[str]:
         problems = _positive("num_workers", self.num_workers) + _positive("max_failures", self.max_failures, 0)
+        problems += _positive("report_every", self.report_every)
         if self.num_workers > 1:
             problems.append(f"num_workers: data-parallel training is not available yet, got {self.num_workers}; use 1")
         problems += [] if self.cpus_per_worker > 0 else [f"cpus_per_worker: must be > 0, got {self.cpus_per_worker}"]

@@ -1,4 +1,4 @@
-"""Measure how well the shapes-world base pipeline follows its prompts.
+"""Measure how well the shapes-world base pipeline (or a tuned one, ``--weights``) follows its prompts.
 
 For every held-out prompt and an evenly spaced subset of training prompts, sample ``n`` images with
 the project's own sampler (``trainers.engine.generate``, DDIM, classifier-free guidance) and report
@@ -78,10 +78,12 @@ def save_grid(rows: list[torch.Tensor], path: str, zoom: int = 3) -> None:
 def run(args: argparse.Namespace) -> dict:
     """Sample every split, compute its metrics and write the grid; returns ``{split: metrics}``."""
     from trainers.config import ModelConfig
-    from trainers.models import load_model
+    from trainers.models import load_model, load_trained
 
     torch.set_num_threads(args.threads)
     model = load_model(ModelConfig(path=args.sd, device="cpu"))
+    if args.weights:
+        load_trained(model, args.weights)
     reward = load_shipped_reward(args.clip)
     results, rows = {}, []
     for split, combos in pick_prompts(args.n_train).items():
@@ -95,8 +97,9 @@ def run(args: argparse.Namespace) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     """CLI entry point: print the metrics as JSON (and write them to ``--json`` if given)."""
-    parser = argparse.ArgumentParser(description="Prompt adherence of the shapes-world base pipeline.")
+    parser = argparse.ArgumentParser(description="Prompt adherence of the shapes-world pipeline.")
     parser.add_argument("--sd", default=str(ASSETS_DIR / "sd"), help="diffusers pipeline folder")
+    parser.add_argument("--weights", default=None, help="trained weights to apply (a run's final/ folder)")
     parser.add_argument("--clip", default=str(ASSETS_DIR / "clip"), help="folder with toy-clip.json and weights")
     parser.add_argument("--n", type=int, default=8, help="samples per prompt")
     parser.add_argument("--n-train", type=int, default=9, help="training prompts to include")
