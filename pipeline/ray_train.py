@@ -19,18 +19,23 @@ LOCAL_RAY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "dis
 
 
 class RayReporter:
-    """Forwards the core's metrics to Ray Train every ``every`` steps and at each evaluation and checkpoint;
-    rank 0 attaches checkpoints. Each ``ray.train.report`` is a barrier across workers (about a second on
-    a busy 2-core machine), so per-step metrics stay in the run folder's ``metrics.jsonl``."""
+    """Forwards the core's metrics to Ray Train at step 0, every ``ray.report_every`` steps, and at each
+    evaluation, checkpoint and the last step; rank 0 attaches checkpoints.
 
-    def __init__(self, every: int = 1):
-        self.every = every
+    Every ``ray.train.report`` is a barrier across workers (about a second on a busy 2-core machine), so
+    per-step metrics stay in the run folder's ``metrics.jsonl``. Which steps report depends only on the
+    step number, so all ranks call ``report`` equally often even though only rank 0 evaluates.
+    """
+
+    def __init__(self, cfg: Config):
+        t = cfg.train
+        self.periods = [p for p in (cfg.ray.report_every, cfg.eval.every, t.checkpoint_every) if p]
+        self.last = t.steps
 
     def report(self, step: int, metrics: dict[str, float], checkpoint_dir: str | None = None) -> None:
         import ray.train
 
-        evaluated = any(key.startswith("eval/") for key in metrics)  # same steps on every rank
-        if not (checkpoint_dir or evaluated or step % self.every == 0):
+        if not (step in (0, self.last) or any(step % p == 0 for p in self.periods)):
             return
         checkpoint = None
         if checkpoint_dir and ray.train.get_context().get_world_rank() == 0:
@@ -43,7 +48,7 @@ def train_fn_per_worker(config: dict) -> None:
     from trainers.loop import run
 
     cfg = from_dict(Config, config["cfg"], "train_loop_config")
-    run(cfg, reporters=(RayReporter(cfg.ray.report_every),), run_dir=config["run_dir"])
+    run(cfg, reporters=(RayReporter(cfg),), run_dir=config["run_dir"])
 
 
 def init_ray(cfg: Config) -> None:

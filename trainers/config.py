@@ -169,12 +169,18 @@ class RayConfig:
     storage_path: str | None = None  # Ray Train run storage (local folder); None = <output_dir>/ray
     max_failures: int = 0  # worker-group restarts after a failure (resumes from the last checkpoint)
     report_every: int = 10  # forward metrics to Ray every this many steps, and at each evaluation and checkpoint
+    reward_actors: int = 0  # trained reward served by this many Ray actor replicas; 0 = in the training worker
+    reward_num_gpus: float = 0.0  # GPUs per reward actor (fractions share a GPU)
+    reward_num_cpus: float = 1.0  # CPUs per reward actor
+    reward_resources: dict[str, float] = field(default_factory=dict)  # custom resources per reward actor, e.g. {reward_node: 1}
 
     def validate(self) -> list[str]:
         problems = _positive("num_workers", self.num_workers) + _positive("max_failures", self.max_failures, 0)
-        problems += _positive("report_every", self.report_every)
-        if self.num_workers > 1:
-            problems.append(f"num_workers: data-parallel training is not available yet, got {self.num_workers}; use 1")
+        problems += _positive("report_every", self.report_every) + _positive("reward_actors", self.reward_actors, 0)
+        problems += _positive("reward_num_gpus", self.reward_num_gpus, 0) + _positive("reward_num_cpus", self.reward_num_cpus, 0)
+        problems += [f"reward_resources.{k}: must be > 0, got {v}" for k, v in self.reward_resources.items() if v <= 0]
+        if self.reward_actors:
+            problems.append(f"reward_actors: remote rewards are not available yet, got {self.reward_actors}; use 0")
         problems += [] if self.cpus_per_worker > 0 else [f"cpus_per_worker: must be > 0, got {self.cpus_per_worker}"]
         if self.num_cpus is not None and self.num_cpus < 1:
             problems.append(f"num_cpus: must be >= 1 or null, got {self.num_cpus}")

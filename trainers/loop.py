@@ -4,7 +4,10 @@ One optimiser step (ALGORITHMS.md §1-2): draw prompts ``c`` and noise ``x_T``, 
 step flags, sample ``x0`` with the engine, decode, and minimise
 ``L = -sum_j mean_b r(decode(x0_j)_b, c_b)`` over the final latents ``x0_j`` (one, or 1 + n for
 DRaFT-LV). Non-finite losses or gradients skip the step; ``train.max_bad_steps`` in a row abort.
-Everything random flows from one ``torch.Generator``, so a resumed run equals an uninterrupted one.
+Prompts, ``x_T`` and plan draws come from one checkpointed ``torch.Generator`` and per-step noise
+from a generator seeded by (seed, rank, step), so a resumed run equals an uninterrupted one. Under
+data parallelism (``trainers.replicas``) gradients are averaged over replicas and rank 0 alone
+writes the run folder.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from trainers.models import (DiffusionModel, load_model, load_trainable_state_di
                              trainable_state_dict)
 from trainers.prompts import BUILTIN_HELD_OUT, BUILTIN_TRAIN, PromptSampler, load_prompts
 from trainers.registry import build_plan
+from trainers.replicas import Replicas
 from trainers.stats import paired_difference_ci
 
 
@@ -59,6 +63,7 @@ class Trainer:
     eval_prompts: list[str]
     schedule: DDIMSchedule
     gen: torch.Generator
+    replicas: Replicas = field(default_factory=Replicas)
     step: int = 0
     bad_in_a_row: int = 0
     skipped: int = 0
@@ -103,39 +108,51 @@ def build_trainer(cfg: Config, model: DiffusionModel | None = None, reward: Rewa
         sampler=PromptSampler(load_prompts(cfg.data.prompts, BUILTIN_TRAIN), cfg.train.seed),
         eval_prompts=load_prompts(cfg.data.eval_prompts, BUILTIN_HELD_OUT)[: cfg.eval.max_prompts],
         schedule=ddim_schedule(model.scheduler, cfg.sampler.num_steps),
-        gen=torch.Generator().manual_seed(cfg.train.seed))
+        gen=torch.Generator().manual_seed(cfg.train.seed), replicas=Replicas.current())
 
 
-def reward_loss(tr: Trainer, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sample with the plan and return ``(loss, scores)``; scores ``(J, B)`` for the J final latents."""
-    model, s = tr.model, tr.cfg.sampler
+def reward_loss(tr: Trainer) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """Draw this replica's batch, sample with the plan and return ``(loss, scores, prompts)``;
+    scores ``(J, b)`` for the J final latents of the b local prompts."""
+    model, s, b, rep = tr.model, tr.cfg.sampler, tr.cfg.train.batch_size, tr.replicas
+    prompts = tr.sampler.next_batch(b * rep.world_size)[rep.own_slice(b)]
     flags = tr.plan.flags(s.num_steps, tr.gen)
-    x_T = torch.randn(len(prompts), *model.latent_shape, generator=tr.gen).to(model.device)
+    x_T = torch.randn(b * rep.world_size, *model.latent_shape, generator=tr.gen)[rep.own_slice(b)].to(model.device)
     cond = model.family.encode_prompts(model, prompts)
     uncond = model.family.encode_prompts(model, [""] * len(prompts)) if s.guidance_scale > 1 else None
-    traj = sample(model, cond, uncond, x_T, tr.schedule, flags, guidance=s.guidance_scale, eta=s.eta, gen=tr.gen,
-                  refine_copies=tr.plan.refine_copies, step_checkpointing=tr.cfg.model.step_checkpointing)
+    traj = sample(model, cond, uncond, x_T, tr.schedule, flags, guidance=s.guidance_scale, eta=s.eta,
+                  gen=rep.step_generator(tr.cfg.train.seed, tr.step), refine_copies=tr.plan.refine_copies,
+                  step_checkpointing=tr.cfg.model.step_checkpointing)
     images = [model.family.decode(model, x0) for x0 in traj.finals]
     if not all(torch.isfinite(x).all() for x in images):  # rewards reject NaN images; skip the step instead
         nan = torch.full((len(images), len(prompts)), float("nan"))
-        return nan.sum(), nan
+        return nan.sum(), nan, prompts
     scores = torch.stack([tr.reward(x, prompts) for x in images])
-    return -scores.mean(dim=1).sum(), scores
+    return -scores.mean(dim=1).sum(), scores, prompts
+
+
+def average_gradients(tr: Trainer, loss_finite: bool) -> None:
+    """Average the trainable gradients over replicas; a replica with a non-finite loss contributes NaN,
+    so every replica skips the step together."""
+    for p in tr.params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        if not loss_finite:
+            p.grad.fill_(float("nan"))
+    tr.replicas.mean_([p.grad for p in tr.params])
 
 
 def train_step(tr: Trainer) -> dict[str, float]:
-    """One optimiser step (skipped, and counted, when the loss or gradient is not finite)."""
+    """One optimiser step (skipped, and counted, when the loss or gradient is not finite on any replica)."""
     start = time.perf_counter()
-    prompts = tr.sampler.next_batch(tr.cfg.train.batch_size)
     tr.model.denoiser.train()
     tr.optimizer.zero_grad(set_to_none=True)
-    loss, scores = reward_loss(tr, prompts)
-    grad_norm = torch.tensor(float("nan"))
+    loss, scores, prompts = reward_loss(tr)
     if torch.isfinite(loss):
         loss.backward()
-        clip = tr.cfg.optim.grad_clip or float("inf")
-        grad_norm = torch.nn.utils.clip_grad_norm_(tr.params, clip)
-    finite = bool(torch.isfinite(loss) and torch.isfinite(grad_norm))
+    average_gradients(tr, bool(torch.isfinite(loss)))
+    grad_norm = torch.nn.utils.clip_grad_norm_(tr.params, tr.cfg.optim.grad_clip or float("inf"))
+    finite = bool(torch.isfinite(grad_norm))
     if finite:
         tr.optimizer.step()
         tr.bad_in_a_row = 0
@@ -145,9 +162,11 @@ def train_step(tr: Trainer) -> dict[str, float]:
     tr.lr_schedule.step()
     tr.step += 1
     seconds = time.perf_counter() - start
-    return {"train/loss": float(loss.detach()), "train/reward": float(scores[0].detach().mean()), "train/grad_norm": float(grad_norm),
+    means = torch.stack([loss.detach(), scores[0].detach().mean()]).float().to(tr.model.device)
+    tr.replicas.mean_([means])  # the global batch's loss and reward
+    return {"train/loss": float(means[0]), "train/reward": float(means[1]), "train/grad_norm": float(grad_norm),
             "train/lr": tr.optimizer.param_groups[0]["lr"], "train/skipped_steps": tr.skipped,
-            "perf/step_seconds": seconds, "perf/images_per_second": len(prompts) / seconds,
+            "perf/step_seconds": seconds, "perf/images_per_second": len(prompts) * tr.replicas.world_size / seconds,
             "perf/peak_memory_mb": peak_memory_mb(tr.model.device)}
 
 
@@ -236,7 +255,7 @@ class RunResult:
 
     run_dir: str
     step: int
-    final_model_dir: str
+    final_model_dir: str | None  # None on replicas other than rank 0
     held_out: dict[str, dict[str, float]]  # per reward: base, tuned, diff, diff_low, diff_high (95% bootstrap)
     metrics: dict[str, float]
 
@@ -271,36 +290,41 @@ def run(cfg: Config, *, reporters: tuple[Reporter, ...] = (), reward: Reward | N
             good weights is written first).
     """
     run_dir = run_dir or run_folder(cfg)
-    os.makedirs(run_dir, exist_ok=True)
     tr = build_trainer(cfg, reward=reward)
+    lead = tr.replicas.lead  # only rank 0 writes the run folder
+    os.makedirs(run_dir, exist_ok=True)
     resume_from = latest_checkpoint(run_dir) if cfg.train.resume else None
     if resume_from:
         tr.load_state_dict(load_checkpoint(resume_from))
-    log = JsonlLog(os.path.join(run_dir, "metrics.jsonl"), tr.step)
-    sinks = (log, *reporters)
+    sinks = ((JsonlLog(os.path.join(run_dir, "metrics.jsonl"), tr.step),) if lead else ()) + tuple(reporters)
     if tr.step == 0:
-        tr.extra["eval_before"] = _evaluate_and_save(tr, run_dir)
+        tr.extra["eval_before"] = _evaluate_and_save(tr, run_dir) if lead else {}
         for sink in sinks:
             sink.report(0, tr.extra["eval_before"])
     metrics, every = {}, cfg.eval.every
-    progress = _progress(cfg.train.steps, tr.step)
+    progress = _progress(cfg.train.steps, tr.step, lead)
     while tr.step < cfg.train.steps:
         metrics = train_step(tr)
         if tr.bad_in_a_row >= cfg.train.max_bad_steps:
-            folder = _checkpoint(tr, run_dir)
+            folder = _checkpoint(tr, run_dir) if lead else None
             raise TrainingAborted(
                 f"{tr.bad_in_a_row} steps in a row had a non-finite loss or gradient (limit train.max_bad_steps="
                 f"{cfg.train.max_bad_steps}); stopped at step {tr.step}, last good weights saved in {folder}. "
                 "Lower optim.lr, keep optim.grad_clip > 0, use model.dtype=fp32 or a smaller plan.k")
         last = tr.step == cfg.train.steps
-        if last or (every and tr.step % every == 0):
+        if lead and (last or (every and tr.step % every == 0)):
             metrics.update(_evaluate_and_save(tr, run_dir))
-        folder = _checkpoint(tr, run_dir) if last or tr.step % cfg.train.checkpoint_every == 0 else None
+        folder = None
+        if last or tr.step % cfg.train.checkpoint_every == 0:
+            metrics["dp/max_weight_divergence"] = tr.replicas.max_divergence(tr.params)
+            folder = _checkpoint(tr, run_dir) if lead else None
         for sink in sinks:
             sink.report(tr.step, metrics, folder)
         progress.update(1)
         progress.set_postfix(reward=f"{metrics['train/reward']:.4g}", loss=f"{metrics['train/loss']:.4g}")
     progress.close()
+    if not lead:
+        return RunResult(run_dir, tr.step, None, {}, metrics)
     final_dir = os.path.join(run_dir, "final")
     save_trained(tr.model, cfg.trainable, final_dir)
     held_out = held_out_summary(run_dir, tr.step)
@@ -324,8 +348,9 @@ def held_out_summary(run_dir: str, step: int) -> dict[str, dict[str, float]]:
     return summary
 
 
-def _progress(total: int, initial: int):
-    """A progress bar on a terminal, silent otherwise."""
+def _progress(total: int, initial: int, show: bool):
+    """A progress bar on a terminal (``show``), silent otherwise."""
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, initial=initial, desc="train", disable=not sys.stderr.isatty(), dynamic_ncols=True)
+    return tqdm(total=total, initial=initial, desc="train", disable=not (show and sys.stderr.isatty()),
+                dynamic_ncols=True)
