@@ -111,19 +111,23 @@ def device_problems(key: str, device: str) -> list[str]:
     return []
 
 
-def preflight(cfg: Config, source: str = "config") -> None:
-    """Raise one ``ConfigError`` listing every missing file or unavailable device the config names."""
-    problems = model_problems("model.path", cfg.model.path) + device_problems("model.device", cfg.model.device)
+def preflight(cfg: Config, source: str = "config", training: bool = False) -> None:
+    """Raise one ``ConfigError`` listing every missing file or unavailable device the config names
+    (and, for ``training``, a run folder it may not write into)."""
+    problems = model_problems("model.path", cfg.model.path)
+    if not (cfg.ray.enabled and cfg.ray.use_gpu):  # Ray workers get GPUs the driver may not have
+        problems += device_problems("model.device", cfg.model.device)
     problems += reward_problems("rewards", cfg.rewards) + reward_problems("eval.rewards", cfg.eval.rewards)
     problems += prompt_problems("data.prompts", cfg.data.prompts)
-    problems += prompt_problems("data.eval_prompts", cfg.data.eval_prompts) + run_folder_problems(cfg)
+    problems += prompt_problems("data.eval_prompts", cfg.data.eval_prompts)
+    problems += run_folder_problems(cfg) if training else []
     if problems:
         raise ConfigError(problems, f"{source} (files and devices it names)")
 
 
-def load_checked(path: str | None, overrides: list[str], check_files: bool = True) -> Config:
+def load_checked(path: str | None, overrides: list[str], check_files: bool = True, training: bool = False) -> Config:
     """Load and validate a training config, then (``check_files``) preflight what it names."""
     cfg = load_config(Config, path, overrides)
     if check_files:
-        preflight(cfg, path or "default config")
+        preflight(cfg, path or "default config", training)
     return cfg

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import tempfile
 
-from pipeline.config import from_dict, to_dict
+from pipeline.config import ConfigError, from_dict, to_dict
 from trainers.config import Config
 
 # Settings that keep a local Ray on 127.0.0.1 and quiet (PLATFORM.md §2)
@@ -47,45 +47,76 @@ def train_fn_per_worker(config: dict) -> None:
     """Ray Train worker entry point: ``config`` holds the plain-data training config and run folder."""
     from trainers.loop import run
 
+    import ray.train
+
     cfg = from_dict(Config, config["cfg"], "train_loop_config")
-    run(cfg, reporters=(RayReporter(cfg),), run_dir=config["run_dir"])
+    reward = None
+    if config["reward_actors"]:
+        from pipeline.reward_actors import RemoteReward
+
+        reward = RemoteReward(config["reward_actors"], first=ray.train.get_context().get_world_rank())
+    run(cfg, reporters=(RayReporter(cfg),), reward=reward, run_dir=config["run_dir"])
 
 
 def init_ray(cfg: Config) -> None:
     """Join the configured (or job's) cluster, else start a local in-process Ray bound to 127.0.0.1."""
+    address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
+    if not address:  # Ray reads these when it is imported, so set them first
+        for key, value in LOCAL_RAY_ENV.items():
+            os.environ.setdefault(key, value)
+        os.environ.setdefault("RAY_TMPDIR", os.path.join(tempfile.gettempdir(), "rt-ray"))
     import ray
 
     if ray.is_initialized():
         return
-    address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address)
         return
-    for key, value in LOCAL_RAY_ENV.items():
-        os.environ.setdefault(key, value)
-    os.environ.setdefault("RAY_TMPDIR", os.path.join(tempfile.gettempdir(), "rt-ray"))
     ray.init(address="local", num_cpus=cfg.ray.num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
              object_store_memory=1 << 30, log_to_driver=True, configure_logging=False)
 
 
+def resource_problems(cfg: Config, available: dict[str, float]) -> list[str]:
+    """What the training workers and reward actors ask for that the cluster does not have in total."""
+    r = cfg.ray
+    need: dict[str, float] = {"CPU": r.num_workers * r.cpus_per_worker + r.reward_actors * r.reward_num_cpus,
+                              "GPU": r.num_workers * r.use_gpu + r.reward_actors * r.reward_num_gpus}
+    for name, amount in r.reward_resources.items():
+        need[name] = need.get(name, 0.0) + r.reward_actors * amount
+    return [f"ray: the run needs {amount:g} {name} (ray.num_workers={r.num_workers}, ray.reward_actors="
+            f"{r.reward_actors}) but the cluster has {available.get(name, 0.0):g}; lower those, or add nodes "
+            f"with {name}" for name, amount in need.items() if amount > available.get(name, 0.0) + 1e-9]
+
+
 def fit(cfg: Config, run_dir: str):
     """Run ``cfg`` on Ray Train and return the ``ray.train.Result``."""
+    import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    from pipeline.reward_actors import start_reward_actors
+
     init_ray(cfg)
+    problems = resource_problems(cfg, ray.cluster_resources())
+    if problems:
+        raise ConfigError(problems, f"config (against the Ray cluster's resources {ray.cluster_resources()})")
     # Ray Train would chdir workers into its own trial folder; relative paths in the config mean the
     # directory the command was run from (or the job's working_dir), so keep the workers there.
     os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
     r = cfg.ray
     storage = os.path.abspath(r.storage_path or os.path.join(cfg.train.output_dir, "ray"))
+    actors = start_reward_actors(cfg.rewards, r) if r.reward_actors else []
     trainer = TorchTrainer(
         train_fn_per_worker,
-        train_loop_config={"cfg": to_dict(cfg), "run_dir": run_dir},
+        train_loop_config={"cfg": to_dict(cfg), "run_dir": run_dir, "reward_actors": actors},
         torch_config=TorchConfig(backend="nccl" if r.use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=r.num_workers, use_gpu=r.use_gpu,
                                      resources_per_worker={"CPU": r.cpus_per_worker}),
         run_config=RunConfig(name=os.path.basename(run_dir), storage_path=storage,
                              failure_config=FailureConfig(max_failures=r.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=2)))
-    return trainer.fit()
+    try:
+        return trainer.fit()
+    finally:
+        for actor in actors:
+            ray.kill(actor)

@@ -28,7 +28,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    cfg = load_checked(args.config, args.overrides, check_files=not args.print_config)
+    cfg = load_checked(args.config, args.overrides, check_files=not args.print_config, training=True)
     if args.print_config:
         print(dump_yaml(cfg), end="")
         return 0

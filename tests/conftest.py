@@ -12,6 +12,10 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 sys.path.insert(0, os.path.dirname(__file__))
 
+from pipeline.ray_train import LOCAL_RAY_ENV  # noqa: E402  (imports no Ray)
+
+os.environ.update(LOCAL_RAY_ENV)  # before any test module imports ray: Ray reads them at import
+
 
 @pytest.fixture(scope="session")
 def clip_tokenizer_dir(tmp_path_factory) -> str:
@@ -36,9 +40,6 @@ def ray_session(tmp_path_factory):
 
     import ray
 
-    from pipeline.ray_train import LOCAL_RAY_ENV
-
-    os.environ.update(LOCAL_RAY_ENV)
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
     os.environ["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="ray", dir="/tmp")
     ray.init(address="local", num_cpus=2, object_store_memory=1 << 30, include_dashboard=True,

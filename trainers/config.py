@@ -166,7 +166,7 @@ class RayConfig:
     use_gpu: bool = False  # one GPU per worker
     cpus_per_worker: float = 1.0  # CPUs reserved per worker
     num_cpus: int | None = None  # CPUs of the local in-process Ray; None = all
-    storage_path: str | None = None  # Ray Train run storage (local folder); None = <output_dir>/ray
+    storage_path: str | None = None  # Ray Train run storage; shared by all nodes on a cluster; None = <output_dir>/ray
     max_failures: int = 0  # worker-group restarts after a failure (resumes from the last checkpoint)
     report_every: int = 10  # forward metrics to Ray every this many steps, and at each evaluation and checkpoint
     reward_actors: int = 0  # trained reward served by this many Ray actor replicas; 0 = in the training worker
@@ -179,8 +179,6 @@ class RayConfig:
         problems += _positive("report_every", self.report_every) + _positive("reward_actors", self.reward_actors, 0)
         problems += _positive("reward_num_gpus", self.reward_num_gpus, 0) + _positive("reward_num_cpus", self.reward_num_cpus, 0)
         problems += [f"reward_resources.{k}: must be > 0, got {v}" for k, v in self.reward_resources.items() if v <= 0]
-        if self.reward_actors:
-            problems.append(f"reward_actors: remote rewards are not available yet, got {self.reward_actors}; use 0")
         problems += [] if self.cpus_per_worker > 0 else [f"cpus_per_worker: must be > 0, got {self.cpus_per_worker}"]
         if self.num_cpus is not None and self.num_cpus < 1:
             problems.append(f"num_cpus: must be >= 1 or null, got {self.num_cpus}")

@@ -196,8 +196,9 @@ def sample_and_score(model: DiffusionModel, prompts: list[str], rewards: dict[st
 
 
 def _score_with_components(name: str, reward: Reward, images, prompts) -> dict[str, torch.Tensor]:
-    """``{name: scores}``, plus ``{name/part: scores}`` for each term of a weighted sum."""
-    if not hasattr(reward, "components"):
+    """``{name: scores}``, plus ``{name/part: scores}`` for each term of a weighted sum (a reward with
+    component ``weights`` and ``components``/``combine`` methods)."""
+    if not getattr(reward, "weights", None):
         return {name: reward(images, prompts).float().cpu()}
     parts = reward.components(images, prompts)
     out = {f"{name}/{part}": value.float().cpu() for part, value in parts.items()}

@@ -1,0 +1,88 @@
+"""Rewards served by Ray actors: the same parameter gradients as in-process, batches split over the
+pool, a killed actor restarted with training going on, impossible resource requests refused."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+
+import pytest
+import ray
+import torch
+from test_training import make_config
+
+from pipeline.config import ConfigError
+from pipeline.ray_train import fit, resource_problems
+from pipeline.reward_actors import NAME_PREFIX, RemoteReward, start_reward_actors
+from trainers.loop import build_trainer, reward_loss, run_folder
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CLIP = os.path.join(ROOT, "pipeline", "assets", "toyworld", "clip")
+REWARDS = [{"name": "clip_score", "arch_config": os.path.join(CLIP, "toy-clip.json"),
+            "checkpoint": os.path.join(CLIP, "toy-clip.safetensors")}, {"name": "symmetry", "weight": 5.0}]
+
+
+def _grads(tr) -> list[torch.Tensor]:
+    loss, _, _ = reward_loss(tr)
+    return torch.autograd.grad(loss, tr.params)
+
+
+def test_remote_reward_gives_the_same_parameter_gradients(ray_session, tiny_sd_dir, tmp_path):
+    cfg = make_config(tiny_sd_dir, str(tmp_path), train={"batch_size": 3}, ray={"reward_actors": 2, "reward_num_cpus": 0.5},
+                      plan={"name": "drtune", "k": 2})
+    cfg = type(cfg)(**{**cfg.__dict__, "rewards": [type(cfg.rewards[0])(**r) for r in REWARDS]})
+    local = _grads(build_trainer(cfg))
+    actors = start_reward_actors(cfg.rewards, cfg.ray)
+    try:
+        remote_reward = RemoteReward(actors)
+        remote = _grads(build_trainer(cfg, reward=remote_reward))
+        images = torch.rand(3, 3, 64, 64)
+        parts = remote_reward.components(images, ["a", "b", "c"])
+        assert set(parts) == {"clip_score", "symmetry"} and parts["symmetry"].shape == (3,)
+    finally:
+        for actor in actors:
+            ray.kill(actor)
+    scale = max(float(g.abs().max()) for g in local)
+    assert scale > 0
+    for a, b in zip(local, remote):  # float32: the actors see chunks of the batch, so kernels sum in other orders
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5 * scale)
+
+
+def test_killed_reward_actor_restarts_and_training_goes_on(ray_session, tiny_sd_dir, tmp_path):
+    cfg = make_config(tiny_sd_dir, str(tmp_path), train={"steps": 4, "checkpoint_every": 2},
+                      ray={"reward_actors": 1, "reward_num_cpus": 0.5, "storage_path": str(tmp_path / "ray")})
+    metrics = os.path.join(run_folder(cfg), "metrics.jsonl")
+    pids = []
+
+    def kill_after_step_1():
+        while not (os.path.isfile(metrics) and sum(1 for _ in open(metrics)) >= 2):
+            time.sleep(0.2)
+        (name,) = [a for a in ray.util.list_named_actors() if a.startswith(NAME_PREFIX)]
+        actor = ray.get_actor(name)
+        pids.append(ray.get(actor.pid.remote()))
+        os.kill(pids[0], signal.SIGKILL)
+        pids.append(ray.get(actor.pid.remote(), timeout=120))  # the restarted actor answers
+
+    killer = threading.Thread(target=kill_after_step_1, daemon=True)
+    killer.start()
+    result = fit(cfg, run_folder(cfg))
+    killer.join(timeout=5)
+    assert len(pids) == 2 and pids[0] != pids[1], "the actor must have been killed and restarted"
+    assert result.error is None and result.metrics["step"] == 4
+    steps = [json.loads(line) for line in open(metrics)]
+    assert [s["step"] for s in steps] == list(range(5)) and steps[-1]["train/skipped_steps"] == 0
+
+
+def test_impossible_resource_requests_are_refused_before_training(ray_session, tiny_sd_dir, tmp_path):
+    cfg = make_config(tiny_sd_dir, str(tmp_path), ray={"reward_actors": 2, "reward_num_gpus": 1,
+                                                      "reward_resources": {"reward_node": 1}})
+    problems = resource_problems(cfg, {"CPU": 8.0})
+    assert any("needs 2 GPU" in p and "has 0" in p for p in problems)
+    assert any("needs 2 reward_node" in p for p in problems)
+    assert resource_problems(make_config(tiny_sd_dir, str(tmp_path)), {"CPU": 1.0}) == []
+    with pytest.raises(ConfigError, match="GPU"):
+        fit(cfg, run_folder(cfg))
+    assert not os.path.exists(run_folder(cfg)), "nothing may start or be written"
