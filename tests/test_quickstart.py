@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 
 import pytest
 import torch
@@ -13,6 +12,7 @@ import yaml
 
 from pipeline.config import from_dict, load_config, to_dict
 from pipeline.preflight import load_checked, preflight
+from pipeline.toyworld import compare
 from pipeline.train import QUICKSTART
 from trainers.config import Config
 from trainers.loop import run, run_folder
@@ -22,9 +22,7 @@ SHORT = ["train.steps=2", "train.checkpoint_every=2", "eval.max_prompts=2", "eva
 
 
 def plan_lines() -> list[str]:
-    """The ``plan:`` line of the quickstart and the commented alternatives under it."""
-    with open(QUICKSTART, encoding="utf-8") as f:
-        return [m.group(1) for line in f if (m := re.match(r"^#? ?(plan: \{.*?\})", line))]
+    return compare.plan_lines(QUICKSTART)
 
 
 def test_quickstart_lists_every_algorithm():
