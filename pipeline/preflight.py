@@ -74,11 +74,10 @@ def config_changes(before: Config, after: Config) -> list[str]:
 
 def write_run_config(cfg: Config, run_dir: str) -> None:
     """Record the resolved config in the run folder (atomically), for resume checks and for people."""
+    from trainers.checkpoint import write_text_atomic
+
     os.makedirs(run_dir, exist_ok=True)
-    path = os.path.join(run_dir, RUN_CONFIG)
-    with open(f"{path}.tmp", "w", encoding="utf-8") as f:
-        f.write(dump_yaml(cfg))
-    os.replace(f"{path}.tmp", path)
+    write_text_atomic(os.path.join(run_dir, RUN_CONFIG), dump_yaml(cfg))
 
 
 def reward_problems(key: str, specs: list[RewardSpec]) -> list[str]:

@@ -32,7 +32,6 @@ class RewardServer:
         from pipeline.config import from_dict
         from rewards.build import build_reward
 
-        torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.reward = build_reward([from_dict(RewardSpec, s, "reward spec") for s in specs], device=self.device)
 

@@ -22,7 +22,8 @@ def checkpoint_root(run_dir: str) -> str:
     return os.path.join(run_dir, "checkpoints")
 
 
-def _write_text_atomic(path: str, text: str) -> None:
+def write_text_atomic(path: str, text: str) -> None:
+    """Write ``text`` to ``path`` through a flushed temporary file and a rename."""
     tmp = f"{path}.tmp{os.getpid()}"
     with open(tmp, "w", encoding="utf-8") as f:
         f.write(text)
@@ -54,7 +55,7 @@ def save_checkpoint(run_dir: str, step: int, state: dict, write_model: Callable[
     if os.path.exists(final):
         shutil.rmtree(final)
     os.replace(tmp, final)
-    _write_text_atomic(os.path.join(root, LATEST), name)
+    write_text_atomic(os.path.join(root, LATEST), name)
     _prune(root, keep)
     return final
 

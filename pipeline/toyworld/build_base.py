@@ -19,7 +19,6 @@ count give the same weights. The pipeline is saved in fp16 (half the size) and r
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
@@ -30,6 +29,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from pipeline.toyworld.build_cli import build_main
 from pipeline.toyworld.shapes import ASSETS_DIR, sample_batch, train_combos
 
 # SD 1.x noise schedule (scaled_linear 0.00085-0.012, 1000 steps), sampled with DDIM.
@@ -340,25 +340,9 @@ def build(cfg: BaseConfig, out: str) -> dict:
                 unet_loss=unet_loss, vae_seconds=round(vae_s), unet_seconds=round(time.time() - start - vae_s))
 
 
-def parse_args(argv: list[str] | None) -> tuple[BaseConfig, str]:
-    """CLI flags ``--out`` plus one ``--<field>`` per scalar :class:`BaseConfig` field."""
-    parser = argparse.ArgumentParser(description="Pretrain the shapes-world base SD pipeline on CPU.")
-    parser.add_argument("--out", default=str(ASSETS_DIR / "sd"), help="pipeline folder to write")
-    scalar_types = {"int": int, "float": float}
-    for f in dataclasses.fields(BaseConfig):
-        if f.type in scalar_types:
-            parser.add_argument(f"--{f.name.replace('_', '-')}", type=scalar_types[f.type], default=f.default)
-    args = vars(parser.parse_args(argv))
-    out = args.pop("out")
-    return BaseConfig(**args), out
-
-
 def main(argv: list[str] | None = None) -> None:
-    """CLI entry point: train, save, and write ``build_info.json`` next to the pipeline."""
-    cfg, out = parse_args(argv)
-    summary = build(cfg, out)
-    with open(os.path.join(out, "build_info.json"), "w", encoding="utf-8") as f:
-        json.dump(summary, f, indent=2)
+    """CLI entry point: build, save, and write ``build_info.json`` next to the result."""
+    summary = build_main(BaseConfig, build, "Pretrain the shapes-world base SD pipeline on CPU.", str(ASSETS_DIR / "sd"), argv)
     print(json.dumps(summary))
 
 

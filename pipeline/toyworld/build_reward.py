@@ -18,7 +18,6 @@ The reward then scores ``100 · cos(I, T)``.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
@@ -28,6 +27,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from pipeline.toyworld.build_cli import build_main
 from pipeline.toyworld.shapes import ASSETS_DIR, Combo, all_combos, caption, held_out_combos, render, train_combos
 
 ARCH = "toy-clip"
@@ -208,24 +208,9 @@ def build(cfg: RewardBuildConfig, out: str) -> dict:
     return dict(config=dataclasses.asdict(cfg), parameters=params, loss=loss, seconds=seconds, eval=report)
 
 
-def parse_args(argv: list[str] | None) -> tuple[RewardBuildConfig, str]:
-    """CLI flags ``--out`` plus one ``--<field>`` per :class:`RewardBuildConfig` field."""
-    parser = argparse.ArgumentParser(description="Train the shapes-world CLIP reward on CPU.")
-    parser.add_argument("--out", default=str(ASSETS_DIR / "clip"), help="folder for toy-clip.json and weights")
-    scalar_types = {"int": int, "float": float}
-    for f in dataclasses.fields(RewardBuildConfig):
-        parser.add_argument(f"--{f.name.replace('_', '-')}", type=scalar_types[f.type], default=f.default)
-    args = vars(parser.parse_args(argv))
-    out = args.pop("out")
-    return RewardBuildConfig(**args), out
-
-
 def main(argv: list[str] | None = None) -> None:
-    """CLI entry point: train, save, evaluate and write ``build_info.json`` next to the weights."""
-    cfg, out = parse_args(argv)
-    summary = build(cfg, out)
-    with open(os.path.join(out, "build_info.json"), "w", encoding="utf-8") as f:
-        json.dump(summary, f, indent=2)
+    """CLI entry point: build, save, and write ``build_info.json`` next to the result."""
+    summary = build_main(RewardBuildConfig, build, "Train the shapes-world CLIP reward on CPU.", str(ASSETS_DIR / "clip"), argv)
     print(json.dumps(summary["eval"], indent=1))
 
 
