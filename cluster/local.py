@@ -1,6 +1,8 @@
-"""A local stack on one machine, bound to 127.0.0.1: today a Ray head to try ``ray job submit`` against.
+"""A local stack on one machine, bound to 127.0.0.1: an S3 endpoint (moto), an MLflow tracking server
+storing its artifacts there, and a Ray head to ``ray job submit`` to.
 
-    python -m cluster.local up [--port-gcs 6380] [--port-dashboard 8266] [--num-cpus N] [--resources JSON]
+    python -m cluster.local up [--services s3,mlflow,ray] [--port-gcs 6380] [--port-dashboard 8266]
+                               [--port-s3 9050] [--port-mlflow 5050] [--num-cpus N] [--resources JSON]
     python -m cluster.local status
     python -m cluster.local down [--keep-logs]
 
@@ -22,8 +24,10 @@ Exit status: 0 on success (also ``up`` when already up, ``down`` when nothing is
 service fails to start or stop (``status``: when the stack is not up and healthy), 2 for bad
 arguments or a busy port, before anything starts.
 
-A stack is a list of :class:`Service` values built from the arguments (``SERVICES``); a later
-MLflow or S3 (moto) server is one more builder returning a ``Service``.
+A stack is a list of :class:`Service` values built from the arguments (``SERVICES``). The S3 endpoint
+is moto's in-memory server, and the MLflow database lives in the server's own folder, so the stack
+is for trying things: ``down`` forgets every run and artifact it held. The Ray head's environment
+carries the tracking URI and S3 settings, so jobs submitted to it track to this MLflow.
 """
 
 from __future__ import annotations
@@ -80,6 +84,7 @@ class Service:
     probe: str
     workdir: str
     drop_env: tuple[str, ...] = ()
+    after_ready: tuple[tuple[str, ...], ...] = ()  # actions once it answers, e.g. ("create_bucket", endpoint, name)
 
 
 def ray_head(args: argparse.Namespace, workdir: str) -> Service:
@@ -89,7 +94,7 @@ def ray_head(args: argparse.Namespace, workdir: str) -> Service:
     ports = {"--port-gcs": args.port_gcs, "--port-dashboard": args.port_dashboard,
              "--port-client": args.port_client, "--port-agent": args.port_agent}
     bindir = os.path.dirname(sys.executable)  # not resolved: .venv/bin/python is a symlink out of the venv
-    ray = os.path.join(bindir, "ray") if os.path.isfile(os.path.join(bindir, "ray")) else shutil.which("ray") or "ray"
+    ray = _tool("ray")
     command = [ray, "start", "--head", "--block", f"--node-ip-address={HOST}", f"--dashboard-host={HOST}",
                "--include-dashboard=true", "--disable-usage-stats", f"--port={args.port_gcs}",
                f"--dashboard-port={args.port_dashboard}", f"--ray-client-server-port={args.port_client}",
@@ -98,7 +103,7 @@ def ray_head(args: argparse.Namespace, workdir: str) -> Service:
     command += [f"--num-cpus={args.num_cpus}"] if args.num_cpus is not None else []
     command += [f"--resources={json.dumps(args.resources)}"] if args.resources else []
     env = {**LOCAL_RAY_ENV, "RAY_TMPDIR": workdir, "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0",
-           "PATH": bindir + os.pathsep + os.environ.get("PATH", "")}
+           "PATH": bindir + os.pathsep + os.environ.get("PATH", ""), **client_env(args)}
     dashboard = f"http://{HOST}:{args.port_dashboard}"
     addresses = {"gcs": f"{HOST}:{args.port_gcs}", "dashboard": dashboard, "jobs": dashboard,
                  "client": f"ray://{HOST}:{args.port_client}"}
@@ -107,7 +112,62 @@ def ray_head(args: argparse.Namespace, workdir: str) -> Service:
                    probe=f"{dashboard}/api/jobs/", workdir=workdir, drop_env=("RAY_ADDRESS",))
 
 
-SERVICES: tuple[Callable[[argparse.Namespace, str], Service], ...] = (ray_head,)  # started in this order
+def client_env(args: argparse.Namespace) -> dict[str, str]:
+    """What a client of the stack's S3 and MLflow needs; the Ray head passes it on to jobs and workers."""
+    env = {}
+    if "s3" in args.services:
+        env |= {**S3_CREDENTIALS, "AWS_DEFAULT_REGION": "us-east-1"}
+    if "mlflow" in args.services:
+        env["MLFLOW_TRACKING_URI"] = f"http://{HOST}:{args.port_mlflow}"
+    return env
+
+
+S3_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "local-stack", "AWS_SECRET_ACCESS_KEY": "local-stack"}  # moto takes any
+BUCKET = "reward-tuning"
+
+
+def s3_server(args: argparse.Namespace, workdir: str) -> Service:
+    """An S3-compatible endpoint: moto's server, in memory (what it stores is gone after ``down``)."""
+    endpoint = f"http://{HOST}:{args.port_s3}"
+    command = [_tool("moto_server"), "-H", HOST, "-p", str(args.port_s3)]
+    return Service(name="s3", command=command, env={}, ports={"--port-s3": args.port_s3},
+                   addresses={"endpoint": endpoint, "bucket": f"s3://{BUCKET}"}, probe=f"{endpoint}/moto-api/",
+                   workdir=workdir, after_ready=(("create_bucket", endpoint, BUCKET),))
+
+
+def mlflow_server(args: argparse.Namespace, workdir: str) -> Service:
+    """A slim MLflow tracking server (one worker, no job runner; PLATFORM.md §5): runs in sqlite in its
+    folder, artifacts proxied to the S3 endpoint's bucket when the stack has one (else in its folder)."""
+    ui = f"http://{HOST}:{args.port_mlflow}"
+    artifacts = f"s3://{BUCKET}/mlflow" if "s3" in args.services else os.path.join(workdir, "artifacts")
+    command = [_tool("mlflow"), "server", "--host", HOST, "--port", str(args.port_mlflow), "--workers", "1",
+               "--backend-store-uri", f"sqlite:///{os.path.join(workdir, 'mlflow.db')}",
+               "--artifacts-destination", artifacts]
+    env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true"}
+    if "s3" in args.services:
+        env |= {**S3_CREDENTIALS, "AWS_DEFAULT_REGION": "us-east-1", "MLFLOW_S3_ENDPOINT_URL": f"http://{HOST}:{args.port_s3}"}
+    return Service(name="mlflow", command=command, env=env, ports={"--port-mlflow": args.port_mlflow},
+                   addresses={"ui": ui, "tracking": ui, "artifacts": artifacts}, probe=f"{ui}/health",
+                   workdir=workdir, drop_env=("MLFLOW_TRACKING_URI",))
+
+
+def _tool(name: str) -> str:
+    """A command installed beside the running Python (the venv's), else on ``PATH``."""
+    beside = os.path.join(os.path.dirname(sys.executable), name)
+    return beside if os.path.isfile(beside) else shutil.which(name) or name
+
+
+def create_bucket(endpoint: str, name: str) -> None:
+    import boto3
+
+    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                 aws_access_key_id=S3_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+                 aws_secret_access_key=S3_CREDENTIALS["AWS_SECRET_ACCESS_KEY"]).create_bucket(Bucket=name)
+
+
+AFTER_READY = {"create_bucket": create_bucket}
+SERVICES: dict[str, Callable[[argparse.Namespace, str], Service]] = {  # started in this order
+    "s3": s3_server, "mlflow": mlflow_server, "ray": ray_head}
 
 
 # ---------------------------------------------------------------- processes (Linux /proc; no macOS yet)
@@ -331,14 +391,17 @@ def stack_up(args: argparse.Namespace) -> int:
         print(f"local stack: removing the state of a stack that no longer runs ({path})")
         stack_down(args, quiet=True, keep_logs=False)
     # every argument and port is checked before anything starts; the workdirs come after
-    check_ports([build(args, "") for build in SERVICES])
+    builders = [build for name, build in SERVICES.items() if name in args.services]
+    check_ports([build(args, "") for build in builders])
     t0, state = time.monotonic(), {"services": []}
     try:
-        for build in SERVICES:
+        for build in builders:
             svc = build(args, tempfile.mkdtemp(prefix="rt-stack-", dir=short_tmp()))
             state["services"].append(start(svc))
             write_state(path, state)  # recorded before waiting, so `down` can clean up after a crash here
             wait_ready(state["services"][-1], args.timeout)
+            for action, *values in svc.after_ready:
+                AFTER_READY[action](*values)
             write_state(path, state)
     except BaseException as err:  # also Ctrl-C: stop what was started
         print(f"local stack: start failed, stopping what was started: {err}", file=sys.stderr)
@@ -375,11 +438,21 @@ def print_status(state: dict) -> bool:
               else f"{r['name']}: not running (pid {r['pid']} is gone); `python -m cluster.local down` cleans up")
         for role, address in r["addresses"].items():
             print(f"  {role:<10} {address}")
-    ray = next((r for r in state["services"] if r["name"] == "ray"), None)
-    if ray and ok:
+    by_name = {r["name"]: r for r in state["services"]}
+    if not ok:
+        return ok
+    if "ray" in by_name:
+        ray = by_name["ray"]
         print(f"submit a job:  ray job submit --address {ray['addresses']['jobs']} --working-dir . "
               "-- python -m pipeline.train")
         print(f"join directly: python -m pipeline.train ray.address={ray['addresses']['gcs']}")
+    if "s3" in by_name or "mlflow" in by_name:
+        overrides = [f"tracking.uri={by_name['mlflow']['addresses']['tracking']}"] if "mlflow" in by_name else []
+        if "s3" in by_name:
+            overrides += [f"ray.storage_path=s3://{BUCKET}/ray", f"ray.s3_endpoint={by_name['s3']['addresses']['endpoint']}"]
+            print("S3 credentials (moto takes any): " + " ".join(f"export {k}={v}" for k, v in S3_CREDENTIALS.items()))
+        print(f"track and store: python -m pipeline.train {' '.join(overrides)}"
+              + ("  (jobs on this Ray head get these settings' environment already)" if "ray" in by_name else ""))
     return ok
 
 
@@ -450,11 +523,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     up.add_argument("--object-store-mib", type=non_negative, default=1024, help="object store size (default 1024)")
     up.add_argument("--resources", type=resources_arg, default=None,
                     help='custom resources of the head, e.g. \'{"reward_node": 1}\'')
+    up.add_argument("--port-s3", type=int, default=9050, help="S3 endpoint (moto, in memory; default 9050)")
+    up.add_argument("--port-mlflow", type=int, default=5050, help="MLflow tracking server and UI (default 5050)")
+    up.add_argument("--services", type=services_arg, default=tuple(SERVICES),
+                    help=f"comma-separated subset of {','.join(SERVICES)} (default: all)")
     up.add_argument("--timeout", type=positive, default=120.0, help="seconds to wait for readiness (default 120)")
     sub.add_parser("status", parents=[common], help="show what runs and where")
     down = sub.add_parser("down", parents=[common], help="stop what `up` started")
     down.add_argument("--keep-logs", action="store_true", help="keep the services' directories (Ray logs)")
     return parser.parse_args(argv)
+
+
+def services_arg(text: str) -> tuple[str, ...]:
+    """``--services``: names from ``SERVICES``, comma-separated."""
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    unknown = [n for n in names if n not in SERVICES]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown service(s) {unknown or [text]}; choose from {', '.join(SERVICES)}")
+    return names
 
 
 def positive(text: str) -> float:

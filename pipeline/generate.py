@@ -11,8 +11,12 @@ from pipeline.preflight import device_problems, model_problems, prompt_problems,
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m pipeline.generate", description=__doc__)
-    p.add_argument("--model", required=True, help="base diffusers pipeline folder (or hub id when online)")
+    p.add_argument("--model", required=True,
+                   help="base diffusers pipeline folder (or hub id when online), or an MLflow model such as "
+                        "models:/NAME@champion, models:/NAME/3 or runs:/RUN_ID/checkpoint-000100 (base + LoRA)")
     p.add_argument("--weights", help="trained weights: a run's final/ folder or a checkpoint's model/ folder")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI for an MLflow --model (default: $MLFLOW_TRACKING_URI, "
+                                          "else ./runs/mlflow.db)")
     p.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable)")
     p.add_argument("--prompts", help="prompt file (.txt or .jsonl)")
     p.add_argument("--num-images", type=int, default=4, help="images per prompt")
@@ -25,7 +29,33 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+MLFLOW_MODEL = ("models:/", "runs:/")
+
+
+def resolve_mlflow_model(args: argparse.Namespace) -> None:
+    """Replace an MLflow ``--model`` URI by the base model it references and its downloaded LoRA."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from pipeline.promote import default_tracking_uri
+    from pipeline.tracking import redact
+
+    if args.weights:
+        raise ConfigError(["--weights: an MLflow --model already holds its weights; leave --weights out"], "command line")
+    uri = default_tracking_uri(args.tracking_uri)
+    mlflow.set_tracking_uri(uri)
+    try:
+        model = mlflow.diffusers.load_model(args.model)
+    except (MlflowException, OSError) as err:
+        raise ConfigError([f"--model: cannot load {args.model} from {redact(uri)}: {str(err).splitlines()[0][:300]}; "
+                           "list versions with `mlflow ui` or set --tracking-uri"], "command line") from None
+    print(f"{args.model}: base {model.base_model} + LoRA {model.adapter_path}")
+    args.model, args.weights = model.base_model, model.adapter_path
+
+
 def check(args: argparse.Namespace) -> None:
+    if args.model.startswith(MLFLOW_MODEL):
+        resolve_mlflow_model(args)
     problems = model_problems("--model", args.model) + device_problems("--device", args.device)
     problems += weights_problems("--weights", args.weights) + prompt_problems("--prompts", args.prompts)
     if not 0 <= args.eta <= 1:

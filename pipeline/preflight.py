@@ -41,7 +41,8 @@ def prompt_problems(key: str, path: str | None) -> list[str]:
 
 RUN_CONFIG = "config.yaml"  # the resolved config, written into the run folder when a run starts
 # keys a resumed run may change: how long it runs and how it is evaluated and placed, not what it trains
-RESUMABLE_CHANGES = ("train.steps", "train.checkpoint_every", "train.max_bad_steps", "eval.", "ray.", "model.device")
+RESUMABLE_CHANGES = ("train.steps", "train.checkpoint_every", "train.max_bad_steps", "eval.", "ray.", "model.device",
+                     "tracking.")
 
 
 def run_folder_problems(cfg: Config) -> list[str]:
@@ -130,3 +131,79 @@ def load_checked(path: str | None, overrides: list[str], check_files: bool = Tru
     if check_files:
         preflight(cfg, path or "default config", training)
     return cfg
+
+
+def service_preflight(cfg: Config) -> None:
+    """Raise one ``ConfigError`` if the tracking server or the S3 run storage the config uses is not
+    reachable and writable: checked before Ray or any model starts."""
+    problems = tracking_problems(cfg) + storage_problems(cfg)
+    if problems:
+        raise ConfigError(problems, "config (the services it names)")
+
+
+def tracking_problems(cfg: Config) -> list[str]:
+    """The MLflow server answers ``/health``; a local sqlite store's folder can be written."""
+    if not cfg.tracking.enabled:
+        return []
+    import urllib.request
+
+    from pipeline.tracking import redact, strip_userinfo, tracking_uri
+
+    uri = tracking_uri(cfg)
+    fix = ("start it (`python -m cluster.local up` runs one on 127.0.0.1), fix tracking.uri or MLFLOW_TRACKING_URI, "
+           "or set tracking.enabled=false")
+    if uri.startswith(("http://", "https://")):
+        health = strip_userinfo(uri).rstrip("/") + "/health"
+        try:
+            with urllib.request.urlopen(health, timeout=10) as answer:
+                if answer.status == 200:
+                    return []
+                reason = f"HTTP {answer.status}"
+        except (OSError, ValueError) as err:
+            reason = redact(str(getattr(err, "reason", err)))
+        return [f"tracking.uri: the MLflow server {redact(uri)} does not answer {redact(health)} ({reason}); {fix}"]
+    if uri.startswith("sqlite:///"):
+        folder = os.path.dirname(uri[len("sqlite:///"):])  # sqlite:////abs/x.db -> /abs, sqlite:///rel/x.db -> rel
+        if not _writable_folder(folder or "."):
+            return [f"tracking.uri: cannot create the MLflow database in {folder!r} ({uri}); pick a writable folder"]
+    return []
+
+
+def _writable_folder(folder: str) -> bool:
+    while not os.path.exists(folder):
+        folder = os.path.dirname(os.path.abspath(folder))
+    return os.path.isdir(folder) and os.access(folder, os.W_OK | os.X_OK)
+
+
+def storage_problems(cfg: Config) -> list[str]:
+    """An ``s3://`` run storage: the bucket exists and takes a marker object (written, then deleted)."""
+    r = cfg.ray
+    if not (r.enabled and r.storage_path and r.storage_path.startswith("s3://")):
+        return []
+    import uuid
+
+    import boto3
+    from botocore.config import Config as BotoConfig
+    from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+
+    bucket, _, prefix = r.storage_path[len("s3://"):].partition("/")
+    where = f"bucket {bucket!r} at {r.s3_endpoint or 'AWS S3'} (ray.storage_path={r.storage_path})"
+    client = boto3.client("s3", endpoint_url=r.s3_endpoint, region_name=os.environ.get("AWS_DEFAULT_REGION", "us-east-1"),
+                          config=BotoConfig(connect_timeout=5, read_timeout=15, retries={"max_attempts": 2}))
+    marker = f"{prefix.strip('/') + '/' if prefix.strip('/') else ''}.preflight-{uuid.uuid4().hex}"
+    step = "reach"
+    try:
+        client.head_bucket(Bucket=bucket)
+        step = "write to"
+        client.put_object(Bucket=bucket, Key=marker, Body=b"reward-tuning preflight")
+        client.delete_object(Bucket=bucket, Key=marker)
+        return []
+    except NoCredentialsError:
+        reason = "no AWS credentials found; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE"
+    except ClientError as err:
+        code = err.response.get("Error", {}).get("Code", "")
+        reason = {"404": "the bucket does not exist; create it first", "NoSuchBucket": "the bucket does not exist",
+                  "403": "access denied; check the credentials and the bucket policy"}.get(code, f"error {code}")
+    except BotoCoreError as err:
+        reason = f"{err}; check ray.s3_endpoint and that the server runs"
+    return [f"ray.storage_path: cannot {step} {where}: {reason}"]

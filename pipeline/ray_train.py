@@ -44,7 +44,12 @@ class RayReporter:
 
 
 def train_fn_per_worker(config: dict) -> None:
-    """Ray Train worker entry point: ``config`` holds the plain-data training config and run folder."""
+    """Ray Train worker entry point: ``config`` holds the plain-data training config and run folder.
+
+    A restarted worker group (``ray.max_failures``) or a rerun of the same run resumes from the latest
+    checkpoint Ray Train holds in its run storage, which every node can read; without one, from the
+    run folder.
+    """
     from trainers.loop import run
 
     import ray.train
@@ -55,7 +60,18 @@ def train_fn_per_worker(config: dict) -> None:
         from pipeline.reward_actors import RemoteReward
 
         reward = RemoteReward(config["reward_actors"], first=ray.train.get_context().get_world_rank())
-    run(cfg, reporters=(RayReporter(cfg),), reward=reward, run_dir=config["run_dir"])
+    context = ray.train.get_context()
+    reporters = (RayReporter(cfg),)
+    if cfg.tracking.enabled and context.get_world_rank() == 0:
+        from pipeline.tracking import MlflowReporter
+
+        reporters += (MlflowReporter(cfg, config["run_dir"], world_size=context.get_world_size()),)
+    stored = ray.train.get_checkpoint()
+    if stored is None:
+        run(cfg, reporters=reporters, reward=reward, run_dir=config["run_dir"])
+        return
+    with stored.as_directory() as folder:
+        run(cfg, reporters=reporters, reward=reward, run_dir=config["run_dir"], resume_from=folder)
 
 
 def init_ray(cfg: Config) -> None:
@@ -76,16 +92,52 @@ def init_ray(cfg: Config) -> None:
              object_store_memory=1 << 30, log_to_driver=True, configure_logging=False)
 
 
-def resource_problems(cfg: Config, available: dict[str, float]) -> list[str]:
-    """What the training workers and reward actors ask for that the cluster does not have in total."""
+def resource_problems(cfg: Config, nodes: list[dict[str, float]]) -> list[str]:
+    """What the training workers and reward actors ask for that the cluster's ``nodes`` (each node's
+    total resources) cannot give: a bundle no single node holds, too few places for all of them, or
+    more than the cluster has in total. Ray would leave such a request pending forever."""
     r = cfg.ray
-    need: dict[str, float] = {"CPU": r.num_workers * r.cpus_per_worker + r.reward_actors * r.reward_num_cpus,
-                              "GPU": r.num_workers * r.use_gpu + r.reward_actors * r.reward_num_gpus}
-    for name, amount in r.reward_resources.items():
-        need[name] = need.get(name, 0.0) + r.reward_actors * amount
-    return [f"ray: the run needs {amount:g} {name} (ray.num_workers={r.num_workers}, ray.reward_actors="
-            f"{r.reward_actors}) but the cluster has {available.get(name, 0.0):g}; lower those, or add nodes "
-            f"with {name}" for name, amount in need.items() if amount > available.get(name, 0.0) + 1e-9]
+    kinds = [("training worker", r.num_workers, {"CPU": r.cpus_per_worker, "GPU": float(r.use_gpu),
+                                                  **r.worker_resources},
+              "ray.num_workers, ray.cpus_per_worker, ray.use_gpu, ray.worker_resources"),
+             ("reward actor", r.reward_actors, {"CPU": r.reward_num_cpus, "GPU": r.reward_num_gpus,
+                                               **r.reward_resources},
+              "ray.reward_actors, ray.reward_num_cpus, ray.reward_num_gpus, ray.reward_resources")]
+    offered = "; ".join(_show(n) for n in nodes) or "no nodes"
+    problems, total_need = [], {}
+    for what, count, bundle, keys in kinds:
+        bundle = {k: v for k, v in bundle.items() if v > 0}
+        if not count:
+            continue
+        fits = sum(_fits(node, bundle) for node in nodes)
+        if fits < count:
+            problems.append(f"ray: {count} {what}(s) each needing {_show(bundle)} fit only {fits} time(s) on the "
+                            f"cluster's nodes ({offered}); lower {keys}, or add nodes with what is missing")
+        for k, v in bundle.items():
+            total_need[k] = total_need.get(k, 0.0) + count * v
+    if not problems:
+        total = {k: sum(n.get(k, 0.0) for n in nodes) for k in total_need}
+        problems += [f"ray: the training workers and reward actors together need {need:g} {k} but the cluster "
+                     f"has {total[k]:g}; lower ray.num_workers or ray.reward_actors, or add nodes with {k}"
+                     for k, need in total_need.items() if need > total[k] + 1e-9]
+    return problems
+
+
+def _fits(node: dict[str, float], bundle: dict[str, float]) -> int:
+    """How many copies of ``bundle`` one node holds."""
+    return min((int(node.get(k, 0.0) / v + 1e-9) for k, v in bundle.items()), default=1 << 30)
+
+
+def _show(resources: dict[str, float]) -> str:
+    shown = {k: v for k, v in sorted(resources.items()) if not k.startswith(("node:", "memory", "object_store"))}
+    return "{" + ", ".join(f"{k}: {v:g}" for k, v in shown.items()) + "}"
+
+
+def cluster_nodes() -> list[dict[str, float]]:
+    """Each live node's total resources."""
+    import ray
+
+    return [dict(node["Resources"]) for node in ray.nodes() if node["Alive"]]
 
 
 def fit(cfg: Config, run_dir: str):
@@ -96,23 +148,27 @@ def fit(cfg: Config, run_dir: str):
 
     from pipeline.reward_actors import start_reward_actors
 
+    r = cfg.ray
+    storage, filesystem = run_storage(cfg)
+    if not cfg.train.resume and stored_run_exists(storage, filesystem, os.path.basename(run_dir)):
+        raise ConfigError([f"train.resume: false, but Ray's run storage {r.storage_path or storage} already holds "
+                           f"run {os.path.basename(run_dir)!r}, which the workers would resume; set train.run_name "
+                           "to a new name or delete it there"])
     init_ray(cfg)
-    problems = resource_problems(cfg, ray.cluster_resources())
+    problems = [] if r.autoscaling else resource_problems(cfg, cluster_nodes())
     if problems:
-        raise ConfigError(problems, f"config (against the Ray cluster's resources {ray.cluster_resources()})")
+        raise ConfigError(problems, "config (against the Ray cluster's nodes)")
     # Ray Train would chdir workers into its own trial folder; relative paths in the config mean the
     # directory the command was run from (or the job's working_dir), so keep the workers there.
     os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
-    r = cfg.ray
-    storage = os.path.abspath(r.storage_path or os.path.join(cfg.train.output_dir, "ray"))
     actors = start_reward_actors(cfg.rewards, r) if r.reward_actors else []
     trainer = TorchTrainer(
         train_fn_per_worker,
         train_loop_config={"cfg": to_dict(cfg), "run_dir": run_dir, "reward_actors": actors},
         torch_config=TorchConfig(backend="nccl" if r.use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=r.num_workers, use_gpu=r.use_gpu,
-                                     resources_per_worker={"CPU": r.cpus_per_worker}),
-        run_config=RunConfig(name=os.path.basename(run_dir), storage_path=storage,
+                                     resources_per_worker={"CPU": r.cpus_per_worker, **r.worker_resources}),
+        run_config=RunConfig(name=os.path.basename(run_dir), storage_path=storage, storage_filesystem=filesystem,
                              failure_config=FailureConfig(max_failures=r.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=2)))
     try:
@@ -120,3 +176,51 @@ def fit(cfg: Config, run_dir: str):
     finally:
         for actor in actors:
             ray.kill(actor)
+
+
+def run_storage(cfg: Config):
+    """``(storage_path, filesystem)`` for Ray Train: a local folder (absolute, no filesystem), or for
+    ``s3://bucket/prefix`` the path ``bucket/prefix`` with a pyarrow S3 filesystem whose endpoint is
+    given explicitly (``ray.s3_endpoint``; the AWS environment variables alone are not reliable for
+    S3-compatible stores). Credentials come from the usual AWS chain on each node, never the config."""
+    r = cfg.ray
+    path = r.storage_path or os.path.join(cfg.train.output_dir, "ray")
+    if not path.startswith("s3://"):
+        return os.path.abspath(path), None
+    from pyarrow.fs import S3FileSystem
+
+    options = {}
+    if r.s3_endpoint:
+        scheme, _, host = r.s3_endpoint.rstrip("/").partition("://")
+        options = {"endpoint_override": host, "scheme": scheme}
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    return path[len("s3://"):].rstrip("/"), S3FileSystem(region=region or "us-east-1", **options)
+
+
+def stored_run_exists(storage: str, filesystem, name: str) -> bool:
+    """True if Ray Train's storage already holds a run folder ``name``."""
+    if filesystem is None:
+        return os.path.isdir(os.path.join(storage, name))
+    from pyarrow.fs import FileType
+
+    return filesystem.get_file_info(f"{storage}/{name}").type != FileType.NotFound
+
+
+def run_outputs(result, run_dir: str) -> tuple[dict[str, dict[str, float]], str]:
+    """The held-out summary and the trained-weights folder of a finished fit, on the driver's machine.
+
+    Both come through Ray Train's result (the last report's metrics and checkpoint), not the run
+    folder, which on a cluster lives on the node of worker 0: the weights are copied from the last
+    checkpoint into ``<run_dir>/final`` when that folder is not here.
+    """
+    import shutil
+
+    from trainers.loop import held_out_from_metrics
+
+    if result.error is not None:
+        raise result.error
+    final_dir = os.path.join(run_dir, "final")
+    if not os.path.isdir(final_dir) and result.checkpoint is not None:
+        with result.checkpoint.as_directory() as folder:
+            shutil.copytree(os.path.join(folder, "model"), final_dir)
+    return held_out_from_metrics(result.metrics or {}), final_dir

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 
 import torch
 
+from rewards.base import check_images
 from rewards.config import RewardSpec
 from trainers.config import RayConfig
 
@@ -43,7 +44,12 @@ class RewardServer:
         return dict(self.reward.weights) if hasattr(self.reward, "weights") else None
 
     def score(self, images: torch.Tensor, prompts: list[str], with_grad: bool):
-        """``(total (B,), parts {name: (B,)} or None, ∂Σ total/∂images or None)``, all on CPU."""
+        """``(total (B,), parts {name: (B,)} or None, ∂Σ total/∂images or None)``, all on CPU.
+
+        Raises:
+            ValueError: malformed ``images`` or ``prompts`` (not retried: the caller gets it at once).
+        """
+        check_images(images, prompts)
         x = images.to(self.device).requires_grad_(with_grad)
         with torch.set_grad_enabled(with_grad):
             parts = self.reward.components(x, prompts) if hasattr(self.reward, "components") else None

@@ -6,11 +6,10 @@ With no arguments it runs the quickstart: DRTune on the shipped toy shapes world
 from __future__ import annotations
 
 import argparse
-import json
 import os
 
 from pipeline.config import dump_yaml, run_cli
-from pipeline.preflight import load_checked, write_run_config
+from pipeline.preflight import load_checked, service_preflight, write_run_config
 
 QUICKSTART = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "quickstart.yaml")
 
@@ -32,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.print_config:
         print(dump_yaml(cfg), end="")
         return 0
+    service_preflight(cfg)
     from trainers.checkpoint import latest_checkpoint
     from trainers.loop import run, run_folder
 
@@ -41,18 +41,24 @@ def main(argv: list[str] | None = None) -> int:
         print(f"resuming {run_dir} from {os.path.basename(resume_from)} (train.run_name=NEW starts a new run)")
     write_run_config(cfg, run_dir)
     if cfg.ray.enabled:
-        from pipeline.ray_train import fit
+        from pipeline.ray_train import fit, run_outputs
 
-        fit(cfg, run_dir)
-        with open(os.path.join(run_dir, "summary.json"), encoding="utf-8") as f:
-            summary = json.load(f)
-        held_out, final_dir = summary["held_out"], summary["final_model_dir"]
+        held_out, final_dir = run_outputs(fit(cfg, run_dir), run_dir)
     else:
-        result = run(cfg, run_dir=run_dir)
+        reporters = ()
+        if cfg.tracking.enabled:
+            from pipeline.tracking import MlflowReporter
+
+            reporters = (MlflowReporter(cfg, run_dir),)
+        result = run(cfg, run_dir=run_dir, reporters=reporters)
         held_out, final_dir = result.held_out, result.final_model_dir
     print_held_out(held_out)
     print(f"trained weights (diffusers format): {final_dir}")
     print(f"run folder: {run_dir}")
+    if cfg.tracking.enabled:
+        from pipeline.tracking import ui_command
+
+        print(ui_command(cfg))
     return 0
 
 

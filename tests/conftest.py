@@ -15,6 +15,13 @@ sys.path.insert(0, os.path.dirname(__file__))
 from pipeline.ray_train import LOCAL_RAY_ENV  # noqa: E402  (imports no Ray)
 
 os.environ.update(LOCAL_RAY_ENV)  # before any test module imports ray: Ray reads them at import
+# S3 credentials for the moto server, set before Ray starts so its workers inherit them; distinctive,
+# so tests/test_tracking.py can check that they never reach MLflow
+S3_SECRET = "rt-test-secret-5c1f9e"
+os.environ.update({"AWS_ACCESS_KEY_ID": "rt-test-key-9a2b", "AWS_SECRET_ACCESS_KEY": S3_SECRET,
+                   "AWS_DEFAULT_REGION": "us-east-1"})
+for _name in ("MLFLOW_TRACKING_URI", "AWS_PROFILE", "AWS_SESSION_TOKEN"):
+    os.environ.pop(_name, None)
 
 
 @pytest.fixture(scope="session")
@@ -33,16 +40,53 @@ def tiny_sd_dir(tmp_path_factory, clip_tokenizer_dir) -> str:
     return build_tiny_sd(str(tmp_path_factory.mktemp("tiny_sd")), clip_tokenizer_dir)
 
 
+# The session's Ray cluster: two nodes on this machine (Ray's own multi-node test cluster), placed
+# like a real one. The head holds the training workers' custom resource, the second node the reward
+# actors' (tests/test_placement.py); tests that ask for neither may land on either node.
+HEAD_NODE = {"num_cpus": 2, "resources": {"train_node": 2}}
+REWARD_NODE = {"num_cpus": 1, "resources": {"reward_node": 1}}
+
+
 @pytest.fixture(scope="session")
 def ray_session(tmp_path_factory):
-    """One local Ray for the whole test session, bound to 127.0.0.1 (PLATFORM.md §2, §7)."""
+    """One local two-node Ray for the whole test session, bound to 127.0.0.1 (PLATFORM.md §2, §7)."""
     import tempfile
 
     import ray
+    from ray.cluster_utils import Cluster
 
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
     os.environ["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="ray", dir="/tmp")
-    ray.init(address="local", num_cpus=2, object_store_memory=1 << 30, include_dashboard=True,
-             dashboard_host="127.0.0.1", configure_logging=False)
+    cluster = Cluster(initialize_head=True, head_node_args={
+        **HEAD_NODE, "object_store_memory": 1 << 30, "include_dashboard": True, "dashboard_host": "127.0.0.1",
+        "node_ip_address": "127.0.0.1"})
+    cluster.add_node(**REWARD_NODE, object_store_memory=256 << 20, node_ip_address="127.0.0.1")
+    ray.init(address=cluster.address, configure_logging=False)
     yield ray
     ray.shutdown()
+    cluster.shutdown()
+
+
+@pytest.fixture(scope="session")
+def tracking_stack(tmp_path_factory):
+    """A real S3 endpoint (moto) and MLflow server (sqlite, artifacts in that S3) on free loopback ports,
+    from ``python -m cluster.local up --services s3,mlflow``; stopped by PID with ``down``."""
+    import json
+    import subprocess
+
+    from cluster.local import free_port
+
+    state = tmp_path_factory.mktemp("tracking_stack")
+    ports = {"--port-s3": free_port(), "--port-mlflow": free_port()}
+    command = [sys.executable, "-m", "cluster.local"]
+    up = subprocess.run([*command, "up", "--services", "s3,mlflow", "--state-dir", str(state),
+                         *(str(x) for item in ports.items() for x in item)], capture_output=True, text=True, timeout=180)
+    assert up.returncode == 0, up.stdout + up.stderr
+    with open(state / "local-stack.json", encoding="utf-8") as f:
+        s3, mlflow = json.load(f)["services"]
+    try:
+        yield {"s3": s3["addresses"]["endpoint"], "bucket": "reward-tuning", "mlflow": mlflow["addresses"]["tracking"],
+               "mlflow_db": os.path.join(mlflow["workdir"], "mlflow.db")}
+    finally:
+        down = subprocess.run([*command, "down", "--state-dir", str(state)], capture_output=True, text=True, timeout=120)
+        assert down.returncode == 0, down.stdout + down.stderr

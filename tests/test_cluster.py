@@ -121,7 +121,7 @@ def placement_problems(cfg: Config, groups: dict[str, dict]) -> list[str]:
     """What the cluster lacks for ``cfg.ray``: training workers on groups without the reward resource,
     reward actors on groups with it, nothing of either on the head."""
     r = cfg.ray
-    train_need = {"CPU": r.cpus_per_worker, "GPU": 1.0 if r.use_gpu else 0.0}
+    train_need = {"CPU": r.cpus_per_worker, "GPU": 1.0 if r.use_gpu else 0.0, **r.worker_resources}
     reward_need = {"CPU": r.reward_num_cpus, "GPU": r.reward_num_gpus, **r.reward_resources}
     workers = {name: g for name, g in groups.items() if name != "head"}
     reward_groups = {n: g for n, g in workers.items() if any(k in g["resources"] for k in r.reward_resources)}
@@ -197,6 +197,7 @@ def test_rayjob_cluster_is_the_raycluster():
 def test_cluster_offers_what_the_training_config_needs(definition):
     groups, cfg = DEFINITIONS[definition](), job_config()
     assert cfg.ray.reward_resources == {"reward_node": 1} and cfg.ray.reward_num_gpus >= 1
+    assert cfg.ray.worker_resources == {"train_node": 1} and cfg.ray.reward_actors >= 1
     assert placement_problems(cfg, groups) == []
     assert path_problems(cfg, groups) == []
 
@@ -204,13 +205,18 @@ def test_cluster_offers_what_the_training_config_needs(definition):
 def test_placement_check_catches_a_missing_reward_resource_and_too_few_gpu_workers():
     no_reward, no_train = copy.deepcopy(RAYCLUSTER["spec"]), copy.deepcopy(RAYCLUSTER["spec"])
     for group in no_reward["workerGroupSpecs"]:
-        group["rayStartParams"].pop("resources", None)
+        if group["groupName"] == "reward-gpu":
+            group["rayStartParams"].pop("resources")
     for group in no_train["workerGroupSpecs"]:
         group["maxReplicas"] = 0 if group["groupName"] == "train-gpu" else group["maxReplicas"]
     (reward,) = placement_problems(job_config(), k8s_groups(no_reward))
     assert reward.startswith("1 reward actor(s) needing") and "'reward_node': 1.0" in reward
     (train,) = placement_problems(job_config(), k8s_groups(no_train))  # reward-gpu pods do not count
     assert train.startswith("ray.num_workers=1 workers needing") and "['train-gpu']" in train
+    untagged = copy.deepcopy(RAYCLUSTER["spec"])
+    untagged["workerGroupSpecs"][0]["rayStartParams"].pop("resources")  # train-gpu without train_node
+    (train,) = placement_problems(job_config(), k8s_groups(untagged))
+    assert "'train_node': 1" in train
 
 
 def test_path_check_catches_a_path_off_the_shared_volume():
@@ -296,32 +302,45 @@ def is_loopback(address) -> bool:
 
 
 def test_local_stack_up_status_down(tmp_path):
-    gcs, dashboard, client, agent = free_ports(4)
+    gcs, dashboard, client, agent, s3_port, mlflow_port = free_ports(6)
     ports = ["--port-gcs", str(gcs), "--port-dashboard", str(dashboard), "--port-client", str(client),
-             "--port-agent", str(agent), "--num-cpus", "1"]
+             "--port-agent", str(agent), "--port-s3", str(s3_port), "--port-mlflow", str(mlflow_port), "--num-cpus", "1"]
     up = stack("up", *ports, state_dir=tmp_path)
     try:
         assert up.returncode == 0, up.stdout + up.stderr
         with open(tmp_path / "local-stack.json", encoding="utf-8") as f:
-            (ray,) = json.load(f)["services"]
+            s3, mlflow, ray = json.load(f)["services"]
+        assert [s3["name"], mlflow["name"], ray["name"]] == ["s3", "mlflow", "ray"]
         assert ray["addresses"]["gcs"] == f"127.0.0.1:{gcs}"
         assert ray["addresses"]["jobs"] == f"http://127.0.0.1:{dashboard}"
         with urllib.request.urlopen(f"http://127.0.0.1:{dashboard}/api/version", timeout=10) as response:
             assert json.load(response)["ray_version"]
         socket.create_connection(("127.0.0.1", gcs), timeout=5).close()
-        recorded = [tuple(p) for p in ray["pids"]]
-        assert len(recorded) > 5 and all(alive(p, s, proc_table()) for p, s in recorded)
+        with urllib.request.urlopen(f"http://127.0.0.1:{mlflow_port}/health", timeout=10) as response:
+            assert response.status == 200
+        import boto3
+
+        buckets = boto3.client("s3", endpoint_url=s3["addresses"]["endpoint"], region_name="us-east-1",
+                               aws_access_key_id="x", aws_secret_access_key="x").list_buckets()["Buckets"]
+        assert [b["Name"] for b in buckets] == ["reward-tuning"]
+        assert mlflow["addresses"]["artifacts"] == "s3://reward-tuning/mlflow"
+        assert ray["env"]["MLFLOW_TRACKING_URI"] == f"http://127.0.0.1:{mlflow_port}"
+        recorded = [tuple(p) for svc in (s3, mlflow, ray) for p in svc["pids"]]
+        assert len(ray["pids"]) > 5 and all(alive(p, s, proc_table()) for p, s in recorded)
         listening = listening_addresses([p for p, _ in recorded])
         assert listening and all(is_loopback(a) for a in listening), f"listeners off loopback: {listening}"
 
         status = stack("status", state_dir=tmp_path)
-        assert status.returncode == 0 and "healthy" in status.stdout
+        assert status.returncode == 0 and status.stdout.count("healthy") == 3
         assert f"http://127.0.0.1:{dashboard}" in status.stdout and f"127.0.0.1:{gcs}" in status.stdout
+        assert f"tracking.uri=http://127.0.0.1:{mlflow_port}" in status.stdout
+        assert f"ray.s3_endpoint=http://127.0.0.1:{s3_port}" in status.stdout
         again = stack("up", *ports, state_dir=tmp_path)
         assert again.returncode == 0 and "already up" in again.stdout
     finally:
         down = stack("down", state_dir=tmp_path)
-    assert down.returncode == 0 and "ray: stopped" in down.stdout, down.stdout + down.stderr
+    assert down.returncode == 0 and "ray: stopped" in down.stdout and "mlflow: stopped" in down.stdout, \
+        down.stdout + down.stderr
     table = proc_table()
     assert [p for p, s in recorded if alive(p, s, table)] == []
     assert not (tmp_path / "local-stack.json").exists() and not os.path.exists(ray["workdir"])
@@ -336,8 +355,8 @@ def test_busy_port_exits_2_naming_the_port_before_starting_anything(tmp_path):
         busy.listen()
         port = busy.getsockname()[1]
         others = free_ports(3)
-        result = stack("up", "--port-dashboard", str(port), "--port-gcs", str(others[0]), "--port-client",
-                       str(others[1]), "--port-agent", str(others[2]), state_dir=tmp_path, timeout=60)
+        result = stack("up", "--services", "ray", "--port-dashboard", str(port), "--port-gcs", str(others[0]),
+                       "--port-client", str(others[1]), "--port-agent", str(others[2]), state_dir=tmp_path, timeout=60)
     assert result.returncode == 2 and result.stdout == ""
     assert f"port {port} (--port-dashboard) is already in use on 127.0.0.1" in result.stderr
     assert "pick another port, e.g. --port-dashboard" in result.stderr and "Traceback" not in result.stderr
@@ -351,6 +370,7 @@ def test_busy_port_exits_2_naming_the_port_before_starting_anything(tmp_path):
     (["--num-cpus", "two"], "argument --num-cpus: expected a whole number >= 0, got 'two'"),
     (["--resources", "reward_node=1"], "argument --resources: not JSON"),
     (["--object-store-mib", "10"], "--object-store-mib 10: Ray needs at least 75"),
+    (["--services", "ray,minio"], "argument --services: unknown service(s) ['minio']; choose from s3, mlflow, ray"),
 ])
 def test_bad_arguments_exit_2(tmp_path, args, message):
     result = stack("up", *args, state_dir=tmp_path, timeout=60)

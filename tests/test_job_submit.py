@@ -47,7 +47,7 @@ def local_head(tmp_path_factory):
     state = tmp_path_factory.mktemp("stack")
     ports = dict(zip(("--port-gcs", "--port-dashboard", "--port-client", "--port-agent"), free_ports(4)))
     stack = [sys.executable, "-m", "cluster.local"]
-    up, up_s = run([*stack, "up", "--state-dir", str(state), "--num-cpus", "2",
+    up, up_s = run([*stack, "up", "--services", "ray", "--state-dir", str(state), "--num-cpus", "2",
                     *(str(x) for item in ports.items() for x in item)], timeout=240)
     timings = {"up": up_s}
     try:

@@ -17,6 +17,8 @@ from test_training import make_config
 from pipeline.config import ConfigError
 from pipeline.ray_train import fit, resource_problems
 from pipeline.reward_actors import NAME_PREFIX, RemoteReward, start_reward_actors
+from rewards.config import RewardSpec
+from trainers.config import RayConfig
 from trainers.loop import build_trainer, reward_loss, run_folder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -79,10 +81,33 @@ def test_killed_reward_actor_restarts_and_training_goes_on(ray_session, tiny_sd_
 def test_impossible_resource_requests_are_refused_before_training(ray_session, tiny_sd_dir, tmp_path):
     cfg = make_config(tiny_sd_dir, str(tmp_path), ray={"reward_actors": 2, "reward_num_gpus": 1,
                                                       "reward_resources": {"reward_node": 1}})
-    problems = resource_problems(cfg, {"CPU": 8.0})
-    assert any("needs 2 GPU" in p and "has 0" in p for p in problems)
-    assert any("needs 2 reward_node" in p for p in problems)
-    assert resource_problems(make_config(tiny_sd_dir, str(tmp_path)), {"CPU": 1.0}) == []
+    problems = resource_problems(cfg, [{"CPU": 8.0}])
+    assert any("2 reward actor(s)" in p and "GPU: 1" in p and "fit only 0" in p for p in problems), problems
+    assert resource_problems(make_config(tiny_sd_dir, str(tmp_path)), [{"CPU": 1.0}]) == []
     with pytest.raises(ConfigError, match="GPU"):
         fit(cfg, run_folder(cfg))
     assert not os.path.exists(run_folder(cfg)), "nothing may start or be written"
+
+
+def test_a_worker_no_single_node_can_hold_is_refused_naming_the_nodes(ray_session, tiny_sd_dir, tmp_path):
+    # the session cluster has 3 CPUs in all (2 + 1), but no node has 3: Ray would wait forever
+    cfg = make_config(tiny_sd_dir, str(tmp_path), ray={"cpus_per_worker": 3})
+    with pytest.raises(ConfigError, match=r"needing \{CPU: 3\} fit only 0 time\(s\).*CPU: 2.*CPU: 1") as err:
+        fit(cfg, run_folder(cfg))
+    assert "ray.cpus_per_worker" in str(err.value)
+    totals = resource_problems(make_config(tiny_sd_dir, str(tmp_path), ray={"num_workers": 2, "reward_actors": 2}),
+                               [{"CPU": 3.0}])
+    assert totals and "together need 4 CPU but the cluster has 3" in totals[0]
+
+
+def test_malformed_images_get_a_clear_error_from_the_actor(ray_session):
+    (actor,) = start_reward_actors([RewardSpec(name="symmetry")], RayConfig(reward_actors=1, reward_num_cpus=0.5))
+    try:
+        for images, message in [(torch.rand(2, 16, 16), r"shape \(B, 3, H, W\)"),
+                                (torch.full((2, 3, 8, 8), float("nan")), r"values in \[0, 1\]")]:
+            with pytest.raises(ray.exceptions.RayTaskError, match=message):
+                ray.get(actor.score.remote(images, ["a", "b"], True), timeout=60)
+        with pytest.raises(ray.exceptions.RayTaskError, match="2 prompts"):
+            ray.get(actor.score.remote(torch.rand(3, 3, 8, 8), ["a", "b"], False), timeout=60)
+    finally:
+        ray.kill(actor)

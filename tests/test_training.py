@@ -21,7 +21,8 @@ def make_config(model_dir: str, out: str, **sections) -> Config:
             "trainable": {"init": "gaussian", "rank": 2, "alpha": 3.0},
             "rewards": [{"name": "brightness"}, {"name": "symmetry", "weight": 0.5}],
             "train": {"steps": 4, "batch_size": 2, "output_dir": out, "checkpoint_every": 2},
-            "eval": {"every": 0, "images_per_prompt": 1, "max_prompts": 2}}
+            "eval": {"every": 0, "images_per_prompt": 1, "max_prompts": 2},
+            "tracking": {"enabled": False}}  # tests/test_tracking.py turns it on
     for key, value in sections.items():
         data[key] = {**data.get(key, {}), **value}
     return from_dict(Config, data)

@@ -8,6 +8,7 @@ the problems of its own section as ``"field: message"`` strings.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -165,9 +166,12 @@ class RayConfig:
     num_workers: int = 1  # data-parallel training workers
     use_gpu: bool = False  # one GPU per worker
     cpus_per_worker: float = 1.0  # CPUs reserved per worker
+    worker_resources: dict[str, float] = field(default_factory=dict)  # custom resources per worker, e.g. {train_node: 1}
     num_cpus: int | None = None  # CPUs of the local in-process Ray; None = all
-    storage_path: str | None = None  # Ray Train run storage; shared by all nodes on a cluster; None = <output_dir>/ray
+    storage_path: str | None = None  # Ray Train run storage: a folder every node sees, or s3://bucket/prefix; None = <output_dir>/ray
+    s3_endpoint: str | None = None  # S3-compatible endpoint for an s3:// storage_path (http://host:port); None = AWS
     max_failures: int = 0  # worker-group restarts after a failure (resumes from the last checkpoint)
+    autoscaling: bool = False  # nodes start on demand: skip the check of the request against the live nodes
     report_every: int = 10  # forward metrics to Ray every this many steps, and at each evaluation and checkpoint
     reward_actors: int = 0  # trained reward served by this many Ray actor replicas; 0 = in the training worker
     reward_num_gpus: float = 0.0  # GPUs per reward actor (fractions share a GPU)
@@ -178,10 +182,43 @@ class RayConfig:
         problems = _positive("num_workers", self.num_workers) + _positive("max_failures", self.max_failures, 0)
         problems += _positive("report_every", self.report_every) + _positive("reward_actors", self.reward_actors, 0)
         problems += _positive("reward_num_gpus", self.reward_num_gpus, 0) + _positive("reward_num_cpus", self.reward_num_cpus, 0)
-        problems += [f"reward_resources.{k}: must be > 0, got {v}" for k, v in self.reward_resources.items() if v <= 0]
+        for key in ("worker_resources", "reward_resources"):
+            problems += [f"{key}.{k}: must be > 0, got {v}" for k, v in getattr(self, key).items() if v <= 0]
+            problems += [f"{key}.{k}: CPU and GPU have their own fields (cpus_per_worker, use_gpu, reward_num_*)"
+                         for k in getattr(self, key) if k in ("CPU", "GPU")]
         problems += [] if self.cpus_per_worker > 0 else [f"cpus_per_worker: must be > 0, got {self.cpus_per_worker}"]
         if self.num_cpus is not None and self.num_cpus < 1:
             problems.append(f"num_cpus: must be >= 1 or null, got {self.num_cpus}")
+        if self.storage_path and "://" in self.storage_path and not re.fullmatch(r"s3://[^/]+(/.*)?", self.storage_path):
+            problems.append(f"storage_path: expected a folder or s3://bucket/prefix, got {self.storage_path!r}")
+        if self.s3_endpoint and not re.fullmatch(r"https?://[^/\s]+/?", self.s3_endpoint):
+            problems.append(f"s3_endpoint: expected http(s)://host[:port], got {self.s3_endpoint!r}")
+        return problems
+
+
+# MLflow's registered-model names: letters, digits and . _ - (kept conservative so every store and the UI take them)
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,254}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrackingConfig:
+    """MLflow tracking and model registry (read only by pipeline/; the core never imports MLflow)."""
+
+    enabled: bool = True  # record the run in MLflow (rank 0 only)
+    uri: str | None = None  # tracking server (http://host:5000) or sqlite:///abs/path; None = $MLFLOW_TRACKING_URI, else sqlite at <output_dir>/mlflow.db
+    experiment: str = "reward-tuning"  # MLflow experiment holding the runs
+    registered_model: str | None = None  # register every checkpoint as a version of this model; None = log models only
+    log_models: bool = True  # log each checkpoint as an MLflow model (mlflow.diffusers LoRA + base-model reference)
+
+    def validate(self) -> list[str]:
+        problems = [] if self.experiment.strip() else ["experiment: must not be empty"]
+        if self.registered_model is not None and not MODEL_NAME.fullmatch(self.registered_model):
+            problems.append(f"registered_model: {self.registered_model!r} is not a valid model name; use letters, "
+                            "digits and . _ - (up to 255), starting with a letter or digit")
+        if self.registered_model and not self.log_models:
+            problems.append("registered_model: registering needs log_models=true")
+        if self.uri is not None and not re.match(r"(https?|sqlite|postgresql|mysql|databricks)(\+\w+)?:", self.uri):
+            problems.append(f"uri: expected http(s)://host:port or sqlite:///abs/path.db, got {self.uri!r}")
         return problems
 
 
@@ -199,6 +236,7 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     ray: RayConfig = field(default_factory=RayConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     def validate(self) -> list[str]:
         """Cross-section checks: the plan must fit in the sampler's steps."""

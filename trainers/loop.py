@@ -38,7 +38,12 @@ from trainers.stats import paired_difference_ci
 
 
 class Reporter(Protocol):
-    """Receives metrics (and, when one was written, a checkpoint folder) after each step."""
+    """Receives metrics (and, when one was written, a checkpoint folder) after each step.
+
+    A reporter may also have ``start(state)``, called once before the first report with the run's
+    ``extra`` dict, which it may read and write (it is saved in every checkpoint and restored on
+    resume), and ``close()``, called when the run has finished.
+    """
 
     def report(self, step: int, metrics: dict[str, float], checkpoint_dir: str | None = None) -> None: ...
 
@@ -280,11 +285,14 @@ def _evaluate_and_save(tr: Trainer, run_dir: str) -> dict[str, float]:
 
 
 def run(cfg: Config, *, reporters: tuple[Reporter, ...] = (), reward: Reward | None = None,
-        run_dir: str | None = None) -> RunResult:
-    """Train as ``cfg`` says, resuming from the run folder's latest checkpoint when there is one.
+        run_dir: str | None = None, resume_from: str | None = None) -> RunResult:
+    """Train as ``cfg`` says, resuming from ``resume_from`` (a checkpoint folder), else from the run
+    folder's latest checkpoint when there is one (and ``train.resume``).
 
     Writes ``metrics.jsonl``, sample grids and held-out scores under ``samples/``, resumable
     checkpoints under ``checkpoints/``, and the trained weights in diffusers format under ``final/``.
+    The last step's metrics carry the held-out summary as ``held_out/<reward>/<stat>``
+    (:func:`held_out_from_metrics` reads it back), so a launcher on another machine gets it too.
 
     Raises:
         TrainingAborted: ``train.max_bad_steps`` non-finite steps in a row (a checkpoint of the last
@@ -294,10 +302,14 @@ def run(cfg: Config, *, reporters: tuple[Reporter, ...] = (), reward: Reward | N
     tr = build_trainer(cfg, reward=reward)
     lead = tr.replicas.lead  # only rank 0 writes the run folder
     os.makedirs(run_dir, exist_ok=True)
-    resume_from = latest_checkpoint(run_dir) if cfg.train.resume else None
+    if resume_from is None and cfg.train.resume:
+        resume_from = latest_checkpoint(run_dir)
     if resume_from:
         tr.load_state_dict(load_checkpoint(resume_from))
     sinks = ((JsonlLog(os.path.join(run_dir, "metrics.jsonl"), tr.step),) if lead else ()) + tuple(reporters)
+    for sink in sinks:
+        if hasattr(sink, "start"):
+            sink.start(tr.extra)
     if tr.step == 0:
         tr.extra["eval_before"] = _evaluate_and_save(tr, run_dir) if lead else {}
         for sink in sinks:
@@ -315,6 +327,8 @@ def run(cfg: Config, *, reporters: tuple[Reporter, ...] = (), reward: Reward | N
         last = tr.step == cfg.train.steps
         if lead and (last or (every and tr.step % every == 0)):
             metrics.update(_evaluate_and_save(tr, run_dir))
+        if lead and last:
+            metrics.update(held_out_metrics(held_out_summary(run_dir, tr.step)))
         folder = None
         if last or tr.step % cfg.train.checkpoint_every == 0:
             metrics["dp/max_weight_divergence"] = tr.replicas.max_divergence(tr.params)
@@ -331,6 +345,9 @@ def run(cfg: Config, *, reporters: tuple[Reporter, ...] = (), reward: Reward | N
     held_out = held_out_summary(run_dir, tr.step)
     with open(os.path.join(run_dir, "summary.json"), "w", encoding="utf-8") as f:
         json.dump({"step": tr.step, "held_out": held_out, "final_model_dir": final_dir}, f, indent=1)
+    for sink in sinks:
+        if hasattr(sink, "close"):
+            sink.close()
     return RunResult(run_dir, tr.step, final_dir, held_out, metrics)
 
 
@@ -346,6 +363,21 @@ def held_out_summary(run_dir: str, step: int) -> dict[str, dict[str, float]]:
         diff, low, high = paired_difference_ci(after[name], before[name])
         summary[name] = {"base": float(before[name].mean()), "tuned": float(after[name].mean()), "diff": diff,
                          "diff_low": low, "diff_high": high}
+    return summary
+
+
+def held_out_metrics(summary: dict[str, dict[str, float]]) -> dict[str, float]:
+    """The held-out summary as flat metrics ``held_out/<reward>/<stat>``."""
+    return {f"held_out/{name}/{stat}": value for name, stats in summary.items() for stat, value in stats.items()}
+
+
+def held_out_from_metrics(metrics: dict[str, float]) -> dict[str, dict[str, float]]:
+    """Inverse of :func:`held_out_metrics` (other metrics are ignored)."""
+    summary: dict[str, dict[str, float]] = {}
+    for key, value in metrics.items():
+        if key.startswith("held_out/"):
+            name, stat = key[len("held_out/"):].rsplit("/", 1)
+            summary.setdefault(name, {})[stat] = value
     return summary
 
 

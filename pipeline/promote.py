@@ -1,0 +1,79 @@
+"""Point an alias at the best checkpoint of a registered model:
+``python -m pipeline.promote --model NAME --metric eval/clip_score [--alias champion]``.
+
+Every checkpoint a run registers carries its held-out metrics as model-version tags (``eval/<reward>``,
+``held_out/<reward>/<stat>`` at the last step, ``step``, ``eval_step``). This picks the version with the
+highest (``--lowest``: lowest) value of ``--metric``, sets ``--alias`` on it and prints the ranking;
+``python -m pipeline.generate --model models:/NAME@ALIAS`` then generates from it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+from pipeline.config import ConfigError, run_cli
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m pipeline.promote", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", required=True, help="registered model name (tracking.registered_model of the runs)")
+    p.add_argument("--metric", default="eval/trained", help="model-version tag to rank by (default eval/trained)")
+    p.add_argument("--alias", default="champion", help="alias to set on the best version (default champion)")
+    p.add_argument("--lowest", action="store_true", help="lower is better")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else ./runs/mlflow.db)")
+    return p.parse_args(argv)
+
+
+def default_tracking_uri(given: str | None) -> str:
+    """``given``, else what a run with the default config would use."""
+    from pipeline.tracking import tracking_uri
+    from trainers.config import Config
+
+    return given or tracking_uri(Config())
+
+
+def ranked_versions(client, name: str, metric: str, lowest: bool) -> list[tuple[float, object]]:
+    """``(value, version)`` of every version that carries ``metric``, best first."""
+    found = []
+    for version in client.search_model_versions(f"name = '{name}'"):
+        value = float(version.tags[metric]) if metric in version.tags else math.nan
+        if math.isfinite(value):
+            found.append((value, version))
+    return sorted(found, key=lambda item: item[0], reverse=not lowest)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    from pipeline.tracking import redact
+
+    uri = default_tracking_uri(args.tracking_uri)
+    client = MlflowClient(uri)
+    try:
+        client.get_registered_model(args.model)
+    except MlflowException:
+        names = sorted(m.name for m in client.search_registered_models())
+        raise ConfigError([f"--model: no registered model {args.model!r} in {redact(uri)}; registered: {names or 'none'} "
+                           "(set tracking.registered_model in the training config to register checkpoints)"],
+                          "command line") from None
+    ranked = ranked_versions(client, args.model, args.metric, args.lowest)
+    if not ranked:
+        tags = sorted({t for v in client.search_model_versions(f"name = '{args.model}'") for t in v.tags})
+        raise ConfigError([f"--metric: no version of {args.model!r} carries {args.metric!r}; tags present: {tags}"],
+                          "command line")
+    best_value, best = ranked[0]
+    client.set_registered_model_alias(args.model, args.alias, best.version)
+    print(f"{'version':>7}  {args.metric:>20}  step  run")
+    for value, version in ranked:
+        mark = f"  <- {args.alias}" if version.version == best.version else ""
+        print(f"{version.version:>7}  {value:>20.6g}  {version.tags.get('step', '?'):>4}  {version.run_id}{mark}")
+    print(f"set alias {args.alias!r} on {args.model} version {best.version} ({args.metric} = {best_value:.6g}); "
+          f"generate with: python -m pipeline.generate --model models:/{args.model}@{args.alias} --prompt ...")
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,297 @@
+"""MLflow at the edge: one MLflow run per training run, every checkpoint a model you can pick in the UI.
+
+:class:`MlflowReporter` is a reporter of the training core (``trainers.loop.run``), created on rank 0
+only. At ``start`` it continues the MLflow run whose id the resumed checkpoint carries
+(``state["mlflow_run_id"]``), or creates one and logs the resolved config (YAML artifact and flattened
+params), package versions, git commit and cluster size (tags). Each report logs the metrics with their
+step, the evaluation's sample grid as an image (the UI's image view steps through them), and a
+checkpoint as an ``mlflow.diffusers`` model (the LoRA plus a reference to the base model) carrying
+the latest held-out metrics, registered as a version of ``tracking.registered_model``. After a crash,
+steps already logged are replayed by the resumed run but not logged again, so each step appears once.
+
+When MLflow is unreachable, nothing is lost and training goes on: metrics wait in memory and a
+checkpoint's model folder is copied to ``<run>/pending_models/`` until a later report manages to log
+it, and the run says so. Secrets never reach MLflow: URIs are logged without their user-info part,
+and config values under keys that look like credentials are replaced by ``***``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from importlib import metadata
+
+from pipeline.config import dump_yaml, flatten
+from trainers.config import Config
+
+RUN_ID_KEY = "mlflow_run_id"  # in the checkpointed state
+RUN_FOLDER_TAG = "reward_tuning.run_folder"  # the run folder's name, to find a run from the command line
+PACKAGES = ("torch", "diffusers", "transformers", "peft", "open_clip_torch", "ray", "mlflow", "reward-tuning")
+RETRY_FIRST_S, RETRY_MAX_S = 5.0, 300.0  # backoff between tries while MLflow is unreachable
+_USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][\w+.-]*://)[^/@\s]+@")
+_SECRET_KEY = re.compile(r"secret|password|passwd|token|access_key|credential", re.IGNORECASE)
+
+
+def redact(text: str) -> str:
+    """``text`` with the user-info of every URI in it replaced (``http://u:p@h`` -> ``http://***@h``)."""
+    return _USERINFO.sub(r"\g<scheme>***@", text)
+
+
+def strip_userinfo(uri: str) -> str:
+    """``uri`` without its ``user:password@`` part (for clients that cannot take it, such as urllib)."""
+    return _USERINFO.sub(r"\g<scheme>", uri)
+
+
+def tracking_uri(cfg: Config) -> str:
+    """``tracking.uri``, else ``$MLFLOW_TRACKING_URI``, else a sqlite store at an absolute path under the
+    output folder (Ray workers run elsewhere, so a relative one would split the store)."""
+    uri = cfg.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI")
+    return uri or "sqlite:///" + os.path.join(os.path.abspath(cfg.train.output_dir), "mlflow.db")
+
+
+def local_artifact_root(cfg: Config, uri: str) -> str | None:
+    """Where a database store (no server) keeps artifacts: next to the database; None with a server."""
+    if uri.startswith(("http://", "https://", "databricks")):
+        return None
+    return os.path.join(os.path.abspath(cfg.train.output_dir), "mlartifacts")
+
+
+def ui_command(cfg: Config) -> str:
+    """How to look at the runs: the server's address, or ``mlflow ui`` on the local store."""
+    uri = tracking_uri(cfg)
+    if uri.startswith(("http://", "https://")):
+        return f"MLflow UI: {redact(uri)} (experiment {cfg.tracking.experiment!r})"
+    return f"MLflow UI: mlflow ui --backend-store-uri {uri} (experiment {cfg.tracking.experiment!r})"
+
+
+def experiment_id(client, cfg: Config) -> str:
+    """The configured experiment's id, created if missing."""
+    name = cfg.tracking.experiment
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    root = local_artifact_root(cfg, client.tracking_uri)
+    return client.create_experiment(name, artifact_location=root and f"file://{root}")
+
+
+def params_of(cfg: Config) -> dict[str, str]:
+    """The flattened config as MLflow params, secrets masked, values cut to MLflow's 6000 characters."""
+    params = {}
+    for key, value in flatten(cfg).items():
+        text = "***" if _SECRET_KEY.search(key) and value else redact(str(value))
+        params[key] = text[:6000]
+    return params
+
+
+def environment_tags(cfg: Config, world_size: int) -> dict[str, str]:
+    """Package versions, git commit and cluster size."""
+    tags = {f"version.{name}": _version(name) for name in PACKAGES}
+    tags["python"] = sys.version.split()[0]
+    tags["cluster.workers"] = str(world_size)
+    tags["cluster.reward_actors"] = str(cfg.ray.reward_actors if cfg.ray.enabled else 0)
+    commit = _git_commit()
+    if commit:
+        tags["mlflow.source.git.commit"] = commit
+    return tags
+
+
+def _version(package: str) -> str:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
+                             cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def base_model_reference(path: str) -> str:
+    """The base model as a loader finds it again: an absolute folder, or the hub id as given."""
+    return os.path.abspath(path) if os.path.exists(path) else path
+
+
+class MlflowReporter:
+    """Records one training run in MLflow (see the module docstring). Create it on rank 0 only."""
+
+    def __init__(self, cfg: Config, run_dir: str, world_size: int = 1):
+        self.cfg, self.run_dir, self.world_size = cfg, run_dir, world_size
+        self.uri = tracking_uri(cfg)
+        self.client = None
+        self.run_id: str | None = None
+        self.logged_through = -1  # steps up to here are already in the MLflow run
+        self.held_out: dict[str, float] = {}  # the latest evaluation, attached to later models
+        self.pending_metrics: list = []
+        self.pending_models = os.path.join(run_dir, "pending_models")
+        self.retry_at, self.backoff = 0.0, RETRY_FIRST_S
+        # MLflow's client retries each request 7 times over minutes by default; training must not stall on it
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+
+    # ------------------------------------------------------------ lifecycle
+
+    def start(self, state: dict) -> None:
+        """Continue the run named in the checkpointed ``state``, or create it; record its id there."""
+        from mlflow import MlflowClient
+        from mlflow.exceptions import MlflowException
+
+        self.client = MlflowClient(self.uri)
+        run_id = state.get(RUN_ID_KEY)
+        if run_id:
+            try:
+                self.client.get_run(run_id)
+                self.run_id = run_id
+                self.logged_through = self._last_logged_step()
+                self.client.update_run(run_id, status="RUNNING")
+                print(f"mlflow: continuing run {run_id} after step {self.logged_through}", flush=True)
+            except MlflowException:
+                print(f"mlflow: run {run_id} from the checkpoint is not in {redact(self.uri)}; starting a new one",
+                      file=sys.stderr, flush=True)
+        if self.run_id is None:
+            self.run_id = self._create_run()
+        state[RUN_ID_KEY] = self.run_id
+
+    def close(self) -> None:
+        """Mark the run finished (after a last try to log what is pending)."""
+        self._flush(force=True)
+        if self.pending_metrics or self._pending_folders():
+            print(f"mlflow: {len(self.pending_metrics)} metric batches and {len(self._pending_folders())} "
+                  f"checkpoint models could not be logged; the models stay in {self.pending_models}",
+                  file=sys.stderr, flush=True)
+            return
+        self.client.set_terminated(self.run_id, "FINISHED")
+
+    # ------------------------------------------------------------ reports
+
+    def report(self, step: int, metrics: dict[str, float], checkpoint_dir: str | None = None) -> None:
+        if step <= self.logged_through:  # replayed after a resume: already logged
+            return
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        numbers = {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)}
+        self.pending_metrics.append([Metric(k, v, now, step) for k, v in numbers.items()])
+        if any(k.startswith("eval/") for k in numbers):
+            self.held_out = {k: v for k, v in numbers.items() if k.startswith(("eval/", "held_out/"))}
+            self.held_out["eval_step"] = step
+        grid = os.path.join(self.run_dir, "samples", f"step_{step:06d}.png")
+        if self.held_out.get("eval_step") == step and os.path.isfile(grid):
+            self._try("sample grid", lambda: self._log_grid(grid, step))
+        if checkpoint_dir and self.cfg.tracking.log_models:
+            self._queue_model(checkpoint_dir, step)
+        self._flush()
+        self.logged_through = step
+
+    def _flush(self, force: bool = False) -> None:
+        """Log the waiting metric batches, then the waiting checkpoint models, oldest first (after a failure,
+        not before the backoff has passed, unless ``force``)."""
+        if time.monotonic() < self.retry_at and not force:
+            return
+        while self.pending_metrics:
+            batch = self.pending_metrics[0]
+            if not self._try("metrics", lambda: self.client.log_batch(self.run_id, metrics=batch)):
+                return
+            self.pending_metrics.pop(0)
+        for folder in self._pending_folders():
+            if not self._try("checkpoint model", lambda: self._log_model(folder)):
+                return
+            shutil.rmtree(folder)
+
+    def _try(self, what: str, call) -> bool:
+        """Run ``call``; on an MLflow or network error say so and return False (it is retried later)."""
+        try:
+            call()
+        except Exception as err:  # noqa: BLE001 - MLflow raises many types; none may stop training
+            print(f"mlflow: could not log {what} to {redact(self.uri)} ({redact(str(err))[:300]}); "
+                  f"retrying in {self.backoff:.0f} s, training goes on", file=sys.stderr, flush=True)
+            self.retry_at = time.monotonic() + self.backoff
+            self.backoff = min(2 * self.backoff, RETRY_MAX_S)
+            return False
+        if self.backoff > RETRY_FIRST_S:
+            print(f"mlflow: {what} logged again after the outage", flush=True)
+        self.retry_at, self.backoff = 0.0, RETRY_FIRST_S
+        return True
+
+    # ------------------------------------------------------------ what is logged
+
+    def _create_run(self) -> str:
+        from mlflow.entities import Param
+
+        exp = experiment_id(self.client, self.cfg)
+        name = os.path.basename(self.run_dir)
+        tags = {**environment_tags(self.cfg, self.world_size), RUN_FOLDER_TAG: name}
+        run = self.client.create_run(exp, run_name=name, tags=tags)
+        params = [Param(k, v) for k, v in params_of(self.cfg).items()]
+        for i in range(0, len(params), 100):  # MLflow takes at most 100 params per batch
+            self.client.log_batch(run.info.run_id, params=params[i:i + 100])
+        self.client.log_text(run.info.run_id, redact(dump_yaml(self.cfg)), "config.yaml")
+        print(f"mlflow: run {run.info.run_id} in experiment {self.cfg.tracking.experiment!r} at "
+              f"{redact(self.uri)}", flush=True)
+        return run.info.run_id
+
+    def _last_logged_step(self) -> int:
+        history = self.client.get_metric_history(self.run_id, "train/loss")
+        return max((m.step for m in history), default=0)  # step 0 holds only evaluations
+
+    def _log_grid(self, path: str, step: int) -> None:
+        from PIL import Image
+
+        with Image.open(path) as image:
+            self.client.log_image(self.run_id, image.convert("RGB"), key="samples", step=step)
+
+    def _queue_model(self, checkpoint_dir: str, step: int) -> None:
+        """Copy the checkpoint's model folder (and the held-out metrics it carries) to pending_models/."""
+        import json
+
+        folder = os.path.join(self.pending_models, f"step_{step:06d}")
+        if os.path.isdir(folder):
+            shutil.rmtree(folder)
+        shutil.copytree(os.path.join(checkpoint_dir, "model"), os.path.join(folder, "model"))
+        with open(os.path.join(folder, "metrics.json"), "w", encoding="utf-8") as f:
+            json.dump({"step": step, **self.held_out}, f)
+
+    def _pending_folders(self) -> list[str]:
+        if not os.path.isdir(self.pending_models):
+            return []
+        return [os.path.join(self.pending_models, n) for n in sorted(os.listdir(self.pending_models))]
+
+    def _log_model(self, folder: str) -> None:
+        """Log one pending checkpoint as a model, attach its held-out metrics, register a version."""
+        import json
+
+        import mlflow
+
+        with open(os.path.join(folder, "metrics.json"), encoding="utf-8") as f:
+            info = json.load(f)
+        step = int(info.pop("step"))
+        weights = os.path.join(folder, "model")
+        if not os.path.isfile(os.path.join(weights, "pytorch_lora_weights.safetensors")):
+            self.client.log_artifacts(self.run_id, weights, f"checkpoints/step_{step:06d}")  # full fine-tune
+            return
+        mlflow.set_tracking_uri(self.uri)
+        # the logged model goes to the active experiment, not its run's: make that the run's
+        mlflow.set_experiment(experiment_id=self.client.get_run(self.run_id).info.experiment_id)
+        t = self.cfg.tracking
+        model = mlflow.diffusers.log_model(
+            weights, base_model=base_model_reference(self.cfg.model.path), name=f"checkpoint-{step:06d}",
+            step=step, run_id=self.run_id, registered_model_name=t.registered_model,
+            pip_requirements=[f"reward-tuning=={_version('reward-tuning')}"],
+            tags={"step": str(step), RUN_FOLDER_TAG: os.path.basename(self.run_dir)})
+        # the logged model picks up the run's metrics of its step itself; the version tags carry the latest
+        # evaluation (``eval_step`` says from which step), which is what the registry page shows and promote ranks
+        if t.registered_model and model.registered_model_version is not None:
+            version = str(model.registered_model_version)
+            for key, value in {"step": step, **info}.items():
+                self.client.set_model_version_tag(t.registered_model, version, key, str(value))
+        print(f"mlflow: logged checkpoint step {step} as {model.model_uri}"
+              + (f" = {t.registered_model} version {model.registered_model_version}" if t.registered_model else ""),
+              flush=True)

@@ -1,0 +1,151 @@
+"""MLflow tracking, model registry and S3 run storage, against a real MLflow server and S3 endpoint.
+
+Each training run is one MLflow run (rank 0 only) that a resumed run continues without duplicating
+steps; every checkpoint is a registered model version carrying its held-out metrics; ``promote`` sets
+an alias and ``generate`` samples from ``models:/NAME@alias``; Ray Train checkpoints go to S3 and a run
+resumes from there without its run folder; unreachable services fail before anything starts; no
+secret reaches the stored run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import boto3
+import pytest
+from conftest import S3_SECRET
+from mlflow import MlflowClient
+from test_training import StopAt, make_config
+
+from pipeline import generate, promote
+from pipeline.config import ConfigError, dump_yaml
+from pipeline.tracking import RUN_FOLDER_TAG, MlflowReporter
+from pipeline.train import main as train_main
+from trainers.loop import run, run_folder
+
+PASSWORD = "rt-uri-password-77"
+
+
+def tracked(tiny_sd_dir: str, out: str, uri: str | None, **sections):
+    tracking = {"enabled": True, "uri": uri, "experiment": "tests", "registered_model": "tiny", **sections.pop("tracking", {})}
+    return make_config(tiny_sd_dir, out, tracking=tracking, eval={"every": 2}, **sections)
+
+
+def the_run(client: MlflowClient, run_name: str):
+    exp = client.get_experiment_by_name("tests")
+    (found,) = client.search_runs([exp.experiment_id], f"tags.`{RUN_FOLDER_TAG}` = '{run_name}'")
+    return found
+
+
+def write_config(cfg, path) -> str:
+    path.write_text(dump_yaml(cfg), encoding="utf-8")
+    return str(path)
+
+
+def test_embedded_default_records_the_run_and_its_models_then_promote_and_generate(tiny_sd_dir, tmp_path, capsys):
+    """No server: a sqlite store at an absolute path under the output folder (the embedded default)."""
+    cfg = tracked(tiny_sd_dir, str(tmp_path / "runs"), None, ray={"enabled": False})
+    assert train_main(["--config", write_config(cfg, tmp_path / "cfg.yaml")]) == 0
+    uri = f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}"
+    assert f"mlflow ui --backend-store-uri {uri}" in capsys.readouterr().out
+    client = MlflowClient(uri)
+    found = the_run(client, "draft_k-seed0")
+    assert found.info.status == "FINISHED"
+    assert found.data.params["plan.name"] == "draft_k" and found.data.params["train.steps"] == "4"
+    assert found.data.tags["version.torch"] and found.data.tags["cluster.workers"] == "1"
+    assert "mlflow.source.git.commit" in found.data.tags
+    assert [m.step for m in client.get_metric_history(found.info.run_id, "train/loss")] == [1, 2, 3, 4]
+    assert [m.step for m in client.get_metric_history(found.info.run_id, "eval/trained")] == [0, 2, 4]
+    artifacts = {a.path for a in client.list_artifacts(found.info.run_id)}
+    assert {"config.yaml", "images"} <= artifacts
+
+    versions = sorted(client.search_model_versions("name = 'tiny'"), key=lambda v: int(v.version))
+    assert [v.tags["step"] for v in versions] == ["2", "4"]
+    assert all("eval/trained" in v.tags for v in versions) and "held_out/trained/diff" in versions[1].tags
+    for v in versions:  # the models live with the run, in the store's artifact folder (not ./mlruns)
+        assert client.get_logged_model(v.source.removeprefix("models:/")).artifact_location.startswith(
+            f"file://{tmp_path / 'runs' / 'mlartifacts'}")
+    assert promote.main(["--model", "tiny", "--metric", "eval/trained", "--tracking-uri", uri]) == 0
+    best = max(versions, key=lambda v: float(v.tags["eval/trained"]))
+    assert client.get_model_version_by_alias("tiny", "champion").version == best.version
+
+    out = tmp_path / "samples"
+    assert generate.main(["--model", "models:/tiny@champion", "--tracking-uri", uri, "--prompt", "a red circle",
+                          "--num-images", "2", "--steps", "3", "--device", "cpu", "--out", str(out)]) == 0
+    assert (out / "grid.png").is_file() and len(list(out.glob("0*.png"))) == 2
+
+
+def test_killed_run_resumes_the_same_mlflow_run_with_each_step_once(tiny_sd_dir, tmp_path, tracking_stack):
+    uri = tracking_stack["mlflow"].replace("http://", f"http://tester:{PASSWORD}@")
+    cfg = tracked(tiny_sd_dir, str(tmp_path / "runs"), uri, ray={"enabled": False})
+    with pytest.raises(KeyboardInterrupt):  # after step 3 was logged; the last checkpoint is step 2
+        run(cfg, reporters=(MlflowReporter(cfg, run_folder(cfg)), StopAt(3)))
+    run(cfg, reporters=(MlflowReporter(cfg, run_folder(cfg)),))
+
+    client = MlflowClient(tracking_stack["mlflow"])
+    found = the_run(client, "draft_k-seed0")  # one run only: the resumed run continued it
+    assert found.info.status == "FINISHED"
+    for key in ("train/loss", "train/reward", "perf/step_seconds"):
+        assert [m.step for m in client.get_metric_history(found.info.run_id, key)] == [1, 2, 3, 4], key
+    assert found.data.params["tracking.uri"] == uri.replace(f"tester:{PASSWORD}@", "***@")
+    assert_no_secrets(client, found, tmp_path, tracking_stack)
+
+
+def assert_no_secrets(client: MlflowClient, found, tmp_path, stack) -> None:
+    """Neither the URI's password nor the S3 secret key is in the run's params, tags, artifacts, or the
+    server's database."""
+    stored = [json.dumps(found.data.params), json.dumps(found.data.tags)]
+    local = client.download_artifacts(found.info.run_id, "", str(tmp_path / "artifacts"))
+    for base, _, files in os.walk(local):
+        stored += [open(os.path.join(base, f), "rb").read().decode("latin-1") for f in files]
+    with open(stack["mlflow_db"], "rb") as f:
+        stored.append(f.read().decode("latin-1"))
+    for secret in (PASSWORD, S3_SECRET):
+        assert not any(secret in text for text in stored), secret
+
+
+def test_ray_run_stores_checkpoints_in_s3_and_resumes_from_there(ray_session, tiny_sd_dir, tmp_path, tracking_stack):
+    storage = {"storage_path": f"s3://{tracking_stack['bucket']}/ray-runs", "s3_endpoint": tracking_stack["s3"]}
+    name = "s3-resume"
+    first = tracked(tiny_sd_dir, str(tmp_path / "runs"), tracking_stack["mlflow"], train={"steps": 2, "run_name": name},
+                    ray=storage, tracking={"registered_model": None})
+    assert train_main(["--config", write_config(first, tmp_path / "first.yaml")]) == 0
+    s3 = boto3.client("s3", endpoint_url=tracking_stack["s3"])
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=tracking_stack["bucket"], Prefix=f"ray-runs/{name}/")["Contents"]]
+    assert any(k.endswith("/state.pt") for k in keys), keys
+    artifacts = s3.list_objects_v2(Bucket=tracking_stack["bucket"], Prefix="mlflow/")["Contents"]
+    assert any(o["Key"].endswith("config.yaml") for o in artifacts), "MLflow artifacts go to S3 through the server"
+
+    shutil.rmtree(run_folder(first))  # the local run folder is lost
+    longer = tracked(tiny_sd_dir, str(tmp_path / "runs"), tracking_stack["mlflow"], train={"steps": 4, "run_name": name},
+                     ray=storage, tracking={"registered_model": None})
+    assert train_main(["--config", write_config(longer, tmp_path / "longer.yaml")]) == 0
+    with open(os.path.join(run_folder(longer), "metrics.jsonl"), encoding="utf-8") as f:
+        assert [json.loads(line)["step"] for line in f] == [3, 4], "steps 1-2 came from the checkpoint in S3"
+    client = MlflowClient(tracking_stack["mlflow"])
+    found = the_run(client, name)
+    assert [m.step for m in client.get_metric_history(found.info.run_id, "train/loss")] == [1, 2, 3, 4]
+
+
+def test_unreachable_services_and_bad_names_fail_before_anything_starts(tiny_sd_dir, tmp_path, tracking_stack):
+    from cluster.local import free_port
+
+    dead = f"http://127.0.0.1:{free_port()}"
+    cases = [
+        ({"tracking": {"uri": dead}}, f"tracking.uri: the MLflow server {dead} does not answer"),
+        ({"tracking": {"uri": tracking_stack["mlflow"]},
+          "ray": {"storage_path": "s3://no-such-bucket/x", "s3_endpoint": tracking_stack["s3"]}},
+         f"ray.storage_path: cannot reach bucket 'no-such-bucket' at {tracking_stack['s3']}"),
+        ({"tracking": {"uri": tracking_stack["mlflow"]}, "ray": {"storage_path": "s3://b/x", "s3_endpoint": dead}},
+         f"ray.storage_path: cannot reach bucket 'b' at {dead}"),
+    ]
+    for i, (sections, message) in enumerate(cases):
+        cfg = tracked(tiny_sd_dir, str(tmp_path / f"runs{i}"), None, **sections)
+        with pytest.raises(ConfigError) as err:
+            train_main(["--config", write_config(cfg, tmp_path / f"cfg{i}.yaml")])
+        assert message in str(err.value)
+        assert not os.path.exists(run_folder(cfg)), "nothing may be written"
+    with pytest.raises(ConfigError, match="registered_model: 'bad/name' is not a valid model name"):
+        tracked(tiny_sd_dir, str(tmp_path), None, tracking={"registered_model": "bad/name"})
