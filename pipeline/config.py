@@ -120,13 +120,14 @@ def parse_overrides(overrides: Sequence[str]) -> dict:
     return tree
 
 
-def load_config(schema: type[T], path: str | None, overrides: Sequence[str] = ()) -> T:
+def load_config(schema: type[T], path: str | None, overrides: Sequence[str] = (), data: dict | None = None) -> T:
     """Read YAML at ``path``, deep-merge ``overrides`` on top, and build ``schema``.
 
     Args:
         schema: Root dataclass type.
         path: YAML file; ``None`` or an empty file means defaults only.
         overrides: ``key.sub=value`` strings; they win over the file.
+        data: The file's content (or a section of it) when already read; ``path`` then only names it.
 
     Returns:
         The frozen dataclass tree.
@@ -135,7 +136,8 @@ def load_config(schema: type[T], path: str | None, overrides: Sequence[str] = ()
         ConfigError: For an unreadable file, bad YAML, bad overrides, or any schema problem.
     """
     source = (path or "<no file>") + (" + command-line overrides" if overrides else "")
-    data = _read_yaml(path) if path else {}
+    if data is None:
+        data = read_yaml(path) if path else {}
     problems: list[str] = []
     data = _merge(data, parse_overrides(overrides), "", problems)
     try:
@@ -189,6 +191,8 @@ def run_cli(main: Callable[[], int]) -> NoReturn:
 def _build(tp: Any, value: Any, path: str, problems: list[str]) -> Any:
     """Check ``value`` against annotation ``tp``; return the built value or ``_FAIL``."""
     origin, args = get_origin(tp), get_args(tp)
+    if tp is Any:  # checked by its owner (e.g. search-space values, against the training config)
+        return value
     if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         return _build_dataclass(tp, value, path, problems)
     if origin in (Union, types.UnionType):
@@ -344,7 +348,7 @@ def _at(path: str) -> str:
     return path or "<top level>"
 
 
-def _read_yaml(path: str) -> dict:
+def read_yaml(path: str) -> dict:
     """Read a YAML mapping; an empty file is ``{}``."""
     try:
         with open(path, encoding="utf-8") as f:

@@ -38,14 +38,14 @@ def resolve_mlflow_model(args: argparse.Namespace) -> None:
     from mlflow.exceptions import MlflowException
 
     from pipeline.promote import default_tracking_uri
-    from pipeline.tracking import redact
+    from pipeline.tracking import fluent_tracking, redact
 
     if args.weights:
         raise ConfigError(["--weights: an MLflow --model already holds its weights; leave --weights out"], "command line")
     uri = default_tracking_uri(args.tracking_uri)
-    mlflow.set_tracking_uri(uri)
     try:
-        model = mlflow.diffusers.load_model(args.model)
+        with fluent_tracking(uri):
+            model = mlflow.diffusers.load_model(args.model)
     except (MlflowException, OSError) as err:
         raise ConfigError([f"--model: cannot load {args.model} from {redact(uri)}: {str(err).splitlines()[0][:300]}; "
                            "list versions with `mlflow ui` or set --tracking-uri"], "command line") from None

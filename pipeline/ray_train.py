@@ -31,16 +31,18 @@ class RayReporter:
         t = cfg.train
         self.periods = [p for p in (cfg.ray.report_every, cfg.eval.every, t.checkpoint_every) if p]
         self.last = t.steps
+        self.held_out: dict[str, float] = {}  # the latest evaluation, repeated in every report (Ray Tune ranks on it)
 
     def report(self, step: int, metrics: dict[str, float], checkpoint_dir: str | None = None) -> None:
         import ray.train
 
+        self.held_out |= {k: v for k, v in metrics.items() if k.startswith("eval/")}
         if not (step in (0, self.last) or any(step % p == 0 for p in self.periods)):
             return
         checkpoint = None
         if checkpoint_dir and ray.train.get_context().get_world_rank() == 0:
             checkpoint = ray.train.Checkpoint.from_directory(checkpoint_dir)
-        ray.train.report({"step": step, **metrics}, checkpoint=checkpoint)
+        ray.train.report({"step": step, **self.held_out, **metrics}, checkpoint=checkpoint)
 
 
 def train_fn_per_worker(config: dict) -> None:
@@ -61,11 +63,12 @@ def train_fn_per_worker(config: dict) -> None:
 
         reward = RemoteReward(config["reward_actors"], first=ray.train.get_context().get_world_rank())
     context = ray.train.get_context()
-    reporters = (RayReporter(cfg),)
+    reporters = ()
     if cfg.tracking.enabled and context.get_world_rank() == 0:
         from pipeline.tracking import MlflowReporter
 
-        reporters += (MlflowReporter(cfg, config["run_dir"], world_size=context.get_world_size()),)
+        reporters = (MlflowReporter(cfg, config["run_dir"], world_size=context.get_world_size()),)
+    reporters += (RayReporter(cfg),)  # last: after Ray sees the last step, Tune may stop this trial at once
     stored = ray.train.get_checkpoint()
     if stored is None:
         run(cfg, reporters=reporters, reward=reward, run_dir=config["run_dir"])
@@ -140,8 +143,9 @@ def cluster_nodes() -> list[dict[str, float]]:
     return [dict(node["Resources"]) for node in ray.nodes() if node["Alive"]]
 
 
-def fit(cfg: Config, run_dir: str):
-    """Run ``cfg`` on Ray Train and return the ``ray.train.Result``."""
+def fit(cfg: Config, run_dir: str, callbacks: list | None = None):
+    """Run ``cfg`` on Ray Train and return the ``ray.train.Result`` (``callbacks``: Ray Train callbacks,
+    such as Ray Tune's report forwarding)."""
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -169,7 +173,7 @@ def fit(cfg: Config, run_dir: str):
         scaling_config=ScalingConfig(num_workers=r.num_workers, use_gpu=r.use_gpu,
                                      resources_per_worker={"CPU": r.cpus_per_worker, **r.worker_resources}),
         run_config=RunConfig(name=os.path.basename(run_dir), storage_path=storage, storage_filesystem=filesystem,
-                             failure_config=FailureConfig(max_failures=r.max_failures),
+                             failure_config=FailureConfig(max_failures=r.max_failures), callbacks=callbacks,
                              checkpoint_config=CheckpointConfig(num_to_keep=2)))
     try:
         return trainer.fit()

@@ -17,12 +17,14 @@ and config values under keys that look like credentials are replaced by ``***``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from importlib import metadata
 
 from pipeline.config import dump_yaml, flatten
@@ -58,6 +60,20 @@ def local_artifact_root(cfg: Config, uri: str) -> str | None:
     if uri.startswith(("http://", "https://", "databricks")):
         return None
     return os.path.join(os.path.abspath(cfg.train.output_dir), "mlartifacts")
+
+
+@contextlib.contextmanager
+def fluent_tracking(uri: str) -> Iterator[None]:
+    """MLflow's module-level API pointed at ``uri`` for the block. ``mlflow.set_tracking_uri`` also sets
+    ``$MLFLOW_TRACKING_URI``, which would leak into every later run of this process; it is put back."""
+    import mlflow
+
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(before)  # None unsets the variable again
 
 
 def ui_command(cfg: Config) -> str:
@@ -229,6 +245,8 @@ class MlflowReporter:
         exp = experiment_id(self.client, self.cfg)
         name = os.path.basename(self.run_dir)
         tags = {**environment_tags(self.cfg, self.world_size), RUN_FOLDER_TAG: name}
+        if self.cfg.tracking.parent_run:
+            tags["mlflow.parentRunId"] = self.cfg.tracking.parent_run  # a Ray Tune trial under its search
         run = self.client.create_run(exp, run_name=name, tags=tags)
         params = [Param(k, v) for k, v in params_of(self.cfg).items()]
         for i in range(0, len(params), 100):  # MLflow takes at most 100 params per batch
@@ -277,15 +295,15 @@ class MlflowReporter:
         if not os.path.isfile(os.path.join(weights, "pytorch_lora_weights.safetensors")):
             self.client.log_artifacts(self.run_id, weights, f"checkpoints/step_{step:06d}")  # full fine-tune
             return
-        mlflow.set_tracking_uri(self.uri)
-        # the logged model goes to the active experiment, not its run's: make that the run's
-        mlflow.set_experiment(experiment_id=self.client.get_run(self.run_id).info.experiment_id)
         t = self.cfg.tracking
-        model = mlflow.diffusers.log_model(
-            weights, base_model=base_model_reference(self.cfg.model.path), name=f"checkpoint-{step:06d}",
-            step=step, run_id=self.run_id, registered_model_name=t.registered_model,
-            pip_requirements=[f"reward-tuning=={_version('reward-tuning')}"],
-            tags={"step": str(step), RUN_FOLDER_TAG: os.path.basename(self.run_dir)})
+        with fluent_tracking(self.uri):
+            # the logged model goes to the active experiment, not its run's: make that the run's
+            mlflow.set_experiment(experiment_id=self.client.get_run(self.run_id).info.experiment_id)
+            model = mlflow.diffusers.log_model(
+                weights, base_model=base_model_reference(self.cfg.model.path), name=f"checkpoint-{step:06d}",
+                step=step, run_id=self.run_id, registered_model_name=t.registered_model,
+                pip_requirements=[f"reward-tuning=={_version('reward-tuning')}"],
+                tags={"step": str(step), RUN_FOLDER_TAG: os.path.basename(self.run_dir)})
         # the logged model picks up the run's metrics of its step itself; the version tags carry the latest
         # evaluation (``eval_step`` says from which step), which is what the registry page shows and promote ranks
         if t.registered_model and model.registered_model_version is not None:
@@ -295,3 +313,70 @@ class MlflowReporter:
         print(f"mlflow: logged checkpoint step {step} as {model.model_uri}"
               + (f" = {t.registered_model} version {model.registered_model_version}" if t.registered_model else ""),
               flush=True)
+
+
+SEARCH_TAG = "reward_tuning.search"  # the search folder of a Ray Tune search's parent run
+
+
+class SearchRecord:
+    """The parent MLflow run of a Ray Tune search (``pipeline.tune``): the space and settings as params,
+    the summary table as an artifact, and the best trial's last checkpoint registered with an alias.
+    Each trial's :class:`MlflowReporter` makes its run a child of this one (``tracking.parent_run``).
+    A restored search continues the parent run it finds by its folder."""
+
+    def __init__(self, cfg: Config, search, folder: str):
+        from mlflow import MlflowClient
+        from mlflow.entities import Param
+
+        self.cfg, self.search, self.folder = cfg, search, folder
+        self.client = MlflowClient(tracking_uri(cfg))
+        self.experiment = experiment_id(self.client, cfg)
+        found = self.client.search_runs([self.experiment], f"tags.`{SEARCH_TAG}` = '{folder}'", max_results=1)
+        if found:
+            self.run_id = found[0].info.run_id
+            return
+        tags = {**environment_tags(cfg, cfg.ray.num_workers), SEARCH_TAG: folder}
+        self.run_id = self.client.create_run(self.experiment, run_name=os.path.basename(folder), tags=tags).info.run_id
+        params = {f"search.{k}": str(v) for k, v in flatten(search).items() if k != "space"}
+        params |= {f"space.{k}": redact(str(v)) for k, v in search.space.items()}
+        self.client.log_batch(self.run_id, params=[Param(k, v[:6000]) for k, v in params.items()])
+        self.client.log_text(self.run_id, redact(dump_yaml(cfg)), "base_config.yaml")
+        print(f"mlflow: search run {self.run_id} in experiment {cfg.tracking.experiment!r}", flush=True)
+
+    def child_run(self, trial_id: str):
+        """The trial's MLflow run."""
+        runs = self.client.search_runs([self.experiment], f"tags.`mlflow.parentRunId` = '{self.run_id}' and "
+                                                           f"tags.`{RUN_FOLDER_TAG}` = '{trial_id}'", max_results=1)
+        return runs[0] if runs else None
+
+    def finish(self, table: str, rows: list[dict], best_trial: str, best_metrics: dict[str, float]) -> None:
+        """Log the summary, close the trials' runs (Tune stops trials without letting them end their run),
+        register the best trial's last model, mark the search finished."""
+        self.client.log_text(self.run_id, table, "summary.md")
+        self.client.set_tag(self.run_id, "best_trial", best_trial)
+        for row in rows:
+            child = self.child_run(row["trial"])
+            if child is not None and child.info.status == "RUNNING":
+                stopped = row["stopped early"] != "no"
+                self.client.set_tag(child.info.run_id, "stopped_early", str(row["stopped early"] == "yes"))
+                self.client.set_terminated(child.info.run_id, "KILLED" if stopped else "FINISHED")
+        name = self.cfg.tracking.registered_model
+        child = self.child_run(best_trial)
+        if name and child is not None:
+            models = self.client.search_logged_models(
+                [self.experiment], filter_string=f"source_run_id = '{child.info.run_id}'",
+                order_by=[{"field_name": "creation_timestamp", "ascending": False}], max_results=1)
+            if models:
+                model = models[0]
+                if not self.client.search_registered_models(f"name = '{name}'"):
+                    self.client.create_registered_model(name)
+                with fluent_tracking(self.client.tracking_uri):  # the registry looks the model up through it
+                    version = self.client.create_model_version(name, f"models:/{model.model_id}",
+                                                               run_id=child.info.run_id, model_id=model.model_id)
+                tags = {"trial": best_trial, "search": os.path.basename(self.folder), **best_metrics}
+                for key, value in tags.items():
+                    self.client.set_model_version_tag(name, version.version, key, str(value))
+                self.client.set_registered_model_alias(name, self.search.alias, version.version)
+                print(f"mlflow: best trial {best_trial} registered as {name} version {version.version} "
+                      f"(alias {self.search.alias!r})", flush=True)
+        self.client.set_terminated(self.run_id, "FINISHED")

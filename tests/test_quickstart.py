@@ -73,3 +73,13 @@ def test_quickstart_runs_through_ray_train_from_the_repository_root(ray_session,
     for name in ("samples/step_000000.png", "samples/step_000002.png", "final/pytorch_lora_weights.safetensors",
                  "metrics.jsonl"):
         assert os.path.isfile(os.path.join(run_dir, name)), name
+
+    # the embedded MLflow store registered the checkpoint; pick it and generate from the registry
+    from pipeline import generate, promote
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert promote.main(["--model", "toyworld", "--metric", "eval/trained", "--tracking-uri", uri]) == 0
+    out = tmp_path / "generated"
+    assert generate.main(["--model", "models:/toyworld@champion", "--tracking-uri", uri, "--prompt",
+                          "a red circle on a blue background", "--num-images", "1", "--steps", "4", "--out", str(out)]) == 0
+    assert (out / "grid.png").is_file()

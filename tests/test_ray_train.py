@@ -36,7 +36,7 @@ def test_ray_train_job_writes_run_folder_and_reports_checkpoints(ray_session, ti
     assert run_outputs(result, run_dir)[1] == final_dir
     assert os.path.isfile(os.path.join(final_dir, "pytorch_lora_weights.safetensors"))
 
-    with pytest.raises(ConfigError, match="already holds this run"):
+    with pytest.raises(ConfigError, match="already holds run"):
         fit(make_config(tiny_sd_dir, str(tmp_path), train={"resume": False}, ray={"storage_path": str(tmp_path / "ray")}),
             run_dir)
 

@@ -149,3 +149,70 @@ def test_unreachable_services_and_bad_names_fail_before_anything_starts(tiny_sd_
         assert not os.path.exists(run_folder(cfg)), "nothing may be written"
     with pytest.raises(ConfigError, match="registered_model: 'bad/name' is not a valid model name"):
         tracked(tiny_sd_dir, str(tmp_path), None, tracking={"registered_model": "bad/name"})
+
+
+class MlflowServer:
+    """The local stack's MLflow server (``cluster.local.mlflow_server``) as a process this test stops and
+    starts again on the same port and database."""
+
+    def __init__(self, workdir: str):
+        import argparse
+
+        from cluster.local import free_port, mlflow_server
+
+        self.svc = mlflow_server(argparse.Namespace(port_mlflow=free_port(), services=("mlflow",)), workdir)
+        self.uri, self.proc = self.svc.addresses["tracking"], None
+
+    def start(self) -> None:
+        import subprocess
+        import time
+
+        from cluster.local import healthy
+
+        env = {k: v for k, v in os.environ.items() if k not in self.svc.drop_env} | self.svc.env
+        self.proc = subprocess.Popen(self.svc.command, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 120
+        while not healthy(self.svc.probe):
+            assert self.proc.poll() is None and time.monotonic() < deadline, "the MLflow server did not start"
+            time.sleep(0.3)
+
+    def stop(self) -> None:
+        import signal
+
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        self.proc.wait(timeout=60)
+
+
+class Outage:
+    """A reporter that stops the server once step ``down`` is reported and restarts it after step ``up``."""
+
+    def __init__(self, server: MlflowServer, down: int, up: int):
+        self.server, self.down, self.up = server, down, up
+
+    def report(self, step, metrics, checkpoint_dir=None):
+        if step == self.down:
+            self.server.stop()
+        if step == self.up:
+            self.server.start()
+
+
+def test_an_mlflow_outage_mid_run_loses_nothing(tiny_sd_dir, tmp_path, capfd):
+    server = MlflowServer(str(tmp_path / "server"))
+    os.makedirs(tmp_path / "server")
+    server.start()
+    try:
+        cfg = tracked(tiny_sd_dir, str(tmp_path / "runs"), server.uri, ray={"enabled": False})
+        reporter = MlflowReporter(cfg, run_folder(cfg))
+        run(cfg, reporters=(reporter, Outage(server, down=1, up=3)))  # steps 2 (a checkpoint) and 3 cannot log
+        err = capfd.readouterr().err
+        assert "mlflow: could not log" in err and "training goes on" in err
+        client = MlflowClient(server.uri)
+        found = the_run(client, "draft_k-seed0")
+        assert found.info.status == "FINISHED"
+        assert [m.step for m in client.get_metric_history(found.info.run_id, "train/loss")] == [1, 2, 3, 4]
+        versions = client.search_model_versions("name = 'tiny'")
+        assert sorted(v.tags["step"] for v in versions) == ["2", "4"], "the step-2 checkpoint waited, then was logged"
+        assert not os.listdir(os.path.join(run_folder(cfg), "pending_models"))
+    finally:
+        server.stop()

@@ -209,6 +209,7 @@ class TrackingConfig:
     experiment: str = "reward-tuning"  # MLflow experiment holding the runs
     registered_model: str | None = None  # register every checkpoint as a version of this model; None = log models only
     log_models: bool = True  # log each checkpoint as an MLflow model (mlflow.diffusers LoRA + base-model reference)
+    parent_run: str | None = None  # MLflow run this run is a child of (pipeline.tune sets it for its trials)
 
     def validate(self) -> list[str]:
         problems = [] if self.experiment.strip() else ["experiment: must not be empty"]

@@ -327,12 +327,12 @@ def run(cfg: Config, *, reporters: tuple[Reporter, ...] = (), reward: Reward | N
         last = tr.step == cfg.train.steps
         if lead and (last or (every and tr.step % every == 0)):
             metrics.update(_evaluate_and_save(tr, run_dir))
-        if lead and last:
-            metrics.update(held_out_metrics(held_out_summary(run_dir, tr.step)))
         folder = None
         if last or tr.step % cfg.train.checkpoint_every == 0:
             metrics["dp/max_weight_divergence"] = tr.replicas.max_divergence(tr.params)
             folder = _checkpoint(tr, run_dir) if lead else None
+        if lead and last:  # before the last report: a launcher may stop the process once it has seen it
+            metrics.update(held_out_metrics(_write_final(tr, run_dir)))
         for sink in sinks:
             sink.report(tr.step, metrics, folder)
         progress.update(1)
@@ -340,15 +340,21 @@ def run(cfg: Config, *, reporters: tuple[Reporter, ...] = (), reward: Reward | N
     progress.close()
     if not lead:
         return RunResult(run_dir, tr.step, None, {}, metrics)
-    final_dir = os.path.join(run_dir, "final")
-    save_trained(tr.model, cfg.trainable, final_dir)
-    held_out = held_out_summary(run_dir, tr.step)
-    with open(os.path.join(run_dir, "summary.json"), "w", encoding="utf-8") as f:
-        json.dump({"step": tr.step, "held_out": held_out, "final_model_dir": final_dir}, f, indent=1)
+    held_out = held_out_from_metrics(metrics) if metrics else _write_final(tr, run_dir)  # else: resumed at the end
     for sink in sinks:
         if hasattr(sink, "close"):
             sink.close()
-    return RunResult(run_dir, tr.step, final_dir, held_out, metrics)
+    return RunResult(run_dir, tr.step, os.path.join(run_dir, "final"), held_out, metrics)
+
+
+def _write_final(tr: Trainer, run_dir: str) -> dict[str, dict[str, float]]:
+    """Save the trained weights to ``final/`` and the held-out summary to ``summary.json``; return it."""
+    final_dir = os.path.join(run_dir, "final")
+    save_trained(tr.model, tr.cfg.trainable, final_dir)
+    held_out = held_out_summary(run_dir, tr.step)
+    with open(os.path.join(run_dir, "summary.json"), "w", encoding="utf-8") as f:
+        json.dump({"step": tr.step, "held_out": held_out, "final_model_dir": final_dir}, f, indent=1)
+    return held_out
 
 
 def held_out_summary(run_dir: str, step: int) -> dict[str, dict[str, float]]:

@@ -1,0 +1,95 @@
+"""Ray Tune searches: the space is validated before Ray starts; a search over tiny trials runs with ASHA
+(stopping at least one early), survives its driver being killed (``Tuner.restore``), and records a
+parent MLflow run with one child per trial, a summary table and the best trial registered with an alias."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+from mlflow import MlflowClient
+from test_training import make_config
+
+from pipeline.config import ConfigError, dump_yaml
+from pipeline.tune import load_search
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def search_file(tmp_path, tiny_sd_dir: str, search: dict, **sections) -> str:
+    cfg = make_config(tiny_sd_dir, str(tmp_path / "runs"), **sections)
+    data = yaml.safe_load(dump_yaml(cfg))
+    data["search"] = search
+    path = tmp_path / "search.yaml"
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    return str(path)
+
+
+@pytest.mark.parametrize("space, message", [
+    ({"plan.kk": {"choice": [1, 2]}}, "search.space.plan.kk: not a config key; did you mean plan.k?"),
+    ({"plan.k": {"normal": [0, 1]}}, "search.space.plan.k: expected one of choice, grid, randint"),
+    ({"plan.k": {"choice": [1, 9]}}, "with {'plan.k': 9}: plan.k: draft_k trains k=9 of the 4 steps"),
+    ({"optim.lr": {"loguniform": [0, 0.1]}}, "search.space.optim.lr.loguniform: expected 0 < low < high"),
+    ({"plan.name": {"choice": ["draft", "ddpo"]}}, "with {'plan.name': 'ddpo'}: plan.name: expected one of"),
+    ({"trainable.rank": {"randint": [0, 4]}}, "with {'trainable.rank': 0}: trainable.rank: must be >= 1"),
+])
+def test_an_invalid_search_space_fails_naming_the_key(tiny_sd_dir, tmp_path, space, message):
+    path = search_file(tmp_path, tiny_sd_dir, {"space": space})
+    with pytest.raises(ConfigError) as err:
+        load_search(path, [])
+    assert message in str(err.value)
+
+
+def test_the_command_exits_2_before_ray_starts(tiny_sd_dir, tmp_path):
+    path = search_file(tmp_path, tiny_sd_dir, {"space": {"plan.k": {"choice": [1, 9]}}, "metric": "eval/nope"})
+    env = {**os.environ, "RAY_ADDRESS": "127.0.0.1:1"}  # joining Ray would fail loudly, not exit 2
+    result = subprocess.run([sys.executable, "-m", "pipeline.tune", "--config", path], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert "search.metric: 'eval/nope' is not evaluated" in result.stderr and "plan.k: draft_k trains k=9" in result.stderr
+    assert not os.path.exists(tmp_path / "runs"), "nothing may be written"
+
+
+def test_search_runs_with_asha_resumes_after_its_driver_is_killed_and_records_mlflow(tiny_sd_dir, tmp_path):
+    search = {"space": {"optim.lr": {"grid": [0.05, 0.01, 0.002, 0.0002]}}, "metric": "eval/trained",
+              "max_concurrent_trials": 1, "scheduler": {"name": "asha", "grace_period": 1, "reduction_factor": 2},
+              "name": "lr-search"}
+    path = search_file(tmp_path, tiny_sd_dir, search, train={"steps": 4, "checkpoint_every": 2}, eval={"every": 1},
+                       ray={"num_cpus": 2, "cpus_per_worker": 0.9},
+                       tracking={"enabled": True, "experiment": "search", "registered_model": "tiny-tuned"})
+    folder = tmp_path / "runs" / "lr-search"
+    env = {**os.environ, "TUNE_GLOBAL_CHECKPOINT_S": "1", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2"}
+    command = [sys.executable, "-m", "pipeline.tune", "--config", path]
+    first = subprocess.Popen(command, cwd=ROOT, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 400
+    while not list(folder.glob("trials/*/summary.json")):  # one trial finished
+        assert first.poll() is None and time.monotonic() < deadline, "the first trial did not finish"
+        time.sleep(0.5)
+    time.sleep(2)  # let Tune save its experiment state
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+
+    second = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    assert "tune: continuing the search" in second.stdout
+    table = second.stdout[second.stdout.index("| trial"):]
+    rows = [line for line in table.splitlines() if line.startswith("| ") and "trial" not in line]
+    assert len(rows) == 4 and any("| yes |" in row for row in rows), table  # ASHA stopped at least one early
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("search")
+    (parent,) = client.search_runs([exp.experiment_id], "tags.`reward_tuning.search` = '" + str(folder) + "'")
+    children = client.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    assert sorted(c.data.params["optim.lr"] for c in children) == ["0.0002", "0.002", "0.01", "0.05"]
+    assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {"summary.md", "base_config.yaml"}
+    champion = client.get_model_version_by_alias("tiny-tuned", "champion")
+    best = parent.data.tags["best_trial"]
+    assert champion.tags["trial"] == best and "eval/trained" in champion.tags
+    assert json.load(open(folder / "trials" / best / "summary.json"))["step"] == 4
