@@ -57,12 +57,12 @@ def train_fn_per_worker(config: dict) -> None:
     import ray.train
 
     cfg = from_dict(Config, config["cfg"], "train_loop_config")
+    context = ray.train.get_context()
     reward = None
     if config["reward_actors"]:
         from pipeline.reward_actors import RemoteReward
 
-        reward = RemoteReward(config["reward_actors"], first=ray.train.get_context().get_world_rank())
-    context = ray.train.get_context()
+        reward = RemoteReward(config["reward_actors"], first=context.get_world_rank())
     reporters = ()
     if cfg.tracking.enabled and context.get_world_rank() == 0:
         from pipeline.tracking import MlflowReporter

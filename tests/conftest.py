@@ -24,6 +24,13 @@ for _name in ("MLFLOW_TRACKING_URI", "AWS_PROFILE", "AWS_SESSION_TOKEN"):
     os.environ.pop(_name, None)
 
 
+def pytest_collection_modifyitems(items):
+    """Tests marked ``own_ray`` start a Ray of their own in a subprocess: run them first, before the
+    session's cluster exists (Train V2's state queries of a second local cluster can reach the first
+    one's dashboard, and its placement groups are then never freed)."""
+    items.sort(key=lambda item: item.get_closest_marker("own_ray") is None)
+
+
 @pytest.fixture(scope="session")
 def clip_tokenizer_dir(tmp_path_factory) -> str:
     """The real CLIP tokenizer, rebuilt offline and saved (a few seconds, once)."""

@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 import pytest
@@ -56,6 +57,7 @@ def test_the_command_exits_2_before_ray_starts(tiny_sd_dir, tmp_path):
     assert not os.path.exists(tmp_path / "runs"), "nothing may be written"
 
 
+@pytest.mark.own_ray
 def test_search_runs_with_asha_resumes_after_its_driver_is_killed_and_records_mlflow(tiny_sd_dir, tmp_path):
     search = {"space": {"optim.lr": {"grid": [0.05, 0.01, 0.002, 0.0002]}}, "metric": "eval/trained",
               "max_concurrent_trials": 1, "scheduler": {"name": "asha", "grace_period": 1, "reduction_factor": 2},
@@ -64,7 +66,11 @@ def test_search_runs_with_asha_resumes_after_its_driver_is_killed_and_records_ml
                        ray={"num_cpus": 2, "cpus_per_worker": 0.9},
                        tracking={"enabled": True, "experiment": "search", "registered_model": "tiny-tuned"})
     folder = tmp_path / "runs" / "lr-search"
-    env = {**os.environ, "TUNE_GLOBAL_CHECKPOINT_S": "1", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2"}
+    # the search starts its own local Ray in its own temp folder, as from a shell: not the test session's
+    # cluster (whose address ray.init exported as RAY_ADDRESS), where the killed driver's trials would linger
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env |= {"TUNE_GLOBAL_CHECKPOINT_S": "1", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2",
+            "RAY_TMPDIR": tempfile.mkdtemp(prefix="rt", dir="/tmp")}
     command = [sys.executable, "-m", "pipeline.tune", "--config", path]
     first = subprocess.Popen(command, cwd=ROOT, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL)
@@ -93,3 +99,17 @@ def test_search_runs_with_asha_resumes_after_its_driver_is_killed_and_records_ml
     best = parent.data.tags["best_trial"]
     assert champion.tags["trial"] == best and "eval/trained" in champion.tags
     assert json.load(open(folder / "trials" / best / "summary.json"))["step"] == 4
+
+
+def test_optuna_samples_a_continuous_space_on_the_running_cluster(ray_session, tiny_sd_dir, tmp_path, capsys):
+    from pipeline import tune
+
+    search = {"space": {"optim.lr": {"loguniform": [1.0e-4, 1.0e-2]}}, "algorithm": "optuna", "num_samples": 2,
+              "max_concurrent_trials": 1, "scheduler": {"name": "fifo"}, "metric": "eval/trained"}
+    path = search_file(tmp_path, tiny_sd_dir, search, train={"steps": 2, "checkpoint_every": 2})
+    assert tune.main(["--config", path]) == 0
+    out = capsys.readouterr().out
+    rows = [line.split("|") for line in out.splitlines() if line.startswith("| ") and "trial" not in line]
+    lrs = [float(row[2]) for row in rows]
+    assert len(rows) == 2 and len(set(lrs)) == 2 and all(1e-4 <= lr <= 1e-2 for lr in lrs), out
+    assert all(row[-2].strip() == "no" for row in rows), "fifo runs every trial to its end"
