@@ -4,6 +4,7 @@ parent MLflow run with one child per trial, a summary table and the best trial r
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -109,7 +110,8 @@ def test_optuna_samples_a_continuous_space_on_the_running_cluster(ray_session, t
     path = search_file(tmp_path, tiny_sd_dir, search, train={"steps": 2, "checkpoint_every": 2})
     assert tune.main(["--config", path]) == 0
     out = capsys.readouterr().out
-    rows = [line.split("|") for line in out.splitlines() if line.startswith("| ") and "trial" not in line]
+    table = out[out.index("| trial |"):].splitlines()[2:]  # after the header and |---| lines
+    rows = [line.split("|") for line in itertools.takewhile(lambda line: line.startswith("| "), table)]
     lrs = [float(row[2]) for row in rows]
     assert len(rows) == 2 and len(set(lrs)) == 2 and all(1e-4 <= lr <= 1e-2 for lr in lrs), out
     assert all(row[-2].strip() == "no" for row in rows), "fifo runs every trial to its end"
