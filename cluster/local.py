@@ -116,13 +116,14 @@ def client_env(args: argparse.Namespace) -> dict[str, str]:
     """What a client of the stack's S3 and MLflow needs; the Ray head passes it on to jobs and workers."""
     env = {}
     if "s3" in args.services:
-        env |= {**S3_CREDENTIALS, "AWS_DEFAULT_REGION": "us-east-1"}
+        env |= S3_CLIENT_ENV
     if "mlflow" in args.services:
         env["MLFLOW_TRACKING_URI"] = f"http://{HOST}:{args.port_mlflow}"
     return env
 
 
 S3_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "local-stack", "AWS_SECRET_ACCESS_KEY": "local-stack"}  # moto takes any
+S3_CLIENT_ENV = {**S3_CREDENTIALS, "AWS_DEFAULT_REGION": "us-east-1"}
 BUCKET = "reward-tuning"
 
 
@@ -145,7 +146,7 @@ def mlflow_server(args: argparse.Namespace, workdir: str) -> Service:
                "--artifacts-destination", artifacts]
     env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true"}
     if "s3" in args.services:
-        env |= {**S3_CREDENTIALS, "AWS_DEFAULT_REGION": "us-east-1", "MLFLOW_S3_ENDPOINT_URL": f"http://{HOST}:{args.port_s3}"}
+        env |= {**S3_CLIENT_ENV, "MLFLOW_S3_ENDPOINT_URL": f"http://{HOST}:{args.port_s3}"}
     return Service(name="mlflow", command=command, env=env, ports={"--port-mlflow": args.port_mlflow},
                    addresses={"ui": ui, "tracking": ui, "artifacts": artifacts}, probe=f"{ui}/health",
                    workdir=workdir, drop_env=("MLFLOW_TRACKING_URI",))

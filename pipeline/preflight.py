@@ -147,12 +147,12 @@ def tracking_problems(cfg: Config) -> list[str]:
         return []
     import urllib.request
 
-    from pipeline.tracking import redact, strip_userinfo, tracking_uri
+    from pipeline.tracking import is_server, redact, strip_userinfo, tracking_uri
 
     uri = tracking_uri(cfg)
     fix = ("start it (`python -m cluster.local up` runs one on 127.0.0.1), fix tracking.uri or MLFLOW_TRACKING_URI, "
            "or set tracking.enabled=false")
-    if uri.startswith(("http://", "https://")):
+    if is_server(uri):
         health = strip_userinfo(uri).rstrip("/") + "/health"
         try:
             with urllib.request.urlopen(health, timeout=10) as answer:

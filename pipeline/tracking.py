@@ -18,6 +18,7 @@ and config values under keys that look like credentials are replaced by ``***``.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -55,9 +56,14 @@ def tracking_uri(cfg: Config) -> str:
     return uri or "sqlite:///" + os.path.join(os.path.abspath(cfg.train.output_dir), "mlflow.db")
 
 
+def is_server(uri: str) -> bool:
+    """True for a tracking server (HTTP), False for a database the client writes itself."""
+    return uri.startswith(("http://", "https://"))
+
+
 def local_artifact_root(cfg: Config, uri: str) -> str | None:
     """Where a database store (no server) keeps artifacts: next to the database; None with a server."""
-    if uri.startswith(("http://", "https://", "databricks")):
+    if is_server(uri) or uri.startswith("databricks"):
         return None
     return os.path.join(os.path.abspath(cfg.train.output_dir), "mlartifacts")
 
@@ -79,7 +85,7 @@ def fluent_tracking(uri: str) -> Iterator[None]:
 def ui_command(cfg: Config) -> str:
     """How to look at the runs: the server's address, or ``mlflow ui`` on the local store."""
     uri = tracking_uri(cfg)
-    if uri.startswith(("http://", "https://")):
+    if is_server(uri):
         return f"MLflow UI: {redact(uri)} (experiment {cfg.tracking.experiment!r})"
     return f"MLflow UI: mlflow ui --backend-store-uri {uri} (experiment {cfg.tracking.experiment!r})"
 
@@ -268,8 +274,6 @@ class MlflowReporter:
 
     def _queue_model(self, checkpoint_dir: str, step: int) -> None:
         """Copy the checkpoint's model folder (and the held-out metrics it carries) to pending_models/."""
-        import json
-
         folder = os.path.join(self.pending_models, f"step_{step:06d}")
         if os.path.isdir(folder):
             shutil.rmtree(folder)
@@ -284,8 +288,6 @@ class MlflowReporter:
 
     def _log_model(self, folder: str) -> None:
         """Log one pending checkpoint as a model, attach its held-out metrics, register a version."""
-        import json
-
         import mlflow
 
         with open(os.path.join(folder, "metrics.json"), encoding="utf-8") as f:

@@ -39,7 +39,6 @@ import difflib
 import itertools
 import math
 import os
-import sys
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -322,13 +321,13 @@ def main(argv: list[str] | None = None) -> int:
     rows = summary_rows(results, base, search)
     table = markdown_table(rows)
     print(table, end="")
-    best = results.get_best_result(metric_name(base, search), search.mode, scope="last")
-    best_dir = os.path.join(folder, "trials", best.metrics["trial_id"])
-    print(f"best trial: {best.metrics['trial_id']} {dict((k, best.config.get(k)) for k in search.space)} "
-          f"(run folder {best_dir})")
+    metric = metric_name(base, search)
+    best = results.get_best_result(metric, search.mode, scope="last")
+    best_trial = best.metrics["trial_id"]
+    print(f"best trial: {best_trial} {dict((k, best.config.get(k)) for k in search.space)} "
+          f"(run folder {os.path.join(folder, 'trials', best_trial)})")
     if record:
-        metric = metric_name(base, search)
-        record.finish(table, rows, best.metrics["trial_id"], {metric: best.metrics[metric]})
+        record.finish(table, rows, best_trial, {metric: best.metrics[metric]})
     print(f"search folder: {folder}")
     return 0
 

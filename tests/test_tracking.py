@@ -152,8 +152,8 @@ def test_unreachable_services_and_bad_names_fail_before_anything_starts(tiny_sd_
 
 
 class MlflowServer:
-    """The local stack's MLflow server (``cluster.local.mlflow_server``) as a process this test stops and
-    starts again on the same port and database."""
+    """The local stack's MLflow server (``cluster.local.mlflow_server``), started and stopped with the
+    stack's own ``start``/``wait_ready``/``stop``, again on the same port and database."""
 
     def __init__(self, workdir: str):
         import argparse
@@ -161,27 +161,19 @@ class MlflowServer:
         from cluster.local import free_port, mlflow_server
 
         self.svc = mlflow_server(argparse.Namespace(port_mlflow=free_port(), services=("mlflow",)), workdir)
-        self.uri, self.proc = self.svc.addresses["tracking"], None
+        self.uri, self.record = self.svc.addresses["tracking"], None
 
     def start(self) -> None:
-        import subprocess
-        import time
+        from cluster.local import start, wait_ready
 
-        from cluster.local import healthy
-
-        env = {k: v for k, v in os.environ.items() if k not in self.svc.drop_env} | self.svc.env
-        self.proc = subprocess.Popen(self.svc.command, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 120
-        while not healthy(self.svc.probe):
-            assert self.proc.poll() is None and time.monotonic() < deadline, "the MLflow server did not start"
-            time.sleep(0.3)
+        self.record = start(self.svc)
+        wait_ready(self.record, timeout=120)
 
     def stop(self) -> None:
-        import signal
+        from cluster.local import stop
 
-        os.killpg(self.proc.pid, signal.SIGTERM)
-        self.proc.wait(timeout=60)
+        _, left = stop(self.record, keep_logs=True)  # keep its folder: the database lives there
+        assert not left, "the MLflow server did not stop"
 
 
 class Outage:
