@@ -11,7 +11,7 @@ import os
 from pipeline.config import ConfigError, dump_yaml, flatten, load_config
 from rewards.config import RewardSpec
 from trainers.config import Config
-from trainers.models import model_path_problem
+from trainers.models import model_path_problem, pair_problems
 from trainers.prompts import read_prompts
 
 _REWARD_FILES = {  # RewardSpec field -> what the file or folder is
@@ -118,6 +118,9 @@ def preflight(cfg: Config, source: str = "config", training: bool = False) -> No
     if not (cfg.ray.enabled and cfg.ray.use_gpu):  # Ray workers get GPUs the driver may not have
         problems += device_problems("model.device", cfg.model.device)
     problems += reward_problems("rewards", cfg.rewards) + reward_problems("eval.rewards", cfg.eval.rewards)
+    if cfg.plan.name == "di_star" and cfg.distill.teacher_path is not None:
+        problems += model_problems("distill.teacher_path", cfg.distill.teacher_path)
+        problems += pair_problems(cfg.model.path, cfg.distill.teacher_path)
     problems += prompt_problems("data.prompts", cfg.data.prompts)
     problems += prompt_problems("data.eval_prompts", cfg.data.eval_prompts)
     problems += run_folder_problems(cfg) if training else []

@@ -63,6 +63,11 @@ def train_fn_per_worker(config: dict) -> None:
         from pipeline.reward_actors import RemoteReward
 
         reward = RemoteReward(config["reward_actors"], first=context.get_world_rank())
+    teacher = None
+    if config.get("teacher_actors"):
+        from pipeline.teacher_actors import RemoteTeacher
+
+        teacher = RemoteTeacher(config["teacher_actors"], first=context.get_world_rank())
     reporters = ()
     if cfg.tracking.enabled and context.get_world_rank() == 0:
         from pipeline.tracking import MlflowReporter
@@ -71,10 +76,10 @@ def train_fn_per_worker(config: dict) -> None:
     reporters += (RayReporter(cfg),)  # last: after Ray sees the last step, Tune may stop this trial at once
     stored = ray.train.get_checkpoint()
     if stored is None:
-        run(cfg, reporters=reporters, reward=reward, run_dir=config["run_dir"])
+        run(cfg, reporters=reporters, reward=reward, teacher=teacher, run_dir=config["run_dir"])
         return
     with stored.as_directory() as folder:
-        run(cfg, reporters=reporters, reward=reward, run_dir=config["run_dir"], resume_from=folder)
+        run(cfg, reporters=reporters, reward=reward, teacher=teacher, run_dir=config["run_dir"], resume_from=folder)
 
 
 def init_ray(cfg: Config) -> None:
@@ -105,7 +110,10 @@ def resource_problems(cfg: Config, nodes: list[dict[str, float]]) -> list[str]:
               "ray.num_workers, ray.cpus_per_worker, ray.use_gpu, ray.worker_resources"),
              ("reward actor", r.reward_actors, {"CPU": r.reward_num_cpus, "GPU": r.reward_num_gpus,
                                                **r.reward_resources},
-              "ray.reward_actors, ray.reward_num_cpus, ray.reward_num_gpus, ray.reward_resources")]
+              "ray.reward_actors, ray.reward_num_cpus, ray.reward_num_gpus, ray.reward_resources"),
+             ("teacher actor", r.teacher_actors, {"CPU": r.teacher_num_cpus, "GPU": r.teacher_num_gpus,
+                                                 **r.teacher_resources},
+              "ray.teacher_actors, ray.teacher_num_cpus, ray.teacher_num_gpus, ray.teacher_resources")]
     offered = "; ".join(_show(n) for n in nodes) or "no nodes"
     problems, total_need = [], {}
     for what, count, bundle, keys in kinds:
@@ -120,7 +128,7 @@ def resource_problems(cfg: Config, nodes: list[dict[str, float]]) -> list[str]:
             total_need[k] = total_need.get(k, 0.0) + count * v
     if not problems:
         total = {k: sum(n.get(k, 0.0) for n in nodes) for k in total_need}
-        problems += [f"ray: the training workers and reward actors together need {need:g} {k} but the cluster "
+        problems += [f"ray: the training workers and actors together need {need:g} {k} but the cluster "
                      f"has {total[k]:g}; lower ray.num_workers or ray.reward_actors, or add nodes with {k}"
                      for k, need in total_need.items() if need > total[k] + 1e-9]
     return problems
@@ -151,6 +159,7 @@ def fit(cfg: Config, run_dir: str, callbacks: list | None = None):
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from pipeline.reward_actors import start_reward_actors
+    from pipeline.teacher_actors import start_teacher_actors
 
     r = cfg.ray
     storage, filesystem = run_storage(cfg)
@@ -166,9 +175,11 @@ def fit(cfg: Config, run_dir: str, callbacks: list | None = None):
     # directory the command was run from (or the job's working_dir), so keep the workers there.
     os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
     actors = start_reward_actors(cfg.rewards, r) if r.reward_actors else []
+    teachers = start_teacher_actors(cfg) if r.teacher_actors else []
     trainer = TorchTrainer(
         train_fn_per_worker,
-        train_loop_config={"cfg": to_dict(cfg), "run_dir": run_dir, "reward_actors": actors},
+        train_loop_config={"cfg": to_dict(cfg), "run_dir": run_dir, "reward_actors": actors,
+                           "teacher_actors": teachers},
         torch_config=TorchConfig(backend="nccl" if r.use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=r.num_workers, use_gpu=r.use_gpu,
                                      resources_per_worker={"CPU": r.cpus_per_worker, **r.worker_resources}),
@@ -178,7 +189,7 @@ def fit(cfg: Config, run_dir: str, callbacks: list | None = None):
     try:
         return trainer.fit()
     finally:
-        for actor in actors:
+        for actor in actors + teachers:
             ray.kill(actor)
 
 

@@ -14,7 +14,7 @@ from typing import Literal
 
 from rewards.config import RewardSpec
 
-PLAN_NAMES = ("draft", "draft_k", "draft_lv", "drtune", "refl", "alignprop")
+PLAN_NAMES = ("draft", "draft_k", "draft_lv", "drtune", "refl", "alignprop", "di_star")
 
 
 def _positive(name: str, value: float, minimum: float = 1) -> list[str]:
@@ -80,9 +80,10 @@ class SamplerConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class PlanConfig:
-    """The gradient plan, i.e. the algorithm (see trainers/grad_plan.py)."""
+    """The algorithm: a gradient plan through the sampler (trainers/grad_plan.py), or ``di_star``, the
+    one-step distillation of trainers/distill.py (set up in the ``distill`` section)."""
 
-    name: Literal["draft", "draft_k", "draft_lv", "drtune", "refl", "alignprop"] = "drtune"
+    name: Literal["draft", "draft_k", "draft_lv", "drtune", "refl", "alignprop", "di_star"] = "drtune"
     k: int = 1  # trained steps: last k (draft_k) or spread over the chain (drtune)
     lv_copies: int = 2  # draft_lv: n re-noised copies of the final latent
     early_stop: int = 0  # m: stop at a step drawn from the last m (drtune: 0 = off; refl: required)
@@ -92,6 +93,49 @@ class PlanConfig:
         problems += _positive("early_stop", self.early_stop, 0)
         if self.name == "refl" and self.early_stop < 1:
             problems.append("early_stop: refl draws its stop step from the last m steps; set early_stop >= 1")
+        return problems
+
+
+@dataclass(frozen=True, kw_only=True)
+class DistillConfig:
+    """Diff-Instruct* and its baselines (``plan.name=di_star``): a one-step generator ``x0 = g(z, c)``
+    distilled from a guided teacher with a reward (trainers/distill.py).
+
+    DI* = divergence sim, alpha_rew > 0; SIM = sim, alpha_rew 0; Diff-Instruct / DMD = kl, alpha_rew 0;
+    DI++ = kl, alpha_rew > 0.
+    """
+
+    divergence: Literal["sim", "kl"] = "sim"  # sim: pseudo-Huber score divergence (DI*, SIM); kl: Diff-Instruct / DMD / DI++
+    alpha_rew: float = 1.0  # reward weight: L = -alpha_rew * r + w(t) * D
+    alpha_cfg: float = 7.5  # CFG scale of the teacher inside the divergence (<= 1: conditional teacher only)
+    huber_c: float = 0.03  # pseudo-Huber C, per latent element in noise-prediction units
+    generator_timestep: int = 999  # t_g: the generator is the UNet's x0 prediction from pure noise at this timestep
+    t_min: int = 20  # noise levels of the divergence and of the fake score's training: t ~ U{t_min..t_max}
+    t_max: int = 980
+    weighting: Literal["uniform", "min_snr"] = "uniform"  # w(t): 1, or min(SNR(t), 5) (Hang et al. 2023)
+    fake_updates: int = 1  # fake-score optimiser steps per generator step
+    fake_lr: float = 1e-3  # fake-score learning rate (AdamW; betas, eps, decay, clipping as in optim)
+    fake: TrainableConfig = field(default_factory=TrainableConfig)  # the fake score's trained weights
+    teacher_path: str | None = None  # reference diffusers pipeline; None = model.path (the generator's initialisation)
+    shared_base: bool = False  # one UNet: generator and fake score as two LoRA adapters, teacher = adapters off
+
+    def validate(self) -> list[str]:
+        problems = [] if self.alpha_rew >= 0 else [f"alpha_rew: must be >= 0, got {self.alpha_rew}"]
+        problems += [] if self.alpha_cfg >= 0 else [f"alpha_cfg: must be >= 0, got {self.alpha_cfg}"]
+        problems += [] if self.huber_c > 0 else [f"huber_c: must be > 0, got {self.huber_c}"]
+        problems += [] if self.fake_lr > 0 else [f"fake_lr: must be > 0, got {self.fake_lr}"]
+        problems += _positive("fake_updates", self.fake_updates)
+        for key in ("generator_timestep", "t_min", "t_max"):
+            value = getattr(self, key)
+            problems += [] if 0 <= value <= 999 else [f"{key}: must be a training timestep in [0, 999], got {value}"]
+        if self.t_min > self.t_max:
+            problems.append(f"t_min: must be <= t_max={self.t_max}, got {self.t_min}")
+        problems += [f"fake.{p}" for p in self.fake.validate()]
+        if self.shared_base and self.fake.kind != "lora":
+            problems.append("shared_base: the fake score is a LoRA adapter on the shared UNet; set fake.kind=lora")
+        if self.shared_base and self.teacher_path is not None:
+            problems.append(f"shared_base: the teacher is the shared UNet with adapters off, so it cannot come from "
+                            f"teacher_path={self.teacher_path!r}; set teacher_path=null or shared_base=false")
         return problems
 
 
@@ -177,15 +221,24 @@ class RayConfig:
     reward_num_gpus: float = 0.0  # GPUs per reward actor (fractions share a GPU)
     reward_num_cpus: float = 1.0  # CPUs per reward actor
     reward_resources: dict[str, float] = field(default_factory=dict)  # custom resources per reward actor, e.g. {reward_node: 1}
+    teacher_actors: int = 0  # plan di_star: the teacher's scores served by this many Ray actors; 0 = in the worker
+    teacher_num_gpus: float = 0.0  # GPUs per teacher actor
+    teacher_num_cpus: float = 1.0  # CPUs per teacher actor
+    teacher_resources: dict[str, float] = field(default_factory=dict)  # custom resources per teacher actor
 
     def validate(self) -> list[str]:
         problems = _positive("num_workers", self.num_workers) + _positive("max_failures", self.max_failures, 0)
         problems += _positive("report_every", self.report_every) + _positive("reward_actors", self.reward_actors, 0)
         problems += _positive("reward_num_gpus", self.reward_num_gpus, 0) + _positive("reward_num_cpus", self.reward_num_cpus, 0)
-        for key in ("worker_resources", "reward_resources"):
+        problems += _positive("teacher_actors", self.teacher_actors, 0)
+        problems += _positive("teacher_num_gpus", self.teacher_num_gpus, 0) + _positive("teacher_num_cpus", self.teacher_num_cpus, 0)
+        for key in ("worker_resources", "reward_resources", "teacher_resources"):
             problems += [f"{key}.{k}: must be > 0, got {v}" for k, v in getattr(self, key).items() if v <= 0]
             problems += [f"{key}.{k}: CPU and GPU have their own fields (cpus_per_worker, use_gpu, reward_num_*)"
                          for k in getattr(self, key) if k in ("CPU", "GPU")]
+        if self.teacher_actors and not self.enabled:
+            problems.append("teacher_actors: Ray actors need ray.enabled=true; set teacher_actors=0 to keep the teacher "
+                            "in the training process")
         problems += [] if self.cpus_per_worker > 0 else [f"cpus_per_worker: must be > 0, got {self.cpus_per_worker}"]
         if self.num_cpus is not None and self.num_cpus < 1:
             problems.append(f"num_cpus: must be >= 1 or null, got {self.num_cpus}")
@@ -231,6 +284,7 @@ class Config:
     trainable: TrainableConfig = field(default_factory=TrainableConfig)
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     plan: PlanConfig = field(default_factory=PlanConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)  # read only when plan.name=di_star
     optim: OptimConfig = field(default_factory=OptimConfig)
     rewards: list[RewardSpec] = field(default_factory=lambda: [RewardSpec(name="brightness")])  # trained reward: weighted sum
     data: DataConfig = field(default_factory=DataConfig)
@@ -254,6 +308,23 @@ class Config:
         if self.trainable.kind == "full" and self.model.dtype != "fp32":
             problems.append(f"trainable.kind: full fine-tuning trains the UNet in fp32; set model.dtype=fp32 "
                             f"(got {self.model.dtype}) or use kind=lora")
+        problems += self._distill_problems()
         if not math.isfinite(self.optim.lr):
             problems.append(f"optim.lr: must be finite, got {self.optim.lr}")
+        return problems
+
+    def _distill_problems(self) -> list[str]:
+        if self.plan.name != "di_star":
+            return [] if not self.ray.teacher_actors else [
+                f"ray.teacher_actors: only plan.name=di_star has a teacher; set it to 0 for {self.plan.name}"]
+        problems = []
+        if self.distill.shared_base and self.trainable.kind != "lora":
+            problems.append("distill.shared_base: the generator is a LoRA adapter on the shared UNet; set "
+                            "trainable.kind=lora or distill.shared_base=false")
+        if self.distill.shared_base and self.ray.teacher_actors:
+            problems.append("ray.teacher_actors: with distill.shared_base the teacher is the worker's own UNet with "
+                            "adapters off; set ray.teacher_actors=0 or distill.shared_base=false")
+        if self.distill.fake.kind == "full" and self.model.dtype != "fp32":
+            problems.append(f"distill.fake.kind: a full fake score trains in fp32; set model.dtype=fp32 (got "
+                            f"{self.model.dtype}) or fake.kind=lora")
         return problems

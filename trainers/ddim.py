@@ -70,6 +70,16 @@ def ddim_schedule(scheduler, num_steps: int) -> DDIMSchedule:
     return DDIMSchedule(timesteps, alphas_cumprod[timesteps], abar_prev, cfg.prediction_type, clip)
 
 
+def one_step_schedule(scheduler, timestep: int) -> DDIMSchedule:
+    """A single step from ``timestep`` straight to the clean latent (alpha-bar 1), so ``ddim_step`` returns
+    the x0 prediction: the one-step generator of trainers/distill.py, and the teacher's one-step sample."""
+    cfg = scheduler.config
+    timesteps = torch.tensor([timestep])
+    abar = scheduler.alphas_cumprod.double()[timesteps]
+    clip = float(cfg.clip_sample_range) if cfg.clip_sample else None
+    return DDIMSchedule(timesteps, abar, torch.ones(1, dtype=torch.float64), cfg.prediction_type, clip)
+
+
 def _coef(value: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """A float64 scalar as a scalar tensor of ``like``'s dtype and device."""
     return value.to(dtype=like.dtype, device=like.device)

@@ -40,11 +40,13 @@ def guided_output(model: DiffusionModel, x_t: torch.Tensor, t: torch.Tensor, con
     """Classifier-free guided denoiser output ``u + w (c - u)``, shape ``(B, C, h, w)``.
 
     Both branches run in one batched call, unconditional first, as diffusers does. With
-    ``uncond=None`` (guidance off) it is the conditional output alone.
+    ``uncond=None`` (guidance off) it is the conditional output alone. ``t`` is one timestep (0-dim)
+    or one per sample (``(B,)``).
     """
     x_in = x_t.to(model.dtype)
     if uncond is None:
         return model.family.denoise(model, x_in, t, cond).to(x_t.dtype)
+    t = torch.cat([t, t]) if t.dim() else t
     out = model.family.denoise(model, torch.cat([x_in, x_in]), t, Conditioning.cat([uncond, cond]))
     out_uncond, out_cond = out.to(x_t.dtype).chunk(2)
     return out_uncond + guidance * (out_cond - out_uncond)

@@ -21,6 +21,7 @@ DRTune         K steps ``o + j*floor(L/K)``, ``o ~ U{0..L-1-(K-1)floor(L/K)}``, 
                optional early stop at ``t_min ~ U{1..m}``; L is the number of steps run
 ReFL           stop at ``t_min ~ U{1..m}``; only that step has grad; no chain
 AlignProp      chain everywhere; step i has grad iff ``i >= c_i``, ``c_i ~ U{0..T-1}`` drawn per step
+OneStep        T = 1 (the one-step generator of Diff-Instruct*): that step has grad
 =============  ======================================================================
 """
 
@@ -123,4 +124,14 @@ class AlignProp:
         return [StepFlags(grad=i >= cuts[i], chain=True) for i in range(num_steps)]
 
 
-GradPlan = Draft | DraftK | DRTune | ReFL | AlignProp
+@dataclass(frozen=True)
+class OneStep:
+    """A one-step generator (Diff-Instruct*, trainers/distill.py): its single step carries gradient."""
+
+    refine_copies: int = 0
+
+    def flags(self, num_steps: int, gen: torch.Generator | None = None) -> list[StepFlags]:
+        return [StepFlags(grad=True) for _ in range(num_steps)]
+
+
+GradPlan = Draft | DraftK | DRTune | ReFL | AlignProp | OneStep

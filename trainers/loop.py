@@ -26,7 +26,8 @@ from rewards.base import Reward
 from rewards.build import build_reward
 from trainers.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from trainers.config import Config, SamplerConfig
-from trainers.ddim import DDIMSchedule, ddim_schedule
+from trainers.ddim import DDIMSchedule, ddim_schedule, one_step_schedule
+from trainers.distill import DiStar, Teacher
 from trainers.engine import generate, sample
 from trainers.grad_plan import GradPlan
 from trainers.models import (DiffusionModel, load_model, load_trainable_state_dict, make_trainable, save_trained,
@@ -69,6 +70,7 @@ class Trainer:
     schedule: DDIMSchedule
     gen: torch.Generator
     replicas: Replicas = field(default_factory=Replicas)
+    distill: DiStar | None = None  # plan di_star: the fake score and the teacher
     step: int = 0
     bad_in_a_row: int = 0
     skipped: int = 0
@@ -79,7 +81,8 @@ class Trainer:
                 "optimizer": self.optimizer.state_dict(), "lr_schedule": self.lr_schedule.state_dict(),
                 "gen": self.gen.get_state(), "torch_rng": torch.get_rng_state(), "sampler": self.sampler.state_dict(),
                 "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-                "bad_in_a_row": self.bad_in_a_row, "skipped": self.skipped, "extra": self.extra}
+                "bad_in_a_row": self.bad_in_a_row, "skipped": self.skipped, "extra": self.extra,
+                "distill": self.distill.state_dict() if self.distill else None}
 
     def load_state_dict(self, state: dict) -> None:
         load_trainable_state_dict(self.model, state["trainable"])
@@ -92,15 +95,24 @@ class Trainer:
         self.sampler.load_state_dict(state["sampler"])
         self.step, self.bad_in_a_row, self.skipped = state["step"], state["bad_in_a_row"], state["skipped"]
         self.extra = state.get("extra", {})
+        if self.distill:
+            self.distill.load_state_dict(state["distill"])
 
 
-def build_trainer(cfg: Config, model: DiffusionModel | None = None, reward: Reward | None = None) -> Trainer:
-    """Load the model, add trainable weights, build rewards, optimiser and prompt sampler."""
+def build_trainer(cfg: Config, model: DiffusionModel | None = None, reward: Reward | None = None,
+                  teacher: Teacher | None = None) -> Trainer:
+    """Load the model, add trainable weights, build rewards, optimiser and prompt sampler (and for
+    ``di_star`` the fake score and the teacher, in process unless ``teacher`` serves it)."""
     model = model or load_model(cfg.model)
     cuda = [model.device] if model.device.type == "cuda" else []
+    distill = None
     with torch.random.fork_rng(devices=cuda):  # adapter init is seeded, and leaves global RNG alone
         torch.manual_seed(cfg.train.seed)
-        params = make_trainable(model, cfg.trainable)
+        if cfg.plan.name == "di_star":
+            distill = DiStar(cfg, model, teacher)
+            params = distill.nets.generator_params
+        else:
+            params = make_trainable(model, cfg.trainable)
     o = cfg.optim
     optimizer = torch.optim.AdamW(params, lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
     warmup = max(o.warmup_steps, 1)
@@ -112,8 +124,8 @@ def build_trainer(cfg: Config, model: DiffusionModel | None = None, reward: Rewa
         optimizer=optimizer, lr_schedule=lr_schedule,
         sampler=PromptSampler(load_prompts(cfg.data.prompts, BUILTIN_TRAIN), cfg.train.seed),
         eval_prompts=load_prompts(cfg.data.eval_prompts, BUILTIN_HELD_OUT)[: cfg.eval.max_prompts],
-        schedule=ddim_schedule(model.scheduler, cfg.sampler.num_steps),
-        gen=torch.Generator().manual_seed(cfg.train.seed), replicas=Replicas.current())
+        schedule=distill.one_step if distill else ddim_schedule(model.scheduler, cfg.sampler.num_steps),
+        gen=torch.Generator().manual_seed(cfg.train.seed), replicas=Replicas.current(), distill=distill)
 
 
 def reward_loss(tr: Trainer) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
@@ -136,15 +148,20 @@ def reward_loss(tr: Trainer) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     return -scores.mean(dim=1).sum(), scores, prompts
 
 
-def average_gradients(tr: Trainer, loss_finite: bool) -> None:
-    """Average the trainable gradients over replicas; a replica with a non-finite loss contributes NaN,
-    so every replica skips the step together."""
-    for p in tr.params:
-        if p.grad is None:
-            p.grad = torch.zeros_like(p)
-        if not loss_finite:
-            p.grad.fill_(float("nan"))
-    tr.replicas.mean_([p.grad for p in tr.params])
+def distill_loss(tr: Trainer) -> tuple[torch.Tensor, torch.Tensor, list[str], dict[str, float]]:
+    """DI*: this replica's prompts, ``distill.fake_updates`` fake-score steps, then the generator loss;
+    ``(loss, scores (1, b), prompts, metrics)``, the loss NaN (the step skipped) if a fake step was."""
+    d, b, rep = tr.distill, tr.cfg.train.batch_size, tr.replicas
+    prompts = tr.sampler.next_batch(b * rep.world_size)[rep.own_slice(b)]
+    cond = tr.model.family.encode_prompts(tr.model, prompts)
+    uncond = tr.model.family.encode_prompts(tr.model, [""] * b) if tr.cfg.distill.alpha_cfg > 1 else None
+    fake = [d.fake_update(cond, tr.gen, rep) for _ in range(tr.cfg.distill.fake_updates)]
+    metrics = {"train/fake_loss": fake[-1][0], "train/fake_grad_norm": fake[-1][1]}
+    if not all(torch.isfinite(torch.tensor(f)).all() for f in fake):
+        nan = torch.full((1, b), float("nan"))
+        return nan.sum(), nan, prompts, metrics
+    loss, scores, more = d.generator_loss(cond, uncond, prompts, tr.reward, tr.gen, rep)
+    return loss, scores[None], prompts, metrics | more
 
 
 def train_step(tr: Trainer) -> dict[str, float]:
@@ -152,10 +169,10 @@ def train_step(tr: Trainer) -> dict[str, float]:
     start = time.perf_counter()
     tr.model.denoiser.train()
     tr.optimizer.zero_grad(set_to_none=True)
-    loss, scores, prompts = reward_loss(tr)
+    loss, scores, prompts, side = distill_loss(tr) if tr.distill else (*reward_loss(tr), {})
     if torch.isfinite(loss):
         loss.backward()
-    average_gradients(tr, bool(torch.isfinite(loss)))
+    tr.replicas.mean_grads_(tr.params, bool(torch.isfinite(loss)))
     grad_norm = torch.nn.utils.clip_grad_norm_(tr.params, tr.cfg.optim.grad_clip or float("inf"))
     finite = bool(torch.isfinite(grad_norm))
     if finite:
@@ -172,7 +189,7 @@ def train_step(tr: Trainer) -> dict[str, float]:
     return {"train/loss": float(means[0]), "train/reward": float(means[1]), "train/grad_norm": float(grad_norm),
             "train/lr": tr.optimizer.param_groups[0]["lr"], "train/skipped_steps": tr.skipped,
             "perf/step_seconds": seconds, "perf/images_per_second": len(prompts) * tr.replicas.world_size / seconds,
-            "perf/peak_memory_mb": peak_memory_mb(tr.model.device)}
+            "perf/peak_memory_mb": peak_memory_mb(tr.model.device), **side}
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -184,8 +201,10 @@ def peak_memory_mb(device: torch.device) -> float:
 
 @torch.no_grad()
 def sample_and_score(model: DiffusionModel, prompts: list[str], rewards: dict[str, Reward], sampler: SamplerConfig,
-                     schedule: DDIMSchedule, seed: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """Sample ``prompts`` from noise seeded by ``seed`` and score the images with every reward.
+                     schedule: DDIMSchedule, seed: int, one_step: DiStar | None = None
+                     ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Sample ``prompts`` from noise seeded by ``seed`` (with the DDIM sampler, or the ``one_step``
+    generator) and score the images with every reward.
 
     Returns:
         ``(scores, images)``: per-image scores ``(N,)`` by reward name, images ``(N, 3, H, W)``, on CPU.
@@ -193,11 +212,24 @@ def sample_and_score(model: DiffusionModel, prompts: list[str], rewards: dict[st
     model.denoiser.eval()
     gen = torch.Generator().manual_seed(seed)
     x_T = torch.randn(len(prompts), *model.latent_shape, generator=gen).to(model.device)
-    images = generate(model, prompts, x_T, schedule, guidance=sampler.guidance_scale, eta=sampler.eta, gen=gen)
+    if one_step is not None:
+        images = one_step.generate(prompts, x_T)
+    else:
+        images = generate(model, prompts, x_T, schedule, guidance=sampler.guidance_scale, eta=sampler.eta, gen=gen)
     scores = {}
     for name, reward in rewards.items():
         scores.update(_score_with_components(name, reward, images, prompts))
     return scores, images.float().cpu()
+
+
+def diversity(images: torch.Tensor, per_prompt: int, side: int = 32) -> torch.Tensor:
+    """Mean pairwise distance between the images of each prompt (prompt-major, ``per_prompt`` each),
+    as the RMS difference of ``side``-pixel thumbnails: ``(N, 3, H, W) -> (N / per_prompt,)``. Low
+    values mean mode collapse."""
+    thumbs = torch.nn.functional.adaptive_avg_pool2d(images.float(), min(side, images.shape[-1]))
+    x = thumbs.flatten(1).view(-1, per_prompt, thumbs[0].numel())
+    dist = torch.cdist(x, x) / thumbs[0].numel() ** 0.5  # (P, k, k)
+    return dist.sum(dim=(1, 2)) / (per_prompt * (per_prompt - 1))
 
 
 def _score_with_components(name: str, reward: Reward, images, prompts) -> dict[str, torch.Tensor]:
@@ -210,16 +242,37 @@ def _score_with_components(name: str, reward: Reward, images, prompts) -> dict[s
     return {name: reward.combine(parts).float().cpu(), **out}
 
 
-def evaluate(tr: Trainer) -> tuple[dict[str, float], dict[str, torch.Tensor], torch.Tensor]:
-    """Score the held-out prompts (``images_per_prompt`` each, prompt-major) on fixed noise.
+def evaluate(tr: Trainer, model: DiffusionModel | None = None, schedule: DDIMSchedule | None = None
+             ) -> tuple[dict[str, float], dict[str, torch.Tensor], torch.Tensor]:
+    """Score the held-out prompts (``images_per_prompt`` each, prompt-major) on fixed noise: the trained
+    model by default, or ``model`` sampled on ``schedule`` (DI*'s teacher baselines).
 
     Returns:
-        ``(metrics, scores, images)``: ``eval/<reward>`` means, per-image scores, the images.
+        ``(metrics, scores, images)``: ``eval/<reward>`` means, per-image scores (and per-prompt
+        ``diversity`` with two or more images per prompt), the images.
     """
-    prompts = [p for p in tr.eval_prompts for _ in range(tr.cfg.eval.images_per_prompt)]
+    k = tr.cfg.eval.images_per_prompt
+    prompts = [p for p in tr.eval_prompts for _ in range(k)]
     rewards = {"trained": tr.reward, **tr.eval_rewards}
-    scores, images = sample_and_score(tr.model, prompts, rewards, tr.cfg.sampler, tr.schedule, tr.cfg.eval.seed)
+    one_step = tr.distill if model is None else None
+    scores, images = sample_and_score(model or tr.model, prompts, rewards, tr.cfg.sampler, schedule or tr.schedule,
+                                      tr.cfg.eval.seed, one_step)
+    if k > 1:
+        scores["diversity"] = diversity(images, k)
     return {f"eval/{name}": float(v.mean()) for name, v in scores.items()}, scores, images
+
+
+def teacher_baselines(tr: Trainer) -> dict[str, float]:
+    """DI*: the teacher's held-out scores with one step (from ``t_g``) and with ``sampler.num_steps``
+    DDIM steps, both guided as the sampler says: ``teacher/{one_step,multi_step}/<reward>``."""
+    metrics = {}
+    with tr.distill.teacher_model() as teacher:
+        schedules = {"one_step": one_step_schedule(teacher.scheduler, tr.cfg.distill.generator_timestep),
+                     "multi_step": ddim_schedule(teacher.scheduler, tr.cfg.sampler.num_steps)}
+        for name, schedule in schedules.items():
+            scores = evaluate(tr, teacher, schedule)[0]
+            metrics |= {f"teacher/{name}/{key[len('eval/'):]}": value for key, value in scores.items()}
+    return metrics
 
 
 def save_grid(images: torch.Tensor, path: str, per_row: int) -> None:
@@ -285,7 +338,7 @@ def _evaluate_and_save(tr: Trainer, run_dir: str) -> dict[str, float]:
 
 
 def run(cfg: Config, *, reporters: tuple[Reporter, ...] = (), reward: Reward | None = None,
-        run_dir: str | None = None, resume_from: str | None = None) -> RunResult:
+        teacher: Teacher | None = None, run_dir: str | None = None, resume_from: str | None = None) -> RunResult:
     """Train as ``cfg`` says, resuming from ``resume_from`` (a checkpoint folder), else from the run
     folder's latest checkpoint when there is one (and ``train.resume``).
 
@@ -299,7 +352,7 @@ def run(cfg: Config, *, reporters: tuple[Reporter, ...] = (), reward: Reward | N
             good weights is written first).
     """
     run_dir = run_dir or run_folder(cfg)
-    tr = build_trainer(cfg, reward=reward)
+    tr = build_trainer(cfg, reward=reward, teacher=teacher)
     lead = tr.replicas.lead  # only rank 0 writes the run folder
     os.makedirs(run_dir, exist_ok=True)
     if resume_from is None and cfg.train.resume:
@@ -312,6 +365,8 @@ def run(cfg: Config, *, reporters: tuple[Reporter, ...] = (), reward: Reward | N
             sink.start(tr.extra)
     if tr.step == 0:
         tr.extra["eval_before"] = _evaluate_and_save(tr, run_dir) if lead else {}
+        if lead and tr.distill:
+            tr.extra["eval_before"] |= teacher_baselines(tr)
         for sink in sinks:
             sink.report(0, tr.extra["eval_before"])
     metrics, every = {}, cfg.eval.every
@@ -333,6 +388,7 @@ def run(cfg: Config, *, reporters: tuple[Reporter, ...] = (), reward: Reward | N
             folder = _checkpoint(tr, run_dir) if lead else None
         if lead and last:  # before the last report: a launcher may stop the process once it has seen it
             metrics.update(held_out_metrics(_write_final(tr, run_dir)))
+            metrics.update({k: v for k, v in tr.extra.get("eval_before", {}).items() if k.startswith("teacher/")})
         for sink in sinks:
             sink.report(tr.step, metrics, folder)
         progress.update(1)
@@ -352,8 +408,10 @@ def _write_final(tr: Trainer, run_dir: str) -> dict[str, dict[str, float]]:
     final_dir = os.path.join(run_dir, "final")
     save_trained(tr.model, tr.cfg.trainable, final_dir)
     held_out = held_out_summary(run_dir, tr.step)
+    teacher = {k: v for k, v in tr.extra.get("eval_before", {}).items() if k.startswith("teacher/")}
     with open(os.path.join(run_dir, "summary.json"), "w", encoding="utf-8") as f:
-        json.dump({"step": tr.step, "held_out": held_out, "final_model_dir": final_dir}, f, indent=1)
+        json.dump({"step": tr.step, "held_out": held_out, "final_model_dir": final_dir, **({"teacher": teacher}
+                   if teacher else {})}, f, indent=1)
     return held_out
 
 

@@ -175,8 +175,9 @@ def load_model(cfg: ModelConfig) -> DiffusionModel:
                           scheduler, device, dtype, resolution)
 
 
-def make_trainable(model: DiffusionModel, cfg: TrainableConfig) -> list[torch.nn.Parameter]:
-    """Add LoRA adapters (or unfreeze the UNet) and return the trainable parameters, kept in fp32."""
+def make_trainable(model: DiffusionModel, cfg: TrainableConfig, adapter_name: str = "default") -> list[torch.nn.Parameter]:
+    """Add LoRA adapters named ``adapter_name`` (or unfreeze the UNet) and return the trainable
+    parameters, kept in fp32. Adding an adapter makes it the only active (and trainable) one."""
     unet = model.denoiser
     if cfg.kind == "full":
         unet.to(torch.float32).requires_grad_(True)
@@ -186,7 +187,8 @@ def make_trainable(model: DiffusionModel, cfg: TrainableConfig) -> list[torch.nn
         init = True if cfg.init == "kaiming" else "gaussian"
         try:
             unet.add_adapter(LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
-                                        target_modules=list(cfg.target_modules), init_lora_weights=init))
+                                        target_modules=list(cfg.target_modules), init_lora_weights=init),
+                             adapter_name=adapter_name)
         except ValueError as err:  # peft: "Target modules {...} not found in the base model"
             raise ValueError(f"trainable.target_modules={list(cfg.target_modules)} does not fit this UNet ({err}); "
                              "use attention projection names such as to_q, to_k, to_v, to_out.0") from None
@@ -249,3 +251,52 @@ def load_trained(model: DiffusionModel, folder: str) -> None:
     else:
         raise FileNotFoundError(f"{folder!r} holds no trained weights: expected pytorch_lora_weights.safetensors "
                                 "(LoRA) or a unet/ folder (full fine-tune), as written in a run's final/ folder")
+
+
+def load_denoiser(path: str, dtype: torch.dtype, device: torch.device) -> tuple[torch.nn.Module, object]:
+    """The frozen UNet and DDIM scheduler of a diffusers pipeline folder (a distillation teacher).
+
+    Raises:
+        FileNotFoundError: the folder is missing or is not a diffusers pipeline.
+    """
+    from diffusers import DDIMScheduler, UNet2DConditionModel
+
+    problem = model_path_problem(path)
+    if problem:
+        raise FileNotFoundError(f"distill.teacher_path: {problem}")
+    offline = os.path.isdir(path)
+    unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet", dtype=dtype, local_files_only=offline)
+    scheduler = DDIMScheduler.from_pretrained(path, subfolder="scheduler", local_files_only=offline)
+    return unet.requires_grad_(False).eval().to(device), scheduler
+
+
+# what a teacher must share with the generator: (component folder, config key); latents and text conditioning
+PAIR_KEYS = (("unet", "in_channels"), ("unet", "out_channels"), ("unet", "cross_attention_dim"),
+             ("unet", "addition_embed_type"), ("vae", "latent_channels"), ("vae", "scaling_factor"),
+             ("text_encoder", "hidden_size"), ("text_encoder", "vocab_size"), ("text_encoder", "num_hidden_layers"),
+             ("scheduler", "num_train_timesteps"))
+
+
+def pair_problems(generator_path: str, teacher_path: str) -> list[str]:
+    """Why a teacher cannot supervise a generator: a different latent space or text encoder, read from
+    the two pipeline folders' config files (hub ids are not checked here)."""
+    import json
+
+    def read(folder: str, part: str) -> dict:
+        name = "scheduler_config.json" if part == "scheduler" else "config.json"
+        path = os.path.join(folder, part, name)
+        if not os.path.isfile(path):
+            return {}
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+
+    if not (os.path.isdir(generator_path) and os.path.isdir(teacher_path)):
+        return []
+    problems = []
+    for part, key in PAIR_KEYS:
+        mine, theirs = read(generator_path, part).get(key), read(teacher_path, part).get(key)
+        if mine != theirs:
+            problems.append(f"distill.teacher_path: the teacher {teacher_path!r} has {part}.{key}={theirs!r} but the "
+                            f"generator (model.path={generator_path!r}) has {mine!r}; a teacher must share the "
+                            "generator's latent space and text encoder")
+    return problems

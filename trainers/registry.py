@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from trainers.config import PLAN_NAMES, PlanConfig
-from trainers.grad_plan import AlignProp, Draft, DraftK, DRTune, GradPlan, ReFL
+from trainers.grad_plan import AlignProp, Draft, DraftK, DRTune, GradPlan, OneStep, ReFL
 
 
 def build_plan(cfg: PlanConfig) -> GradPlan:
@@ -19,6 +19,7 @@ def build_plan(cfg: PlanConfig) -> GradPlan:
         "drtune": lambda: DRTune(k=cfg.k, early_stop=cfg.early_stop),
         "refl": lambda: ReFL(early_stop=cfg.early_stop),
         "alignprop": lambda: AlignProp(),
+        "di_star": lambda: OneStep(),
     }
     assert set(builders) == set(PLAN_NAMES)
     if cfg.name not in builders:

@@ -54,6 +54,16 @@ class Replicas:
         for t, part in zip(tensors, flat.split([t.numel() for t in tensors])):
             t.copy_(part.view_as(t))
 
+    def mean_grads_(self, params: list[torch.nn.Parameter], finite: bool) -> None:
+        """Average ``params``' gradients over the replicas (a missing gradient counts as zero); a replica
+        whose loss was not ``finite`` contributes NaN, so every replica skips the step together."""
+        for p in params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            if not finite:
+                p.grad.fill_(float("nan"))
+        self.mean_([p.grad for p in params])
+
     def max_divergence(self, tensors: list[torch.Tensor]) -> float:
         """Largest absolute difference between any replica's tensors and rank 0's (0.0 when in sync)."""
         if self.world_size == 1:

@@ -40,6 +40,9 @@ i.e. the pathwise gradient of ``<sg(s_ψ - s_ref), x_t>``, with no network Jacob
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Callable
+
 import torch
 
 
@@ -79,3 +82,51 @@ def kl_loss(eps_fake: torch.Tensor, eps_ref: torch.Tensor, x_t: torch.Tensor) ->
 def dsm_loss(eps_pred: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
     """Denoising score matching for the fake-score network, ``||ε̂ - ε||²`` (mean per sample), ``(B,)``."""
     return (eps_pred - eps).flatten(1).pow(2).mean(dim=1)
+
+
+@dataclass(frozen=True)
+class DivergenceSpec:
+    """Which surrogate and its constants: ``kind`` sim (DI*, SIM) or kl (Diff-Instruct, DMD, DI++)."""
+
+    kind: str
+    huber_c: float
+
+
+@dataclass
+class DivergenceTerms:
+    """The teacher's side of one divergence evaluation, all detached.
+
+    Attributes:
+        value: Per-sample surrogate ``L(x_t, ε̂_fake)``, ``(B,)``.
+        grad_x: ``∂L/∂x_t`` through the teacher's input Jacobian (and, for kl, the direct term), ``(B, C, h, w)``.
+        grad_fake: ``∂L/∂ε̂_fake``, ``(B, C, h, w)`` (zero for kl).
+    """
+
+    value: torch.Tensor
+    grad_x: torch.Tensor
+    grad_fake: torch.Tensor
+
+    def surrogate(self, x_t: torch.Tensor, eps_fake: torch.Tensor) -> torch.Tensor:
+        """``<g_x, x_t> + <g_f, ε̂_fake(x_t)>`` per sample, ``(B,)``: by the chain rule its gradient in
+        anything upstream of ``x_t`` is exactly that of ``L(x_t, ε̂_fake(x_t), ε̂_ref(x_t))``."""
+        return (self.grad_x * x_t).flatten(1).sum(1) + (self.grad_fake * eps_fake).flatten(1).sum(1)
+
+
+def divergence_terms(teacher_eps: Callable[[torch.Tensor], torch.Tensor], x_t: torch.Tensor,
+                     eps_fake: torch.Tensor, eps: torch.Tensor, spec: DivergenceSpec) -> DivergenceTerms:
+    """Evaluate the surrogate with ``x_t`` and ``ε̂_fake`` as leaves and differentiate it through the teacher
+    ``teacher_eps(x_t) -> ε̂_ref`` (guided), so the teacher can run in another process: the caller joins
+    the result to its own graph with :meth:`DivergenceTerms.surrogate`."""
+    x = x_t.detach().requires_grad_(True)
+    fake = eps_fake.detach().requires_grad_(spec.kind == "sim")
+    with torch.enable_grad():
+        if spec.kind == "sim":
+            value = sim_loss(fake, teacher_eps(x), eps, spec.huber_c)
+            grad_x, grad_fake = torch.autograd.grad(value.sum(), [x, fake])
+        else:
+            with torch.no_grad():
+                eps_ref = teacher_eps(x)
+            value = kl_loss(fake, eps_ref, x)
+            (grad_x,) = torch.autograd.grad(value.sum(), [x])
+            grad_fake = torch.zeros_like(fake)
+    return DivergenceTerms(value.detach(), grad_x.detach(), grad_fake.detach())

@@ -1,0 +1,210 @@
+"""Diff-Instruct*: the generator's gradient equals the divergence differentiated directly (float64, through
+both score networks' input Jacobians), the shared-base mode equals three networks, resume restores the
+generator, the fake score and both optimisers exactly, and bad pairs or non-finite fake losses are handled."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import replace
+
+import pytest
+import torch
+from test_training import StopAt, _trained, make_config
+
+from pipeline.config import ConfigError
+from pipeline.preflight import load_checked
+from pipeline.random_models import build_random_sd
+from trainers.loop import TrainingAborted, build_trainer, run, train_step
+from trainers.models import load_model
+from trainers.replicas import Replicas
+
+PROMPTS = ["a red square", "a blue circle", "a green triangle"]
+
+
+def distill_config(model_dir: str, out: str, train: dict | None = None, **distill):
+    return make_config(model_dir, out, plan={"name": "di_star"}, train=train or {},
+                       distill={"alpha_rew": 0.5, "alpha_cfg": 3.0, "huber_c": 0.05, "fake_lr": 0.05,
+                                "fake": {"rank": 2, "alpha": 2.0}, **distill})
+
+
+def float64_trainer(model_dir: str, cfg):
+    """A trainer whose every network, adapter and latent is float64, its adapters moved off zero."""
+    model = load_model(cfg.model)
+    for module in (model.denoiser, model.vae, model.text_encoder):
+        module.double()
+    tr = build_trainer(cfg, model=replace(model, dtype=torch.float64))
+    gen = torch.Generator().manual_seed(7)
+    for p in tr.params + tr.distill.nets.fake_params:
+        p.data = p.data.double() + 0.2 * torch.randn(p.shape, generator=gen, dtype=torch.float64)
+    return tr
+
+
+def direct_loss(tr, prompts, gen_state) -> torch.Tensor:
+    """``-α_rew r̄ + mean_b w_b D_b`` written out: UNet calls, the forward process and the distance inline."""
+    d, c = tr.distill, tr.cfg.distill
+    model = tr.model
+    cond = model.family.encode_prompts(model, prompts).hidden_states
+    uncond = model.family.encode_prompts(model, [""] * len(prompts)).hidden_states
+    gen = torch.Generator()
+    gen.set_state(gen_state)
+    z, t, eps = d.draw(gen, Replicas(), len(prompts))
+    abar = model.scheduler.alphas_cumprod.double()
+    a_g = abar[c.generator_timestep]
+    x0 = (z - (1 - a_g).sqrt() * model.denoiser(z, c.generator_timestep, encoder_hidden_states=cond).sample) / a_g.sqrt()
+    a = abar[t].view(-1, 1, 1, 1)
+    x_t = a.sqrt() * x0 + (1 - a).sqrt() * eps
+    eps_fake = d.nets.fake(x_t, t, encoder_hidden_states=cond).sample
+    both = d.nets.teacher(torch.cat([x_t, x_t]), torch.cat([t, t]), encoder_hidden_states=torch.cat([uncond, cond])).sample
+    e_u, e_c = both.chunk(2)
+    eps_ref = e_u + c.alpha_cfg * (e_c - e_u)
+    n = x_t[0].numel()
+    if c.divergence == "sim":  # d(y) + d'(y)·(ε̂_fake - ε), y = ε̂_ref - ε̂_fake, d(y) = sqrt(mean y² + C²) - C
+        y = eps_ref - eps_fake
+        root = (y.pow(2).flatten(1).mean(1) + c.huber_c**2).sqrt()
+        per_sample = root - c.huber_c + ((y / (n * root.view(-1, 1, 1, 1))) * (eps_fake - eps)).flatten(1).sum(1)
+    else:  # <sg(ε̂_ref - ε̂_fake), x_t> / n
+        per_sample = ((eps_ref - eps_fake).detach() * x_t).flatten(1).sum(1) / n
+    snr = (abar[t] / (1 - abar[t])).clamp(max=5.0)
+    w = torch.ones_like(snr) if c.weighting == "uniform" else snr
+    images = model.family.decode(model, x0)
+    return -c.alpha_rew * tr.reward(images, prompts).mean() + (w * per_sample).mean()
+
+
+@pytest.mark.parametrize("distill", [{"divergence": "sim"}, {"divergence": "sim", "weighting": "min_snr", "alpha_rew": 0.0},
+                                     {"divergence": "kl"}], ids=["di_star", "sim_min_snr", "di_plus_plus"])
+def test_generator_gradient_equals_the_divergence_differentiated_directly(tiny_sd_dir, tmp_path, distill):
+    tr = float64_trainer(tiny_sd_dir, distill_config(tiny_sd_dir, str(tmp_path), **distill))
+    model, d = tr.model, tr.distill
+    cond = model.family.encode_prompts(model, PROMPTS)
+    uncond = model.family.encode_prompts(model, [""] * 3)
+    state = tr.gen.get_state()
+    loss, scores, _ = d.generator_loss(cond, uncond, PROMPTS, tr.reward, tr.gen, tr.replicas)
+    got = torch.autograd.grad(loss, tr.params)
+    want_loss = direct_loss(tr, PROMPTS, state)
+    want = torch.autograd.grad(want_loss, tr.params)
+    assert loss.dtype == torch.float64 and scores.shape == (3,)
+    torch.testing.assert_close(loss, want_loss, rtol=1e-10, atol=1e-12)
+    scale = max(float(g.abs().max()) for g in want)
+    assert scale > 1e-6, "the comparison must be between gradients that are not zero"
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-10 * scale)
+
+
+def _generator_grads_and_fake_step(tr) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    model, d = tr.model, tr.distill
+    cond = model.family.encode_prompts(model, PROMPTS)
+    uncond = model.family.encode_prompts(model, [""] * 3)
+    d.fake_update(cond, tr.gen, tr.replicas)
+    loss, _, _ = d.generator_loss(cond, uncond, PROMPTS, tr.reward, tr.gen, tr.replicas)
+    return list(torch.autograd.grad(loss, tr.params)), [p.detach().clone() for p in d.nets.fake_params]
+
+
+def test_shared_base_equals_three_networks(tiny_sd_dir, tmp_path):
+    """Two adapters on one UNet, the teacher its adapters-off forward: the same fake step and generator gradients."""
+    separate = float64_trainer(tiny_sd_dir, distill_config(tiny_sd_dir, str(tmp_path / "a")))
+    shared = float64_trainer(tiny_sd_dir, distill_config(tiny_sd_dir, str(tmp_path / "b"), shared_base=True))
+    assert shared.distill.nets.teacher is shared.model.denoiser and separate.distill.nets.teacher is not None
+    with torch.no_grad():
+        for mine, theirs in zip(shared.params + shared.distill.nets.fake_params,
+                                separate.params + separate.distill.nets.fake_params, strict=True):
+            mine.copy_(theirs)
+    grads_a, fake_a = _generator_grads_and_fake_step(separate)
+    grads_b, fake_b = _generator_grads_and_fake_step(shared)
+    for a, b in zip(fake_a + grads_a, fake_b + grads_b, strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-12)
+    unet = shared.model.denoiser
+    assert unet.active_adapters() == ["default"], "the generator's adapter is active at rest"
+    assert all(p.requires_grad for p in shared.params) and not any(p.requires_grad for p in shared.distill.nets.fake_params)
+
+
+@pytest.mark.parametrize("shared", [False, True], ids=["three_networks", "shared_base"])
+def test_resume_restores_generator_fake_score_and_both_optimisers(tiny_sd_dir, tmp_path, shared):
+    sections = {"shared_base": shared, "fake_updates": 2}
+    straight = run(distill_config(tiny_sd_dir, str(tmp_path / "a"), **sections))
+    cfg = distill_config(tiny_sd_dir, str(tmp_path / "b"), **sections)
+    with pytest.raises(KeyboardInterrupt):
+        run(cfg, reporters=(StopAt(3),))
+    resumed = run(cfg)
+    a, b = _trained(straight.run_dir), _trained(resumed.run_dir)
+    assert a["step"] == b["step"] == 4
+    for part in ("trainable",):
+        for name, tensor in a[part].items():
+            assert torch.equal(tensor, b[part][name]), name
+    for name, tensor in a["distill"]["fake"].items():
+        assert torch.equal(tensor, b["distill"]["fake"][name]), name
+    for key in ("optimizer",):
+        assert _same_optimizer_state(a[key], b[key])
+    assert _same_optimizer_state(a["distill"]["fake_optimizer"], b["distill"]["fake_optimizer"])
+    assert a["distill"]["fake_optimizer"]["state"], "the fake score's optimiser must have taken steps"
+    initial = build_trainer(cfg).distill.nets.fake_state_dict()
+    assert any(not torch.equal(initial[n], t) for n, t in a["distill"]["fake"].items()), "the fake score must train"
+    assert resumed.metrics["train/loss"] == straight.metrics["train/loss"]
+
+
+def _same_optimizer_state(a: dict, b: dict) -> bool:
+    return a["param_groups"] == b["param_groups"] and all(
+        torch.equal(a["state"][k][s], b["state"][k][s]) for k in a["state"] for s in a["state"][k])
+
+
+def test_evaluation_reports_the_teacher_baselines_and_diversity(tiny_sd_dir, tmp_path):
+    cfg = distill_config(tiny_sd_dir, str(tmp_path), train={"steps": 2})
+    cfg = replace(cfg, eval=replace(cfg.eval, images_per_prompt=3))
+    result = run(cfg)
+    first = json.loads(open(os.path.join(result.run_dir, "metrics.jsonl")).readline())
+    for name in ("one_step", "multi_step"):
+        for key in ("trained", "diversity"):
+            assert f"teacher/{name}/{key}" in first
+    # the generator starts as the teacher's unguided one-step map, so with guidance off they agree
+    assert first["eval/diversity"] > 0
+    summary = json.load(open(os.path.join(result.run_dir, "summary.json")))
+    assert set(summary["teacher"]) == {k for k in first if k.startswith("teacher/")}
+    assert {"trained", "diversity"} <= set(summary["held_out"])
+    assert result.metrics["teacher/multi_step/trained"] == first["teacher/multi_step/trained"]
+
+
+def test_non_finite_fake_score_loss_skips_the_step_then_aborts(tiny_sd_dir, tmp_path):
+    cfg = distill_config(tiny_sd_dir, str(tmp_path), train={"max_bad_steps": 2})
+    tr = build_trainer(cfg)
+    with torch.no_grad():
+        tr.distill.nets.fake_params[0].fill_(float("inf"))
+    before = [p.detach().clone() for p in tr.params + tr.distill.nets.fake_params[1:]]
+    metrics = train_step(tr)
+    assert metrics["train/skipped_steps"] == 1 and tr.bad_in_a_row == 1
+    for p, old in zip(tr.params + tr.distill.nets.fake_params[1:], before):
+        assert torch.equal(p, old), "a skipped step changes neither network"
+    # a fake-score learning rate that blows its weights up: every later fake loss is non-finite
+    with pytest.raises(TrainingAborted, match="2 steps in a row had a non-finite loss"):
+        run(distill_config(tiny_sd_dir, str(tmp_path / "blown"), fake_lr=1e30, train={"max_bad_steps": 2}))
+
+
+def test_incompatible_teacher_fails_at_config_time(tiny_sd_dir, clip_tokenizer_dir, tmp_path):
+    from transformers import CLIPTokenizer
+
+    other = build_random_sd(str(tmp_path / "tiny"), "tiny", CLIPTokenizer.from_pretrained(clip_tokenizer_dir))
+    cfg_path = tmp_path / "cfg.yaml"
+    cfg_path.write_text(f"model: {{path: {tiny_sd_dir}, device: cpu}}\nplan: {{name: di_star}}\n"
+                        f"train: {{output_dir: {tmp_path / 'runs'}}}\n")
+    with pytest.raises(ConfigError) as err:
+        load_checked(str(cfg_path), [f"distill.teacher_path={other}"], training=True)
+    text = str(err.value)
+    assert "distill.teacher_path" in text and "unet.cross_attention_dim=32" in text and "has 16" in text
+    assert "text_encoder.hidden_size" in text
+    with pytest.raises(ConfigError, match="distill.teacher_path.*does not exist"):
+        load_checked(str(cfg_path), [f"distill.teacher_path={tmp_path / 'missing'}"], training=True)
+    load_checked(str(cfg_path), [f"distill.teacher_path={tiny_sd_dir}"], training=True)  # a compatible pair passes
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["distill.shared_base=true", "trainable.kind=full"], "distill.shared_base: the generator is a LoRA adapter"),
+    (["distill.shared_base=true", "distill.teacher_path=/x"], "distill.shared_base: the teacher is the shared UNet"),
+    (["distill.t_min=900", "distill.t_max=100"], "distill.t_min: must be <= t_max=100"),
+    (["distill.generator_timestep=1000"], "distill.generator_timestep: must be a training timestep"),
+    (["plan.name=drtune", "plan.k=1", "ray.teacher_actors=1"], "ray.teacher_actors: only plan.name=di_star"),
+    (["distill.shared_base=true", "ray.teacher_actors=2"], "ray.teacher_actors: with distill.shared_base"),
+], ids=["shared_full", "shared_teacher_path", "t_range", "t_g", "actors_without_di_star", "actors_shared"])
+def test_bad_distill_configs_are_refused(tmp_path, overrides, message):
+    cfg_path = tmp_path / "cfg.yaml"
+    cfg_path.write_text("plan: {name: di_star}\n")
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+        load_checked(str(cfg_path), overrides, check_files=False)
