@@ -21,6 +21,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--prompts", help="prompt file (.txt or .jsonl)")
     p.add_argument("--num-images", type=int, default=4, help="images per prompt")
     p.add_argument("--steps", type=int, default=20, help="DDIM steps")
+    p.add_argument("--one-step", type=int, metavar="TIMESTEP",
+                   help="sample a one-step generator (Diff-Instruct*): the x0 prediction from pure noise at this "
+                        "timestep, no guidance (default: the weights' one_step.json when they have one)")
     p.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale")
     p.add_argument("--eta", type=float, default=0.0, help="DDIM eta")
     p.add_argument("--seed", type=int, default=0, help="noise seed")
@@ -62,6 +65,8 @@ def check(args: argparse.Namespace) -> None:
         problems.append(f"--eta: must be in [0, 1], got {args.eta}")
     if not args.prompt and not args.prompts:
         problems.append("--prompt: give at least one --prompt TEXT or a --prompts FILE")
+    if args.one_step is not None and not 0 <= args.one_step <= 999:
+        problems.append(f"--one-step: must be a training timestep in [0, 999], got {args.one_step}")
     if args.num_images < 1 or not 1 <= args.steps <= 1000:
         problems.append(f"--num-images/--steps: need >= 1 and 1..1000, got {args.num_images}/{args.steps}")
     if problems:
@@ -74,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from trainers.config import ModelConfig
-    from trainers.ddim import ddim_schedule
+    from trainers.ddim import ddim_schedule, one_step_schedule
     from trainers.engine import generate
     from trainers.models import load_model, load_trained
     from trainers.prompts import read_prompts
@@ -86,11 +91,29 @@ def main(argv: list[str] | None = None) -> int:
                for _ in range(args.num_images)]
     gen = torch.Generator().manual_seed(args.seed)
     x_T = torch.randn(len(prompts), *model.latent_shape, generator=gen).to(model.device)
-    images = generate(model, prompts, x_T, ddim_schedule(model.scheduler, args.steps), guidance=args.guidance,
-                      eta=args.eta, gen=gen)
+    one_step = args.one_step if args.one_step is not None else one_step_timestep(args.weights)
+    if one_step is None:
+        schedule, guidance = ddim_schedule(model.scheduler, args.steps), args.guidance
+    else:
+        print(f"one-step generator: x0 prediction at timestep {one_step}, no guidance")
+        schedule, guidance = one_step_schedule(model.scheduler, one_step), 0.0
+    images = generate(model, prompts, x_T, schedule, guidance=guidance, eta=args.eta, gen=gen)
     save_images(images.float().cpu(), prompts, args.out, args.num_images)
     print(f"wrote {len(prompts)} images and grid.png to {os.path.abspath(args.out)}")
     return 0
+
+
+def one_step_timestep(weights: str | None) -> int | None:
+    """The generator timestep a Diff-Instruct* weights folder records, or None."""
+    import json
+
+    from trainers.distill import ONE_STEP_FILE
+
+    path = os.path.join(weights, ONE_STEP_FILE) if weights else ""
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        return int(json.load(f)["generator_timestep"])
 
 
 def save_images(images, prompts: list[str], out: str, per_row: int) -> None:

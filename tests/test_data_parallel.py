@@ -51,3 +51,21 @@ def test_replica_slices_and_generators():
     assert not torch.equal(draws[0], draws[1]), "replicas must not share sampling noise"
     assert torch.equal(draws[0], torch.randn(4, generator=two[0].step_generator(0, 5))), "noise is reproducible"
     assert Replicas.current() == Replicas() and Replicas().max_divergence([torch.ones(2)]) == 0.0
+
+
+def test_two_distill_workers_equal_one_worker_with_the_doubled_batch(ray_session, tiny_sd_dir, tmp_path):
+    """DI*: the generator and the fake score (its own optimiser, its gradients all-reduced too) both match."""
+    from test_distill import distill_config
+
+    optim = {"lr": 0.5, "eps": 1.0}
+    one = distill_config(tiny_sd_dir, str(tmp_path / "one"), {"train": {"batch_size": 2, "steps": 2}, "optim": optim})
+    two = distill_config(tiny_sd_dir, str(tmp_path / "two"), {"train": {"batch_size": 1, "steps": 2}, "optim": optim,
+                                                              "ray": {"num_workers": 2, "storage_path": str(tmp_path / "ray")}})
+    run(one)
+    result = fit(two, run_folder(two))
+    assert result.error is None and result.metrics["dp/max_weight_divergence"] == 0.0
+    a, b = _trained(run_folder(one)), _trained(run_folder(two))
+    for mine, theirs in ((a["trainable"], b["trainable"]), (a["distill"]["fake"], b["distill"]["fake"])):
+        for name, tensor in mine.items():
+            torch.testing.assert_close(theirs[name], tensor, rtol=1e-5, atol=1e-6, msg=name)
+    assert any(float(t.abs().max()) > 0 for n, t in a["distill"]["fake"].items() if "lora_B" in n), "fake trained"

@@ -22,8 +22,9 @@ from trainers.replicas import Replicas
 PROMPTS = ["a red square", "a blue circle", "a green triangle"]
 
 
-def distill_config(model_dir: str, out: str, train: dict | None = None, **distill):
-    return make_config(model_dir, out, plan={"name": "di_star"}, train=train or {},
+def distill_config(model_dir: str, out: str, sections: dict | None = None, **distill):
+    """A DI* config on the tiny model; ``sections`` overrides other sections (``{"train": {...}}``)."""
+    return make_config(model_dir, out, plan={"name": "di_star"}, **(sections or {}),
                        distill={"alpha_rew": 0.5, "alpha_cfg": 3.0, "huber_c": 0.05, "fake_lr": 0.05,
                                 "fake": {"rank": 2, "alpha": 2.0}, **distill})
 
@@ -148,7 +149,7 @@ def _same_optimizer_state(a: dict, b: dict) -> bool:
 
 
 def test_evaluation_reports_the_teacher_baselines_and_diversity(tiny_sd_dir, tmp_path):
-    cfg = distill_config(tiny_sd_dir, str(tmp_path), train={"steps": 2})
+    cfg = distill_config(tiny_sd_dir, str(tmp_path), {"train": {"steps": 2}})
     cfg = replace(cfg, eval=replace(cfg.eval, images_per_prompt=3))
     result = run(cfg)
     first = json.loads(open(os.path.join(result.run_dir, "metrics.jsonl")).readline())
@@ -164,7 +165,7 @@ def test_evaluation_reports_the_teacher_baselines_and_diversity(tiny_sd_dir, tmp
 
 
 def test_non_finite_fake_score_loss_skips_the_step_then_aborts(tiny_sd_dir, tmp_path):
-    cfg = distill_config(tiny_sd_dir, str(tmp_path), train={"max_bad_steps": 2})
+    cfg = distill_config(tiny_sd_dir, str(tmp_path), {"train": {"max_bad_steps": 2}})
     tr = build_trainer(cfg)
     with torch.no_grad():
         tr.distill.nets.fake_params[0].fill_(float("inf"))
@@ -175,7 +176,7 @@ def test_non_finite_fake_score_loss_skips_the_step_then_aborts(tiny_sd_dir, tmp_
         assert torch.equal(p, old), "a skipped step changes neither network"
     # a fake-score learning rate that blows its weights up: every later fake loss is non-finite
     with pytest.raises(TrainingAborted, match="2 steps in a row had a non-finite loss"):
-        run(distill_config(tiny_sd_dir, str(tmp_path / "blown"), fake_lr=1e30, train={"max_bad_steps": 2}))
+        run(distill_config(tiny_sd_dir, str(tmp_path / "blown"), {"train": {"max_bad_steps": 2}}, fake_lr=1e30))
 
 
 def test_incompatible_teacher_fails_at_config_time(tiny_sd_dir, clip_tokenizer_dir, tmp_path):
@@ -208,3 +209,20 @@ def test_bad_distill_configs_are_refused(tmp_path, overrides, message):
     cfg_path.write_text("plan: {name: di_star}\n")
     with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
         load_checked(str(cfg_path), overrides, check_files=False)
+
+
+def test_the_sd15_config_trains_on_a_tiny_model_with_its_own_settings(tiny_sd_dir, tmp_path):
+    """The shipped SD 1.5 DI* config, with only its files pointed at the tiny model and a pixel reward."""
+    from pipeline.config import load_config
+    from trainers.config import Config
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    cfg = load_config(Config, os.path.join(root, "pipeline", "configs", "sd15_distar_hps.yaml"), [
+        f"model.path={tiny_sd_dir}", "model.device=cpu", "rewards=[{name: brightness}]", "eval.rewards=[]",
+        "data.prompts=null", "data.eval_prompts=null", "train.batch_size=2", f"train.output_dir={tmp_path}",
+        "trainable.rank=2", "distill.fake.rank=2", "sampler.num_steps=3"])
+    assert cfg.distill.shared_base and cfg.model.dtype == "bf16" and cfg.model.unet_checkpointing
+    tr = build_trainer(cfg)
+    metrics = train_step(tr)
+    assert metrics["train/skipped_steps"] == 0 and metrics["train/grad_norm"] > 0
+    assert all(p.dtype == torch.float32 for p in tr.params + tr.distill.nets.fake_params)

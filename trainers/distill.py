@@ -34,6 +34,7 @@ With ``shared_base`` one UNet holds the generator adapter (``default``) and the 
 from __future__ import annotations
 
 import copy
+import os
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -50,6 +51,7 @@ from trainers.score_divergence import DivergenceSpec, DivergenceTerms, divergenc
 
 FAKE = "fake"  # adapter name of the fake score under shared_base; the generator's is peft's "default"
 MIN_SNR = 5.0
+ONE_STEP_FILE = "one_step.json"  # in a generator's weights folder: {"generator_timestep": t_g}
 
 
 @dataclass
@@ -202,7 +204,7 @@ def build_networks(cfg: Config, model: DiffusionModel, local_teacher: bool) -> t
         if problems:
             raise ValueError("; ".join(problems))
         teacher, scheduler = load_denoiser(d.teacher_path, model.dtype, model.device)
-    fake = copy.deepcopy(teacher)
+    fake = copy.deepcopy(teacher) if local_teacher else teacher  # actors serve the teacher: this copy is free
     fake_params = make_trainable(replace(model, denoiser=fake), d.fake)
     generator_params = make_trainable(model, cfg.trainable)
     return (Networks(model.denoiser, fake, teacher if local_teacher else None, generator_params, fake_params,
@@ -231,6 +233,13 @@ class DiStar:
     def load_state_dict(self, state: dict) -> None:
         self.nets.load_fake_state_dict(state["fake"])
         self.fake_optimizer.load_state_dict(state["fake_optimizer"])
+
+    def save_info(self, folder: str) -> None:
+        """Write ``one_step.json`` next to the generator's weights: how to sample it (``pipeline.generate``)."""
+        import json
+
+        with open(os.path.join(folder, ONE_STEP_FILE), "w", encoding="utf-8") as f:
+            json.dump({"generator_timestep": self.cfg.generator_timestep}, f)
 
     def generator_latents(self, cond: Conditioning, z: torch.Tensor) -> torch.Tensor:
         """``x0 = g(z, c)``, ``(B, C, h, w)``, differentiable when grad is enabled."""

@@ -3,7 +3,9 @@
 One optimiser step (ALGORITHMS.md §1-2): draw prompts ``c`` and noise ``x_T``, draw the plan's
 step flags, sample ``x0`` with the engine, decode, and minimise
 ``L = -sum_j mean_b r(decode(x0_j)_b, c_b)`` over the final latents ``x0_j`` (one, or 1 + n for
-DRaFT-LV). Non-finite losses or gradients skip the step; ``train.max_bad_steps`` in a row abort.
+DRaFT-LV), or for ``plan.name=di_star`` the one-step generator's Diff-Instruct* loss after its
+fake-score updates (``trainers.distill``). Non-finite losses or gradients skip the step;
+``train.max_bad_steps`` in a row abort.
 Prompts, ``x_T`` and plan draws come from one checkpointed ``torch.Generator`` and per-step noise
 from a generator seeded by (seed, rank, step), so a resumed run equals an uninterrupted one. Under
 data parallelism (``trainers.replicas``) gradients are averaged over replicas and rank 0 alone
@@ -13,6 +15,7 @@ writes the run folder.
 from __future__ import annotations
 
 import json
+import math
 import os
 import resource
 import sys
@@ -157,7 +160,7 @@ def distill_loss(tr: Trainer) -> tuple[torch.Tensor, torch.Tensor, list[str], di
     uncond = tr.model.family.encode_prompts(tr.model, [""] * b) if tr.cfg.distill.alpha_cfg > 1 else None
     fake = [d.fake_update(cond, tr.gen, rep) for _ in range(tr.cfg.distill.fake_updates)]
     metrics = {"train/fake_loss": fake[-1][0], "train/fake_grad_norm": fake[-1][1]}
-    if not all(torch.isfinite(torch.tensor(f)).all() for f in fake):
+    if not all(math.isfinite(value) for f in fake for value in f):
         nan = torch.full((1, b), float("nan"))
         return nan.sum(), nan, prompts, metrics
     loss, scores, more = d.generator_loss(cond, uncond, prompts, tr.reward, tr.gen, rep)
@@ -325,9 +328,15 @@ def run_folder(cfg: Config) -> str:
     return os.path.abspath(os.path.join(cfg.train.output_dir, name))
 
 
+def _save_weights(tr: Trainer, folder: str) -> None:
+    """The trained weights in diffusers format (and a one-step generator's ``one_step.json``)."""
+    save_trained(tr.model, tr.cfg.trainable, folder)
+    if tr.distill:
+        tr.distill.save_info(folder)
+
+
 def _checkpoint(tr: Trainer, run_dir: str) -> str:
-    write_model = lambda folder: save_trained(tr.model, tr.cfg.trainable, folder)  # noqa: E731
-    return save_checkpoint(run_dir, tr.step, tr.state_dict(), write_model)
+    return save_checkpoint(run_dir, tr.step, tr.state_dict(), lambda folder: _save_weights(tr, folder))
 
 
 def _evaluate_and_save(tr: Trainer, run_dir: str) -> dict[str, float]:
@@ -384,7 +393,8 @@ def run(cfg: Config, *, reporters: tuple[Reporter, ...] = (), reward: Reward | N
             metrics.update(_evaluate_and_save(tr, run_dir))
         folder = None
         if last or tr.step % cfg.train.checkpoint_every == 0:
-            metrics["dp/max_weight_divergence"] = tr.replicas.max_divergence(tr.params)
+            trained = tr.params + (tr.distill.nets.fake_params if tr.distill else [])
+            metrics["dp/max_weight_divergence"] = tr.replicas.max_divergence(trained)
             folder = _checkpoint(tr, run_dir) if lead else None
         if lead and last:  # before the last report: a launcher may stop the process once it has seen it
             metrics.update(held_out_metrics(_write_final(tr, run_dir)))
@@ -406,7 +416,7 @@ def run(cfg: Config, *, reporters: tuple[Reporter, ...] = (), reward: Reward | N
 def _write_final(tr: Trainer, run_dir: str) -> dict[str, dict[str, float]]:
     """Save the trained weights to ``final/`` and the held-out summary to ``summary.json``; return it."""
     final_dir = os.path.join(run_dir, "final")
-    save_trained(tr.model, tr.cfg.trainable, final_dir)
+    _save_weights(tr, final_dir)
     held_out = held_out_summary(run_dir, tr.step)
     teacher = {k: v for k, v in tr.extra.get("eval_before", {}).items() if k.startswith("teacher/")}
     with open(os.path.join(run_dir, "summary.json"), "w", encoding="utf-8") as f:

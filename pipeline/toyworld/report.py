@@ -37,14 +37,18 @@ def pick_prompts(n_train: int) -> dict[str, list[Combo]]:
 
 
 @torch.no_grad()
-def sample_images(model, combos: list[Combo], n: int, steps: int, guidance: float, seed: int) -> torch.Tensor:
-    """``n`` samples per combo, ``(len(combos) * n, 3, H, W)`` in [0, 1], combo-major, from seeded noise."""
-    from trainers.ddim import ddim_schedule
+def sample_images(model, combos: list[Combo], n: int, steps: int, guidance: float, seed: int,
+                  one_step: int | None = None) -> torch.Tensor:
+    """``n`` samples per combo, ``(len(combos) * n, 3, H, W)`` in [0, 1], combo-major, from seeded noise:
+    ``steps`` DDIM steps, or a one-step generator's x0 prediction at timestep ``one_step`` (no guidance)."""
+    from trainers.ddim import ddim_schedule, one_step_schedule
     from trainers.engine import generate
 
     prompts = [caption(c) for c in combos for _ in range(n)]
     gen = torch.Generator().manual_seed(seed)
     x_T = torch.randn((len(prompts), *model.latent_shape), generator=gen)
+    if one_step is not None:
+        return generate(model, prompts, x_T.to(model.device), one_step_schedule(model.scheduler, one_step), guidance=0)
     return generate(model, prompts, x_T.to(model.device), ddim_schedule(model.scheduler, steps), guidance=guidance)
 
 
@@ -77,6 +81,7 @@ def save_grid(rows: list[torch.Tensor], path: str, zoom: int = 3) -> None:
 
 def run(args: argparse.Namespace) -> dict:
     """Sample every split, compute its metrics and write the grid; returns ``{split: metrics}``."""
+    from pipeline.generate import one_step_timestep
     from trainers.config import ModelConfig
     from trainers.models import load_model, load_trained
 
@@ -85,9 +90,10 @@ def run(args: argparse.Namespace) -> dict:
     if args.weights:
         load_trained(model, args.weights)
     reward = load_shipped_reward(args.clip)
+    one_step = args.one_step if args.one_step is not None else one_step_timestep(args.weights)
     results, rows = {}, []
     for split, combos in pick_prompts(args.n_train).items():
-        images = sample_images(model, combos, args.n, args.steps, args.guidance, args.seed)
+        images = sample_images(model, combos, args.n, args.steps, args.guidance, args.seed, one_step)
         results[split] = split_metrics(reward, images, combos, args.n, args.seed)
         reference, _ = render_set(combos, 1, torch.Generator().manual_seed(args.seed))
         rows += [torch.cat([reference[i : i + 1], images[i * args.n : (i + 1) * args.n]]) for i in range(len(combos))]
@@ -105,6 +111,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--n-train", type=int, default=9, help="training prompts to include")
     parser.add_argument("--steps", type=int, default=20, help="DDIM steps")
     parser.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale")
+    parser.add_argument("--one-step", type=int, default=None, metavar="TIMESTEP",
+                        help="sample a one-step generator at this timestep (default: the weights' one_step.json)")
     parser.add_argument("--seed", type=int, default=0, help="noise seed")
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
     parser.add_argument("--grid", default="/tmp/toy_samples.png", help="sample grid PNG to write")
