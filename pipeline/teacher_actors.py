@@ -4,8 +4,8 @@ A training worker sends, per step, the noised generator samples ``x_t (B, C, h, 
 the prompt (and empty-prompt) text states, the fake score's prediction and the noise; an actor runs
 ``score_divergence.divergence_terms`` on its copy of the guided teacher and returns the per-sample
 divergence and its gradients in ``x_t`` (through the teacher's input Jacobian) and in ``ε̂_fake``. The
-worker joins them to its own graph (``DivergenceTerms.surrogate``), so the generator's gradients equal
-those of an in-process teacher. Every sample's terms depend on that sample alone, so a batch is split
+worker adds the fake score's path and joins the sum to its own graph (``DiStar.divergence_grad``), so
+the generator's gradients equal those of an in-process teacher. Every sample's terms depend on that sample alone, so a batch is split
 into one contiguous chunk per actor and gathered with a single ``ray.get``; actors restart when they
 die and Ray retries the failed call, as for reward actors (``pipeline.reward_actors``).
 """

@@ -101,10 +101,13 @@ def _generator_grads_and_fake_step(tr) -> tuple[list[torch.Tensor], list[torch.T
     return list(torch.autograd.grad(loss, tr.params)), [p.detach().clone() for p in d.nets.fake_params]
 
 
-def test_shared_base_equals_three_networks(tiny_sd_dir, tmp_path):
-    """Two adapters on one UNet, the teacher its adapters-off forward: the same fake step and generator gradients."""
-    separate = float64_trainer(tiny_sd_dir, distill_config(tiny_sd_dir, str(tmp_path / "a")))
-    shared = float64_trainer(tiny_sd_dir, distill_config(tiny_sd_dir, str(tmp_path / "b"), shared_base=True))
+@pytest.mark.parametrize("checkpointing", [False, True], ids=["plain", "unet_checkpointing"])
+def test_shared_base_equals_three_networks(tiny_sd_dir, tmp_path, checkpointing):
+    """Two adapters on one UNet, the teacher its adapters-off forward: the same fake step and generator
+    gradients, also when backward recomputes the UNet's activations (the right adapter must be active then)."""
+    model = {"model": {"path": tiny_sd_dir, "device": "cpu", "unet_checkpointing": checkpointing}}
+    separate = float64_trainer(tiny_sd_dir, distill_config(tiny_sd_dir, str(tmp_path / "a"), model))
+    shared = float64_trainer(tiny_sd_dir, distill_config(tiny_sd_dir, str(tmp_path / "b"), model, shared_base=True))
     assert shared.distill.nets.teacher is shared.model.denoiser and separate.distill.nets.teacher is not None
     with torch.no_grad():
         for mine, theirs in zip(shared.params + shared.distill.nets.fake_params,

@@ -26,28 +26,35 @@ def _generator_grads(tr) -> list[torch.Tensor]:
     return list(torch.autograd.grad(loss, tr.params))
 
 
-def test_remote_teacher_gives_the_same_generator_gradients(ray_session, tiny_sd_dir, tmp_path):
-    cfg = distill_config(tiny_sd_dir, str(tmp_path), {"ray": {"teacher_actors": 2, "teacher_num_cpus": 0.5}})
-    local_tr = build_trainer(cfg)
-    with torch.no_grad():  # move the generator off the teacher so the divergence has a gradient to give
-        for p in local_tr.params:
+def _moved_grads(cfg, teacher=None) -> torch.Tensor:
+    """All generator gradients, flat, with the generator moved off the teacher so the divergence has one."""
+    tr = build_trainer(cfg, teacher=teacher)
+    with torch.no_grad():
+        for p in tr.params:
             p.add_(0.1)
-    local = _generator_grads(local_tr)
-    actors = start_teacher_actors(cfg)
+    return torch.cat([g.flatten() for g in _generator_grads(tr)])
+
+
+def test_remote_teacher_gives_the_same_generator_gradients(ray_session, tiny_sd_dir, tmp_path):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in the actors (teacher_num_cpus < 1), so kernels sum in the same order
     try:
-        remote_tr = build_trainer(cfg, teacher=RemoteTeacher(actors))
-        assert remote_tr.distill.nets.teacher is None, "with actors the worker holds no teacher"
-        with torch.no_grad():
-            for p in remote_tr.params:
-                p.add_(0.1)
-        remote = _generator_grads(remote_tr)
+        for actors, tolerance in ((1, 0.0), (2, 1e-5)):
+            cfg = distill_config(tiny_sd_dir, str(tmp_path), {"ray": {"teacher_actors": actors, "teacher_num_cpus": 0.5}})
+            local = _moved_grads(cfg)
+            pool = start_teacher_actors(cfg)
+            try:
+                assert build_trainer(cfg, teacher=RemoteTeacher(pool)).distill.nets.teacher is None, \
+                    "with actors the worker holds no teacher"
+                remote = _moved_grads(cfg, RemoteTeacher(pool))
+            finally:
+                for actor in pool:
+                    ray.kill(actor)
+            # one actor sees the whole batch: bit-identical; two see chunks, whose kernels sum in other orders
+            assert float(local.norm()) > 0
+            assert float((remote - local).norm() / local.norm()) <= tolerance, actors
     finally:
-        for actor in actors:
-            ray.kill(actor)
-    scale = max(float(g.abs().max()) for g in local)
-    assert scale > 0
-    for a, b in zip(local, remote, strict=True):  # float32: chunks of the batch run in other kernel orders
-        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5 * scale)
+        torch.set_num_threads(threads)
 
 
 def test_killed_teacher_actor_restarts_and_training_goes_on(ray_session, tiny_sd_dir, tmp_path):

@@ -21,14 +21,17 @@ One optimiser step on a batch of prompts ``c``:
    (``score_divergence.sim_loss``, DI* / SIM) or the KL one (``kl_loss``, Diff-Instruct / DMD / DI++),
    differentiated through both networks' input Jacobians with their weights frozen.
 
-The teacher's side of D is computed by ``score_divergence.divergence_terms`` (here, or in a Ray
-actor) and joined to the generator's graph as ``<g_x, x_t> + <g_f, ε̂_ψ(x_t)>``, which has exactly the
-gradient of D. ``w(t)`` is 1 or ``min(SNR(t), 5)``. All noise is drawn from the trainer's
+The score networks run on a detached copy of ``x_t``: the teacher's side of D comes from
+``score_divergence.divergence_terms`` (here, or in a Ray actor), the fake score's input Jacobian is
+applied here, and their sum ``g = ∂D/∂x_t`` joins the generator's graph as ``<sg(g), x_t>``, whose
+gradient in θ is exactly D's. ``w(t)`` is 1 or ``min(SNR(t), 5)``. All noise is drawn from the trainer's
 checkpointed generator as one global batch and sliced per replica, as in ``trainers.replicas``.
 
 With ``shared_base`` one UNet holds the generator adapter (``default``) and the fake adapter
 (``fake``); the teacher is that UNet with adapters off. peft's adapter switches also flip
-``requires_grad``, so :class:`Networks` sets the flags itself after every switch.
+``requires_grad``, so :class:`Networks` sets the flags itself after every switch, and every
+backward through a role runs while that role is active (``model.unet_checkpointing`` recomputes
+activations then).
 """
 
 from __future__ import annotations
@@ -99,15 +102,17 @@ class LocalTeacher:
     def __init__(self, model: DiffusionModel, use, noise: NoiseSchedule, spec: DivergenceSpec, alpha_cfg: float):
         self.model, self.use, self.noise, self.spec, self.alpha_cfg = model, use, noise, spec, alpha_cfg
 
-    def eps(self, x_t: torch.Tensor, t: torch.Tensor, cond: Conditioning, uncond: Conditioning | None) -> torch.Tensor:
-        """Guided ``ε̂_ref(x_t, t, c)``, ``(B, C, h, w)``; conditional only when ``alpha_cfg <= 1``."""
+    def eps(self, model: DiffusionModel, x_t: torch.Tensor, t: torch.Tensor, cond: Conditioning,
+            uncond: Conditioning | None) -> torch.Tensor:
+        """Guided ``ε̂_ref(x_t, t, c)`` of ``model``, ``(B, C, h, w)``; conditional only when ``alpha_cfg <= 1``."""
         guided = uncond if self.alpha_cfg > 1 else None
-        with self.use() as unet:
-            out = guided_output(replace(self.model, denoiser=unet), x_t, t.to(x_t.device), cond, guided, self.alpha_cfg)
+        out = guided_output(model, x_t, t.to(x_t.device), cond, guided, self.alpha_cfg)
         return self.noise.to_eps(out, x_t, t)
 
     def terms(self, x_t, t, cond, uncond, eps_fake, eps) -> DivergenceTerms:
-        return divergence_terms(lambda x: self.eps(x, t, cond, uncond), x_t, eps_fake, eps, self.spec)
+        with self.use() as unet:  # held through the backward too, which may recompute checkpointed activations
+            model = replace(self.model, denoiser=unet)
+            return divergence_terms(lambda x: self.eps(model, x, t, cond, uncond), x_t, eps_fake, eps, self.spec)
 
 
 def _score(reward, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
@@ -249,8 +254,9 @@ class DiStar:
         return traj.finals[0]
 
     def fake_eps(self, x_t: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
-        with self.nets.role("fake") as unet:
-            out = guided_output(replace(self.model, denoiser=unet), x_t, t.to(x_t.device), cond, None, 1.0)
+        """``ε̂_ψ(x_t, t, c)``; call it, and differentiate it, inside ``nets.role("fake")``: a shared base
+        must have the fake adapter active whenever checkpointed activations are recomputed."""
+        out = guided_output(replace(self.model, denoiser=self.nets.fake), x_t, t.to(x_t.device), cond, None, 1.0)
         return self.noise.to_eps(out, x_t, t)
 
     def draw(self, gen: torch.Generator, replicas, b: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -268,7 +274,7 @@ class DiStar:
         z, t, eps = self.draw(gen, replicas, len(cond))
         with torch.no_grad():
             x0 = self.generator_latents(cond, z)
-        with self.nets.training_fake():
+        with self.nets.training_fake(), self.nets.role("fake"):
             self.fake_optimizer.zero_grad(set_to_none=True)
             x_t = self.noise.add_noise(x0, t, eps)
             loss = dsm_loss(self.fake_eps(x_t, t, cond), eps).mean()
@@ -292,16 +298,28 @@ class DiStar:
         z, t, eps = self.draw(gen, replicas, len(prompts))
         x0 = self.generator_latents(cond, z)
         x_t = self.noise.add_noise(x0, t, eps)
-        with torch.set_grad_enabled(d.divergence == "sim"):  # kl: the fake score is a constant
-            eps_fake = self.fake_eps(x_t, t, cond)
-        terms = self.teacher.terms(x_t.detach(), t, cond, uncond, eps_fake.detach(), eps)
+        grad_x, value = self.divergence_grad(x_t.detach(), t, cond, uncond, eps)
         w = self.noise.weight(t, d.weighting).to(x0)
-        div_value = (w * terms.value.to(x0)).mean()
-        div_grad = (w * terms.surrogate(x_t, eps_fake)).mean()
+        div_value = (w * value.to(x0)).mean()
+        div_grad = (w * (grad_x * x_t).flatten(1).sum(1)).mean()  # its gradient: mean_b w_b ∂D_b/∂θ
         with torch.set_grad_enabled(d.alpha_rew > 0):  # alpha_rew = 0: scored for the log only
             scores = _score(reward, self.model.family.decode(self.model, x0), prompts)
         loss = -d.alpha_rew * scores.mean() + div_grad + (div_value - div_grad).detach()
         return loss, scores, {"train/divergence": float(div_value), "train/t_mean": float(t.float().mean())}
+
+    def divergence_grad(self, x_t, t, cond, uncond, eps) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(∂D/∂x_t (B, C, h, w), D (B,))`` at detached ``x_t``, through both score networks: the fake
+        score's input Jacobian here, the teacher's in ``teacher.terms`` (maybe in an actor)."""
+        sim = self.cfg.divergence == "sim"  # kl: the fake score is a constant
+        x_in = x_t.requires_grad_(sim)
+        with torch.set_grad_enabled(sim), self.nets.role("fake"):
+            eps_fake = self.fake_eps(x_in, t, cond)
+        terms = self.teacher.terms(x_t.detach(), t, cond, uncond, eps_fake.detach(), eps)
+        if not sim:
+            return terms.grad_x, terms.value
+        with self.nets.role("fake"):
+            (through_fake,) = torch.autograd.grad(eps_fake, x_in, terms.grad_fake)
+        return terms.grad_x + through_fake, terms.value
 
     @torch.no_grad()
     def generate(self, prompts: list[str], z: torch.Tensor) -> torch.Tensor:

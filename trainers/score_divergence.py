@@ -106,17 +106,12 @@ class DivergenceTerms:
     grad_x: torch.Tensor
     grad_fake: torch.Tensor
 
-    def surrogate(self, x_t: torch.Tensor, eps_fake: torch.Tensor) -> torch.Tensor:
-        """``<g_x, x_t> + <g_f, ε̂_fake(x_t)>`` per sample, ``(B,)``: by the chain rule its gradient in
-        anything upstream of ``x_t`` is exactly that of ``L(x_t, ε̂_fake(x_t), ε̂_ref(x_t))``."""
-        return (self.grad_x * x_t).flatten(1).sum(1) + (self.grad_fake * eps_fake).flatten(1).sum(1)
-
 
 def divergence_terms(teacher_eps: Callable[[torch.Tensor], torch.Tensor], x_t: torch.Tensor,
                      eps_fake: torch.Tensor, eps: torch.Tensor, spec: DivergenceSpec) -> DivergenceTerms:
     """Evaluate the surrogate with ``x_t`` and ``ε̂_fake`` as leaves and differentiate it through the teacher
-    ``teacher_eps(x_t) -> ε̂_ref`` (guided), so the teacher can run in another process: the caller joins
-    the result to its own graph with :meth:`DivergenceTerms.surrogate`."""
+    ``teacher_eps(x_t) -> ε̂_ref`` (guided), so the teacher can run in another process; the caller adds
+    ``J_fakeᵀ grad_fake`` for the fake score's path to get ``∂L/∂x_t``."""
     x = x_t.detach().requires_grad_(True)
     fake = eps_fake.detach().requires_grad_(spec.kind == "sim")
     with torch.enable_grad():
