@@ -53,29 +53,35 @@ def test_remote_reward_gives_the_same_parameter_gradients(ray_session, tiny_sd_d
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5 * scale)
 
 
-def test_killed_reward_actor_restarts_and_training_goes_on(ray_session, tiny_sd_dir, tmp_path):
-    cfg = make_config(tiny_sd_dir, str(tmp_path), train={"steps": 4, "checkpoint_every": 2},
-                      ray={"reward_actors": 1, "reward_num_cpus": 0.5, "storage_path": str(tmp_path / "ray")})
-    metrics = os.path.join(run_folder(cfg), "metrics.jsonl")
-    pids = []
+def fit_with_an_actor_killed(cfg, prefix: str) -> tuple:
+    """Run ``fit(cfg)`` while a thread SIGKILLs the one actor named ``prefix*`` once step 1 is logged; check
+    that the actor restarted and the run finished every step once, unskipped; return ``(result, steps)``."""
+    metrics, pids = os.path.join(run_folder(cfg), "metrics.jsonl"), []
 
-    def kill_after_step_1():
+    def kill():
         while not (os.path.isfile(metrics) and sum(1 for _ in open(metrics)) >= 2):
             time.sleep(0.2)
-        (name,) = [a for a in ray.util.list_named_actors() if a.startswith(NAME_PREFIX)]
+        (name,) = [a for a in ray.util.list_named_actors() if a.startswith(prefix)]
         actor = ray.get_actor(name)
         pids.append(ray.get(actor.pid.remote()))
         os.kill(pids[0], signal.SIGKILL)
         pids.append(ray.get(actor.pid.remote(), timeout=120))  # the restarted actor answers
 
-    killer = threading.Thread(target=kill_after_step_1, daemon=True)
+    killer = threading.Thread(target=kill, daemon=True)
     killer.start()
     result = fit(cfg, run_folder(cfg))
     killer.join(timeout=5)
     assert len(pids) == 2 and pids[0] != pids[1], "the actor must have been killed and restarted"
-    assert result.error is None and result.metrics["step"] == 4
+    assert result.error is None and result.metrics["step"] == cfg.train.steps
     steps = [json.loads(line) for line in open(metrics)]
-    assert [s["step"] for s in steps] == list(range(5)) and steps[-1]["train/skipped_steps"] == 0
+    assert [s["step"] for s in steps] == list(range(cfg.train.steps + 1)) and steps[-1]["train/skipped_steps"] == 0
+    return result, steps
+
+
+def test_killed_reward_actor_restarts_and_training_goes_on(ray_session, tiny_sd_dir, tmp_path):
+    cfg = make_config(tiny_sd_dir, str(tmp_path), train={"steps": 4, "checkpoint_every": 2},
+                      ray={"reward_actors": 1, "reward_num_cpus": 0.5, "storage_path": str(tmp_path / "ray")})
+    fit_with_an_actor_killed(cfg, NAME_PREFIX)
 
 
 def test_impossible_resource_requests_are_refused_before_training(ray_session, tiny_sd_dir, tmp_path):

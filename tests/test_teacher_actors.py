@@ -3,19 +3,14 @@ restarted with training going on, and teacher actors counted in the resource che
 
 from __future__ import annotations
 
-import json
-import os
-import signal
-import threading
-import time
-
 import ray
 import torch
 from test_distill import PROMPTS, distill_config
+from test_reward_actors import fit_with_an_actor_killed
 
-from pipeline.ray_train import fit, resource_problems
+from pipeline.ray_train import resource_problems
 from pipeline.teacher_actors import NAME_PREFIX, RemoteTeacher, start_teacher_actors
-from trainers.loop import build_trainer, run_folder
+from trainers.loop import build_trainer
 
 
 def _generator_grads(tr) -> list[torch.Tensor]:
@@ -60,26 +55,7 @@ def test_remote_teacher_gives_the_same_generator_gradients(ray_session, tiny_sd_
 def test_killed_teacher_actor_restarts_and_training_goes_on(ray_session, tiny_sd_dir, tmp_path):
     cfg = distill_config(tiny_sd_dir, str(tmp_path), {"train": {"steps": 4, "checkpoint_every": 2}, "ray": {
         "teacher_actors": 1, "teacher_num_cpus": 0.5, "storage_path": str(tmp_path / "ray")}})
-    metrics = os.path.join(run_folder(cfg), "metrics.jsonl")
-    pids = []
-
-    def kill_after_step_1():
-        while not (os.path.isfile(metrics) and sum(1 for _ in open(metrics)) >= 2):
-            time.sleep(0.2)
-        (name,) = [a for a in ray.util.list_named_actors() if a.startswith(NAME_PREFIX)]
-        actor = ray.get_actor(name)
-        pids.append(ray.get(actor.pid.remote()))
-        os.kill(pids[0], signal.SIGKILL)
-        pids.append(ray.get(actor.pid.remote(), timeout=120))  # the restarted actor answers
-
-    killer = threading.Thread(target=kill_after_step_1, daemon=True)
-    killer.start()
-    result = fit(cfg, run_folder(cfg))
-    killer.join(timeout=5)
-    assert len(pids) == 2 and pids[0] != pids[1], "the actor must have been killed and restarted"
-    assert result.error is None and result.metrics["step"] == 4
-    steps = [json.loads(line) for line in open(metrics)]
-    assert [s["step"] for s in steps] == list(range(5)) and steps[-1]["train/skipped_steps"] == 0
+    result, _ = fit_with_an_actor_killed(cfg, NAME_PREFIX)
     assert "teacher/multi_step/trained" in result.metrics, "the teacher baselines reach the driver"
 
 

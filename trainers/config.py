@@ -195,6 +195,7 @@ class TrainConfig:
     run_name: str | None = None  # folder name; None = derived from plan and seed
     resume: bool = True  # continue from the run folder's latest checkpoint if there is one
     max_bad_steps: int = 5  # consecutive non-finite losses before aborting
+    fsdp: bool = False  # full fine-tunes over several workers: shard weights, gradients and AdamW state (FSDP2)
 
     def validate(self) -> list[str]:
         return _positive("steps", self.steps) + _positive("batch_size", self.batch_size) \
@@ -309,6 +310,11 @@ class Config:
             problems.append(f"trainable.kind: full fine-tuning trains the UNet in fp32; set model.dtype=fp32 "
                             f"(got {self.model.dtype}) or use kind=lora")
         problems += self._distill_problems()
+        if self.train.fsdp and self.trainable.kind != "full":
+            problems.append("train.fsdp: shards a full fine-tune's weights; set trainable.kind=full, or train.fsdp=false "
+                            "for LoRA (its adapters are small enough to replicate)")
+        if self.train.fsdp and self.plan.name == "di_star":
+            problems.append("train.fsdp: not supported for plan.name=di_star yet (three UNets); set train.fsdp=false")
         if not math.isfinite(self.optim.lr):
             problems.append(f"optim.lr: must be finite, got {self.optim.lr}")
         return problems

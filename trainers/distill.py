@@ -39,18 +39,20 @@ from __future__ import annotations
 import copy
 import os
 import warnings
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from typing import Iterator, Protocol
+from typing import Protocol
 
 import torch
 
 from trainers.config import Config, DistillConfig
-from trainers.ddim import DDIMSchedule, one_step_schedule, split_prediction
+from trainers.ddim import one_step_schedule, split_prediction
 from trainers.engine import guided_output, sample
 from trainers.grad_plan import OneStep
 from trainers.models import Conditioning, DiffusionModel, load_denoiser, make_trainable, pair_problems
 from trainers.score_divergence import DivergenceSpec, DivergenceTerms, divergence_terms, dsm_loss
+
 
 FAKE = "fake"  # adapter name of the fake score under shared_base; the generator's is peft's "default"
 MIN_SNR = 5.0

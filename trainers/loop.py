@@ -34,10 +34,11 @@ from trainers.distill import DiStar, Teacher
 from trainers.engine import generate, sample
 from trainers.grad_plan import GradPlan
 from trainers.models import (DiffusionModel, load_model, load_trainable_state_dict, make_trainable, save_trained,
-                             trainable_state_dict)
+                             save_unet_state, trainable_state_dict)
 from trainers.prompts import BUILTIN_HELD_OUT, BUILTIN_TRAIN, PromptSampler, load_prompts
 from trainers.registry import build_plan
 from trainers.replicas import Replicas
+from trainers.sharding import full_state, full_weights, load_full_state, local_fraction, shard_unet
 from trainers.stats import paired_difference_ci
 
 
@@ -74,22 +75,31 @@ class Trainer:
     gen: torch.Generator
     replicas: Replicas = field(default_factory=Replicas)
     distill: DiStar | None = None  # plan di_star: the fake score and the teacher
+    sharded: bool = False  # train.fsdp over several replicas: weights, gradients and AdamW state sharded
     step: int = 0
     bad_in_a_row: int = 0
     skipped: int = 0
     extra: dict = field(default_factory=dict)
 
     def state_dict(self) -> dict:
-        return {"step": self.step, "trainable": trainable_state_dict(self.model),
-                "optimizer": self.optimizer.state_dict(), "lr_schedule": self.lr_schedule.state_dict(),
+        """Everything resume needs; a collective under FSDP (every replica calls it, rank 0 gets the state)."""
+        if self.sharded:
+            trainable, optimizer = full_state(self.model.denoiser, self.optimizer)
+        else:
+            trainable, optimizer = trainable_state_dict(self.model), self.optimizer.state_dict()
+        return {"step": self.step, "trainable": trainable,
+                "optimizer": optimizer, "lr_schedule": self.lr_schedule.state_dict(),
                 "gen": self.gen.get_state(), "torch_rng": torch.get_rng_state(), "sampler": self.sampler.state_dict(),
                 "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
                 "bad_in_a_row": self.bad_in_a_row, "skipped": self.skipped, "extra": self.extra,
                 "distill": self.distill.state_dict() if self.distill else None}
 
     def load_state_dict(self, state: dict) -> None:
-        load_trainable_state_dict(self.model, state["trainable"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        if self.sharded:
+            load_full_state(self.model.denoiser, self.optimizer, state["trainable"], state["optimizer"])
+        else:
+            load_trainable_state_dict(self.model, state["trainable"])
+            self.optimizer.load_state_dict(state["optimizer"])
         self.lr_schedule.load_state_dict(state["lr_schedule"])
         self.gen.set_state(state["gen"])
         torch.set_rng_state(state["torch_rng"])
@@ -116,6 +126,10 @@ def build_trainer(cfg: Config, model: DiffusionModel | None = None, reward: Rewa
             params = distill.nets.generator_params
         else:
             params = make_trainable(model, cfg.trainable)
+    replicas = Replicas.current()
+    sharded = cfg.train.fsdp and replicas.world_size > 1
+    if sharded:
+        params = shard_unet(model.denoiser)
     o = cfg.optim
     optimizer = torch.optim.AdamW(params, lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
     warmup = max(o.warmup_steps, 1)
@@ -128,7 +142,7 @@ def build_trainer(cfg: Config, model: DiffusionModel | None = None, reward: Rewa
         sampler=PromptSampler(load_prompts(cfg.data.prompts, BUILTIN_TRAIN), cfg.train.seed),
         eval_prompts=load_prompts(cfg.data.eval_prompts, BUILTIN_HELD_OUT)[: cfg.eval.max_prompts],
         schedule=distill.one_step if distill else ddim_schedule(model.scheduler, cfg.sampler.num_steps),
-        gen=torch.Generator().manual_seed(cfg.train.seed), replicas=Replicas.current(), distill=distill)
+        gen=torch.Generator().manual_seed(cfg.train.seed), replicas=replicas, distill=distill, sharded=sharded)
 
 
 def reward_loss(tr: Trainer) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
@@ -173,11 +187,15 @@ def train_step(tr: Trainer) -> dict[str, float]:
     tr.model.denoiser.train()
     tr.optimizer.zero_grad(set_to_none=True)
     loss, scores, prompts, side = distill_loss(tr) if tr.distill else (*reward_loss(tr), {})
-    if torch.isfinite(loss):
+    loss_finite = bool(torch.isfinite(loss))
+    if tr.sharded:  # FSDP's backward is a collective: every replica runs it, or none does
+        loss_finite = tr.replicas.all_true(loss_finite)
+    if loss_finite:
         loss.backward()
-    tr.replicas.mean_grads_(tr.params, bool(torch.isfinite(loss)))
+    if not tr.sharded:  # FSDP averaged the gradients in backward
+        tr.replicas.mean_grads_(tr.params, loss_finite)
     grad_norm = torch.nn.utils.clip_grad_norm_(tr.params, tr.cfg.optim.grad_clip or float("inf"))
-    finite = bool(torch.isfinite(grad_norm))
+    finite = loss_finite and bool(torch.isfinite(grad_norm))
     if finite:
         tr.optimizer.step()
         tr.bad_in_a_row = 0
@@ -328,21 +346,33 @@ def run_folder(cfg: Config) -> str:
     return os.path.abspath(os.path.join(cfg.train.output_dir, name))
 
 
-def _save_weights(tr: Trainer, folder: str) -> None:
-    """The trained weights in diffusers format (and a one-step generator's ``one_step.json``)."""
-    save_trained(tr.model, tr.cfg.trainable, folder)
+def _save_weights(tr: Trainer, folder: str, trainable: dict | None) -> None:
+    """The trained weights in diffusers format (and a one-step generator's ``one_step.json``); under FSDP
+    from ``trainable``, the gathered full weights."""
+    if tr.sharded:
+        save_unet_state(tr.model.denoiser, trainable, folder)
+    else:
+        save_trained(tr.model, tr.cfg.trainable, folder)
     if tr.distill:
         tr.distill.save_info(folder)
 
 
-def _checkpoint(tr: Trainer, run_dir: str) -> str:
-    return save_checkpoint(run_dir, tr.step, tr.state_dict(), lambda folder: _save_weights(tr, folder))
+def _checkpoint(tr: Trainer, run_dir: str) -> str | None:
+    """Rank 0 writes a checkpoint and returns its folder; under FSDP every replica helps gather it."""
+    if not (tr.replicas.lead or tr.sharded):
+        return None
+    state = tr.state_dict()
+    if not tr.replicas.lead:
+        return None
+    return save_checkpoint(run_dir, tr.step, state, lambda folder: _save_weights(tr, folder, state["trainable"]))
 
 
 def _evaluate_and_save(tr: Trainer, run_dir: str) -> dict[str, float]:
+    """Evaluate (rank 0, or under FSDP every replica: each forward is a collective); rank 0 saves."""
     metrics, scores, images = evaluate(tr)
-    save_grid(images, os.path.join(run_dir, "samples", f"step_{tr.step:06d}.png"), tr.cfg.eval.images_per_prompt)
-    torch.save(scores, os.path.join(run_dir, "samples", f"scores_{tr.step:06d}.pt"))
+    if tr.replicas.lead:
+        save_grid(images, os.path.join(run_dir, "samples", f"step_{tr.step:06d}.png"), tr.cfg.eval.images_per_prompt)
+        torch.save(scores, os.path.join(run_dir, "samples", f"scores_{tr.step:06d}.pt"))
     return metrics
 
 
@@ -363,6 +393,7 @@ def run(cfg: Config, *, reporters: tuple[Reporter, ...] = (), reward: Reward | N
     run_dir = run_dir or run_folder(cfg)
     tr = build_trainer(cfg, reward=reward, teacher=teacher)
     lead = tr.replicas.lead  # only rank 0 writes the run folder
+    evaluates = lead or tr.sharded
     os.makedirs(run_dir, exist_ok=True)
     if resume_from is None and cfg.train.resume:
         resume_from = latest_checkpoint(run_dir)
@@ -373,7 +404,7 @@ def run(cfg: Config, *, reporters: tuple[Reporter, ...] = (), reward: Reward | N
         if hasattr(sink, "start"):
             sink.start(tr.extra)
     if tr.step == 0:
-        tr.extra["eval_before"] = _evaluate_and_save(tr, run_dir) if lead else {}
+        tr.extra["eval_before"] = _evaluate_and_save(tr, run_dir) if evaluates else {}
         if lead and tr.distill:
             tr.extra["eval_before"] |= teacher_baselines(tr)
         for sink in sinks:
@@ -383,20 +414,23 @@ def run(cfg: Config, *, reporters: tuple[Reporter, ...] = (), reward: Reward | N
     while tr.step < cfg.train.steps:
         metrics = train_step(tr)
         if tr.bad_in_a_row >= cfg.train.max_bad_steps:
-            folder = _checkpoint(tr, run_dir) if lead else None
+            folder = _checkpoint(tr, run_dir)
             raise TrainingAborted(
                 f"{tr.bad_in_a_row} steps in a row had a non-finite loss or gradient (limit train.max_bad_steps="
                 f"{cfg.train.max_bad_steps}); stopped at step {tr.step}, last good weights saved in {folder}. "
                 "Lower optim.lr, keep optim.grad_clip > 0, use model.dtype=fp32 or a smaller plan.k")
         last = tr.step == cfg.train.steps
-        if lead and (last or (every and tr.step % every == 0)):
+        if evaluates and (last or (every and tr.step % every == 0)):
             metrics.update(_evaluate_and_save(tr, run_dir))
         folder = None
         if last or tr.step % cfg.train.checkpoint_every == 0:
             trained = tr.params + (tr.distill.nets.fake_params if tr.distill else [])
-            metrics["dp/max_weight_divergence"] = tr.replicas.max_divergence(trained)
-            folder = _checkpoint(tr, run_dir) if lead else None
-        if lead and last:  # before the last report: a launcher may stop the process once it has seen it
+            if tr.sharded:  # each replica holds its own shard: report how much
+                metrics["dp/local_weight_fraction"] = local_fraction(trained)
+            else:
+                metrics["dp/max_weight_divergence"] = tr.replicas.max_divergence(trained)
+            folder = _checkpoint(tr, run_dir)
+        if last:  # before the last report: a launcher may stop the process once it has seen it
             metrics.update(held_out_metrics(_write_final(tr, run_dir)))
             metrics.update({k: v for k, v in tr.extra.get("eval_before", {}).items() if k.startswith("teacher/")})
         for sink in sinks:
@@ -404,9 +438,9 @@ def run(cfg: Config, *, reporters: tuple[Reporter, ...] = (), reward: Reward | N
         progress.update(1)
         progress.set_postfix(reward=f"{metrics['train/reward']:.4g}", loss=f"{metrics['train/loss']:.4g}")
     progress.close()
+    held_out = held_out_from_metrics(metrics) if metrics else _write_final(tr, run_dir)  # else: resumed at the end
     if not lead:
         return RunResult(run_dir, tr.step, None, {}, metrics)
-    held_out = held_out_from_metrics(metrics) if metrics else _write_final(tr, run_dir)  # else: resumed at the end
     for sink in sinks:
         if hasattr(sink, "close"):
             sink.close()
@@ -414,9 +448,13 @@ def run(cfg: Config, *, reporters: tuple[Reporter, ...] = (), reward: Reward | N
 
 
 def _write_final(tr: Trainer, run_dir: str) -> dict[str, dict[str, float]]:
-    """Save the trained weights to ``final/`` and the held-out summary to ``summary.json``; return it."""
+    """Rank 0 saves the trained weights to ``final/`` and the held-out summary to ``summary.json`` and
+    returns it (other replicas: ``{}``, after helping gather the weights under FSDP)."""
+    trainable = full_weights(tr.model.denoiser) if tr.sharded else None
+    if not tr.replicas.lead:
+        return {}
     final_dir = os.path.join(run_dir, "final")
-    _save_weights(tr, final_dir)
+    _save_weights(tr, final_dir, trainable)
     held_out = held_out_summary(run_dir, tr.step)
     teacher = {k: v for k, v in tr.extra.get("eval_before", {}).items() if k.startswith("teacher/")}
     with open(os.path.join(run_dir, "summary.json"), "w", encoding="utf-8") as f:

@@ -233,6 +233,17 @@ def save_trained(model: DiffusionModel, cfg: TrainableConfig, folder: str) -> No
     StableDiffusionPipeline.save_lora_weights(folder, unet_lora_layers=layers, unet_lora_adapter_metadata=metadata)
 
 
+def save_unet_state(unet: torch.nn.Module, state: dict[str, torch.Tensor], folder: str) -> None:
+    """Write a full UNet from its state dict (e.g. gathered from FSDP shards) as ``folder/unet``, the
+    layout of :func:`save_trained` for a full fine-tune (``UNet2DConditionModel.from_pretrained`` loads it)."""
+    from safetensors.torch import save_file
+
+    unet_dir = os.path.join(folder, "unet")
+    os.makedirs(unet_dir, exist_ok=True)
+    unet.save_config(unet_dir)
+    save_file({k: v.contiguous() for k, v in state.items()}, os.path.join(unet_dir, "diffusion_pytorch_model.safetensors"))
+
+
 def load_trained(model: DiffusionModel, folder: str) -> None:
     """Apply weights written by :func:`save_trained`: a LoRA folder or a full ``unet/`` folder.
 

@@ -54,6 +54,16 @@ class Replicas:
         for t, part in zip(tensors, flat.split([t.numel() for t in tensors])):
             t.copy_(part.view_as(t))
 
+    def all_true(self, flag: bool) -> bool:
+        """True when ``flag`` is true on every replica."""
+        if self.world_size == 1:
+            return flag
+        import torch.distributed as dist
+
+        t = torch.tensor([float(flag)])
+        dist.all_reduce(t, op=dist.ReduceOp.MIN)
+        return bool(t.item() > 0)
+
     def mean_grads_(self, params: list[torch.nn.Parameter], finite: bool) -> None:
         """Average ``params``' gradients over the replicas (a missing gradient counts as zero); a replica
         whose loss was not ``finite`` contributes NaN, so every replica skips the step together."""

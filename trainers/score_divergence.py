@@ -40,8 +40,8 @@ i.e. the pathwise gradient of ``<sg(s_ψ - s_ref), x_t>``, with no network Jacob
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
