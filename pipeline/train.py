@@ -43,7 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     if cfg.ray.enabled:
         from pipeline.ray_train import fit, run_outputs
 
-        held_out, final_dir = run_outputs(fit(cfg, run_dir), run_dir)
+        result = fit(cfg, run_dir)
+        held_out, final_dir = run_outputs(result, run_dir)
+        metrics = result.metrics or {}
     else:
         reporters = ()
         if cfg.tracking.enabled:
@@ -51,8 +53,8 @@ def main(argv: list[str] | None = None) -> int:
 
             reporters = (MlflowReporter(cfg, run_dir),)
         result = run(cfg, run_dir=run_dir, reporters=reporters)
-        held_out, final_dir = result.held_out, result.final_model_dir
-    print_held_out(held_out)
+        held_out, final_dir, metrics = result.held_out, result.final_model_dir, result.metrics
+    print_held_out(held_out, metrics)
     print(f"trained weights (diffusers format): {final_dir}")
     print(f"run folder: {run_dir}")
     if cfg.tracking.enabled:
@@ -62,11 +64,15 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def print_held_out(held_out: dict[str, dict[str, float]]) -> None:
-    """One line per reward: base -> tuned on the held-out prompts, with the 95% interval of the gain."""
+def print_held_out(held_out: dict[str, dict[str, float]], metrics: dict[str, float] | None = None) -> None:
+    """One line per reward: base -> tuned on the held-out prompts, with the 95% interval of the gain, and
+    for a one-step generator (DI*) the teacher's one-step and multi-step scores."""
     for name, r in held_out.items():
+        teacher = [f"{kind.replace('_', '-')} {metrics[key]:.4f}" for kind in ("one_step", "multi_step")
+                   if (key := f"teacher/{kind}/{name}") in (metrics or {})]
         print(f"held-out {name}: base {r['base']:.4f} -> tuned {r['tuned']:.4f}, "
-              f"gain {r['diff']:+.4f} [95% CI {r['diff_low']:+.4f}, {r['diff_high']:+.4f}]")
+              f"gain {r['diff']:+.4f} [95% CI {r['diff_low']:+.4f}, {r['diff_high']:+.4f}]"
+              + (f"; teacher {', '.join(teacher)}" if teacher else ""))
 
 
 if __name__ == "__main__":

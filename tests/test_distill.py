@@ -229,3 +229,19 @@ def test_the_sd15_config_trains_on_a_tiny_model_with_its_own_settings(tiny_sd_di
     metrics = train_step(tr)
     assert metrics["train/skipped_steps"] == 0 and metrics["train/grad_norm"] > 0
     assert all(p.dtype == torch.float32 for p in tr.params + tr.distill.nets.fake_params)
+
+
+def test_train_and_generate_command_lines_run_a_one_step_generator(tiny_sd_dir, tmp_path, capsys):
+    from pipeline import generate, train
+
+    assert train.main([f"model.path={tiny_sd_dir}", "model.device=cpu", "plan.name=di_star", "train.steps=2",
+                       "train.batch_size=2", "eval.max_prompts=2", "eval.images_per_prompt=2", "sampler.num_steps=3",
+                       "ray.enabled=false", "tracking.enabled=false", f"train.output_dir={tmp_path}"]) == 0
+    out = capsys.readouterr().out
+    assert "held-out trained:" in out and "; teacher one-step" in out and "multi-step" in out
+    final = tmp_path / "di_star-seed0" / "final"
+    assert json.loads((final / "one_step.json").read_text()) == {"generator_timestep": 999}
+    assert generate.main(["--model", tiny_sd_dir, "--weights", str(final), "--prompt", "a red circle",
+                          "--num-images", "2", "--device", "cpu", "--out", str(tmp_path / "gen")]) == 0
+    assert "one-step generator: x0 prediction at timestep 999" in capsys.readouterr().out
+    assert (tmp_path / "gen" / "grid.png").is_file()
