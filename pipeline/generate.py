@@ -80,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from trainers.config import ModelConfig
     from trainers.ddim import ddim_schedule, one_step_schedule
+    from trainers.distill import generator_timestep
     from trainers.engine import generate
     from trainers.models import load_model, load_trained
     from trainers.prompts import read_prompts
@@ -91,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
                for _ in range(args.num_images)]
     gen = torch.Generator().manual_seed(args.seed)
     x_T = torch.randn(len(prompts), *model.latent_shape, generator=gen).to(model.device)
-    one_step = args.one_step if args.one_step is not None else one_step_timestep(args.weights)
+    one_step = args.one_step if args.one_step is not None else generator_timestep(args.weights)
     if one_step is None:
         schedule, guidance = ddim_schedule(model.scheduler, args.steps), args.guidance
     else:
@@ -101,19 +102,6 @@ def main(argv: list[str] | None = None) -> int:
     save_images(images.float().cpu(), prompts, args.out, args.num_images)
     print(f"wrote {len(prompts)} images and grid.png to {os.path.abspath(args.out)}")
     return 0
-
-
-def one_step_timestep(weights: str | None) -> int | None:
-    """The generator timestep a Diff-Instruct* weights folder records, or None."""
-    import json
-
-    from trainers.distill import ONE_STEP_FILE
-
-    path = os.path.join(weights, ONE_STEP_FILE) if weights else ""
-    if not os.path.isfile(path):
-        return None
-    with open(path, encoding="utf-8") as f:
-        return int(json.load(f)["generator_timestep"])
 
 
 def save_images(images, prompts: list[str], out: str, per_row: int) -> None:

@@ -129,7 +129,7 @@ def resource_problems(cfg: Config, nodes: list[dict[str, float]]) -> list[str]:
     if not problems:
         total = {k: sum(n.get(k, 0.0) for n in nodes) for k in total_need}
         problems += [f"ray: the training workers and actors together need {need:g} {k} but the cluster "
-                     f"has {total[k]:g}; lower ray.num_workers or ray.reward_actors, or add nodes with {k}"
+                     f"has {total[k]:g}; lower ray.num_workers, ray.reward_actors or ray.teacher_actors, or add nodes with {k}"
                      for k, need in total_need.items() if need > total[k] + 1e-9]
     return problems
 

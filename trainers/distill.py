@@ -37,6 +37,7 @@ activations then).
 from __future__ import annotations
 
 import copy
+import json
 import os
 import warnings
 from collections.abc import Iterator
@@ -52,7 +53,6 @@ from trainers.engine import guided_output, sample
 from trainers.grad_plan import OneStep
 from trainers.models import Conditioning, DiffusionModel, load_denoiser, make_trainable, pair_problems
 from trainers.score_divergence import DivergenceSpec, DivergenceTerms, divergence_terms, dsm_loss
-
 
 FAKE = "fake"  # adapter name of the fake score under shared_base; the generator's is peft's "default"
 MIN_SNR = 5.0
@@ -88,6 +88,15 @@ class NoiseSchedule:
             return torch.ones(len(t), dtype=torch.float64)
         abar = self.abar[t.cpu()]
         return (abar / (1 - abar)).clamp(max=MIN_SNR)
+
+
+def generator_timestep(weights: str | None) -> int | None:
+    """The timestep a one-step generator's weights folder records in ``one_step.json``, or None."""
+    path = os.path.join(weights, ONE_STEP_FILE) if weights else ""
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        return int(json.load(f)["generator_timestep"])
 
 
 class Teacher(Protocol):
@@ -243,8 +252,6 @@ class DiStar:
 
     def save_info(self, folder: str) -> None:
         """Write ``one_step.json`` next to the generator's weights: how to sample it (``pipeline.generate``)."""
-        import json
-
         with open(os.path.join(folder, ONE_STEP_FILE), "w", encoding="utf-8") as f:
             json.dump({"generator_timestep": self.cfg.generator_timestep}, f)
 

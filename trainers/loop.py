@@ -432,7 +432,7 @@ def run(cfg: Config, *, reporters: tuple[Reporter, ...] = (), reward: Reward | N
             folder = _checkpoint(tr, run_dir)
         if last:  # before the last report: a launcher may stop the process once it has seen it
             metrics.update(held_out_metrics(_write_final(tr, run_dir)))
-            metrics.update({k: v for k, v in tr.extra.get("eval_before", {}).items() if k.startswith("teacher/")})
+            metrics.update(_teacher_metrics(tr))
         for sink in sinks:
             sink.report(tr.step, metrics, folder)
         progress.update(1)
@@ -456,11 +456,16 @@ def _write_final(tr: Trainer, run_dir: str) -> dict[str, dict[str, float]]:
     final_dir = os.path.join(run_dir, "final")
     _save_weights(tr, final_dir, trainable)
     held_out = held_out_summary(run_dir, tr.step)
-    teacher = {k: v for k, v in tr.extra.get("eval_before", {}).items() if k.startswith("teacher/")}
+    teacher = _teacher_metrics(tr)
     with open(os.path.join(run_dir, "summary.json"), "w", encoding="utf-8") as f:
         json.dump({"step": tr.step, "held_out": held_out, "final_model_dir": final_dir, **({"teacher": teacher}
                    if teacher else {})}, f, indent=1)
     return held_out
+
+
+def _teacher_metrics(tr: Trainer) -> dict[str, float]:
+    """DI*'s teacher baselines, measured at step 0 (``teacher/*``; empty for other plans)."""
+    return {k: v for k, v in tr.extra.get("eval_before", {}).items() if k.startswith("teacher/")}
 
 
 def held_out_summary(run_dir: str, step: int) -> dict[str, dict[str, float]]:

@@ -60,7 +60,8 @@ class Replicas:
             return flag
         import torch.distributed as dist
 
-        t = torch.tensor([float(flag)])
+        device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else None
+        t = torch.tensor([float(flag)], device=device)  # NCCL reduces CUDA tensors only
         dist.all_reduce(t, op=dist.ReduceOp.MIN)
         return bool(t.item() > 0)
 

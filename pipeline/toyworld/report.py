@@ -81,8 +81,8 @@ def save_grid(rows: list[torch.Tensor], path: str, zoom: int = 3) -> None:
 
 def run(args: argparse.Namespace) -> dict:
     """Sample every split, compute its metrics and write the grid; returns ``{split: metrics}``."""
-    from pipeline.generate import one_step_timestep
     from trainers.config import ModelConfig
+    from trainers.distill import generator_timestep
     from trainers.models import load_model, load_trained
 
     torch.set_num_threads(args.threads)
@@ -90,7 +90,7 @@ def run(args: argparse.Namespace) -> dict:
     if args.weights:
         load_trained(model, args.weights)
     reward = load_shipped_reward(args.clip)
-    one_step = args.one_step if args.one_step is not None else one_step_timestep(args.weights)
+    one_step = args.one_step if args.one_step is not None else generator_timestep(args.weights)
     results, rows = {}, []
     for split, combos in pick_prompts(args.n_train).items():
         images = sample_images(model, combos, args.n, args.steps, args.guidance, args.seed, one_step)
