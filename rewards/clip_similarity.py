@@ -55,12 +55,16 @@ class ClipSimilarityReward(nn.Module):
     def forward(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
         """Score ``(B, 3, H, W)`` images in [0, 1] against ``B`` prompts; returns ``(B,)`` float32."""
         check_images(images, prompts)
-        device, dtype = model_device_dtype(self.model)
-        x_hat = self.preprocess(images.to(device=device, dtype=dtype))  # (B, 3, h, w)
-        tokens = self.tokenizer(list(prompts)).to(device)  # (B, L)
-        image_emb = F.normalize(self.model.encode_image(x_hat), dim=-1)  # (B, D)
+        image_emb = self.image_features(images)  # (B, D)
+        tokens = self.tokenizer(list(prompts)).to(image_emb.device)  # (B, L)
         text_emb = F.normalize(self.model.encode_text(tokens), dim=-1)  # (B, D)
         return self.scale * (image_emb * text_emb).sum(dim=-1).float()
+
+    def image_features(self, images: torch.Tensor) -> torch.Tensor:
+        """Unit image embeddings ``f_I(x̂) / ||f_I(x̂)||`` of ``(B, 3, H, W)`` images in [0, 1]: ``(B, D)``."""
+        device, dtype = model_device_dtype(self.model)
+        x_hat = self.preprocess(images.to(device=device, dtype=dtype))  # (B, 3, h, w)
+        return F.normalize(self.model.encode_image(x_hat), dim=-1)
 
 
 def load_hpsv2(spec: RewardSpec) -> ClipSimilarityReward:

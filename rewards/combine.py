@@ -52,6 +52,10 @@ class WeightedSum(nn.Module):
         """Weight and add the scores from :meth:`components`: ``Σ_i w_i r_i``, shape ``(B,)``."""
         return sum(self.weights[k] * components[k].float() for k in self.order)
 
+    def parts(self) -> dict[str, Reward]:
+        """The component rewards by name."""
+        return {k: self._reward(k) for k in self.order}
+
     def _reward(self, key: str) -> Reward:
         return self.reward_modules[key] if key in self.reward_modules else self.others[key]
 

@@ -245,3 +245,26 @@ def test_train_and_generate_command_lines_run_a_one_step_generator(tiny_sd_dir, 
                           "--num-images", "2", "--device", "cpu", "--out", str(tmp_path / "gen")]) == 0
     assert "one-step generator: x0 prediction at timestep 999" in capsys.readouterr().out
     assert (tmp_path / "gen" / "grid.png").is_file()
+
+
+def test_diversity_of_pixels_and_of_image_features():
+    from rewards.build import build_reward
+    from rewards.config import RewardSpec
+    from trainers.loop import diversity, feature_diversity, image_encoder
+
+    same = torch.rand(1, 3, 16, 16).repeat(4, 1, 1, 1)
+    assert diversity(same, 2).tolist() == [0.0, 0.0], "identical images per prompt: no diversity"
+    black_white = torch.stack([torch.zeros(3, 8, 8), torch.ones(3, 8, 8)])
+    assert diversity(black_white, 2).item() == pytest.approx(1.0)
+    features = torch.eye(3)[[0, 1, 2, 2]]  # prompt 1: orthogonal embeddings, prompt 2: the same one twice
+    assert feature_diversity(features, 2).tolist() == pytest.approx([1.0, 0.0])
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    clip = os.path.join(root, "pipeline", "assets", "toyworld", "clip")
+    mixed = build_reward([RewardSpec(name="colourfulness"), RewardSpec(
+        name="clip_score", arch_config=os.path.join(clip, "toy-clip.json"),
+        checkpoint=os.path.join(clip, "toy-clip.safetensors"))])
+    encoder = image_encoder({"trained": mixed, "symmetry": build_reward([RewardSpec(name="symmetry")])})
+    assert encoder is not None and encoder.__self__ is mixed.parts()["clip_score"], "CLIP's encoder, found in a sum"
+    embeddings = encoder(torch.rand(3, 3, 32, 32))
+    torch.testing.assert_close(embeddings.norm(dim=1), torch.ones(3))
+    assert image_encoder({"symmetry": build_reward([RewardSpec(name="symmetry")])}) is None

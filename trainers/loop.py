@@ -244,13 +244,33 @@ def sample_and_score(model: DiffusionModel, prompts: list[str], rewards: dict[st
 
 
 def diversity(images: torch.Tensor, per_prompt: int, side: int = 32) -> torch.Tensor:
-    """Mean pairwise distance between the images of each prompt (prompt-major, ``per_prompt`` each),
-    as the RMS difference of ``side``-pixel thumbnails: ``(N, 3, H, W) -> (N / per_prompt,)``. Low
-    values mean mode collapse."""
-    thumbs = torch.nn.functional.adaptive_avg_pool2d(images.float(), min(side, images.shape[-1]))
-    x = thumbs.flatten(1).view(-1, per_prompt, thumbs[0].numel())
-    dist = torch.cdist(x, x) / thumbs[0].numel() ** 0.5  # (P, k, k)
-    return dist.sum(dim=(1, 2)) / (per_prompt * (per_prompt - 1))
+    """Mean pairwise RMS difference between the ``side``-pixel thumbnails of each prompt's images
+    (prompt-major, ``per_prompt`` each): ``(N, 3, H, W) -> (N / per_prompt,)``. Low means mode collapse."""
+    thumbs = torch.nn.functional.adaptive_avg_pool2d(images.float(), min(side, images.shape[-1])).flatten(1)
+    x = thumbs.view(-1, per_prompt, thumbs.shape[1])
+    return _mean_off_diagonal(torch.cdist(x, x) / thumbs.shape[1] ** 0.5)
+
+
+def feature_diversity(features: torch.Tensor, per_prompt: int) -> torch.Tensor:
+    """Mean pairwise cosine distance ``1 - cos`` between unit image embeddings ``(N, D)`` of each prompt's
+    images: ``(N / per_prompt,)``."""
+    x = features.float().view(-1, per_prompt, features.shape[1])
+    return _mean_off_diagonal(1 - x @ x.transpose(1, 2))
+
+
+def _mean_off_diagonal(dist: torch.Tensor) -> torch.Tensor:
+    """``(P, k, k)`` pairwise distances (zero diagonal) -> mean over the ``k(k-1)`` pairs, ``(P,)``."""
+    k = dist.shape[1]
+    return (dist.sum(dim=(1, 2)) - dist.diagonal(dim1=1, dim2=2).sum(dim=1)) / (k * (k - 1))
+
+
+def image_encoder(rewards: dict[str, Reward]):
+    """The image encoder of the first reward (or weighted-sum component) that has one, e.g. CLIP's, or None."""
+    for reward in rewards.values():
+        for part in (reward.parts().values() if hasattr(reward, "parts") else [reward]):
+            if hasattr(part, "image_features"):
+                return part.image_features
+    return None
 
 
 def _score_with_components(name: str, reward: Reward, images, prompts) -> dict[str, torch.Tensor]:
@@ -269,8 +289,9 @@ def evaluate(tr: Trainer, model: DiffusionModel | None = None, schedule: DDIMSch
     model by default, or ``model`` sampled on ``schedule`` (DI*'s teacher baselines).
 
     Returns:
-        ``(metrics, scores, images)``: ``eval/<reward>`` means, per-image scores (and per-prompt
-        ``diversity`` with two or more images per prompt), the images.
+        ``(metrics, scores, images)``: ``eval/<reward>`` means, per-image scores (and, with two or more
+        images per prompt, per-prompt ``diversity`` of pixels and ``feature_diversity`` of the first
+        reward's image embeddings, when a reward has an image encoder), the images.
     """
     k = tr.cfg.eval.images_per_prompt
     prompts = [p for p in tr.eval_prompts for _ in range(k)]
@@ -278,8 +299,12 @@ def evaluate(tr: Trainer, model: DiffusionModel | None = None, schedule: DDIMSch
     one_step = tr.distill if model is None else None
     scores, images = sample_and_score(model or tr.model, prompts, rewards, tr.cfg.sampler, schedule or tr.schedule,
                                       tr.cfg.eval.seed, one_step)
+    encoder = image_encoder(rewards)
     if k > 1:
         scores["diversity"] = diversity(images, k)
+    if k > 1 and encoder is not None:
+        with torch.no_grad():
+            scores["feature_diversity"] = feature_diversity(encoder(images.to(tr.model.device)).cpu(), k)
     return {f"eval/{name}": float(v.mean()) for name, v in scores.items()}, scores, images
 
 
