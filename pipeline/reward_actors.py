@@ -74,6 +74,14 @@ class _RemoteScore(torch.autograd.Function):
         return v.to(grad.dtype).view(-1, 1, 1, 1) * grad, None, None
 
 
+def split_over(actors: Sequence, size: int, turn: int) -> list[tuple[object, slice]]:
+    """A batch of ``size`` in one contiguous chunk per actor (at most ``size`` chunks), the first chunk
+    going to actor ``turn`` (mod the pool), so consecutive calls rotate over the pool."""
+    n = min(len(actors), size)
+    bounds = [round(i * size / n) for i in range(n + 1)]
+    return [(actors[(turn + i) % len(actors)], slice(a, b)) for i, (a, b) in enumerate(zip(bounds, bounds[1:]))]
+
+
 class RemoteReward:
     """A reward (``images, prompts -> (B,)``) computed by a pool of :class:`RewardServer` actors."""
 
@@ -90,11 +98,8 @@ class RemoteReward:
         import ray
 
         x = images.detach().float().cpu()
-        n = min(len(self.actors), len(prompts))
-        start = next(self._turn)
-        bounds = [round(i * len(prompts) / n) for i in range(n + 1)]
-        calls = [self.actors[(start + i) % len(self.actors)].score.remote(x[a:b], list(prompts[a:b]), with_grad)
-                 for i, (a, b) in enumerate(zip(bounds, bounds[1:]))]
+        calls = [actor.score.remote(x[part], list(prompts[part]), with_grad)
+                 for actor, part in split_over(self.actors, len(prompts), next(self._turn))]
         answers = ray.get(calls)
         total = torch.cat([a[0] for a in answers])
         parts = {k: torch.cat([a[1][k] for a in answers]) for k in answers[0][1]} if answers[0][1] else None

@@ -5,9 +5,10 @@ the prompt (and empty-prompt) text states, the fake score's prediction and the n
 ``score_divergence.divergence_terms`` on its copy of the guided teacher and returns the per-sample
 divergence and its gradients in ``x_t`` (through the teacher's input Jacobian) and in ``ε̂_fake``. The
 worker adds the fake score's path and joins the sum to its own graph (``DiStar.divergence_grad``), so
-the generator's gradients equal those of an in-process teacher. Every sample's terms depend on that sample alone, so a batch is split
-into one contiguous chunk per actor and gathered with a single ``ray.get``; actors restart when they
-die and Ray retries the failed call, as for reward actors (``pipeline.reward_actors``).
+the generator's gradients equal those of an in-process teacher. Every sample's terms depend on that
+sample alone, so a batch is split into one contiguous chunk per actor and gathered with a single
+``ray.get``; actors restart when they die and Ray retries the failed call, as for reward actors
+(``pipeline.reward_actors``).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from collections.abc import Sequence
 
 import torch
 
-from pipeline.reward_actors import ACTOR_RESTARTS
+from pipeline.reward_actors import ACTOR_RESTARTS, split_over
 from trainers.config import Config
 from trainers.models import Conditioning
 from trainers.score_divergence import DivergenceTerms
@@ -80,14 +81,10 @@ class RemoteTeacher:
     def terms(self, x_t, t, cond: Conditioning, uncond: Conditioning | None, eps_fake, eps) -> DivergenceTerms:
         import ray
 
-        n = min(len(self.actors), len(x_t))
-        start, bounds = next(self._turn), [round(i * len(x_t) / n) for i in range(n + 1)]
-        calls = []
-        for i, (a, b) in enumerate(zip(bounds, bounds[1:])):
-            part = slice(a, b)
-            calls.append(self.actors[(start + i) % len(self.actors)].terms.remote(
-                x_t[part].detach().cpu(), t[part].cpu(), _plain(cond, part), _plain(uncond, part) if uncond else None,
-                eps_fake[part].detach().cpu(), eps[part].cpu()))
+        calls = [actor.terms.remote(x_t[part].detach().cpu(), t[part].cpu(), _plain(cond, part),
+                                    _plain(uncond, part) if uncond else None, eps_fake[part].detach().cpu(),
+                                    eps[part].cpu())
+                 for actor, part in split_over(self.actors, len(x_t), next(self._turn))]
         value, grad_x, grad_fake = (torch.cat(parts).to(x_t.device) for parts in zip(*ray.get(calls)))
         return DivergenceTerms(value, grad_x, grad_fake)
 
