@@ -48,7 +48,7 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 
-from pipeline.ray_train import LOCAL_RAY_ENV
+from pipeline.ray_train import API_SERVER_ADDRESS, LOCAL_RAY_ENV, free_port
 
 STATE_FILE = "local-stack.json"
 STATE_DIR_ENV = "REWARD_TUNING_STACK_DIR"
@@ -102,9 +102,9 @@ def ray_head(args: argparse.Namespace, workdir: str) -> Service:
                f"--object-store-memory={args.object_store_mib << 20}"]
     command += [f"--num-cpus={args.num_cpus}"] if args.num_cpus is not None else []
     command += [f"--resources={json.dumps(args.resources)}"] if args.resources else []
-    env = {**LOCAL_RAY_ENV, "RAY_TMPDIR": workdir, "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0",
-           "PATH": bindir + os.pathsep + os.environ.get("PATH", ""), **client_env(args)}
     dashboard = f"http://{HOST}:{args.port_dashboard}"
+    env = {**LOCAL_RAY_ENV, "RAY_TMPDIR": workdir, "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0",
+           API_SERVER_ADDRESS: dashboard, "PATH": bindir + os.pathsep + os.environ.get("PATH", ""), **client_env(args)}
     addresses = {"gcs": f"{HOST}:{args.port_gcs}", "dashboard": dashboard, "jobs": dashboard,
                  "client": f"ray://{HOST}:{args.port_client}"}
     # the job API answers only once the dashboard's job module is up, later than /api/version
@@ -252,13 +252,6 @@ def port_is_free(port: int) -> bool:
         except OSError:
             return False
     return True
-
-
-def free_port() -> int:
-    """A port the kernel says is free now (for suggestions and tests)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
 
 
 def check_ports(services: list[Service]) -> None:

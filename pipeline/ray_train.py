@@ -9,6 +9,7 @@ only after the config and the files it names have been checked.
 from __future__ import annotations
 
 import os
+import socket
 import tempfile
 
 from pipeline.config import ConfigError, from_dict, to_dict
@@ -16,6 +17,8 @@ from trainers.config import Config
 
 # Settings that keep a local Ray on 127.0.0.1 and quiet (PLATFORM.md §2)
 LOCAL_RAY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+# Where a cluster's processes look for its state API (the dashboard); each local cluster sets its own
+API_SERVER_ADDRESS = "RAY_API_SERVER_ADDRESS"
 
 
 class RayReporter:
@@ -96,8 +99,20 @@ def init_ray(cfg: Config) -> None:
     if address:
         ray.init(address=address)
         return
+    dashboard_port = free_port()
+    # Ray's own processes (Train V2's placement-group cleaner among them) find the state API through this
+    # variable, which they inherit; without it they take whichever local cluster they find first, so two
+    # local jobs on one machine could watch each other's controllers and never free their resources
+    os.environ[API_SERVER_ADDRESS] = f"http://127.0.0.1:{dashboard_port}"
     ray.init(address="local", num_cpus=cfg.ray.num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
-             object_store_memory=1 << 30, log_to_driver=True, configure_logging=False)
+             dashboard_port=dashboard_port, object_store_memory=1 << 30, log_to_driver=True, configure_logging=False)
+
+
+def free_port() -> int:
+    """A loopback TCP port the kernel says is free now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def resource_problems(cfg: Config, nodes: list[dict[str, float]]) -> list[str]:

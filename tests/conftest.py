@@ -7,6 +7,11 @@ import sys
 
 import pytest
 
+# pytest-xdist workers share the cores: give each its share of torch threads (OpenMP pools that together
+# ask for more threads than there are cores spin against each other and run many times slower)
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    _threads = max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    os.environ.setdefault("OMP_NUM_THREADS", str(_threads))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -24,11 +29,47 @@ for _name in ("MLFLOW_TRACKING_URI", "AWS_PROFILE", "AWS_SESSION_TOKEN"):
     os.environ.pop(_name, None)
 
 
-def pytest_collection_modifyitems(items):
-    """Tests marked ``own_ray`` start a Ray of their own in a subprocess: run them first, before the
-    session's cluster exists (Train V2's state queries of a second local cluster can reach the first
-    one's dashboard, and its placement groups are then never freed)."""
-    items.sort(key=lambda item: item.get_closest_marker("own_ray") is None)
+def shell_env(**extra: str) -> dict[str, str]:
+    """The environment for a command run as from a shell on this machine: without the session cluster's
+    address variables, which ``ray.init`` and the ``ray_session`` fixture export (a subprocess would
+    otherwise join or query that cluster)."""
+    from pipeline.ray_train import API_SERVER_ADDRESS
+
+    return {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", API_SERVER_ADDRESS)} | extra
+
+
+# Fixtures that start services: a test using one is in the slow tier (pytest -m "not slow" skips it)
+SERVICE_FIXTURES = {"ray_session", "tracking_stack", "local_head"}
+
+
+DURATIONS_KEY = "reward_tuning/durations"  # each test's last duration in seconds, in .pytest_cache
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark the slow tier, then order the longest tests first, so that pytest-xdist's workers (fed one
+    test at a time, ``--maxschedchunk 1``) finish together. Durations come from the last run's cache;
+    without one (a fresh clone), tests marked slow by hand (those that start services of their own) go
+    first, then the other slow ones."""
+    by_hand = {item.nodeid for item in items if item.get_closest_marker("slow")}
+    for item in items:
+        if SERVICE_FIXTURES & set(item.fixturenames):
+            item.add_marker(pytest.mark.slow)
+    known = config.cache.get(DURATIONS_KEY, {}) if config.cache else {}
+    rank = {item.nodeid: 2 if item.nodeid in by_hand else 1 if item.get_closest_marker("slow") else 0 for item in items}
+    items.sort(key=lambda item: (-known.get(item.nodeid, 0.0), -rank[item.nodeid]))
+
+
+_durations: dict[str, float] = {}
+
+
+def pytest_runtest_logreport(report):
+    _durations[report.nodeid] = _durations.get(report.nodeid, 0.0) + report.duration
+
+
+def pytest_sessionfinish(session):
+    """Remember durations in the process that saw every report (xdist's controller, or a serial run)."""
+    if session.config.cache and not os.environ.get("PYTEST_XDIST_WORKER") and _durations:
+        session.config.cache.set(DURATIONS_KEY, {**session.config.cache.get(DURATIONS_KEY, {}), **_durations})
 
 
 @pytest.fixture(scope="session")
@@ -62,11 +103,15 @@ def ray_session(tmp_path_factory):
     import ray
     from ray.cluster_utils import Cluster
 
+    from pipeline.ray_train import API_SERVER_ADDRESS, free_port
+
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
     os.environ["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="ray", dir="/tmp")
+    dashboard_port = free_port()  # this cluster's own, as pipeline.ray_train.init_ray does for a local Ray
+    os.environ[API_SERVER_ADDRESS] = f"http://127.0.0.1:{dashboard_port}"
     cluster = Cluster(initialize_head=True, head_node_args={
         **HEAD_NODE, "object_store_memory": 1 << 30, "include_dashboard": True, "dashboard_host": "127.0.0.1",
-        "node_ip_address": "127.0.0.1"})
+        "dashboard_port": dashboard_port, "node_ip_address": "127.0.0.1"})
     cluster.add_node(**REWARD_NODE, object_store_memory=256 << 20, node_ip_address="127.0.0.1")
     ray.init(address=cluster.address, configure_logging=False)
     yield ray
@@ -81,7 +126,7 @@ def tracking_stack(tmp_path_factory):
     import json
     import subprocess
 
-    from cluster.local import free_port
+    from pipeline.ray_train import free_port
 
     state = tmp_path_factory.mktemp("tracking_stack")
     ports = {"--port-s3": free_port(), "--port-mlflow": free_port()}

@@ -9,6 +9,7 @@ import sys
 import time
 
 import pytest
+from conftest import shell_env
 
 from pipeline.config import ConfigError, from_dict, load_config
 from trainers.config import Config
@@ -17,7 +18,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": ROOT}
+    env = shell_env(PYTHONPATH=ROOT)
     return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=timeout)
 
@@ -79,6 +80,7 @@ def test_unavailable_device_is_a_config_error(tiny_sd_dir):
         preflight(load_config(Config, None, [f"model.path={tiny_sd_dir}", "model.device=cuda"]))
 
 
+@pytest.mark.slow
 def test_train_generate_evaluate_end_to_end(tiny_sd_dir, tmp_path):
     """Train through the real command line, then generate and evaluate with the trained weights."""
     prompts = tmp_path / "prompts.txt"

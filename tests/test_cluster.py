@@ -301,6 +301,7 @@ def is_loopback(address) -> bool:
     return (mapped or address).is_loopback
 
 
+@pytest.mark.slow
 def test_local_stack_up_status_down(tmp_path):
     gcs, dashboard, client, agent, s3_port, mlflow_port = free_ports(6)
     ports = ["--port-gcs", str(gcs), "--port-dashboard", str(dashboard), "--port-client", str(client),

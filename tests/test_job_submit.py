@@ -18,6 +18,7 @@ import time
 
 import pytest
 import yaml
+from conftest import shell_env
 
 from cluster.local import free_port
 
@@ -34,8 +35,7 @@ RUNTIME_ENV = {
 
 
 def run(cmd: list[str], timeout: float) -> tuple[subprocess.CompletedProcess, float]:
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env |= {"PATH": BIN + os.pathsep + env.get("PATH", ""), "RAY_AUTH_MODE": "disabled"}
+    env = shell_env(PATH=BIN + os.pathsep + os.environ.get("PATH", ""), RAY_AUTH_MODE="disabled")
     t0 = time.monotonic()
     result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
     return result, time.monotonic() - t0

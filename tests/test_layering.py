@@ -11,7 +11,6 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 PACKAGES = ("pipeline", "trainers", "rewards", "cluster")
 EDGE_ONLY = {"ray", "mlflow", "boto3", "botocore", "pyarrow", "pipeline"}  # allowed only in pipeline/
-EXCEPTIONS = {"rewards/serving.py": {"ray"}}  # reward actors are the one core module that may touch Ray
 
 
 def modules(package: str) -> list[pathlib.Path]:
@@ -31,7 +30,7 @@ def imported_roots(path: pathlib.Path) -> set[str]:
 @pytest.mark.parametrize("path", [p for pkg in ("trainers", "rewards") for p in modules(pkg)], ids=str)
 def test_core_does_not_import_edges(path):
     rel = str(path.relative_to(ROOT))
-    forbidden = (imported_roots(path) & EDGE_ONLY) - EXCEPTIONS.get(rel, set())
+    forbidden = imported_roots(path) & EDGE_ONLY
     assert not forbidden, f"{rel} imports {sorted(forbidden)}; keep Ray/MLflow/boto3 and pipeline/ at the edges"
 
 

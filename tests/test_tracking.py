@@ -44,6 +44,7 @@ def write_config(cfg, path) -> str:
     return str(path)
 
 
+@pytest.mark.slow
 def test_embedded_default_records_the_run_and_its_models_then_promote_and_generate(tiny_sd_dir, tmp_path, capsys):
     """No server: a sqlite store at an absolute path under the output folder (the embedded default)."""
     cfg = tracked(tiny_sd_dir, str(tmp_path / "runs"), None, ray={"enabled": False})
@@ -189,6 +190,7 @@ class Outage:
             self.server.start()
 
 
+@pytest.mark.slow
 def test_an_mlflow_outage_mid_run_loses_nothing(tiny_sd_dir, tmp_path, capfd):
     server = MlflowServer(str(tmp_path / "server"))
     os.makedirs(tmp_path / "server")
