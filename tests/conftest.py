@@ -45,6 +45,7 @@ SERVICE_FIXTURES = {"ray_session", "tracking_stack", "local_head"}
 DURATIONS_KEY = "reward_tuning/durations"  # each test's last duration in seconds, in .pytest_cache
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-random-order, so that its --random-order-* options still shuffle
 def pytest_collection_modifyitems(config, items):
     """Mark the slow tier, then order the longest tests first, so that pytest-xdist's workers (fed one
     test at a time, ``--maxschedchunk 1``) finish together. Durations come from the last run's cache;
