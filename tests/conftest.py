@@ -55,7 +55,8 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if SERVICE_FIXTURES & set(item.fixturenames):
             item.add_marker(pytest.mark.slow)
-    known = config.cache.get(DURATIONS_KEY, {}) if config.cache else {}
+    cache = getattr(config, "cache", None)  # absent under -p no:cacheprovider
+    known = cache.get(DURATIONS_KEY, {}) if cache else {}
     rank = {item.nodeid: 2 if item.nodeid in by_hand else 1 if item.get_closest_marker("slow") else 0 for item in items}
     items.sort(key=lambda item: (-known.get(item.nodeid, 0.0), -rank[item.nodeid]))
 
@@ -69,8 +70,9 @@ def pytest_runtest_logreport(report):
 
 def pytest_sessionfinish(session):
     """Remember durations in the process that saw every report (xdist's controller, or a serial run)."""
-    if session.config.cache and not os.environ.get("PYTEST_XDIST_WORKER") and _durations:
-        session.config.cache.set(DURATIONS_KEY, {**session.config.cache.get(DURATIONS_KEY, {}), **_durations})
+    cache = getattr(session.config, "cache", None)
+    if cache and not os.environ.get("PYTEST_XDIST_WORKER") and _durations:
+        cache.set(DURATIONS_KEY, {**cache.get(DURATIONS_KEY, {}), **_durations})
 
 
 @pytest.fixture(scope="session")
