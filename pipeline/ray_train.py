@@ -99,13 +99,21 @@ def init_ray(cfg: Config) -> None:
     if address:
         ray.init(address=address)
         return
-    dashboard_port = free_port()
-    # Ray's own processes (Train V2's placement-group cleaner among them) find the state API through this
-    # variable, which they inherit; without it they take whichever local cluster they find first, so two
-    # local jobs on one machine could watch each other's controllers and never free their resources
-    os.environ[API_SERVER_ADDRESS] = f"http://127.0.0.1:{dashboard_port}"
     ray.init(address="local", num_cpus=cfg.ray.num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
-             dashboard_port=dashboard_port, object_store_memory=1 << 30, log_to_driver=True, configure_logging=False)
+             dashboard_port=own_dashboard_port(), object_store_memory=1 << 30, log_to_driver=True,
+             configure_logging=False)
+
+
+def own_dashboard_port() -> int:
+    """A free port for the dashboard of a local cluster about to start, exported as its state-API address.
+
+    Ray's own processes (Train V2's placement-group cleaner among them) find the state API through
+    ``RAY_API_SERVER_ADDRESS``, which they inherit; without it they take whichever local cluster they
+    find first, so two local clusters on one machine could watch each other's controllers and never
+    free their resources."""
+    port = free_port()
+    os.environ[API_SERVER_ADDRESS] = f"http://127.0.0.1:{port}"
+    return port
 
 
 def free_port() -> int:

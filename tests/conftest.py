@@ -52,13 +52,14 @@ def pytest_collection_modifyitems(config, items):
     without one (a fresh clone), tests marked slow by hand (those that start services of their own) go
     first, then the other slow ones."""
     by_hand = {item.nodeid for item in items if item.get_closest_marker("slow")}
+    uses_service = {item.nodeid for item in items if SERVICE_FIXTURES & set(item.fixturenames)}
     for item in items:
-        if SERVICE_FIXTURES & set(item.fixturenames):
+        if item.nodeid in uses_service:
             item.add_marker(pytest.mark.slow)
     cache = getattr(config, "cache", None)  # absent under -p no:cacheprovider
     known = cache.get(DURATIONS_KEY, {}) if cache else {}
-    rank = {item.nodeid: 2 if item.nodeid in by_hand else 1 if item.get_closest_marker("slow") else 0 for item in items}
-    items.sort(key=lambda item: (-known.get(item.nodeid, 0.0), -rank[item.nodeid]))
+    items.sort(key=lambda item: (-known.get(item.nodeid, 0.0), item.nodeid not in by_hand,
+                                 item.nodeid not in uses_service))
 
 
 _durations: dict[str, float] = {}
@@ -106,15 +107,13 @@ def ray_session(tmp_path_factory):
     import ray
     from ray.cluster_utils import Cluster
 
-    from pipeline.ray_train import API_SERVER_ADDRESS, free_port
+    from pipeline.ray_train import own_dashboard_port
 
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
     os.environ["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="ray", dir="/tmp")
-    dashboard_port = free_port()  # this cluster's own, as pipeline.ray_train.init_ray does for a local Ray
-    os.environ[API_SERVER_ADDRESS] = f"http://127.0.0.1:{dashboard_port}"
     cluster = Cluster(initialize_head=True, head_node_args={
         **HEAD_NODE, "object_store_memory": 1 << 30, "include_dashboard": True, "dashboard_host": "127.0.0.1",
-        "dashboard_port": dashboard_port, "node_ip_address": "127.0.0.1"})
+        "dashboard_port": own_dashboard_port(), "node_ip_address": "127.0.0.1"})
     cluster.add_node(**REWARD_NODE, object_store_memory=256 << 20, node_ip_address="127.0.0.1")
     ray.init(address=cluster.address, configure_logging=False)
     yield ray
