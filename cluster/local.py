@@ -14,8 +14,9 @@ exactly the processes the state file names (each checked by PID *and* start time
 never signalled) plus the processes they started since (Ray workers, job drivers): SIGTERM, then
 SIGKILL after a grace period. It never runs ``ray stop``, which would stop every Ray on the machine.
 
-The Ray head follows PLATFORM.md §2: ``pipeline.ray_train.LOCAL_RAY_ENV`` keeps every listener on
-127.0.0.1 and turns off token auth and usage stats; ``RAY_TMPDIR`` is a fresh short directory of its
+The Ray head follows PLATFORM.md §2: ``pipeline.ray_train.local_ray_env()`` keeps every listener on
+127.0.0.1, turns on token authentication (a client needs ``RAY_AUTH_MODE=token`` and the token file
+that ``status`` names) and turns off usage stats; ``RAY_TMPDIR`` is a fresh short directory of its
 own (Unix socket paths must stay under 108 bytes); the directory holding the running Python is put
 first on ``PATH``, because a job's ``python`` is looked up on the head's ``PATH``; and draining on
 SIGTERM is turned off so ``down`` takes seconds, not 30.
@@ -48,7 +49,7 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 
-from pipeline.ray_train import API_SERVER_ADDRESS, LOCAL_RAY_ENV, free_port
+from pipeline.ray_train import API_SERVER_ADDRESS, TOKEN, TOKEN_PATH, free_port, local_ray_env
 
 STATE_FILE = "local-stack.json"
 STATE_DIR_ENV = "REWARD_TUNING_STACK_DIR"
@@ -103,10 +104,12 @@ def ray_head(args: argparse.Namespace, workdir: str) -> Service:
     command += [f"--num-cpus={args.num_cpus}"] if args.num_cpus is not None else []
     command += [f"--resources={json.dumps(args.resources)}"] if args.resources else []
     dashboard = f"http://{HOST}:{args.port_dashboard}"
-    env = {**LOCAL_RAY_ENV, "RAY_TMPDIR": workdir, "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0",
+    ray_env = local_ray_env()
+    env = {**ray_env, "RAY_TMPDIR": workdir, "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0",
            API_SERVER_ADDRESS: dashboard, "PATH": bindir + os.pathsep + os.environ.get("PATH", ""), **client_env(args)}
     addresses = {"gcs": f"{HOST}:{args.port_gcs}", "dashboard": dashboard, "jobs": dashboard,
-                 "client": f"ray://{HOST}:{args.port_client}"}
+                 "client": f"ray://{HOST}:{args.port_client}",
+                 "token": ray_env.get(TOKEN_PATH, f"${TOKEN} (this shell's)")}
     # the job API answers only once the dashboard's job module is up, later than /api/version
     return Service(name="ray", command=command, env=env, ports=ports, addresses=addresses,
                    probe=f"{dashboard}/api/jobs/", workdir=workdir, drop_env=("RAY_ADDRESS",))
@@ -437,7 +440,9 @@ def print_status(state: dict) -> bool:
         return ok
     if "ray" in by_name:
         ray = by_name["ray"]
-        print(f"submit a job:  ray job submit --address {ray['addresses']['jobs']} --working-dir . "
+        token = ray["addresses"]["token"]
+        auth = f"RAY_AUTH_MODE=token {TOKEN_PATH}={token}" if not token.startswith("$") else "RAY_AUTH_MODE=token"
+        print(f"submit a job:  {auth} ray job submit --address {ray['addresses']['jobs']} --working-dir . "
               "-- python -m pipeline.train")
         print(f"join directly: python -m pipeline.train ray.address={ray['addresses']['gcs']}")
     if "s3" in by_name or "mlflow" in by_name:

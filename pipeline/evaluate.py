@@ -26,7 +26,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     cfg = load_checked(args.config, args.overrides)
-    problems = weights_problems("--weights", args.weights)
+    problems = weights_problems("--weights", args.weights, cfg.model.path)
     if problems:
         raise ConfigError(problems, "command line")
     from rewards.build import build_reward

@@ -60,7 +60,7 @@ def check(args: argparse.Namespace) -> None:
     if args.model.startswith(MLFLOW_MODEL):
         resolve_mlflow_model(args)
     problems = model_problems("--model", args.model) + device_problems("--device", args.device)
-    problems += weights_problems("--weights", args.weights) + prompt_problems("--prompts", args.prompts)
+    problems += weights_problems("--weights", args.weights, args.model) + prompt_problems("--prompts", args.prompts)
     if not 0 <= args.eta <= 1:
         problems.append(f"--eta: must be in [0, 1], got {args.eta}")
     if not args.prompt and not args.prompts:

@@ -10,17 +10,11 @@ import os
 
 from pipeline.config import ConfigError, dump_yaml, flatten, load_config
 from rewards.config import RewardSpec
+from rewards.files import file_problems
 from trainers.config import Config
-from trainers.models import model_path_problem, pair_problems
+from trainers.models import denoiser_skeleton, model_path_problem, pair_problems
+from trainers.module_checks import architecture_problems, lora_file_problems, lora_target_problems
 from trainers.prompts import read_prompts
-
-_REWARD_FILES = {  # RewardSpec field -> what the file or folder is
-    "checkpoint": "the reward's checkpoint (file, or the model folder for pickscore)",
-    "clip_checkpoint": "the open_clip ViT-L-14 weights file",
-    "arch_config": "the open_clip model-config JSON",
-    "processor": "the processor folder",
-}
-
 
 def model_problems(key: str, path: str) -> list[str]:
     """A local model path must be a diffusers pipeline folder; hub ids need the network or the cache."""
@@ -82,25 +76,42 @@ def write_run_config(cfg: Config, run_dir: str) -> None:
 
 
 def reward_problems(key: str, specs: list[RewardSpec]) -> list[str]:
-    problems = []
-    for i, spec in enumerate(specs):
-        for name, what in _REWARD_FILES.items():
-            path = getattr(spec, name)
-            if path is not None and not os.path.exists(path):
-                problems.append(f"{key}.{i}.{name}: {path!r} does not exist; expected {what} for reward "
-                                f"{spec.name!r}")
-    return problems
+    """Each reward's files exist and are readable as what they should be (tensor names only, no weights)."""
+    return [f"{key}.{i}.{problem}" for i, spec in enumerate(specs) for problem in file_problems(spec)]
 
 
-def weights_problems(key: str, folder: str | None) -> list[str]:
-    """Trained weights: a folder with a LoRA file or a full ``unet/`` folder."""
+def weights_problems(key: str, folder: str | None, base: str) -> list[str]:
+    """Trained weights: a folder with a LoRA file or a full ``unet/`` folder, whose tensors fit the base
+    model ``base`` (checked against its module tree from the configs, no weights loaded)."""
     if folder is None:
         return []
     lora = os.path.join(folder, "pytorch_lora_weights.safetensors")
-    if os.path.isfile(lora) or os.path.isdir(os.path.join(folder, "unet")):
+    if not (os.path.isfile(lora) or os.path.isdir(os.path.join(folder, "unet"))):
+        return [f"{key}: {folder!r} holds no trained weights; expected pytorch_lora_weights.safetensors or a unet/ "
+                "folder, as in a run's final/ folder or a checkpoint's model/ folder"]
+    skeleton = denoiser_skeleton(base)
+    if skeleton is None:
         return []
-    return [f"{key}: {folder!r} holds no trained weights; expected pytorch_lora_weights.safetensors or a unet/ "
-            "folder, as in a run's final/ folder or a checkpoint's model/ folder"]
+    if os.path.isfile(lora):
+        problems = lora_file_problems(skeleton, lora)
+    else:
+        trained = denoiser_skeleton(folder)
+        problems = architecture_problems(skeleton, trained) if trained else ["its unet/ folder has no config.json"]
+    return [f"{key}: {folder!r} does not fit the base model {base!r}: {'; '.join(problems[:3])}"
+            f"{f' (and {len(problems) - 3} more)' if len(problems) > 3 else ''}; give the base model the weights were "
+            "trained on (the run's model.path), or weights trained on this base"] if problems else []
+
+
+def target_module_problems(cfg: Config) -> list[str]:
+    """Each LoRA target module exists in the model (its module tree from the configs, no weights loaded)."""
+    if cfg.trainable.kind != "lora":
+        return []
+    skeleton = denoiser_skeleton(cfg.model.path)
+    problems = lora_target_problems(skeleton, cfg.trainable.target_modules) if skeleton else []
+    if not problems:
+        return []
+    return [f"trainable.target_modules: {'; '.join(problems)} (model.path={cfg.model.path!r}); name Linear or Conv "
+            "layers of the UNet, such as the attention projections to_q, to_k, to_v, to_out.0 (the default)"]
 
 
 def device_problems(key: str, device: str) -> list[str]:
@@ -114,7 +125,7 @@ def device_problems(key: str, device: str) -> list[str]:
 def preflight(cfg: Config, source: str = "config", training: bool = False) -> None:
     """Raise one ``ConfigError`` listing every missing file or unavailable device the config names
     (and, for ``training``, a run folder it may not write into)."""
-    problems = model_problems("model.path", cfg.model.path)
+    problems = model_problems("model.path", cfg.model.path) or target_module_problems(cfg)
     if not (cfg.ray.enabled and cfg.ray.use_gpu):  # Ray workers get GPUs the driver may not have
         problems += device_problems("model.device", cfg.model.device)
     problems += reward_problems("rewards", cfg.rewards) + reward_problems("eval.rewards", cfg.eval.rewards)

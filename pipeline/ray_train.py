@@ -9,14 +9,16 @@ only after the config and the files it names have been checked.
 from __future__ import annotations
 
 import os
+import secrets
 import socket
+import sys
 import tempfile
 
 from pipeline.config import ConfigError, from_dict, to_dict
 from trainers.config import Config
 
-# Settings that keep a local Ray on 127.0.0.1 and quiet (PLATFORM.md §2)
-LOCAL_RAY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+# Ray's token: its value, else a file holding it (PLATFORM.md §2); Ray's own default file is ~/.ray/auth_token
+TOKEN, TOKEN_PATH = "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"
 # Where a cluster's processes look for its state API (the dashboard); each local cluster sets its own
 API_SERVER_ADDRESS = "RAY_API_SERVER_ADDRESS"
 
@@ -86,12 +88,15 @@ def train_fn_per_worker(config: dict) -> None:
 
 
 def init_ray(cfg: Config) -> None:
-    """Join the configured (or job's) cluster, else start a local in-process Ray bound to 127.0.0.1."""
+    """Join the configured (or job's) cluster, else start a local in-process Ray on 127.0.0.1 behind token auth."""
     address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
     if not address:  # Ray reads these when it is imported, so set them first
-        for key, value in LOCAL_RAY_ENV.items():
+        for key, value in local_ray_env().items():
             os.environ.setdefault(key, value)
         os.environ.setdefault("RAY_TMPDIR", os.path.join(tempfile.gettempdir(), "rt-ray"))
+        if os.environ["RAY_AUTH_MODE"] != "token":
+            print(f"warning: RAY_AUTH_MODE={os.environ['RAY_AUTH_MODE']} turns off Ray's token authentication; "
+                  "anyone who reaches this machine's Ray ports can run code in the job", file=sys.stderr)
     import ray
 
     if ray.is_initialized():
@@ -99,9 +104,46 @@ def init_ray(cfg: Config) -> None:
     if address:
         ray.init(address=address)
         return
-    ray.init(address="local", num_cpus=cfg.ray.num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
-             dashboard_port=own_dashboard_port(), object_store_memory=1 << 30, log_to_driver=True,
-             configure_logging=False)
+    context = ray.init(address="local", num_cpus=cfg.ray.num_cpus, include_dashboard=True,
+                       dashboard_host="127.0.0.1", dashboard_port=own_dashboard_port(), object_store_memory=1 << 30,
+                       log_to_driver=True, configure_logging=False, _node_ip_address="127.0.0.1")
+    token = f"{TOKEN_PATH}={os.environ[TOKEN_PATH]}" if TOKEN_PATH in os.environ else f"{TOKEN} from this shell"
+    auth = f"a client needs RAY_AUTH_MODE=token and {token}" if os.environ["RAY_AUTH_MODE"] == "token" else "no token"
+    print(f"Ray dashboard: http://{context.dashboard_url} ({auth})", flush=True)
+
+
+def local_ray_env() -> dict[str, str]:
+    """The environment of a Ray that runs on this machine only (PLATFORM.md §2), set before ``import ray``:
+    every Ray listener on 127.0.0.1, token authentication on (the token's file made if there is none),
+    torch's gloo and NCCL data sockets on the loopback interface, and no usage statistics."""
+    loopback = loopback_interface()
+    return {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token",
+            **({} if os.environ.get(TOKEN) else {TOKEN_PATH: token_file()}),
+            **({"GLOO_SOCKET_IFNAME": loopback, "NCCL_SOCKET_IFNAME": loopback} if loopback else {})}
+
+
+def token_file() -> str:
+    """``RAY_AUTH_TOKEN_PATH``, else Ray's default ``~/.ray/auth_token``; written with a new random token if
+    missing, and readable by its owner only (mode 0600)."""
+    path = os.environ.get(TOKEN_PATH) or os.path.join(os.path.expanduser("~"), ".ray", "auth_token")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o700, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        if os.stat(path).st_mode & 0o077:
+            os.chmod(path, 0o600)
+        return path
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_hex(32))
+    return path
+
+
+def loopback_interface() -> str | None:
+    """The name of the network interface holding 127.0.0.1 (``lo`` on Linux), if any."""
+    import psutil
+
+    return next((name for name, addresses in psutil.net_if_addrs().items()
+                 if any(a.address == "127.0.0.1" for a in addresses)), None)
 
 
 def own_dashboard_port() -> int:
@@ -177,20 +219,21 @@ def cluster_nodes() -> list[dict[str, float]]:
 def fit(cfg: Config, run_dir: str, callbacks: list | None = None):
     """Run ``cfg`` on Ray Train and return the ``ray.train.Result`` (``callbacks``: Ray Train callbacks,
     such as Ray Tune's report forwarding)."""
-    import ray
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
-
-    from pipeline.reward_actors import start_reward_actors
-    from pipeline.teacher_actors import start_teacher_actors
-
     r = cfg.ray
     storage, filesystem = run_storage(cfg)
     if not cfg.train.resume and stored_run_exists(storage, filesystem, os.path.basename(run_dir)):
         raise ConfigError([f"train.resume: false, but Ray's run storage {r.storage_path or storage} already holds "
                            f"run {os.path.basename(run_dir)!r}, which the workers would resume; set train.run_name "
                            "to a new name or delete it there"])
-    init_ray(cfg)
+    init_ray(cfg)  # before anything imports Ray, which reads the local settings at import
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.train.v2.api.exceptions import TrainingFailedError
+
+    from pipeline.reward_actors import start_reward_actors
+    from pipeline.teacher_actors import start_teacher_actors
+
     problems = [] if r.autoscaling else resource_problems(cfg, cluster_nodes())
     if problems:
         raise ConfigError(problems, "config (against the Ray cluster's nodes)")
@@ -208,12 +251,39 @@ def fit(cfg: Config, run_dir: str, callbacks: list | None = None):
                                      resources_per_worker={"CPU": r.cpus_per_worker, **r.worker_resources}),
         run_config=RunConfig(name=os.path.basename(run_dir), storage_path=storage, storage_filesystem=filesystem,
                              failure_config=FailureConfig(max_failures=r.max_failures), callbacks=callbacks,
-                             checkpoint_config=CheckpointConfig(num_to_keep=2)))
+                             checkpoint_config=CheckpointConfig(num_to_keep=2),
+                             # Ray Train's own console lines (a failed worker's traceback is printed by the worker,
+                             # then by the controller): Ray's session logs keep them all; WorkerFailed says it once
+                             logging_config=LoggingConfig(log_level="CRITICAL")))
     try:
         return trainer.fit()
+    except TrainingFailedError as err:
+        raise worker_failed(err, run_dir) from None
     finally:
         for actor in actors + teachers:
             ray.kill(actor)
+
+
+class WorkerFailed(RuntimeError):
+    """Training failed on Ray Train's workers: one line per failed rank, and the file with the tracebacks."""
+
+
+def worker_failed(err: Exception, run_dir: str) -> WorkerFailed:
+    """Write ``err`` (each worker's traceback included) to ``<run_dir>/error.log``; a :class:`WorkerFailed`
+    naming each failed rank's exception type and message, and that file."""
+    import traceback
+
+    from trainers.checkpoint import write_text_atomic
+
+    os.makedirs(run_dir, exist_ok=True)
+    path = os.path.join(run_dir, "error.log")
+    write_text_atomic(path, "".join(traceback.format_exception(err)))
+    failures = getattr(err, "worker_failures", None) or {"?": err}
+    lines = []
+    for rank, failure in sorted(failures.items(), key=lambda item: str(item[0])):
+        original = getattr(failure, "_base_exc", failure)  # Ray Train wraps a worker's exception with its traceback
+        lines.append(f"  rank {rank}: {type(original).__name__}: {str(original).strip()}")
+    return WorkerFailed("training failed on the Ray Train workers:\n" + "\n".join(lines) + f"\nfull tracebacks: {path}")
 
 
 def run_storage(cfg: Config):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 
 from pipeline.config import dump_yaml, run_cli
 from pipeline.preflight import load_checked, service_preflight, write_run_config
@@ -41,9 +42,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"resuming {run_dir} from {os.path.basename(resume_from)} (train.run_name=NEW starts a new run)")
     write_run_config(cfg, run_dir)
     if cfg.ray.enabled:
-        from pipeline.ray_train import fit, run_outputs
+        from pipeline.ray_train import WorkerFailed, fit, run_outputs
 
-        result = fit(cfg, run_dir)
+        try:
+            result = fit(cfg, run_dir)
+        except WorkerFailed as err:
+            print(err, file=sys.stderr)
+            return 1
         held_out, final_dir = run_outputs(result, run_dir)
         metrics = result.metrics or {}
     else:

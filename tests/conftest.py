@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 
 import pytest
 
@@ -17,9 +18,11 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 sys.path.insert(0, os.path.dirname(__file__))
 
-from pipeline.ray_train import LOCAL_RAY_ENV  # noqa: E402  (imports no Ray)
+from pipeline.ray_train import TOKEN_PATH, local_ray_env  # noqa: E402  (imports no Ray)
 
-os.environ.update(LOCAL_RAY_ENV)  # before any test module imports ray: Ray reads them at import
+# before any test module imports ray, which reads them at import; the session's token file, not ~/.ray's
+os.environ.setdefault(TOKEN_PATH, os.path.join(tempfile.mkdtemp(prefix="rt-token-"), "auth_token"))
+os.environ.update(local_ray_env())
 # S3 credentials for the moto server, set before Ray starts so its workers inherit them; distinctive,
 # so tests/test_tracking.py can check that they never reach MLflow
 S3_SECRET = "rt-test-secret-5c1f9e"
@@ -102,8 +105,6 @@ REWARD_NODE = {"num_cpus": 1, "resources": {"reward_node": 1}}
 @pytest.fixture(scope="session")
 def ray_session(tmp_path_factory):
     """One local two-node Ray for the whole test session, bound to 127.0.0.1 (PLATFORM.md §2, §7)."""
-    import tempfile
-
     import ray
     from ray.cluster_utils import Cluster
 

@@ -69,6 +69,25 @@ def test_missing_files_exit_2_before_loading(tmp_path):
     assert "data.prompts" in result.stderr
 
 
+def test_a_corrupt_reward_checkpoint_and_missing_lora_targets_exit_2_before_ray_starts(tmp_path):
+    """The quickstart with a reward file of random bytes and a LoRA target the UNet lacks: one message naming
+    both, in seconds, and no Ray session."""
+    corrupt = tmp_path / "toy-clip.safetensors"
+    corrupt.write_bytes(os.urandom(1 << 16))
+    start = time.perf_counter()
+    result = subprocess.run([sys.executable, "-m", "pipeline.train", f"rewards.0.checkpoint={corrupt}",
+                             "trainable.target_modules=[nothing_here]", f"train.output_dir={tmp_path / 'runs'}"],
+                            cwd=ROOT, env=shell_env(RAY_TMPDIR=str(tmp_path / "ray")), capture_output=True, text=True,
+                            timeout=120)
+    elapsed = time.perf_counter() - start
+    assert result.returncode == 2 and "Traceback" not in result.stderr and result.stdout == ""
+    assert f"rewards.0.checkpoint: '{corrupt}' is not a readable safetensors file (" in result.stderr
+    assert "trainable.target_modules: 'nothing_here' names no module of the model" in result.stderr
+    assert "invalid config (2 problems)" in result.stderr
+    assert not (tmp_path / "ray").exists() and not (tmp_path / "runs").exists()
+    assert elapsed < 30, f"{elapsed:.1f} s"
+
+
 def test_unavailable_device_is_a_config_error(tiny_sd_dir):
     import torch
 

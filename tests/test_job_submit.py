@@ -35,7 +35,7 @@ RUNTIME_ENV = {
 
 
 def run(cmd: list[str], timeout: float) -> tuple[subprocess.CompletedProcess, float]:
-    env = shell_env(PATH=BIN + os.pathsep + os.environ.get("PATH", ""), RAY_AUTH_MODE="disabled")
+    env = shell_env(PATH=BIN + os.pathsep + os.environ.get("PATH", ""))  # with the session's Ray token
     t0 = time.monotonic()
     result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
     return result, time.monotonic() - t0
@@ -89,3 +89,13 @@ def test_toy_world_job_trains_and_writes_checkpoint_and_lora(local_head, tmp_pat
     # the relative paths were used as written, from the worker's working directory
     assert cfg["model"]["path"] == "pipeline/assets/toyworld/sd" and cfg["ray"]["address"] is None
     assert timings["job"] < 300, f"the job took {timings['job']:.0f} s"
+
+
+def test_the_heads_job_api_answers_only_with_the_token(local_head):
+    from test_security import job_api_answers
+
+    from pipeline.ray_train import TOKEN_PATH
+
+    address, _ = local_head
+    with open(os.environ[TOKEN_PATH], encoding="utf-8") as f:
+        assert job_api_answers(address, f.read()) == (401, 200)

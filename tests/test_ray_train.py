@@ -15,7 +15,7 @@ from trainers.checkpoint import latest_checkpoint, load_checkpoint
 from trainers.loop import run_folder
 
 
-def test_ray_train_job_writes_run_folder_and_reports_checkpoints(ray_session, tiny_sd_dir, tmp_path):
+def test_ray_train_job_writes_run_folder_reports_checkpoints_and_resumes_from_ray_storage(ray_session, tiny_sd_dir, tmp_path):
     cfg = make_config(tiny_sd_dir, str(tmp_path), train={"steps": 3, "checkpoint_every": 2},
                       ray={"storage_path": str(tmp_path / "ray")})
     run_dir = run_folder(cfg)
@@ -40,14 +40,11 @@ def test_ray_train_job_writes_run_folder_and_reports_checkpoints(ray_session, ti
         fit(make_config(tiny_sd_dir, str(tmp_path), train={"resume": False}, ray={"storage_path": str(tmp_path / "ray")}),
             run_dir)
 
-
-def test_a_run_resumes_from_ray_storage_without_its_run_folder(ray_session, tiny_sd_dir, tmp_path):
-    storage = {"storage_path": str(tmp_path / "ray")}
-    first = make_config(tiny_sd_dir, str(tmp_path), train={"steps": 2}, ray=storage)
-    fit(first, run_folder(first))
-    shutil.rmtree(run_folder(first))  # e.g. a new node, or a lost local disk
-    longer = make_config(tiny_sd_dir, str(tmp_path), train={"steps": 4}, ray=storage)
+    # the run resumes from Ray's storage without its run folder (e.g. on a new node, or after a lost disk)
+    shutil.rmtree(run_dir)
+    longer = make_config(tiny_sd_dir, str(tmp_path), train={"steps": 5, "checkpoint_every": 2},
+                         ray={"storage_path": str(tmp_path / "ray")})
     result = fit(longer, run_folder(longer))
-    assert result.error is None and result.metrics["step"] == 4
+    assert result.error is None and result.metrics["step"] == 5
     with open(os.path.join(run_folder(longer), "metrics.jsonl")) as f:
-        assert [json.loads(line)["step"] for line in f] == [3, 4], "steps 1-2 came from the stored checkpoint"
+        assert [json.loads(line)["step"] for line in f] == [4, 5], "steps 1-3 came from the stored checkpoint"

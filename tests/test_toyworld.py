@@ -100,6 +100,19 @@ def test_shipped_pipeline_loads_and_generates_32px_images():
     assert colour_adherence(images, combos)["both"] >= 0.5
 
 
+def test_shipped_pipeline_runs_in_plain_diffusers_in_its_default_dtype():
+    """``from_pretrained`` with no dtype: every component must come back in one dtype (transformers takes the
+    text encoder's from its config, diffusers loads the UNet and VAE as fp32) and the pipeline must run."""
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(str(ASSETS_DIR / "sd"), local_files_only=True)
+    for name in ("unet", "vae", "text_encoder"):
+        assert {p.dtype for p in getattr(pipe, name).parameters()} == {torch.float32}, name
+    images = pipe(["a red circle on a blue background"], num_inference_steps=2, output_type="pt",
+                  generator=_gen(0)).images
+    assert images.shape == (1, 3, 32, 32) and torch.isfinite(images).all()
+
+
 def test_shipped_reward_prefers_matching_captions_on_held_out_images():
     from pipeline.toyworld.build_reward import load_shipped_reward
 

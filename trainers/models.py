@@ -281,6 +281,18 @@ def load_denoiser(path: str, dtype: torch.dtype, device: torch.device) -> tuple[
     return unet.requires_grad_(False).eval().to(device), scheduler
 
 
+def denoiser_skeleton(folder: str) -> torch.nn.Module | None:
+    """The UNet of a pipeline folder (or of trained weights' ``unet/`` folder) built from its config on the
+    meta device: every module and tensor shape, no weight read. None without ``unet/config.json`` (a hub id)."""
+    from diffusers import UNet2DConditionModel
+
+    unet_dir = os.path.join(folder, "unet")
+    if not os.path.isfile(os.path.join(unet_dir, "config.json")):
+        return None
+    with torch.device("meta"):
+        return UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(unet_dir))
+
+
 # what a teacher must share with the generator: (component folder, config key); latents and text conditioning
 PAIR_KEYS = (("unet", "in_channels"), ("unet", "out_channels"), ("unet", "cross_attention_dim"),
              ("unet", "addition_embed_type"), ("vae", "latent_channels"), ("vae", "scaling_factor"),

@@ -285,10 +285,24 @@ def save_pipeline(parts: dict, tokenizer, out: str) -> None:
         module.eval().to(torch.float16)
     os.makedirs(out, exist_ok=True)
     pipe.save_pretrained(out, safe_serialization=True)
+    load_as_float32(os.path.join(out, "text_encoder", "config.json"))
+
+
+def load_as_float32(config_path: str) -> None:
+    """Make a transformers component load as fp32 by default. transformers takes the ``dtype`` its config
+    names (``float16`` after the cast above), while diffusers loads the UNet and VAE as fp32, so a plain
+    ``StableDiffusionPipeline.from_pretrained(folder)`` would mix the two and fail at its first call."""
+    with open(config_path, encoding="utf-8") as f:
+        config = json.load(f)
+    config["dtype"] = "float32"
+    with open(config_path, "w", encoding="utf-8") as f:
+        json.dump(config, f, indent=2, sort_keys=True)
+        f.write("\n")
 
 
 def check_reload(out: str) -> None:
-    """Load ``out`` back with diffusers and with ``trainers.models.load_model``; both must come back fp32.
+    """Load ``out`` back with plain diffusers (no dtype given) and with ``trainers.models.load_model``; both
+    must come back fp32.
 
     Raises:
         RuntimeError: If a component does not load as fp32.
@@ -298,7 +312,7 @@ def check_reload(out: str) -> None:
     from trainers.config import ModelConfig
     from trainers.models import load_model
 
-    pipe = StableDiffusionPipeline.from_pretrained(out, dtype=torch.float32, local_files_only=True)
+    pipe = StableDiffusionPipeline.from_pretrained(out, local_files_only=True)
     model = load_model(ModelConfig(path=out, device="cpu"))
     for name, module in [("unet", pipe.unet), ("vae", pipe.vae), ("text_encoder", pipe.text_encoder),
                          ("load_model.denoiser", model.denoiser)]:

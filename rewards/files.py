@@ -1,0 +1,103 @@
+"""Cheap checks that a reward's files are what its spec says, without loading a tensor.
+
+A weights file is opened the way its loader will open it, but only its tensor names are read: a
+safetensors header, or a torch checkpoint through ``torch.load(mmap=True, weights_only=True)``, which
+maps the tensors without reading them. The names must then look like the file the reward expects
+(an open_clip model has ``visual.*`` tensors, the aesthetic head ``layers.*``), so a swapped or
+corrupt file is reported before any model is built.
+"""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from collections.abc import Mapping
+
+from rewards.config import RewardSpec
+
+# (reward, field) -> what the file is, and a prefix some of its tensor names must start with
+_WEIGHTS: dict[tuple[str, str], tuple[str, str]] = {
+    ("hpsv2", "checkpoint"): ("the HPSv2 checkpoint (an open_clip state dict)", "visual."),
+    ("clip_score", "checkpoint"): ("the open_clip weights file", "visual."),
+    ("aesthetic", "checkpoint"): ("the aesthetic MLP head (sac+logos+ava1-l14-linearMSE.pth)", "layers."),
+    ("aesthetic", "clip_checkpoint"): ("the OpenAI CLIP ViT-L/14 weights in open_clip format", "visual."),
+}
+# (reward, field) -> what the folder is, and a file it must hold ("": any folder)
+_FOLDERS: dict[tuple[str, str], tuple[str, str]] = {
+    ("pickscore", "checkpoint"): ("the PickScore model folder (config.json + weights)", "config.json"),
+    ("pickscore", "processor"): ("the PickScore processor folder (tokenizer + image settings)", ""),
+}
+_ARCH_CONFIG = "the open_clip model-config JSON"
+_FIX = "replace it with an intact copy of the original file"
+
+
+def file_problems(spec: RewardSpec) -> list[str]:
+    """``"field: message"`` for each file of ``spec`` that is missing, unreadable or of another kind."""
+    problems = []
+    for field in ("checkpoint", "clip_checkpoint", "arch_config", "processor"):
+        path, key = getattr(spec, field), (spec.name, field)
+        problem = path and _problem(key, path)
+        if problem:
+            what = (_WEIGHTS.get(key) or _FOLDERS.get(key) or (_ARCH_CONFIG,))[0]
+            problems.append(f"{field}: {path!r} {problem}; expected {what} for reward {spec.name!r}")
+    return problems
+
+
+def _problem(key: tuple[str, str], path: str) -> str | None:
+    if not os.path.exists(path):
+        return "does not exist"
+    if key in _WEIGHTS:
+        return _weights_problem(path, _WEIGHTS[key][1])
+    if key in _FOLDERS:
+        return _folder_problem(path, _FOLDERS[key][1])
+    return None
+
+
+def _folder_problem(path: str, required_file: str) -> str | None:
+    if not os.path.isdir(path):
+        return "is not a folder"
+    if required_file and not os.path.isfile(os.path.join(path, required_file)):
+        return f"has no {required_file}"
+    return None
+
+
+def _weights_problem(path: str, prefix: str) -> str | None:
+    if not os.path.isfile(path):
+        return "is not a file"
+    try:
+        names = tensor_names(path)
+    except ValueError as err:
+        return f"{err}; {_FIX}"
+    if not any(name.startswith(prefix) for name in names):
+        shown = ", ".join(sorted(names)[:4]) or "none"
+        return f"holds no {prefix}* tensors (it has {len(names)}: {shown}, ...), so it is another model's file"
+    return None
+
+
+def tensor_names(path: str) -> list[str]:
+    """The tensor names of a safetensors file or torch checkpoint (a ``{'state_dict': ...}`` wrapper and a
+    ``module.`` prefix removed), read without loading the tensors.
+
+    Raises:
+        ValueError: If the file cannot be read as either format.
+    """
+    if path.endswith(".safetensors"):
+        from safetensors import safe_open
+
+        try:
+            with safe_open(path, framework="pt") as f:
+                return list(f.keys())
+        except Exception as err:  # noqa: BLE001 - safetensors raises its own error type for a bad header
+            raise ValueError(f"is not a readable safetensors file ({err})") from None
+    import torch
+
+    try:  # mmap maps the tensors without reading them; the old (non-zip) format can only be read whole
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+    except Exception as err:  # noqa: BLE001 - torch raises several types for a corrupt or foreign file
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"is not a readable torch checkpoint ({first_line})") from None
+    if isinstance(state, Mapping) and isinstance(state.get("state_dict"), Mapping):
+        state = state["state_dict"]
+    if not isinstance(state, Mapping):
+        raise ValueError(f"holds a {type(state).__name__}, not a state dict of tensors")
+    return [name.removeprefix("module.") for name in state]
