@@ -49,7 +49,7 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 
-from pipeline.ray_train import API_SERVER_ADDRESS, TOKEN, TOKEN_PATH, free_port, local_ray_env
+from pipeline.ray_train import API_SERVER_ADDRESS, TOKEN, TOKEN_PATH, free_port, local_ray_env, token_header
 
 STATE_FILE = "local-stack.json"
 STATE_DIR_ENV = "REWARD_TUNING_STACK_DIR"
@@ -279,9 +279,10 @@ def check_ports(services: list[Service]) -> None:
 
 
 def healthy(url: str, timeout: float = 2.0) -> bool:
-    """True if ``url`` answers HTTP 200."""
+    """True if ``url`` answers HTTP 200 (sent with this shell's Ray token, which the job API asks for)."""
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
+        request = urllib.request.Request(url, headers=token_header())
+        with urllib.request.urlopen(request, timeout=timeout) as response:
             return response.status == 200
     except (OSError, ValueError):
         return False

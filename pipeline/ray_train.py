@@ -138,6 +138,16 @@ def token_file() -> str:
     return path
 
 
+def token_header() -> dict[str, str]:
+    """``Authorization: Bearer <token>``, the header Ray's HTTP API asks for under token authentication,
+    with the token of ``RAY_AUTH_TOKEN`` or of ``token_file()``."""
+    token = os.environ.get(TOKEN)
+    if not token:
+        with open(token_file(), encoding="utf-8") as f:
+            token = f.read().strip()
+    return {"Authorization": f"Bearer {token}"}
+
+
 def loopback_interface() -> str | None:
     """The name of the network interface holding 127.0.0.1 (``lo`` on Linux), if any."""
     import psutil

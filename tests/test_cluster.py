@@ -28,6 +28,7 @@ import yaml
 
 from cluster.local import alive, free_port, proc_table
 from pipeline.config import load_config, to_dict
+from pipeline.ray_train import token_header
 from pipeline.train import parse_args
 from trainers.config import Config
 
@@ -314,7 +315,8 @@ def test_local_stack_up_status_down(tmp_path):
         assert [s3["name"], mlflow["name"], ray["name"]] == ["s3", "mlflow", "ray"]
         assert ray["addresses"]["gcs"] == f"127.0.0.1:{gcs}"
         assert ray["addresses"]["jobs"] == f"http://127.0.0.1:{dashboard}"
-        with urllib.request.urlopen(f"http://127.0.0.1:{dashboard}/api/version", timeout=10) as response:
+        version = urllib.request.Request(f"http://127.0.0.1:{dashboard}/api/version", headers=token_header())
+        with urllib.request.urlopen(version, timeout=10) as response:  # token auth: the session's token
             assert json.load(response)["ray_version"]
         socket.create_connection(("127.0.0.1", gcs), timeout=5).close()
         with urllib.request.urlopen(f"http://127.0.0.1:{mlflow_port}/health", timeout=10) as response:
