@@ -16,6 +16,7 @@ from rewards.base import Reward, freeze
 from rewards.clip_similarity import load_clip_score, load_hpsv2
 from rewards.combine import WeightedSum
 from rewards.config import REWARD_NAMES, RewardSpec
+from rewards.image_reward import load_image_reward
 from rewards.pickscore import load_pickscore
 from rewards.pixel import Brightness, Colourfulness, Sharpness, Symmetry
 
@@ -25,6 +26,7 @@ __all__ = ["REWARD_NAMES", "build_reward", "load_reward"]
 _LOADERS: dict[str, Callable[[RewardSpec], nn.Module]] = {
     "hpsv2": load_hpsv2,
     "pickscore": load_pickscore,
+    "image_reward": load_image_reward,
     "aesthetic": load_aesthetic,
     "clip_score": load_clip_score,
     "symmetry": lambda spec: Symmetry(),

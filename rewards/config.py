@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Literal, get_args
 
 RewardName = Literal[
-    "hpsv2", "pickscore", "aesthetic", "clip_score", "symmetry", "colourfulness", "sharpness", "brightness"
+    "hpsv2", "pickscore", "image_reward", "aesthetic", "clip_score", "symmetry", "colourfulness", "sharpness", "brightness"
 ]
 REWARD_NAMES: tuple[str, ...] = get_args(RewardName)
 
@@ -49,6 +49,9 @@ _RULES: dict[str, _FieldRules] = {
     "pickscore": _FieldRules(
         required={"checkpoint": "the PickScore_v1 model folder (config.json + weights)"},
         allowed=("processor",)),
+    "image_reward": _FieldRules(
+        required={"checkpoint": "the official ImageReward.pt", "processor": "a bert-base-uncased folder with vocab.txt"},
+        allowed=("arch_config",)),
     "symmetry": _PIXEL,
     "colourfulness": _PIXEL,
     "sharpness": _PIXEL,
@@ -63,11 +66,11 @@ class RewardSpec:
 
     name: RewardName  # which reward: one of REWARD_NAMES
     weight: float = 1.0  # w_i, multiplies this reward's score in the weighted sum
-    checkpoint: str | None = None  # HPS .pt, open_clip weights (clip_score), aesthetic head, or PickScore folder
+    checkpoint: str | None = None  # HPS .pt, open_clip weights (clip_score), aesthetic head, PickScore folder, ImageReward.pt
     clip_checkpoint: str | None = None  # aesthetic only: open_clip weights of the ViT-L/14 image encoder
     arch: str | None = None  # open_clip architecture; default ViT-H-14 (hpsv2), ViT-L-14-quickgelu (aesthetic)
-    arch_config: str | None = None  # open_clip model-config JSON to register; its file stem is the arch name
-    processor: str | None = None  # pickscore only: processor folder (tokenizer + image settings); default: checkpoint
+    arch_config: str | None = None  # open_clip model-config JSON (its stem is the arch); image_reward: BLIP sizes JSON
+    processor: str | None = None  # pickscore: processor folder (default: checkpoint); image_reward: bert vocab folder
 
     def validate(self) -> list[str]:
         """Return this spec's problems as ``"field: message"`` strings (empty when valid).

@@ -14,18 +14,22 @@ import zipfile
 from collections.abc import Mapping
 
 from rewards.config import RewardSpec
+from rewards.image_reward import CHECKPOINT_PREFIXES
 
-# (reward, field) -> what the file is, and a prefix some of its tensor names must start with
-_WEIGHTS: dict[tuple[str, str], tuple[str, str]] = {
-    ("hpsv2", "checkpoint"): ("the HPSv2 checkpoint (an open_clip state dict)", "visual."),
-    ("clip_score", "checkpoint"): ("the open_clip weights file", "visual."),
-    ("aesthetic", "checkpoint"): ("the aesthetic MLP head (sac+logos+ava1-l14-linearMSE.pth)", "layers."),
-    ("aesthetic", "clip_checkpoint"): ("the OpenAI CLIP ViT-L/14 weights in open_clip format", "visual."),
+# (reward, field) -> what the file is, and the prefixes its tensor names must include (each at least once)
+_OPEN_CLIP = ("visual.",)
+_WEIGHTS: dict[tuple[str, str], tuple[str, tuple[str, ...]]] = {
+    ("hpsv2", "checkpoint"): ("the HPSv2 checkpoint (an open_clip state dict)", _OPEN_CLIP),
+    ("clip_score", "checkpoint"): ("the open_clip weights file", _OPEN_CLIP),
+    ("aesthetic", "checkpoint"): ("the aesthetic MLP head (sac+logos+ava1-l14-linearMSE.pth)", ("layers.",)),
+    ("aesthetic", "clip_checkpoint"): ("the OpenAI CLIP ViT-L/14 weights in open_clip format", _OPEN_CLIP),
+    ("image_reward", "checkpoint"): ("the official ImageReward.pt", CHECKPOINT_PREFIXES),
 }
 # (reward, field) -> what the folder is, and a file it must hold ("": any folder)
 _FOLDERS: dict[tuple[str, str], tuple[str, str]] = {
     ("pickscore", "checkpoint"): ("the PickScore model folder (config.json + weights)", "config.json"),
     ("pickscore", "processor"): ("the PickScore processor folder (tokenizer + image settings)", ""),
+    ("image_reward", "processor"): ("a bert-base-uncased tokeniser folder", "vocab.txt"),
 }
 _ARCH_CONFIG = "the open_clip model-config JSON"
 _FIX = "replace it with an intact copy of the original file"
@@ -61,16 +65,18 @@ def _folder_problem(path: str, required_file: str) -> str | None:
     return None
 
 
-def _weights_problem(path: str, prefix: str) -> str | None:
+def _weights_problem(path: str, prefixes: tuple[str, ...]) -> str | None:
     if not os.path.isfile(path):
         return "is not a file"
     try:
         names = tensor_names(path)
     except ValueError as err:
         return f"{err}; {_FIX}"
-    if not any(name.startswith(prefix) for name in names):
+    absent = [prefix for prefix in prefixes if not any(name.startswith(prefix) for name in names)]
+    if absent:
         shown = ", ".join(sorted(names)[:4]) or "none"
-        return f"holds no {prefix}* tensors (it has {len(names)}: {shown}, ...), so it is another model's file"
+        return (f"holds no {' or '.join(p + '*' for p in absent)} tensors (it has {len(names)}: {shown}, ...), "
+                "so it is another model's file")
     return None
 
 

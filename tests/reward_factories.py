@@ -136,6 +136,60 @@ def make_pickscore_spec(folder: str, *, tokenizer=None, seed: int = 0, weight: f
     return RewardSpec(name="pickscore", weight=weight, checkpoint=folder)
 
 
+# A tiny ImageReward: sizes for rewards.image_reward (arch_config) and the original-layout reference module
+TINY_IMAGE_REWARD_ARCH = {
+    "vision": {"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 2, "num_attention_heads": 4,
+               "image_size": 32, "patch_size": 16},
+    "text": {"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 2, "num_attention_heads": 4,
+             "max_position_embeddings": 40, "bos_token_id": 2, "sep_token_id": 3, "eos_token_id": 3},
+}
+BERT_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+BERT_WORDS = ["a", "red", "cube", "on", "table", "photo", "of", "dog", "painting", "ocean", "with", "clouds", "and",
+              "birds", ",", "day", "time", "low", "depth", "field", "effect"]
+
+
+def write_bert_vocab(folder: str) -> str:
+    """A WordPiece ``vocab.txt`` (BERT's special tokens, some words, every letter alone and as ``##x``)."""
+    letters = [chr(c) for c in range(ord("a"), ord("z") + 1)]
+    tokens = BERT_SPECIALS + BERT_WORDS + [x for x in letters if x not in BERT_WORDS] + [f"##{x}" for x in letters]
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, "vocab.txt"), "w", encoding="utf-8") as f:
+        f.write("\n".join(tokens) + "\n")
+    return folder
+
+
+def reference_image_reward(vocab_size: int, seed: int = 0):
+    """The tiny ImageReward in the original module layout (``tests/image_reward_reference.py``), seeded."""
+    from image_reward_reference import ImageReward
+
+    v, t = TINY_IMAGE_REWARD_ARCH["vision"], TINY_IMAGE_REWARD_ARCH["text"]
+    vision = dict(image=v["image_size"], patch=v["patch_size"], width=v["hidden_size"], depth=v["num_hidden_layers"],
+                  heads=v["num_attention_heads"], mlp=v["intermediate_size"])
+    text = dict(vocab=vocab_size, width=t["hidden_size"], layers=t["num_hidden_layers"], heads=t["num_attention_heads"],
+                ffn=t["intermediate_size"], positions=t["max_position_embeddings"])
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = ImageReward(vision, text).eval()
+        for p in model.parameters():  # larger than the default init, so that every part moves the score
+            p.data.add_(0.05 * torch.randn_like(p))
+    return model
+
+
+def make_image_reward_spec(folder: str, *, seed: int = 0, weight: float = 1.0) -> RewardSpec:
+    """Write a tiny ImageReward (the original's ``state_dict()`` as ``ImageReward.pt``, its sizes as
+    ``arch_config`` and a bert vocab folder) and return an ``image_reward`` spec for it."""
+    vocab = write_bert_vocab(os.path.join(folder, "bert"))
+    with open(os.path.join(vocab, "vocab.txt"), encoding="utf-8") as f:
+        vocab_size = len(f.read().split())
+    arch = {**TINY_IMAGE_REWARD_ARCH, "text": {**TINY_IMAGE_REWARD_ARCH["text"], "vocab_size": vocab_size}}
+    arch_path = os.path.join(folder, "tiny-image-reward.json")
+    with open(arch_path, "w", encoding="utf-8") as f:
+        json.dump(arch, f)
+    checkpoint = os.path.join(folder, "ImageReward.pt")
+    torch.save(reference_image_reward(vocab_size, seed).state_dict(), checkpoint)
+    return RewardSpec(name="image_reward", weight=weight, checkpoint=checkpoint, processor=vocab, arch_config=arch_path)
+
+
 def pixel_spec(name: str, weight: float = 1.0) -> RewardSpec:
     """A spec for one of the weight-free pixel rewards (symmetry, colourfulness, sharpness, brightness)."""
     return RewardSpec(name=name, weight=weight)

@@ -12,6 +12,7 @@ import time
 import pytest
 import ray
 import torch
+from reward_factories import make_image_reward_spec
 from test_training import make_config
 
 from pipeline.config import ConfigError
@@ -35,7 +36,8 @@ def _grads(tr) -> list[torch.Tensor]:
 def test_remote_reward_gives_the_same_parameter_gradients(ray_session, tiny_sd_dir, tmp_path):
     cfg = make_config(tiny_sd_dir, str(tmp_path), train={"batch_size": 3}, ray={"reward_actors": 2, "reward_num_cpus": 0.5},
                       plan={"name": "drtune", "k": 2})
-    cfg = type(cfg)(**{**cfg.__dict__, "rewards": [type(cfg.rewards[0])(**r) for r in REWARDS]})
+    image_reward = make_image_reward_spec(str(tmp_path / "image_reward"), weight=0.5)  # a BLIP reward in the mix
+    cfg = type(cfg)(**{**cfg.__dict__, "rewards": [RewardSpec(**r) for r in REWARDS] + [image_reward]})
     local = _grads(build_trainer(cfg))
     actors = start_reward_actors(cfg.rewards, cfg.ray)
     try:
@@ -43,7 +45,7 @@ def test_remote_reward_gives_the_same_parameter_gradients(ray_session, tiny_sd_d
         remote = _grads(build_trainer(cfg, reward=remote_reward))
         images = torch.rand(3, 3, 64, 64)
         parts = remote_reward.components(images, ["a", "b", "c"])
-        assert set(parts) == {"clip_score", "symmetry"} and parts["symmetry"].shape == (3,)
+        assert set(parts) == {"clip_score", "symmetry", "image_reward"} and parts["symmetry"].shape == (3,)
     finally:
         for actor in actors:
             ray.kill(actor)

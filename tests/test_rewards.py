@@ -25,6 +25,7 @@ from reward_factories import (
     make_aesthetic_spec,
     make_clip_score_spec,
     make_hps_spec,
+    make_image_reward_spec,
     make_pickscore_spec,
     pixel_spec,
     write_open_clip_config,
@@ -50,6 +51,7 @@ def specs(tmp_path_factory, clip_tokenizer) -> dict[str, RewardSpec]:
         "clip_score": make_clip_score_spec(str(root / "clip_score")),
         "aesthetic": make_aesthetic_spec(str(root / "aesthetic")),
         "pickscore": make_pickscore_spec(str(root / "pickscore"), tokenizer=clip_tokenizer),
+        "image_reward": make_image_reward_spec(str(root / "image_reward")),
     }
     return built | {name: pixel_spec(name) for name in PIXEL_NAMES}
 
@@ -84,7 +86,7 @@ def test_reward_scores_batch_and_differentiates(specs, name):
     assert torch.isfinite(images.grad).all() and images.grad.abs().sum() > 0
 
 
-@pytest.mark.parametrize("name", ["hpsv2", "clip_score", "aesthetic", "pickscore"])
+@pytest.mark.parametrize("name", ["hpsv2", "clip_score", "aesthetic", "pickscore", "image_reward"])
 def test_network_rewards_are_frozen_and_stay_in_eval(specs, name):
     reward = build_reward([specs[name]])
     reward.train()
