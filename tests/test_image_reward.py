@@ -104,21 +104,22 @@ def train(*overrides: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=120)
 
 
-@pytest.mark.parametrize("case", ["missing checkpoint", "not ImageReward", "no vocab.txt"])
-def test_bad_files_exit_2_with_one_message_before_anything_starts(spec, tmp_path, case):
-    checkpoint, processor = spec.checkpoint, spec.processor
-    if case == "missing checkpoint":
-        checkpoint, needle = str(tmp_path / "ImageReward.pt"), "does not exist; expected the official ImageReward.pt"
-    elif case == "not ImageReward":
-        checkpoint = make_aesthetic_spec(str(tmp_path / "aesthetic")).checkpoint
-        needle = "holds no blip.visual_encoder.* or blip.text_encoder.* or mlp.layers.* tensors"
-    else:
-        processor, needle = str(tmp_path), "has no vocab.txt; expected a bert-base-uncased tokeniser folder"
-    result = train(f"eval.rewards=[{{name: image_reward, checkpoint: {checkpoint}, processor: {processor}, "
-                   f"arch_config: {spec.arch_config}}}]", f"train.output_dir={tmp_path / 'runs'}")
+def test_bad_files_exit_2_with_one_message_each_before_anything_starts(spec, tmp_path):
+    not_image_reward = make_aesthetic_spec(str(tmp_path / "aesthetic")).checkpoint
+    cases = [  # (checkpoint, processor, the message)
+        (str(tmp_path / "ImageReward.pt"), spec.processor, "does not exist; expected the official ImageReward.pt"),
+        (not_image_reward, spec.processor, "holds no blip.visual_encoder.* or blip.text_encoder.* or mlp.layers.* tensors"),
+        (spec.checkpoint, str(tmp_path), "has no vocab.txt; expected a bert-base-uncased tokeniser folder"),
+    ]
+    entries = ", ".join(f"{{name: image_reward, checkpoint: {checkpoint}, processor: {processor}, "
+                        f"arch_config: {spec.arch_config}}}" for checkpoint, processor, _ in cases)
+    result = train(f"eval.rewards=[{entries}]", f"train.output_dir={tmp_path / 'runs'}")
     assert result.returncode == 2 and "Traceback" not in result.stderr and result.stdout == ""
-    assert "invalid config (1 problem)" in result.stderr and "eval.rewards.0." in result.stderr
-    assert needle in result.stderr, result.stderr
+    assert "invalid config (3 problems)" in result.stderr, result.stderr
+    for i, (_, _, message) in enumerate(cases):  # one line per bad entry, naming it
+        (line,) = [line for line in result.stderr.splitlines() if f"eval.rewards.{i}." in line]
+        assert message in line, result.stderr
+    assert not os.path.exists(tmp_path / "runs"), "nothing may be written"
 
 
 def test_image_reward_trains_in_a_weighted_mix_and_is_an_eval_metric(spec, tiny_sd_dir, tmp_path):
