@@ -13,6 +13,8 @@ from pipeline.config import ConfigError, run_cli
 from rewards.config import REWARD_NAMES, RewardSpec
 from rewards.files import file_problems
 
+FILE_FIELDS = ("checkpoint", "clip_checkpoint", "arch", "arch_config", "processor")  # RewardSpec's file options
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
@@ -20,7 +22,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         epilog="Example: python -m pipeline.score --reward image_reward --checkpoint ImageReward.pt "
                "--processor bert-base-uncased --prompt 'a painting of an ocean' 1.webp 2.webp")
     p.add_argument("--reward", required=True, choices=REWARD_NAMES, help="which reward")
-    for field in ("checkpoint", "clip_checkpoint", "arch", "arch_config", "processor"):
+    for field in FILE_FIELDS:
         p.add_argument(f"--{field.replace('_', '-')}", dest=field, help=f"the reward's {field} (as in a config's rewards)")
     p.add_argument("--prompt", required=True, help="the prompt every image is scored against")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
@@ -30,8 +32,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    fields = {k: getattr(args, k) for k in ("checkpoint", "clip_checkpoint", "arch", "arch_config", "processor")}
-    spec = RewardSpec(name=args.reward, **{k: v for k, v in fields.items() if v is not None})
+    fields = {k: getattr(args, k) for k in FILE_FIELDS if getattr(args, k) is not None}
+    spec = RewardSpec(name=args.reward, **fields)
     problems = [_as_option(p) for p in spec.validate() or file_problems(spec)]
     problems += [f"{path}: no such image file" for path in args.images if not os.path.isfile(path)]
     if problems:
