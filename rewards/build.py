@@ -6,33 +6,31 @@ device and dtype, frozen and put in eval mode.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
 
-from rewards.aesthetic import load_aesthetic
 from rewards.base import Reward, freeze
-from rewards.clip_similarity import load_clip_score, load_hpsv2
 from rewards.combine import WeightedSum
 from rewards.config import REWARD_NAMES, RewardSpec
-from rewards.image_reward import load_image_reward
-from rewards.pickscore import load_pickscore
-from rewards.pixel import Brightness, Colourfulness, Sharpness, Symmetry
 
 __all__ = ["REWARD_NAMES", "build_reward", "load_reward"]
 
-# Explicit registry: reward name -> loader taking the spec and returning a CPU fp32 module.
-_LOADERS: dict[str, Callable[[RewardSpec], nn.Module]] = {
-    "hpsv2": load_hpsv2,
-    "pickscore": load_pickscore,
-    "image_reward": load_image_reward,
-    "aesthetic": load_aesthetic,
-    "clip_score": load_clip_score,
-    "symmetry": lambda spec: Symmetry(),
-    "colourfulness": lambda spec: Colourfulness(),
-    "sharpness": lambda spec: Sharpness(),
-    "brightness": lambda spec: Brightness(),
+# Explicit registry: reward name -> "module:loader", a callable taking the spec and returning a CPU fp32
+# module. Imported on first use, so that a process pays only for the rewards it builds (open_clip and
+# transformers' processors take seconds to import; a Ray worker on pixel rewards needs neither).
+_LOADERS: dict[str, str] = {
+    "hpsv2": "rewards.clip_similarity:load_hpsv2",
+    "pickscore": "rewards.pickscore:load_pickscore",
+    "image_reward": "rewards.image_reward:load_image_reward",
+    "aesthetic": "rewards.aesthetic:load_aesthetic",
+    "clip_score": "rewards.clip_similarity:load_clip_score",
+    "symmetry": "rewards.pixel:load_pixel_reward",
+    "colourfulness": "rewards.pixel:load_pixel_reward",
+    "sharpness": "rewards.pixel:load_pixel_reward",
+    "brightness": "rewards.pixel:load_pixel_reward",
 }
 assert set(_LOADERS) == set(REWARD_NAMES)
 
@@ -77,5 +75,10 @@ def load_reward(
     problems = spec.validate()
     if problems:
         raise ValueError(f"invalid RewardSpec for {spec.name!r}: " + "; ".join(problems))
-    reward = _LOADERS[spec.name](spec)
+    reward = _loader(spec.name)(spec)
     return freeze(reward.to(device=device, dtype=dtype))
+
+
+def _loader(name: str) -> Callable[[RewardSpec], nn.Module]:
+    module, attr = _LOADERS[name].split(":")
+    return getattr(importlib.import_module(module), attr)

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rewards.base import check_images
+from rewards.config import RewardSpec
 
 # Rec. 601 luma weights: Y = 0.299 R + 0.587 G + 0.114 B.
 REC601_LUMA = (0.299, 0.587, 0.114)
@@ -106,3 +107,12 @@ class Brightness(nn.Module):
         """Score ``(B, 3, H, W)`` images in [0, 1]; returns ``(B,)``."""
         check_images(images, prompts)
         return luma(images).mean(dim=(1, 2)).float()
+
+
+PIXEL_REWARDS: dict[str, type[nn.Module]] = {"symmetry": Symmetry, "colourfulness": Colourfulness,
+                                             "sharpness": Sharpness, "brightness": Brightness}
+
+
+def load_pixel_reward(spec: RewardSpec) -> nn.Module:
+    """The pixel reward ``spec`` names; it has no weights."""
+    return PIXEL_REWARDS[spec.name]()
