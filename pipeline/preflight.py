@@ -12,13 +12,15 @@ from pipeline.config import ConfigError, dump_yaml, flatten, load_config
 from rewards.config import RewardSpec
 from rewards.files import file_problems
 from trainers.config import Config
+from trainers.families import family_problem
 from trainers.models import denoiser_skeleton, model_path_problem, pair_problems
 from trainers.module_checks import architecture_problems, lora_file_problems, lora_target_problems
 from trainers.prompts import read_prompts
 
-def model_problems(key: str, path: str) -> list[str]:
-    """A local model path must be a diffusers pipeline folder; hub ids need the network or the cache."""
-    problem = model_path_problem(path)
+def model_problems(key: str, path: str, family: str = "auto") -> list[str]:
+    """A local model path must be a diffusers pipeline folder of a supported family; hub ids need the
+    network or the cache."""
+    problem = model_path_problem(path) or family_problem(path, family)
     return [f"{key}: {problem}"] if problem else []
 
 
@@ -125,7 +127,7 @@ def device_problems(key: str, device: str) -> list[str]:
 def preflight(cfg: Config, source: str = "config", training: bool = False) -> None:
     """Raise one ``ConfigError`` listing every missing file or unavailable device the config names
     (and, for ``training``, a run folder it may not write into)."""
-    problems = model_problems("model.path", cfg.model.path) or target_module_problems(cfg)
+    problems = model_problems("model.path", cfg.model.path, cfg.model.family) or target_module_problems(cfg)
     if not (cfg.ray.enabled and cfg.ray.use_gpu):  # Ray workers get GPUs the driver may not have
         problems += device_problems("model.device", cfg.model.device)
     problems += reward_problems("rewards", cfg.rewards) + reward_problems("eval.rewards", cfg.eval.rewards)

@@ -34,13 +34,14 @@ class TeacherServer:
     def __init__(self, cfg: dict):
         from pipeline.config import from_dict
         from trainers.distill import LocalTeacher, NoiseSchedule, divergence_spec
-        from trainers.models import DTYPES, FAMILIES, DiffusionModel, load_denoiser
+        from trainers.families import family_of
+        from trainers.models import DTYPES, DiffusionModel, load_denoiser
 
         c = from_dict(Config, cfg, "teacher config")
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         unet, scheduler = load_denoiser(c.distill.teacher_path or c.model.path, DTYPES[c.model.dtype], device)
-        model = DiffusionModel(FAMILIES[c.model.family], unet, None, None, None, scheduler, device,
-                               DTYPES[c.model.dtype], 0)
+        model = DiffusionModel(family_of(c.model.path, c.model.family, os.path.isdir(c.model.path)), unet, None,
+                               (), (), scheduler, device, DTYPES[c.model.dtype], 0)
         self.device = device
         self.teacher = LocalTeacher(model, _unet_of(unet), NoiseSchedule.of(scheduler),
                                     divergence_spec(c.distill), c.distill.alpha_cfg)

@@ -32,7 +32,7 @@ def distill_config(model_dir: str, out: str, sections: dict | None = None, **dis
 def float64_trainer(model_dir: str, cfg):
     """A trainer whose every network, adapter and latent is float64, its adapters moved off zero."""
     model = load_model(cfg.model)
-    for module in (model.denoiser, model.vae, model.text_encoder):
+    for module in (model.denoiser, *model.frozen_modules()):
         module.double()
     tr = build_trainer(cfg, model=replace(model, dtype=torch.float64))
     gen = torch.Generator().manual_seed(7)

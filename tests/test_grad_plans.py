@@ -24,7 +24,7 @@ def model64(tiny_sd_dir):
     """The tiny model in float64 with gaussian-initialised LoRA (so every adapter gets gradient)."""
     model = load_model(ModelConfig(path=tiny_sd_dir, device="cpu"))
     make_trainable(model, TrainableConfig(rank=2, alpha=2.0, init="gaussian"))
-    for module in (model.denoiser, model.vae, model.text_encoder):
+    for module in (model.denoiser, *model.frozen_modules()):
         module.double()
     model.dtype = torch.float64
     # diffusers keeps alpha-bar in float32; the reference must not round coefficients to float32
@@ -42,7 +42,7 @@ def reward(images: torch.Tensor) -> torch.Tensor:
 def _inputs(model):
     prompts = ["a red circle", "a blue square"]
     cond = model.family.encode_prompts(model, prompts)
-    uncond = model.family.encode_prompts(model, ["", ""])
+    uncond = model.family.encode_negative(model, 2)
     x_T = torch.randn(2, *model.latent_shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
     return cond, uncond, x_T
 

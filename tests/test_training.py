@@ -68,7 +68,7 @@ def test_resume_equals_uninterrupted_run(tiny_sd_dir, tmp_path, plan):
 
 def test_step_changes_only_trainable_parameters(tiny_sd_dir, tmp_path):
     tr = build_trainer(make_config(tiny_sd_dir, str(tmp_path)))
-    modules = {"unet": tr.model.denoiser, "vae": tr.model.vae, "text": tr.model.text_encoder}
+    modules = {"unet": tr.model.denoiser, "vae": tr.model.vae, "text": tr.model.text_encoders[0]}
     before = {f"{m}.{n}": p.detach().clone() for m, mod in modules.items() for n, p in mod.named_parameters()}
     metrics = train_step(tr)
     trainable = {f"unet.{n}" for n, p in tr.model.denoiser.named_parameters() if p.requires_grad}

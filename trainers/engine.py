@@ -135,7 +135,7 @@ def generate(model: DiffusionModel, prompts: list[str], x_T: torch.Tensor, sched
              guidance: float, eta: float = 0.0, gen: torch.Generator | None = None) -> torch.Tensor:
     """Images ``(B, 3, H, W)`` in [0, 1] for ``prompts`` from noise ``x_T``, with no gradients."""
     cond = model.family.encode_prompts(model, prompts)
-    uncond = model.family.encode_prompts(model, [""] * len(prompts)) if guidance > 1 else None
+    uncond = model.family.encode_negative(model, len(prompts)) if guidance > 1 else None
     traj = sample(model, cond, uncond, x_T, schedule, no_grad_flags(len(schedule)), guidance=guidance, eta=eta,
                   gen=gen)
     return model.family.decode(model, traj.finals[0])

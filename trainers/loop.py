@@ -153,7 +153,7 @@ def reward_loss(tr: Trainer) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     flags = tr.plan.flags(s.num_steps, tr.gen)
     x_T = torch.randn(b * rep.world_size, *model.latent_shape, generator=tr.gen)[rep.own_slice(b)].to(model.device)
     cond = model.family.encode_prompts(model, prompts)
-    uncond = model.family.encode_prompts(model, [""] * len(prompts)) if s.guidance_scale > 1 else None
+    uncond = model.family.encode_negative(model, len(prompts)) if s.guidance_scale > 1 else None
     traj = sample(model, cond, uncond, x_T, tr.schedule, flags, guidance=s.guidance_scale, eta=s.eta,
                   gen=rep.step_generator(tr.cfg.train.seed, tr.step), refine_copies=tr.plan.refine_copies,
                   step_checkpointing=tr.cfg.model.step_checkpointing)
@@ -171,7 +171,7 @@ def distill_loss(tr: Trainer) -> tuple[torch.Tensor, torch.Tensor, list[str], di
     d, b, rep = tr.distill, tr.cfg.train.batch_size, tr.replicas
     prompts = tr.sampler.next_batch(b * rep.world_size)[rep.own_slice(b)]
     cond = tr.model.family.encode_prompts(tr.model, prompts)
-    uncond = tr.model.family.encode_prompts(tr.model, [""] * b) if tr.cfg.distill.alpha_cfg > 1 else None
+    uncond = tr.model.family.encode_negative(tr.model, b) if tr.cfg.distill.alpha_cfg > 1 else None
     fake = [d.fake_update(cond, tr.gen, rep) for _ in range(tr.cfg.distill.fake_updates)]
     metrics = {"train/fake_loss": fake[-1][0], "train/fake_grad_norm": fake[-1][1]}
     if not all(math.isfinite(value) for f in fake for value in f):

@@ -1,119 +1,25 @@
 """Loading diffusion models, making them trainable, and saving what was trained.
 
-Model-family specifics (text encoding, added conditioning, latent scale, the denoiser's call
-signature) live behind :class:`ModelFamily`; the sampler and trainers only see
-:class:`DiffusionModel` and :class:`Conditioning`. Stable Diffusion 1.x/2.x is the family
-implemented here; SDXL (pooled embeddings plus ``time_ids``) and PixArt-alpha (T5 plus a DiT) slot
-in as further families.
+What differs between model families (text encoding, added conditioning, decoding, the LoRA file
+format) lives in one module per family under ``trainers/families``; this module dispatches to the
+family ``model.family`` names (``auto``: the pipeline's class), and the sampler and trainers only see
+:class:`DiffusionModel` and :class:`Conditioning`.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
-from typing import Protocol
 
 import torch
 
 from trainers.config import ModelConfig, TrainableConfig
+from trainers.families import FAMILIES, family_of
+from trainers.families.base import Conditioning, DiffusionModel, ModelFamily
+
+__all__ = ["DTYPES", "FAMILIES", "Conditioning", "DiffusionModel", "ModelFamily", "load_model", "make_trainable",
+           "save_trained", "load_trained"]
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-@dataclass
-class Conditioning:
-    """What the denoiser is conditioned on, batch-first.
-
-    Attributes:
-        hidden_states: Text-encoder states for cross-attention, shape ``(B, L, D)``.
-        added: Extra conditioning tensors by name (SDXL: ``text_embeds``, ``time_ids``), each ``(B, ...)``.
-    """
-
-    hidden_states: torch.Tensor
-    added: dict[str, torch.Tensor] = field(default_factory=dict)
-
-    def __len__(self) -> int:
-        return self.hidden_states.shape[0]
-
-    @staticmethod
-    def cat(parts: list[Conditioning]) -> Conditioning:
-        """Concatenate along the batch axis."""
-        added = {k: torch.cat([p.added[k] for p in parts]) for k in parts[0].added}
-        return Conditioning(torch.cat([p.hidden_states for p in parts]), added)
-
-    def repeat(self, n: int) -> Conditioning:
-        """Tile the batch ``n`` times: ``(B, ...) -> (n*B, ...)``."""
-        return Conditioning.cat([self] * n)
-
-
-@dataclass
-class DiffusionModel:
-    """A loaded text-to-image latent diffusion model; ``denoiser`` is what training changes."""
-
-    family: ModelFamily
-    denoiser: torch.nn.Module
-    vae: torch.nn.Module
-    text_encoder: torch.nn.Module
-    tokenizer: object
-    scheduler: object
-    device: torch.device
-    dtype: torch.dtype
-    resolution: int
-
-    @property
-    def latent_shape(self) -> tuple[int, int, int]:
-        """``(C, h, w)`` of one latent."""
-        return self.family.latent_shape(self)
-
-
-class ModelFamily(Protocol):
-    """What differs between model families."""
-
-    name: str
-
-    def encode_prompts(self, model: DiffusionModel, prompts: list[str]) -> Conditioning: ...
-
-    def denoise(self, model: DiffusionModel, x_t: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor: ...
-
-    def decode(self, model: DiffusionModel, latents: torch.Tensor) -> torch.Tensor: ...
-
-    def latent_shape(self, model: DiffusionModel) -> tuple[int, int, int]: ...
-
-
-class StableDiffusion:
-    """Stable Diffusion 1.x / 2.x: one CLIP text encoder, a UNet, ``x = vae.decode(z / scale)``."""
-
-    name = "sd"
-
-    def encode_prompts(self, model: DiffusionModel, prompts: list[str]) -> Conditioning:
-        """Tokenise to the tokenizer's max length and take the last hidden state: ``(B, 77, D)``."""
-        tok = model.tokenizer
-        ids = tok(list(prompts), padding="max_length", max_length=tok.model_max_length, truncation=True,
-                  return_tensors="pt").input_ids.to(model.device)
-        with torch.no_grad():
-            states = model.text_encoder(ids)[0]
-        return Conditioning(states.to(model.dtype))
-
-    def denoise(self, model: DiffusionModel, x_t: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
-        """UNet output for latents ``(B, C, h, w)`` at integer timestep ``t``."""
-        added = cond.added or None
-        return model.denoiser(x_t, t, encoder_hidden_states=cond.hidden_states, added_cond_kwargs=added,
-                              return_dict=False)[0]
-
-    def decode(self, model: DiffusionModel, latents: torch.Tensor) -> torch.Tensor:
-        """Latents ``(B, C, h, w)`` -> images ``(B, 3, H, W)`` in [0, 1], differentiable."""
-        z = latents.to(model.dtype) / model.vae.config.scaling_factor
-        images = model.vae.decode(z, return_dict=False)[0]
-        images = images.to(torch.promote_types(images.dtype, torch.float32))  # rewards get >= fp32
-        return (images / 2 + 0.5).clamp(0, 1)
-
-    def latent_shape(self, model: DiffusionModel) -> tuple[int, int, int]:
-        scale = 2 ** (len(model.vae.config.block_out_channels) - 1)
-        side = model.resolution // scale
-        return (model.denoiser.config.in_channels, side, side)
-
-
-FAMILIES: dict[str, ModelFamily] = {"sd": StableDiffusion()}
 
 
 def resolve_device(name: str) -> torch.device:
@@ -137,7 +43,7 @@ def model_path_problem(path: str) -> str | None:
             return None
         return f"{path!r} is not in the local hub cache and HF_HUB_OFFLINE is set; download it first or give a folder"
     why = "does not exist" if not os.path.exists(path) else "has no model_index.json"
-    return f"{path!r} {why}; point it at a folder written by StableDiffusionPipeline.save_pretrained"
+    return f"{path!r} {why}; point it at a folder written by a diffusers pipeline's save_pretrained"
 
 
 def _in_hub_cache(repo_id: str) -> bool:
@@ -147,32 +53,24 @@ def _in_hub_cache(repo_id: str) -> bool:
 
 
 def load_model(cfg: ModelConfig) -> DiffusionModel:
-    """Load a diffusers pipeline folder (or hub id) and freeze everything.
+    """Load a diffusers pipeline folder (or hub id) through its family and freeze everything.
 
     Raises:
         FileNotFoundError: the folder is missing or is not a diffusers pipeline.
-        ValueError: the device is unavailable.
+        ValueError: the device is unavailable, or no family loads the pipeline.
     """
-    from diffusers import DDIMScheduler, StableDiffusionPipeline
-
     problem = model_path_problem(cfg.path)
     if problem:
         raise FileNotFoundError(f"model.path: {problem}")
     device, dtype = resolve_device(cfg.device), DTYPES[cfg.dtype]
     offline = os.path.isdir(cfg.path)
-    pipe = StableDiffusionPipeline.from_pretrained(cfg.path, dtype=dtype, local_files_only=offline,
-                                                   safety_checker=None, requires_safety_checker=False)
-    scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
-    for module in (pipe.unet, pipe.vae, pipe.text_encoder):
-        module.requires_grad_(False).eval().to(device)
+    model = family_of(cfg.path, cfg.family, offline).load(cfg.path, dtype, device, offline)
     if cfg.unet_checkpointing:
-        pipe.unet.enable_gradient_checkpointing()
+        model.denoiser.enable_gradient_checkpointing()
     if cfg.vae_checkpointing:
-        pipe.vae.enable_gradient_checkpointing()
-    scale = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
-    resolution = cfg.resolution or pipe.unet.config.sample_size * scale
-    return DiffusionModel(FAMILIES[cfg.family], pipe.unet, pipe.vae, pipe.text_encoder, pipe.tokenizer,
-                          scheduler, device, dtype, resolution)
+        model.vae.enable_gradient_checkpointing()
+    model.resolution = cfg.resolution or model.resolution
+    return model
 
 
 def make_trainable(model: DiffusionModel, cfg: TrainableConfig, adapter_name: str = "default") -> list[torch.nn.Parameter]:
@@ -218,9 +116,7 @@ def load_trainable_state_dict(model: DiffusionModel, state: dict[str, torch.Tens
 
 def save_trained(model: DiffusionModel, cfg: TrainableConfig, folder: str) -> None:
     """Save in diffusers formats: LoRA via ``save_lora_weights`` (loadable with
-    ``StableDiffusionPipeline.load_lora_weights(folder)``), a full fine-tune via ``unet.save_pretrained``."""
-    from diffusers import StableDiffusionPipeline
-
+    the family pipeline's ``load_lora_weights(folder)``), a full fine-tune via ``unet.save_pretrained``."""
     unet = model.denoiser
     if cfg.kind == "full":
         unet.save_pretrained(os.path.join(folder, "unet"))
@@ -230,7 +126,7 @@ def save_trained(model: DiffusionModel, cfg: TrainableConfig, folder: str) -> No
 
     layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
     metadata = unet.peft_config["default"].to_dict()
-    StableDiffusionPipeline.save_lora_weights(folder, unet_lora_layers=layers, unet_lora_adapter_metadata=metadata)
+    model.family.save_lora(folder, layers, metadata)
 
 
 def save_unet_state(unet: torch.nn.Module, state: dict[str, torch.Tensor], folder: str) -> None:
@@ -315,6 +211,12 @@ def pair_problems(generator_path: str, teacher_path: str) -> list[str]:
 
     if not (os.path.isdir(generator_path) and os.path.isdir(teacher_path)):
         return []
+    from trainers.families import pipeline_class
+
+    mine, theirs = pipeline_class(generator_path), pipeline_class(teacher_path)
+    if mine != theirs:
+        return [f"distill.teacher_path: the teacher {teacher_path!r} is a {theirs} but the generator "
+                f"(model.path={generator_path!r}) is a {mine}; give a teacher of the generator's family"]
     problems = []
     for part, key in PAIR_KEYS:
         mine, theirs = read(generator_path, part).get(key), read(teacher_path, part).get(key)

@@ -1,0 +1,114 @@
+"""What the engine sees of a model, whatever its family: :class:`DiffusionModel`, :class:`Conditioning`
+and the :class:`ModelFamily` protocol that each family module implements."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+
+
+@dataclass
+class Conditioning:
+    """What the denoiser is conditioned on, batch-first.
+
+    Attributes:
+        hidden_states: Text-encoder states for cross-attention, shape ``(B, L, D)``.
+        added: Extra conditioning tensors by name (SDXL: ``text_embeds``, ``time_ids``), each ``(B, ...)``.
+    """
+
+    hidden_states: torch.Tensor
+    added: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return self.hidden_states.shape[0]
+
+    @staticmethod
+    def cat(parts: list[Conditioning]) -> Conditioning:
+        """Concatenate along the batch axis."""
+        added = {k: torch.cat([p.added[k] for p in parts]) for k in parts[0].added}
+        return Conditioning(torch.cat([p.hidden_states for p in parts]), added)
+
+    def repeat(self, n: int) -> Conditioning:
+        """Tile the batch ``n`` times: ``(B, ...) -> (n*B, ...)``."""
+        return Conditioning.cat([self] * n)
+
+
+@dataclass
+class DiffusionModel:
+    """A loaded text-to-image latent diffusion model; ``denoiser`` is what training changes.
+
+    Attributes:
+        text_encoders: The frozen text encoders, in the pipeline's order (``text_encoder``, ``text_encoder_2``).
+        tokenizers: Their tokenizers, in the same order.
+        pipeline_config: The non-component entries of the pipeline's ``model_index.json``
+            (SDXL: ``force_zeros_for_empty_prompt``).
+    """
+
+    family: ModelFamily
+    denoiser: torch.nn.Module
+    vae: torch.nn.Module | None
+    text_encoders: tuple[torch.nn.Module, ...]
+    tokenizers: tuple[Any, ...]
+    scheduler: Any
+    device: torch.device
+    dtype: torch.dtype
+    resolution: int
+    pipeline_config: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        """``(C, h, w)`` of one latent."""
+        scale = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        side = self.resolution // scale
+        return (self.denoiser.config.in_channels, side, side)
+
+    def frozen_modules(self) -> list[torch.nn.Module]:
+        """The VAE and text encoders (what training never changes)."""
+        return [m for m in (self.vae, *self.text_encoders) if m is not None]
+
+
+class ModelFamily(Protocol):
+    """What differs between model families; one module per family implements it."""
+
+    name: str
+    pipeline_class: str  # the diffusers pipeline class of the family's model_index.json
+
+    def load(self, path: str, dtype: torch.dtype, device: torch.device, offline: bool) -> DiffusionModel:
+        """The pipeline folder's (or hub id's) components, frozen, in eval mode, on ``device``;
+        ``resolution`` is the denoiser's native size."""
+
+    def encode_prompts(self, model: DiffusionModel, prompts: list[str]) -> Conditioning:
+        """The conditioning of each prompt, without gradient."""
+
+    def encode_negative(self, model: DiffusionModel, n: int) -> Conditioning:
+        """The unconditional branch of classifier-free guidance for a batch of ``n``, as the family's pipeline
+        builds it for an absent negative prompt."""
+
+    def denoise(self, model: DiffusionModel, x_t: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+        """The denoiser's output for latents ``(B, C, h, w)`` at timestep ``t`` (0-dim or ``(B,)``)."""
+
+    def decode(self, model: DiffusionModel, latents: torch.Tensor) -> torch.Tensor:
+        """Latents ``(B, C, h, w)`` -> images ``(B, 3, H, W)`` in [0, 1], differentiable, at least fp32."""
+
+    def save_lora(self, folder: str, layers: dict[str, torch.Tensor], metadata: dict) -> None:
+        """Write diffusers-format LoRA layers as the family's pipeline ``save_lora_weights`` does."""
+
+
+def frozen(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """``module`` without gradients, in eval mode, on ``device``."""
+    return module.requires_grad_(False).eval().to(device)
+
+
+def decode_images(vae: torch.nn.Module, z: torch.Tensor) -> torch.Tensor:
+    """``vae.decode(z)`` mapped from [-1, 1] to [0, 1], kept at least fp32 for the rewards."""
+    images = vae.decode(z, return_dict=False)[0]
+    images = images.to(torch.promote_types(images.dtype, torch.float32))
+    return (images / 2 + 0.5).clamp(0, 1)
+
+
+def tokenize(tokenizer, prompts: list[str], device: torch.device) -> torch.Tensor:
+    """Token ids padded (and truncated) to the tokenizer's max length, ``(B, L)``."""
+    return tokenizer(list(prompts), padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                     return_tensors="pt").input_ids.to(device)

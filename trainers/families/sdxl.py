@@ -1,0 +1,76 @@
+"""SDXL (``StableDiffusionXLPipeline``), as its pipeline conditions and decodes (FAMILIES.md §1):
+
+- two CLIP text encoders; their penultimate hidden states are concatenated on the feature axis, and the
+  pooled embedding is the second encoder's projected ``text_embeds``;
+- ``time_ids = (H, W, 0, 0, H, W)``: original size = target size = the resolution, no crop;
+- without a negative prompt, the unconditional branch is zeros when ``force_zeros_for_empty_prompt`` is
+  set (the SDXL default), else the encoding of "";
+- decoding ``z * latents_std / scale + latents_mean`` when the VAE config has both, else ``z / scale``;
+  an fp16 VAE marked ``force_upcast`` (SDXL's overflows in fp16) is kept in fp32.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from trainers.families.base import Conditioning, DiffusionModel, decode_images, frozen, tokenize
+from trainers.families.sd import StableDiffusion, native_resolution
+
+# DDIM's own defaults for keys absent from another scheduler's config (SDXL ships EulerDiscrete) would
+# clip x0 and use alpha-bar 1 at the end; the SDXL pipeline does neither (FAMILIES.md §1)
+DDIM_DEFAULTS = {"clip_sample": False, "set_alpha_to_one": False}
+
+
+class StableDiffusionXL(StableDiffusion):
+    name = "sdxl"
+    pipeline_class = "StableDiffusionXLPipeline"
+
+    def load(self, path: str, dtype: torch.dtype, device: torch.device, offline: bool) -> DiffusionModel:
+        from diffusers import DDIMScheduler, StableDiffusionXLPipeline
+
+        pipe = StableDiffusionXLPipeline.from_pretrained(path, dtype=dtype, local_files_only=offline)
+        vae = pipe.vae.float() if dtype == torch.float16 and pipe.vae.config.get("force_upcast") else pipe.vae
+        config = pipe.scheduler.config
+        scheduler = DDIMScheduler.from_config(config, **{k: v for k, v in DDIM_DEFAULTS.items() if k not in config})
+        return DiffusionModel(self, frozen(pipe.unet, device), frozen(vae, device),
+                              (frozen(pipe.text_encoder, device), frozen(pipe.text_encoder_2, device)),
+                              (pipe.tokenizer, pipe.tokenizer_2), scheduler, device, dtype,
+                              native_resolution(pipe.unet, pipe.vae),
+                              {"force_zeros_for_empty_prompt": bool(pipe.config.force_zeros_for_empty_prompt)})
+
+    def encode_prompts(self, model: DiffusionModel, prompts: list[str]) -> Conditioning:
+        """``(B, 77, D1 + D2)`` penultimate states, pooled ``text_embeds`` ``(B, P)`` and ``time_ids`` ``(B, 6)``."""
+        states, pooled = [], None
+        with torch.no_grad():
+            for encoder, tokenizer in zip(model.text_encoders, model.tokenizers):
+                out = encoder(tokenize(tokenizer, prompts, model.device), output_hidden_states=True)
+                pooled = out[0] if out[0].dim() == 2 else pooled  # CLIPTextModelWithProjection's text_embeds
+                states.append(out.hidden_states[-2])
+        side = float(model.resolution)
+        time_ids = torch.tensor([[side, side, 0.0, 0.0, side, side]] * len(prompts), device=model.device)
+        return Conditioning(torch.cat(states, dim=-1).to(model.dtype),
+                            {"text_embeds": pooled.to(model.dtype), "time_ids": time_ids.to(model.dtype)})
+
+    def encode_negative(self, model: DiffusionModel, n: int) -> Conditioning:
+        empty = self.encode_prompts(model, [""] * n)
+        if not model.pipeline_config.get("force_zeros_for_empty_prompt"):
+            return empty
+        return Conditioning(torch.zeros_like(empty.hidden_states),
+                            {**empty.added, "text_embeds": torch.zeros_like(empty.added["text_embeds"])})
+
+    def decode(self, model: DiffusionModel, latents: torch.Tensor) -> torch.Tensor:
+        vae = model.vae
+        mean, std = vae.config.get("latents_mean"), vae.config.get("latents_std")
+        z = latents.to(vae.dtype)
+        if mean is not None and std is not None:
+            shape = (1, len(mean), 1, 1)
+            mean = torch.tensor(mean, device=z.device, dtype=z.dtype).view(shape)
+            std = torch.tensor(std, device=z.device, dtype=z.dtype).view(shape)
+            return decode_images(vae, z * std / vae.config.scaling_factor + mean)
+        return decode_images(vae, z / vae.config.scaling_factor)
+
+    def save_lora(self, folder: str, layers: dict[str, torch.Tensor], metadata: dict) -> None:
+        from diffusers import StableDiffusionXLPipeline
+
+        StableDiffusionXLPipeline.save_lora_weights(folder, unet_lora_layers=layers,
+                                                    unet_lora_adapter_metadata=metadata)
