@@ -1,0 +1,89 @@
+"""The SDXL family: sampling with gradients off equals ``StableDiffusionXLPipeline`` with a DDIM scheduler
+(zeros for the unconditional branch, pooled embeddings and time ids), and a LoRA saved by the family loads
+in plain diffusers and reproduces the tuned images."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from trainers.config import ModelConfig, TrainableConfig
+from trainers.ddim import ddim_schedule
+from trainers.engine import generate
+from trainers.models import load_model, make_trainable, save_trained
+
+PROMPTS = ["a red circle on a blue background", "a green square"]
+
+
+@pytest.fixture(scope="module")
+def tiny_sdxl_dir(tmp_path_factory, clip_tokenizer_dir) -> str:
+    from sdxl_factories import build_tiny_sdxl
+
+    return build_tiny_sdxl(str(tmp_path_factory.mktemp("tiny_sdxl")), clip_tokenizer_dir)
+
+
+def pipeline_images(model, folder, x_T, steps, guidance, eta, lora_dir=None):
+    from diffusers import DDIMScheduler, StableDiffusionXLPipeline
+
+    pipe = StableDiffusionXLPipeline.from_pretrained(folder, local_files_only=True)
+    pipe.scheduler = DDIMScheduler.from_config(model.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    if lora_dir:
+        pipe.load_lora_weights(lora_dir)
+    return pipe(PROMPTS, latents=x_T.clone(), num_inference_steps=steps, guidance_scale=guidance, eta=eta,
+                output_type="pt", generator=torch.Generator().manual_seed(1)).images
+
+
+def engine_images(model, x_T, steps, guidance, eta):
+    return generate(model, PROMPTS, x_T.clone(), ddim_schedule(model.scheduler, steps), guidance=guidance, eta=eta,
+                    gen=torch.Generator().manual_seed(1))
+
+
+def noise(model):
+    return torch.randn(len(PROMPTS), *model.latent_shape, generator=torch.Generator().manual_seed(0))
+
+
+@pytest.mark.parametrize("steps,guidance,eta", [(4, 5.0, 0.0), (3, 5.0, 1.0), (3, 1.0, 0.0)])
+def test_sampling_matches_the_sdxl_pipeline(tiny_sdxl_dir, steps, guidance, eta):
+    model = load_model(ModelConfig(path=tiny_sdxl_dir, device="cpu"))
+    assert model.family.name == "sdxl" and model.pipeline_config["force_zeros_for_empty_prompt"]
+    x_T = noise(model)
+    got = engine_images(model, x_T, steps, guidance, eta)
+    want = pipeline_images(model, tiny_sdxl_dir, x_T, steps, guidance, eta)
+    assert got.shape == want.shape == (2, 3, 16, 16)
+    torch.testing.assert_close(got, want, rtol=0, atol=2e-5)
+
+
+def test_sdxl_lora_loads_in_plain_diffusers(tiny_sdxl_dir, tmp_path):
+    model = load_model(ModelConfig(path=tiny_sdxl_dir, device="cpu"))
+    x_T = noise(model)
+    base = engine_images(model, x_T, 3, 5.0, 0.0)
+    cfg = TrainableConfig(rank=4, alpha=8.0)
+    with torch.no_grad():
+        gen = torch.Generator().manual_seed(0)
+        for p in make_trainable(model, cfg):
+            p.add_(0.3 * torch.randn(p.shape, generator=gen))
+    tuned = engine_images(model, x_T, 3, 5.0, 0.0)
+    assert (tuned - base).abs().max() > 1e-3, "the perturbed LoRA must change the images"
+    save_trained(model, cfg, str(tmp_path / "lora"))
+    reloaded = pipeline_images(model, tiny_sdxl_dir, x_T, 3, 5.0, 0.0, lora_dir=str(tmp_path / "lora"))
+    torch.testing.assert_close(reloaded, tuned, rtol=0, atol=2e-5)
+
+
+def test_unsupported_or_mismatched_pipelines_are_preflight_errors(tiny_sdxl_dir, tiny_sd_dir, tmp_path):
+    import json
+
+    from pipeline.preflight import model_problems
+    from trainers.models import pair_problems
+
+    sd3 = tmp_path / "sd3"
+    sd3.mkdir()
+    (sd3 / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusion3Pipeline"}))
+    (problem,) = model_problems("model.path", str(sd3))
+    assert "holds a StableDiffusion3Pipeline, which no model family loads" in problem
+    assert "StableDiffusionPipeline (sd), StableDiffusionXLPipeline (sdxl)" in problem
+    (problem,) = model_problems("model.path", tiny_sdxl_dir, "sd")
+    assert "model.family='sd' but" in problem and "StableDiffusionXLPipeline; set model.family=auto (or sdxl)" in problem
+    assert model_problems("model.path", tiny_sdxl_dir, "auto") == model_problems("model.path", tiny_sd_dir, "sd") == []
+    (problem,) = pair_problems(tiny_sd_dir, tiny_sdxl_dir)
+    assert "is a StableDiffusionXLPipeline but the generator" in problem and "is a StableDiffusionPipeline" in problem
