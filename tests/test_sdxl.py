@@ -6,13 +6,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_models import PROMPTS, engine_images, noise
 
 from trainers.config import ModelConfig, TrainableConfig
-from trainers.ddim import ddim_schedule
-from trainers.engine import generate
 from trainers.models import load_model, make_trainable, save_trained
-
-PROMPTS = ["a red circle on a blue background", "a green square"]
 
 
 @pytest.fixture(scope="module")
@@ -32,15 +29,6 @@ def pipeline_images(model, folder, x_T, steps, guidance, eta, lora_dir=None):
         pipe.load_lora_weights(lora_dir)
     return pipe(PROMPTS, latents=x_T.clone(), num_inference_steps=steps, guidance_scale=guidance, eta=eta,
                 output_type="pt", generator=torch.Generator().manual_seed(1)).images
-
-
-def engine_images(model, x_T, steps, guidance, eta):
-    return generate(model, PROMPTS, x_T.clone(), ddim_schedule(model.scheduler, steps), guidance=guidance, eta=eta,
-                    gen=torch.Generator().manual_seed(1))
-
-
-def noise(model):
-    return torch.randn(len(PROMPTS), *model.latent_shape, generator=torch.Generator().manual_seed(0))
 
 
 @pytest.mark.parametrize("steps,guidance,eta", [(4, 5.0, 0.0), (3, 5.0, 1.0), (3, 1.0, 0.0)])
