@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
+from collections.abc import Callable
 
 import pytest
 
@@ -17,6 +18,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 sys.path.insert(0, os.path.dirname(__file__))
+
+from shared_services import shared  # noqa: E402
 
 from pipeline.ray_train import TOKEN_PATH, local_ray_env  # noqa: E402  (imports no Ray)
 
@@ -95,53 +98,79 @@ def tiny_sd_dir(tmp_path_factory, clip_tokenizer_dir) -> str:
     return build_tiny_sd(str(tmp_path_factory.mktemp("tiny_sd")), clip_tokenizer_dir)
 
 
-# The session's Ray cluster: two nodes on this machine (Ray's own multi-node test cluster), placed
-# like a real one. The head holds the training workers' custom resource, the second node the reward
-# actors' (tests/test_placement.py); tests that ask for neither may land on either node.
-HEAD_NODE = {"num_cpus": 2, "resources": {"train_node": 2}}
-REWARD_NODE = {"num_cpus": 1, "resources": {"reward_node": 1}}
+def _shared_folder(tmp_path_factory) -> str | None:
+    """The folder all of this run's pytest-xdist workers share (their temp folders' parent), else None."""
+    return str(tmp_path_factory.getbasetemp().parent) if os.environ.get("PYTEST_XDIST_WORKER") else None
 
 
-@pytest.fixture(scope="session")
-def ray_session(tmp_path_factory):
-    """One local two-node Ray for the whole test session, bound to 127.0.0.1 (PLATFORM.md §2, §7)."""
-    import ray
+# The session's Ray cluster: two nodes on this machine (Ray's own multi-node test cluster), placed like a
+# real one, and shared by the run's xdist workers (an idle two-node Ray costs about a tenth of a core). The
+# head holds the training workers' custom resource, the second node the reward actors'
+# (tests/test_placement.py); tests that ask for neither may land on either node. The resources are
+# logical, counted for two workers' tests at once; tests that look at actors look at their own job's.
+HEAD_NODE = {"num_cpus": 4, "resources": {"train_node": 4}}
+REWARD_NODE = {"num_cpus": 2, "resources": {"reward_node": 2}}
+
+
+def _start_ray() -> tuple[dict, Callable[[], None]]:
     from ray.cluster_utils import Cluster
 
     from pipeline.ray_train import own_dashboard_port
 
-    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
     os.environ["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="ray", dir="/tmp")
+    port = own_dashboard_port()
     cluster = Cluster(initialize_head=True, head_node_args={
         **HEAD_NODE, "object_store_memory": 1 << 30, "include_dashboard": True, "dashboard_host": "127.0.0.1",
-        "dashboard_port": own_dashboard_port(), "node_ip_address": "127.0.0.1"})
+        "dashboard_port": port, "node_ip_address": "127.0.0.1"})
     cluster.add_node(**REWARD_NODE, object_store_memory=256 << 20, node_ip_address="127.0.0.1")
-    ray.init(address=cluster.address, configure_logging=False)
-    yield ray
-    ray.shutdown()
-    cluster.shutdown()
+    return {"address": cluster.address, "dashboard": f"http://127.0.0.1:{port}",
+            "tmpdir": os.environ["RAY_TMPDIR"]}, cluster.shutdown
 
 
 @pytest.fixture(scope="session")
-def tracking_stack(tmp_path_factory):
-    """A real S3 endpoint (moto) and MLflow server (sqlite, artifacts in that S3) on free loopback ports,
-    from ``python -m cluster.local up --services s3,mlflow``; stopped by PID with ``down``."""
+def ray_session(tmp_path_factory):
+    """One local two-node Ray for the whole test run, bound to 127.0.0.1 (PLATFORM.md §2, §7)."""
+    import ray
+
+    from pipeline.ray_train import API_SERVER_ADDRESS
+
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
+    with shared("ray", _shared_folder(tmp_path_factory), _start_ray) as cluster:
+        os.environ.update({API_SERVER_ADDRESS: cluster["dashboard"], "RAY_TMPDIR": cluster["tmpdir"]})
+        ray.init(address=cluster["address"], configure_logging=False)
+        try:
+            yield ray
+        finally:
+            ray.shutdown()
+
+
+def _start_tracking_stack(state: str) -> tuple[dict, Callable[[], None]]:
     import json
     import subprocess
 
     from pipeline.ray_train import free_port
 
-    state = tmp_path_factory.mktemp("tracking_stack")
     ports = {"--port-s3": free_port(), "--port-mlflow": free_port()}
     command = [sys.executable, "-m", "cluster.local"]
-    up = subprocess.run([*command, "up", "--services", "s3,mlflow", "--state-dir", str(state),
+    up = subprocess.run([*command, "up", "--services", "s3,mlflow", "--state-dir", state,
                          *(str(x) for item in ports.items() for x in item)], capture_output=True, text=True, timeout=180)
     assert up.returncode == 0, up.stdout + up.stderr
-    with open(state / "local-stack.json", encoding="utf-8") as f:
+    with open(os.path.join(state, "local-stack.json"), encoding="utf-8") as f:
         s3, mlflow = json.load(f)["services"]
-    try:
-        yield {"s3": s3["addresses"]["endpoint"], "bucket": "reward-tuning", "mlflow": mlflow["addresses"]["tracking"],
-               "mlflow_db": os.path.join(mlflow["workdir"], "mlflow.db")}
-    finally:
-        down = subprocess.run([*command, "down", "--state-dir", str(state)], capture_output=True, text=True, timeout=120)
-        assert down.returncode == 0, down.stdout + down.stderr
+
+    def down() -> None:
+        result = subprocess.run([*command, "down", "--state-dir", state], capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stdout + result.stderr
+
+    return {"s3": s3["addresses"]["endpoint"], "bucket": "reward-tuning", "mlflow": mlflow["addresses"]["tracking"],
+            "mlflow_db": os.path.join(mlflow["workdir"], "mlflow.db")}, down
+
+
+@pytest.fixture(scope="session")
+def tracking_stack(tmp_path_factory):
+    """A real S3 endpoint (moto) and MLflow server (sqlite, artifacts in that S3) on free loopback ports,
+    from ``python -m cluster.local up --services s3,mlflow``, stopped by PID with ``down``; shared by the
+    run's xdist workers."""
+    state = str(tmp_path_factory.mktemp("tracking_stack"))
+    with shared("tracking_stack", _shared_folder(tmp_path_factory), lambda: _start_tracking_stack(state)) as stack:
+        yield stack

@@ -10,6 +10,7 @@ import signal
 import threading
 import time
 
+import ray
 import torch
 from ray.util.state import list_actors
 from test_training import _trained, make_config
@@ -20,7 +21,9 @@ from trainers.loop import run, run_folder
 
 
 def alive_train_worker_pids() -> list[int]:
-    return [a.pid for a in list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])]
+    """This driver's live training workers (the session's cluster is shared with other test workers)."""
+    mine = ("job_id", "=", ray.get_runtime_context().get_job_id())
+    return [a.pid for a in list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE"), mine])]
 
 
 def kill_worker_mid_run(run_dir: str, last_step: int, killed: dict) -> None:

@@ -22,9 +22,10 @@ def node_with(resource: str) -> str:
 
 
 def watch_placement(seen: dict[str, set[str]], done: threading.Event) -> None:
-    """Record the nodes of the live training workers and reward actors while a run goes on."""
+    """Record the nodes of this driver's live training workers and reward actors while a run goes on."""
+    mine = ("job_id", "=", ray.get_runtime_context().get_job_id())
     while not done.is_set():
-        for actor in list_actors(filters=[("state", "=", "ALIVE")]):
+        for actor in list_actors(filters=[("state", "=", "ALIVE"), mine]):
             if actor.class_name == "RayTrainWorker":
                 seen["workers"].add(actor.node_id)
             elif (actor.name or "").startswith(NAME_PREFIX):
