@@ -13,7 +13,7 @@ from rewards.config import RewardSpec
 from rewards.files import file_problems
 from trainers.config import Config
 from trainers.families import family_problem
-from trainers.models import denoiser_skeleton, model_path_problem, pair_problems
+from trainers.models import denoiser_dir, denoiser_skeleton, model_path_problem, pair_problems
 from trainers.module_checks import architecture_problems, lora_file_problems, lora_target_problems
 from trainers.prompts import read_prompts
 
@@ -82,23 +82,26 @@ def reward_problems(key: str, specs: list[RewardSpec]) -> list[str]:
     return [f"{key}.{i}.{problem}" for i, spec in enumerate(specs) for problem in file_problems(spec)]
 
 
+LORA_FILES = ("pytorch_lora_weights.safetensors", "adapter_model.safetensors")  # diffusers' (SD, SDXL), peft's (PixArt)
+
+
 def weights_problems(key: str, folder: str | None, base: str) -> list[str]:
-    """Trained weights: a folder with a LoRA file or a full ``unet/`` folder, whose tensors fit the base
-    model ``base`` (checked against its module tree from the configs, no weights loaded)."""
+    """Trained weights: a folder with a LoRA file or a full ``unet/`` (``transformer/``) folder, whose
+    tensors fit the base model ``base`` (checked against its module tree from the configs, no weights loaded)."""
     if folder is None:
         return []
-    lora = os.path.join(folder, "pytorch_lora_weights.safetensors")
-    if not (os.path.isfile(lora) or os.path.isdir(os.path.join(folder, "unet"))):
-        return [f"{key}: {folder!r} holds no trained weights; expected pytorch_lora_weights.safetensors or a unet/ "
-                "folder, as in a run's final/ folder or a checkpoint's model/ folder"]
+    lora = next((os.path.join(folder, f) for f in LORA_FILES if os.path.isfile(os.path.join(folder, f))), None)
+    full = denoiser_dir(folder)
+    if not (lora or full):
+        return [f"{key}: {folder!r} holds no trained weights; expected {' or '.join(LORA_FILES)}, or a unet/ "
+                "(transformer/) folder, as in a run's final/ folder or a checkpoint's model/ folder"]
     skeleton = denoiser_skeleton(base)
     if skeleton is None:
         return []
-    if os.path.isfile(lora):
+    if lora:
         problems = lora_file_problems(skeleton, lora)
     else:
-        trained = denoiser_skeleton(folder)
-        problems = architecture_problems(skeleton, trained) if trained else ["its unet/ folder has no config.json"]
+        problems = architecture_problems(skeleton, denoiser_skeleton(folder))
     return [f"{key}: {folder!r} does not fit the base model {base!r}: {'; '.join(problems[:3])}"
             f"{f' (and {len(problems) - 3} more)' if len(problems) > 3 else ''}; give the base model the weights were "
             "trained on (the run's model.path), or weights trained on this base"] if problems else []

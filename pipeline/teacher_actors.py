@@ -39,9 +39,9 @@ class TeacherServer:
 
         c = from_dict(Config, cfg, "teacher config")
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        unet, scheduler = load_denoiser(c.distill.teacher_path or c.model.path, DTYPES[c.model.dtype], device)
-        model = DiffusionModel(family_of(c.model.path, c.model.family, os.path.isdir(c.model.path)), unet, None,
-                               (), (), scheduler, device, DTYPES[c.model.dtype], 0)
+        family = family_of(c.model.path, c.model.family, os.path.isdir(c.model.path))
+        unet, scheduler = load_denoiser(c.distill.teacher_path or c.model.path, family, DTYPES[c.model.dtype], device)
+        model = DiffusionModel(family, unet, None, (), (), scheduler, device, DTYPES[c.model.dtype], 0)
         self.device = device
         self.teacher = LocalTeacher(model, _unet_of(unet), NoiseSchedule.of(scheduler),
                                     divergence_spec(c.distill), c.distill.alpha_cfg)

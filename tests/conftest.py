@@ -98,6 +98,22 @@ def tiny_sd_dir(tmp_path_factory, clip_tokenizer_dir) -> str:
     return build_tiny_sd(str(tmp_path_factory.mktemp("tiny_sd")), clip_tokenizer_dir)
 
 
+@pytest.fixture(scope="session")
+def tiny_sdxl_dir(tmp_path_factory, clip_tokenizer_dir) -> str:
+    """A tiny SDXL pipeline folder (16 px images, two CLIP encoders)."""
+    from sdxl_factories import build_tiny_sdxl
+
+    return build_tiny_sdxl(str(tmp_path_factory.mktemp("tiny_sdxl")), clip_tokenizer_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_pixart_dir(tmp_path_factory) -> str:
+    """A tiny PixArt-α pipeline folder (16 px images, T5, learned sigma)."""
+    from pixart_factories import build_tiny_pixart
+
+    return build_tiny_pixart(str(tmp_path_factory.mktemp("tiny_pixart")))
+
+
 def _shared_folder(tmp_path_factory) -> str | None:
     """The folder all of this run's pytest-xdist workers share (their temp folders' parent), else None."""
     return str(tmp_path_factory.getbasetemp().parent) if os.environ.get("PYTEST_XDIST_WORKER") else None

@@ -101,13 +101,18 @@ def _generator_grads_and_fake_step(tr) -> tuple[list[torch.Tensor], list[torch.T
     return list(torch.autograd.grad(loss, tr.params)), [p.detach().clone() for p in d.nets.fake_params]
 
 
-@pytest.mark.parametrize("checkpointing", [False, True], ids=["plain", "unet_checkpointing"])
-def test_shared_base_equals_three_networks(tiny_sd_dir, tmp_path, checkpointing):
-    """Two adapters on one UNet, the teacher its adapters-off forward: the same fake step and generator
-    gradients, also when backward recomputes the UNet's activations (the right adapter must be active then)."""
-    model = {"model": {"path": tiny_sd_dir, "device": "cpu", "unet_checkpointing": checkpointing}}
-    separate = float64_trainer(tiny_sd_dir, distill_config(tiny_sd_dir, str(tmp_path / "a"), model))
-    shared = float64_trainer(tiny_sd_dir, distill_config(tiny_sd_dir, str(tmp_path / "b"), model, shared_base=True))
+@pytest.mark.parametrize("family, checkpointing", [("sd", False), ("sd", True), ("sdxl", False), ("pixart", True)],
+                         ids=["sd", "sd_unet_checkpointing", "sdxl", "pixart_checkpointing"])
+def test_shared_base_equals_three_networks(request, tmp_path, family, checkpointing):
+    """Two adapters on one denoiser, the teacher its adapters-off forward: the same fake step and generator
+    gradients, also when backward recomputes the denoiser's activations (the right adapter must be active
+    then), for the tiny model of each family as its own teacher."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    folder = request.getfixturevalue(f"tiny_{family}_dir")
+    model = {"model": {"path": folder, "device": "cpu", "unet_checkpointing": checkpointing}}
+    separate = float64_trainer(folder, distill_config(folder, str(tmp_path / "a"), model))
+    shared = float64_trainer(folder, distill_config(folder, str(tmp_path / "b"), model, shared_base=True))
     assert shared.distill.nets.teacher is shared.model.denoiser and separate.distill.nets.teacher is not None
     with torch.no_grad():
         for mine, theirs in zip(shared.params + shared.distill.nets.fake_params,
@@ -117,9 +122,31 @@ def test_shared_base_equals_three_networks(tiny_sd_dir, tmp_path, checkpointing)
     grads_b, fake_b = _generator_grads_and_fake_step(shared)
     for a, b in zip(fake_a + grads_a, fake_b + grads_b, strict=True):
         torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-12)
-    unet = shared.model.denoiser
-    assert unet.active_adapters() == ["default"], "the generator's adapter is active at rest"
+    layers = [m for m in shared.model.denoiser.modules() if isinstance(m, BaseTunerLayer)]
+    assert layers and all(m.active_adapters == ["default"] for m in layers), "the generator's adapter is active at rest"
     assert all(p.requires_grad for p in shared.params) and not any(p.requires_grad for p in shared.distill.nets.fake_params)
+
+
+@pytest.mark.parametrize("family", ["sdxl", "pixart"])
+def test_di_star_trains_with_a_teacher_folder_of_each_family(request, tmp_path, family):
+    """A generator taught by another pipeline folder of its family (``distill.teacher_path``), whose
+    denoiser the family loads: two steps move both the generator and the fake score."""
+    from pixart_factories import build_tiny_pixart
+    from sdxl_factories import build_tiny_sdxl
+
+    folder = request.getfixturevalue(f"tiny_{family}_dir")
+    teacher = str(tmp_path / "teacher")
+    if family == "sdxl":
+        build_tiny_sdxl(teacher, request.getfixturevalue("clip_tokenizer_dir"), seed=1)
+    else:
+        build_tiny_pixart(teacher, seed=1)
+    cfg = distill_config(folder, str(tmp_path / "run"), {"train": {"steps": 2, "checkpoint_every": 2}},
+                         teacher_path=teacher)
+    result = run(cfg)
+    trained = _trained(result.run_dir)
+    assert trained["step"] == 2
+    assert any(float(t.abs().max()) > 0 for n, t in trained["trainable"].items() if "lora_B" in n), "generator trained"
+    assert any(float(t.abs().max()) > 0 for n, t in trained["distill"]["fake"].items() if "lora_B" in n), "fake trained"
 
 
 @pytest.mark.parametrize("shared", [False, True], ids=["three_networks", "shared_base"])

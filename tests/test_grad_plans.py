@@ -1,4 +1,5 @@
-"""Every gradient plan's parameter gradient equals brute-force autograd of its truncated objective.
+"""Every gradient plan's parameter gradient equals brute-force autograd of its truncated objective, on the
+tiny model of each family.
 
 The reference below is written independently of the engine: an explicit loop over diffusers'
 own ``DDIMScheduler.step`` with the stop-gradients placed by hand, run in float64 without
@@ -19,10 +20,9 @@ from trainers.models import load_model, make_trainable
 T, GUIDANCE = 6, 3.0
 
 
-@pytest.fixture(scope="module")
-def model64(tiny_sd_dir):
-    """The tiny model in float64 with gaussian-initialised LoRA (so every adapter gets gradient)."""
-    model = load_model(ModelConfig(path=tiny_sd_dir, device="cpu"))
+def float64_lora_model(folder: str):
+    """A tiny model in float64 with gaussian-initialised LoRA (so every adapter gets gradient)."""
+    model = load_model(ModelConfig(path=folder, device="cpu"))
     make_trainable(model, TrainableConfig(rank=2, alpha=2.0, init="gaussian"))
     for module in (model.denoiser, *model.frozen_modules()):
         module.double()
@@ -31,6 +31,17 @@ def model64(tiny_sd_dir):
     model.scheduler.alphas_cumprod = model.scheduler.alphas_cumprod.double()
     model.scheduler.final_alpha_cumprod = torch.as_tensor(model.scheduler.final_alpha_cumprod).double()
     return model
+
+
+@pytest.fixture(scope="module")
+def model64(tiny_sd_dir):
+    return float64_lora_model(tiny_sd_dir)
+
+
+@pytest.fixture(scope="module", params=["sd", "sdxl", "pixart"])
+def family_model64(request):
+    """The tiny model of each family (SD, SDXL with pooled embeddings and time ids, PixArt with its T5 mask)."""
+    return float64_lora_model(request.getfixturevalue(f"tiny_{request.param}_dir"))
 
 
 def reward(images: torch.Tensor) -> torch.Tensor:
@@ -105,11 +116,11 @@ PLANS = {
 
 
 @pytest.mark.parametrize("name", list(PLANS))
-def test_plan_gradient_matches_unrolled_autograd(model64, name):
+def test_plan_gradient_matches_unrolled_autograd(family_model64, name):
     plan = PLANS[name]
     flags = plan.flags(T, torch.Generator().manual_seed(11))
-    got, traj = engine_grads(model64, flags, plan.refine_copies)
-    want = reference_grads(model64, flags, plan.refine_copies)
+    got, traj = engine_grads(family_model64, flags, plan.refine_copies)
+    want = reference_grads(family_model64, flags, plan.refine_copies)
     assert traj.grad_calls == sum(f.grad for f in flags) + plan.refine_copies
     total = sum(w.abs().sum() for w in want)
     assert total > 0, "reference gradient is zero: the check would be vacuous"
@@ -117,11 +128,11 @@ def test_plan_gradient_matches_unrolled_autograd(model64, name):
         torch.testing.assert_close(g, w, rtol=1e-7, atol=1e-10)
 
 
-def test_stochastic_sampler_gradient_matches(model64):
+def test_stochastic_sampler_gradient_matches(family_model64):
     """eta > 0 draws the same noise as diffusers and still gives the same gradient."""
     flags = DraftK(k=2).flags(T)
-    got, _ = engine_grads(model64, flags, eta=1.0)
-    want = reference_grads(model64, flags, eta=1.0)
+    got, _ = engine_grads(family_model64, flags, eta=1.0)
+    want = reference_grads(family_model64, flags, eta=1.0)
     for g, w in zip(got, want):
         torch.testing.assert_close(g, w, rtol=1e-7, atol=1e-10)
 

@@ -12,13 +12,6 @@ from trainers.config import ModelConfig, TrainableConfig
 from trainers.models import load_model, make_trainable, save_trained
 
 
-@pytest.fixture(scope="module")
-def tiny_sdxl_dir(tmp_path_factory, clip_tokenizer_dir) -> str:
-    from sdxl_factories import build_tiny_sdxl
-
-    return build_tiny_sdxl(str(tmp_path_factory.mktemp("tiny_sdxl")), clip_tokenizer_dir)
-
-
 def pipeline_images(model, folder, x_T, steps, guidance, eta, lora_dir=None):
     from diffusers import DDIMScheduler, StableDiffusionXLPipeline
 
@@ -75,3 +68,18 @@ def test_unsupported_or_mismatched_pipelines_are_preflight_errors(tiny_sdxl_dir,
     assert model_problems("model.path", tiny_sdxl_dir, "auto") == model_problems("model.path", tiny_sd_dir, "sd") == []
     (problem,) = pair_problems(tiny_sd_dir, tiny_sdxl_dir)
     assert "is a StableDiffusionXLPipeline but the generator" in problem and "is a StableDiffusionPipeline" in problem
+
+
+def test_an_sdxl_lora_on_an_sd_base_stops_before_loading(tiny_sdxl_dir, tiny_sd_dir, tmp_path):
+    from pipeline.config import ConfigError
+    from pipeline.generate import check, parse_args
+
+    model = load_model(ModelConfig(path=tiny_sdxl_dir, device="cpu"))
+    make_trainable(model, TrainableConfig(rank=2))
+    save_trained(model, TrainableConfig(rank=2), str(tmp_path / "lora"))
+    check(parse_args(["--model", tiny_sdxl_dir, "--weights", str(tmp_path / "lora"), "--prompt", "a red circle"]))
+    with pytest.raises(ConfigError) as err:
+        check(parse_args(["--model", tiny_sd_dir, "--weights", str(tmp_path / "lora"), "--prompt", "a red circle"]))
+    (problem,) = err.value.problems
+    assert problem.startswith(f"--weights: {str(tmp_path / 'lora')!r} does not fit the base model {tiny_sd_dir!r}")
+    assert "has shape" in problem and "give the base model the weights were trained on" in problem

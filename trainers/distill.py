@@ -41,12 +41,13 @@ import json
 import os
 import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, replace
 from typing import Protocol
 
 import torch
 
+from trainers.adapters import activate, adapters_off
 from trainers.config import Config, DistillConfig
 from trainers.ddim import one_step_schedule, split_prediction
 from trainers.engine import guided_output, sample
@@ -173,17 +174,14 @@ class Networks:
             yield {"generator": self.generator, "fake": self.fake, "teacher": self.teacher}[name]
             return
         unet = self.generator
-        if name == "teacher":
-            unet.disable_adapters()
-        else:
-            unet.set_adapter("default" if name == "generator" else FAKE)
-        self._set_flags()
         try:
-            yield unet
+            with adapters_off(unet) if name == "teacher" else nullcontext():
+                if name != "teacher":
+                    activate(unet, "default" if name == "generator" else FAKE)
+                self._set_flags()
+                yield unet
         finally:
-            if name == "teacher":
-                unet.enable_adapters()
-            unet.set_adapter("default")
+            activate(unet, "default")
             self._set_flags()
 
     def fake_state_dict(self) -> dict[str, torch.Tensor]:
@@ -210,7 +208,7 @@ def build_networks(cfg: Config, model: DiffusionModel, local_teacher: bool) -> t
         with warnings.catch_warnings():  # peft warns that a second adapter is being added: here it is meant
             warnings.filterwarnings("ignore", message="Already found a `peft_config`")
             fake_params = make_trainable(model, d.fake, adapter_name=FAKE)
-        model.denoiser.set_adapter("default")
+        activate(model.denoiser, "default")
         unet = model.denoiser
         return Networks(unet, unet, unet, generator_params, fake_params, shared=True), model.scheduler
     if d.teacher_path is None:
@@ -219,7 +217,7 @@ def build_networks(cfg: Config, model: DiffusionModel, local_teacher: bool) -> t
         problems = pair_problems(cfg.model.path, d.teacher_path)
         if problems:
             raise ValueError("; ".join(problems))
-        teacher, scheduler = load_denoiser(d.teacher_path, model.dtype, model.device)
+        teacher, scheduler = load_denoiser(d.teacher_path, model.family, model.dtype, model.device)
     fake = copy.deepcopy(teacher) if local_teacher else teacher  # actors serve the teacher: this copy is free
     fake_params = make_trainable(replace(model, denoiser=fake), d.fake)
     generator_params = make_trainable(model, cfg.trainable)
@@ -344,5 +342,5 @@ class DiStar:
             with self.nets.role("teacher") as unet:
                 yield replace(self.model, denoiser=unet, scheduler=self.teacher_scheduler)
             return
-        unet, scheduler = load_denoiser(self.teacher_path, self.model.dtype, self.model.device)
+        unet, scheduler = load_denoiser(self.teacher_path, self.model.family, self.model.dtype, self.model.device)
         yield replace(self.model, denoiser=unet, scheduler=scheduler)

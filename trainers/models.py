@@ -12,6 +12,7 @@ import os
 
 import torch
 
+from trainers.adapters import add_lora
 from trainers.config import ModelConfig, TrainableConfig
 from trainers.families import FAMILIES, family_of
 from trainers.families.base import Conditioning, DiffusionModel, ModelFamily
@@ -84,11 +85,10 @@ def make_trainable(model: DiffusionModel, cfg: TrainableConfig, adapter_name: st
 
         init = True if cfg.init == "kaiming" else "gaussian"
         try:
-            unet.add_adapter(LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
-                                        target_modules=list(cfg.target_modules), init_lora_weights=init),
-                             adapter_name=adapter_name)
+            add_lora(unet, LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
+                                      target_modules=list(cfg.target_modules), init_lora_weights=init), adapter_name)
         except ValueError as err:  # peft: "Target modules {...} not found in the base model"
-            raise ValueError(f"trainable.target_modules={list(cfg.target_modules)} does not fit this UNet ({err}); "
+            raise ValueError(f"trainable.target_modules={list(cfg.target_modules)} does not fit this denoiser ({err}); "
                              "use attention projection names such as to_q, to_k, to_v, to_out.0") from None
     params = [p for p in unet.parameters() if p.requires_grad]
     for p in params:
@@ -115,18 +115,12 @@ def load_trainable_state_dict(model: DiffusionModel, state: dict[str, torch.Tens
 
 
 def save_trained(model: DiffusionModel, cfg: TrainableConfig, folder: str) -> None:
-    """Save in diffusers formats: LoRA via ``save_lora_weights`` (loadable with
-    the family pipeline's ``load_lora_weights(folder)``), a full fine-tune via ``unet.save_pretrained``."""
-    unet = model.denoiser
+    """Save in the family's user-facing format: a LoRA as its pipeline loads one (``save_lora``), a full
+    fine-tune as ``folder/<denoiser folder>`` (``unet/``, ``transformer/``) via ``save_pretrained``."""
     if cfg.kind == "full":
-        unet.save_pretrained(os.path.join(folder, "unet"))
+        model.denoiser.save_pretrained(os.path.join(folder, model.family.denoiser_folder))
         return
-    from diffusers.utils import convert_state_dict_to_diffusers
-    from peft.utils import get_peft_model_state_dict
-
-    layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
-    metadata = unet.peft_config["default"].to_dict()
-    model.family.save_lora(folder, layers, metadata)
+    model.family.save_lora(folder, model.denoiser)
 
 
 def save_unet_state(unet: torch.nn.Module, state: dict[str, torch.Tensor], folder: str) -> None:
@@ -141,59 +135,72 @@ def save_unet_state(unet: torch.nn.Module, state: dict[str, torch.Tensor], folde
 
 
 def load_trained(model: DiffusionModel, folder: str) -> None:
-    """Apply weights written by :func:`save_trained`: a LoRA folder or a full ``unet/`` folder.
+    """Apply weights written by :func:`save_trained`: a LoRA folder or a full denoiser folder.
 
     Raises:
         FileNotFoundError: the folder holds neither.
     """
-    lora = os.path.join(folder, "pytorch_lora_weights.safetensors")
-    unet_dir = os.path.join(folder, "unet")
-    if os.path.isfile(lora):
-        model.denoiser.load_lora_adapter(folder, weight_name=os.path.basename(lora), prefix="unet", adapter_name="tuned")
-    elif os.path.isdir(unet_dir):
-        from diffusers import UNet2DConditionModel
-
-        unet = UNet2DConditionModel.from_pretrained(unet_dir, dtype=model.dtype).to(model.device)
-        model.denoiser = unet.requires_grad_(False).eval()
+    family = model.family
+    full = os.path.join(folder, family.denoiser_folder)
+    if all(os.path.isfile(os.path.join(folder, name)) for name in family.trained_files):
+        family.load_lora(model.denoiser, folder, "tuned")
+    elif os.path.isdir(full):
+        model.denoiser = family.load_denoiser(folder, model.dtype, True).requires_grad_(False).eval().to(model.device)
     else:
-        raise FileNotFoundError(f"{folder!r} holds no trained weights: expected pytorch_lora_weights.safetensors "
-                                "(LoRA) or a unet/ folder (full fine-tune), as written in a run's final/ folder")
+        raise FileNotFoundError(f"{folder!r} holds no trained weights: expected {' and '.join(family.trained_files)} "
+                                f"(LoRA) or a {family.denoiser_folder}/ folder (full fine-tune), as written in a "
+                                "run's final/ folder")
 
 
-def load_denoiser(path: str, dtype: torch.dtype, device: torch.device) -> tuple[torch.nn.Module, object]:
-    """The frozen UNet and DDIM scheduler of a diffusers pipeline folder (a distillation teacher).
+def load_denoiser(path: str, family: ModelFamily, dtype: torch.dtype, device: torch.device
+                  ) -> tuple[torch.nn.Module, object]:
+    """The frozen denoiser and DDIM scheduler of a pipeline folder of ``family`` (a distillation teacher).
 
     Raises:
         FileNotFoundError: the folder is missing or is not a diffusers pipeline.
     """
-    from diffusers import DDIMScheduler, UNet2DConditionModel
-
     problem = model_path_problem(path)
     if problem:
         raise FileNotFoundError(f"distill.teacher_path: {problem}")
     offline = os.path.isdir(path)
-    unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet", dtype=dtype, local_files_only=offline)
-    scheduler = DDIMScheduler.from_pretrained(path, subfolder="scheduler", local_files_only=offline)
-    return unet.requires_grad_(False).eval().to(device), scheduler
+    denoiser = family.load_denoiser(path, dtype, offline)
+    from diffusers import DDIMScheduler
+
+    scheduler = family.ddim(DDIMScheduler.load_config(path, subfolder="scheduler", local_files_only=offline))
+    return denoiser.requires_grad_(False).eval().to(device), scheduler
+
+
+DENOISER_FOLDERS = ("unet", "transformer")  # where a pipeline (or a full fine-tune) keeps its denoiser
+
+
+def denoiser_dir(folder: str) -> str | None:
+    """``folder/unet`` or ``folder/transformer``, whichever holds a ``config.json``; None for neither (a hub id)."""
+    found = [os.path.join(folder, d) for d in DENOISER_FOLDERS if os.path.isfile(os.path.join(folder, d, "config.json"))]
+    return found[0] if found else None
 
 
 def denoiser_skeleton(folder: str) -> torch.nn.Module | None:
-    """The UNet of a pipeline folder (or of trained weights' ``unet/`` folder) built from its config on the
-    meta device: every module and tensor shape, no weight read. None without ``unet/config.json`` (a hub id)."""
-    from diffusers import UNet2DConditionModel
+    """The denoiser of a pipeline folder (or of trained weights' ``unet/``/``transformer/`` folder) built from
+    its config on the meta device: every module and tensor shape, no weight read. None without one."""
+    import json
 
-    unet_dir = os.path.join(folder, "unet")
-    if not os.path.isfile(os.path.join(unet_dir, "config.json")):
+    import diffusers
+
+    found = denoiser_dir(folder)
+    if found is None:
         return None
+    with open(os.path.join(found, "config.json"), encoding="utf-8") as f:
+        cls = getattr(diffusers, json.load(f)["_class_name"])
     with torch.device("meta"):
-        return UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(unet_dir))
+        return cls.from_config(cls.load_config(found))
 
 
 # what a teacher must share with the generator: (component folder, config key); latents and text conditioning
-PAIR_KEYS = (("unet", "in_channels"), ("unet", "out_channels"), ("unet", "cross_attention_dim"),
-             ("unet", "addition_embed_type"), ("vae", "latent_channels"), ("vae", "scaling_factor"),
-             ("text_encoder", "hidden_size"), ("text_encoder", "vocab_size"), ("text_encoder", "num_hidden_layers"),
-             ("scheduler", "num_train_timesteps"))
+# ("denoiser" is the unet/ or transformer/ folder; CLIP and T5 name their sizes differently)
+PAIR_KEYS = (("denoiser", "in_channels"), ("denoiser", "out_channels"), ("denoiser", "cross_attention_dim"),
+             ("denoiser", "addition_embed_type"), ("vae", "latent_channels"), ("vae", "scaling_factor"),
+             ("text_encoder", "hidden_size"), ("text_encoder", "d_model"), ("text_encoder", "vocab_size"),
+             ("text_encoder", "num_hidden_layers"), ("text_encoder", "num_layers"), ("scheduler", "num_train_timesteps"))
 
 
 def pair_problems(generator_path: str, teacher_path: str) -> list[str]:
@@ -203,7 +210,7 @@ def pair_problems(generator_path: str, teacher_path: str) -> list[str]:
 
     def read(folder: str, part: str) -> dict:
         name = "scheduler_config.json" if part == "scheduler" else "config.json"
-        path = os.path.join(folder, part, name)
+        path = os.path.join(denoiser_dir(folder) or "", name) if part == "denoiser" else os.path.join(folder, part, name)
         if not os.path.isfile(path):
             return {}
         with open(path, encoding="utf-8") as f:
@@ -218,10 +225,12 @@ def pair_problems(generator_path: str, teacher_path: str) -> list[str]:
         return [f"distill.teacher_path: the teacher {teacher_path!r} is a {theirs} but the generator "
                 f"(model.path={generator_path!r}) is a {mine}; give a teacher of the generator's family"]
     problems = []
+    denoiser = os.path.basename(denoiser_dir(generator_path) or "unet")
     for part, key in PAIR_KEYS:
         mine, theirs = read(generator_path, part).get(key), read(teacher_path, part).get(key)
         if mine != theirs:
-            problems.append(f"distill.teacher_path: the teacher {teacher_path!r} has {part}.{key}={theirs!r} but the "
+            name = denoiser if part == "denoiser" else part
+            problems.append(f"distill.teacher_path: the teacher {teacher_path!r} has {name}.{key}={theirs!r} but the "
                             f"generator (model.path={generator_path!r}) has {mine!r}; a teacher must share the "
                             "generator's latent space and text encoder")
     return problems

@@ -10,10 +10,11 @@ import json
 import os
 
 from trainers.families.base import ModelFamily
+from trainers.families.pixart import PixArtAlpha
 from trainers.families.sd import StableDiffusion
 from trainers.families.sdxl import StableDiffusionXL
 
-FAMILIES: dict[str, ModelFamily] = {f.name: f for f in (StableDiffusion(), StableDiffusionXL())}
+FAMILIES: dict[str, ModelFamily] = {f.name: f for f in (StableDiffusion(), StableDiffusionXL(), PixArtAlpha())}
 BY_PIPELINE = {f.pipeline_class: f for f in FAMILIES.values()}
 SUPPORTED = ", ".join(f"{f.pipeline_class} ({f.name})" for f in FAMILIES.values())
 

@@ -74,6 +74,14 @@ class ModelFamily(Protocol):
 
     name: str
     pipeline_class: str  # the diffusers pipeline class of the family's model_index.json
+    denoiser_folder: str  # the denoiser's component folder in the pipeline ("unet", "transformer")
+    trained_files: tuple[str, ...]  # the files a saved LoRA folder holds
+
+    def load_denoiser(self, path: str, dtype: torch.dtype, offline: bool) -> torch.nn.Module:
+        """The pipeline's denoiser alone (a distillation teacher), as stored."""
+
+    def ddim(self, scheduler_config) -> Any:
+        """The DDIM scheduler sampling follows, from the pipeline's scheduler config."""
 
     def load(self, path: str, dtype: torch.dtype, device: torch.device, offline: bool) -> DiffusionModel:
         """The pipeline folder's (or hub id's) components, frozen, in eval mode, on ``device``;
@@ -92,8 +100,11 @@ class ModelFamily(Protocol):
     def decode(self, model: DiffusionModel, latents: torch.Tensor) -> torch.Tensor:
         """Latents ``(B, C, h, w)`` -> images ``(B, 3, H, W)`` in [0, 1], differentiable, at least fp32."""
 
-    def save_lora(self, folder: str, layers: dict[str, torch.Tensor], metadata: dict) -> None:
-        """Write diffusers-format LoRA layers as the family's pipeline ``save_lora_weights`` does."""
+    def save_lora(self, folder: str, denoiser: torch.nn.Module) -> None:
+        """Write the denoiser's ``default`` LoRA adapter in the format the family's users load."""
+
+    def load_lora(self, denoiser: torch.nn.Module, folder: str, adapter_name: str) -> None:
+        """Add the LoRA that :meth:`save_lora` wrote to ``denoiser`` as the active adapter ``adapter_name``."""
 
 
 def frozen(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
@@ -112,3 +123,26 @@ def tokenize(tokenizer, prompts: list[str], device: torch.device) -> torch.Tenso
     """Token ids padded (and truncated) to the tokenizer's max length, ``(B, L)``."""
     return tokenizer(list(prompts), padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
                      return_tensors="pt").input_ids.to(device)
+
+
+# DDIM's own defaults for keys absent from another scheduler's config (SDXL ships EulerDiscrete, PixArt
+# DPMSolver) would clip x0 and use alpha-bar 1 at the end; their pipelines do neither (FAMILIES.md §1, §7)
+DDIM_DEFAULTS = {"clip_sample": False, "set_alpha_to_one": False}
+
+
+def ddim_scheduler(config, **defaults) -> Any:
+    """A DDIM scheduler on the noise schedule of another scheduler's ``config``; keys the config lacks take
+    ``defaults``, else :data:`DDIM_DEFAULTS` (no clipping), not DDIM's own."""
+    from diffusers import DDIMScheduler
+
+    defaults = {**DDIM_DEFAULTS, **defaults}
+    return DDIMScheduler.from_config(config, **{k: v for k, v in defaults.items() if k not in config})
+
+
+def diffusers_lora_layers(denoiser: torch.nn.Module) -> tuple[dict[str, torch.Tensor], dict]:
+    """The ``default`` adapter's tensors in diffusers' key format, and its config (``save_lora_weights``'s inputs)."""
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft.utils import get_peft_model_state_dict
+
+    layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(denoiser, adapter_name="default"))
+    return layers, denoiser.peft_config["default"].to_dict()

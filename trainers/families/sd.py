@@ -5,22 +5,38 @@ from __future__ import annotations
 
 import torch
 
-from trainers.families.base import Conditioning, DiffusionModel, decode_images, frozen, tokenize
+from trainers.families.base import Conditioning, DiffusionModel, decode_images, diffusers_lora_layers, frozen, tokenize
+
+
+LORA_FILE = "pytorch_lora_weights.safetensors"  # what save_lora_weights writes
 
 
 class StableDiffusion:
     name = "sd"
     pipeline_class = "StableDiffusionPipeline"
+    denoiser_folder = "unet"
+    trained_files = (LORA_FILE,)
 
     def load(self, path: str, dtype: torch.dtype, device: torch.device, offline: bool) -> DiffusionModel:
-        from diffusers import DDIMScheduler, StableDiffusionPipeline
+        from diffusers import StableDiffusionPipeline
 
         pipe = StableDiffusionPipeline.from_pretrained(path, dtype=dtype, local_files_only=offline,
                                                        safety_checker=None, requires_safety_checker=False)
         return DiffusionModel(self, frozen(pipe.unet, device), frozen(pipe.vae, device),
                               (frozen(pipe.text_encoder, device),), (pipe.tokenizer,),
-                              DDIMScheduler.from_config(pipe.scheduler.config), device, dtype,
+                              self.ddim(pipe.scheduler.config), device, dtype,
                               native_resolution(pipe.unet, pipe.vae))
+
+    def load_denoiser(self, path: str, dtype: torch.dtype, offline: bool) -> torch.nn.Module:
+        from diffusers import UNet2DConditionModel
+
+        return UNet2DConditionModel.from_pretrained(path, subfolder="unet", dtype=dtype, local_files_only=offline)
+
+    def ddim(self, scheduler_config):
+        """DDIM on the config as it stands (SD's configs carry ``clip_sample`` and ``set_alpha_to_one``)."""
+        from diffusers import DDIMScheduler
+
+        return DDIMScheduler.from_config(scheduler_config)
 
     def encode_prompts(self, model: DiffusionModel, prompts: list[str]) -> Conditioning:
         """The last hidden state of the text encoder at the tokenizer's max length: ``(B, 77, D)``."""
@@ -41,10 +57,14 @@ class StableDiffusion:
     def decode(self, model: DiffusionModel, latents: torch.Tensor) -> torch.Tensor:
         return decode_images(model.vae, latents.to(model.dtype) / model.vae.config.scaling_factor)
 
-    def save_lora(self, folder: str, layers: dict[str, torch.Tensor], metadata: dict) -> None:
+    def save_lora(self, folder: str, denoiser: torch.nn.Module) -> None:
         from diffusers import StableDiffusionPipeline
 
+        layers, metadata = diffusers_lora_layers(denoiser)
         StableDiffusionPipeline.save_lora_weights(folder, unet_lora_layers=layers, unet_lora_adapter_metadata=metadata)
+
+    def load_lora(self, denoiser: torch.nn.Module, folder: str, adapter_name: str) -> None:
+        denoiser.load_lora_adapter(folder, weight_name=LORA_FILE, prefix="unet", adapter_name=adapter_name)
 
 
 def native_resolution(unet: torch.nn.Module, vae: torch.nn.Module) -> int:

@@ -13,30 +13,27 @@ from __future__ import annotations
 
 import torch
 
-from trainers.families.base import Conditioning, DiffusionModel, decode_images, frozen, tokenize
+from trainers.families.base import (Conditioning, DiffusionModel, ddim_scheduler, decode_images, diffusers_lora_layers,
+                                    frozen, tokenize)
 from trainers.families.sd import StableDiffusion, native_resolution
-
-# DDIM's own defaults for keys absent from another scheduler's config (SDXL ships EulerDiscrete) would
-# clip x0 and use alpha-bar 1 at the end; the SDXL pipeline does neither (FAMILIES.md §1)
-DDIM_DEFAULTS = {"clip_sample": False, "set_alpha_to_one": False}
-
 
 class StableDiffusionXL(StableDiffusion):
     name = "sdxl"
     pipeline_class = "StableDiffusionXLPipeline"
 
     def load(self, path: str, dtype: torch.dtype, device: torch.device, offline: bool) -> DiffusionModel:
-        from diffusers import DDIMScheduler, StableDiffusionXLPipeline
+        from diffusers import StableDiffusionXLPipeline
 
         pipe = StableDiffusionXLPipeline.from_pretrained(path, dtype=dtype, local_files_only=offline)
         vae = pipe.vae.float() if dtype == torch.float16 and pipe.vae.config.get("force_upcast") else pipe.vae
-        config = pipe.scheduler.config
-        scheduler = DDIMScheduler.from_config(config, **{k: v for k, v in DDIM_DEFAULTS.items() if k not in config})
         return DiffusionModel(self, frozen(pipe.unet, device), frozen(vae, device),
                               (frozen(pipe.text_encoder, device), frozen(pipe.text_encoder_2, device)),
-                              (pipe.tokenizer, pipe.tokenizer_2), scheduler, device, dtype,
+                              (pipe.tokenizer, pipe.tokenizer_2), self.ddim(pipe.scheduler.config), device, dtype,
                               native_resolution(pipe.unet, pipe.vae),
                               {"force_zeros_for_empty_prompt": bool(pipe.config.force_zeros_for_empty_prompt)})
+
+    def ddim(self, scheduler_config):
+        return ddim_scheduler(scheduler_config)
 
     def encode_prompts(self, model: DiffusionModel, prompts: list[str]) -> Conditioning:
         """``(B, 77, D1 + D2)`` penultimate states, pooled ``text_embeds`` ``(B, P)`` and ``time_ids`` ``(B, 6)``."""
@@ -69,8 +66,9 @@ class StableDiffusionXL(StableDiffusion):
             return decode_images(vae, z * std / vae.config.scaling_factor + mean)
         return decode_images(vae, z / vae.config.scaling_factor)
 
-    def save_lora(self, folder: str, layers: dict[str, torch.Tensor], metadata: dict) -> None:
+    def save_lora(self, folder: str, denoiser: torch.nn.Module) -> None:
         from diffusers import StableDiffusionXLPipeline
 
+        layers, metadata = diffusers_lora_layers(denoiser)
         StableDiffusionXLPipeline.save_lora_weights(folder, unet_lora_layers=layers,
                                                     unet_lora_adapter_metadata=metadata)

@@ -1,0 +1,50 @@
+"""LoRA adapters on any denoiser (UNet or transformer), through peft's functional API: what diffusers'
+``add_adapter``/``set_adapter``/``disable_adapters`` do for a UNet, also for a denoiser that has no such
+methods (PixArt's transformer, FAMILIES.md §4)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+
+
+def add_lora(denoiser: torch.nn.Module, config, name: str) -> None:
+    """Inject the adapter ``name`` and make it the only active (and trainable) one.
+
+    Raises:
+        ValueError: none of ``config.target_modules`` is in the denoiser (peft's message).
+    """
+    from peft.functional import inject_adapter_in_model, set_adapter
+
+    inject_adapter_in_model(config, denoiser, adapter_name=name)
+    set_adapter(denoiser, name)
+    if hasattr(denoiser, "_hf_peft_config_loaded"):  # a diffusers PeftAdapterMixin: its own adapter API works too
+        denoiser._hf_peft_config_loaded = True
+
+
+def activate(denoiser: torch.nn.Module, name: str) -> None:
+    """Make the adapter ``name`` the active one (it alone takes gradients)."""
+    from peft.functional import set_adapter
+
+    set_adapter(denoiser, name)
+
+
+@contextmanager
+def adapters_off(denoiser: torch.nn.Module) -> Iterator[None]:
+    """The base denoiser: every adapter layer bypassed inside the block."""
+    layers = _tuner_layers(denoiser)
+    for layer in layers:
+        layer.enable_adapters(False)
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer.enable_adapters(True)
+
+
+def _tuner_layers(denoiser: torch.nn.Module) -> list:
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    return [m for m in denoiser.modules() if isinstance(m, BaseTunerLayer)]
