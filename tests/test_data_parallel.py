@@ -11,12 +11,13 @@ from trainers.loop import run, run_folder
 from trainers.replicas import Replicas
 
 
-def test_two_workers_equal_one_worker_with_the_doubled_batch(ray_session, tiny_sd_dir, tmp_path):
+def test_two_workers_equal_one_worker_with_the_doubled_batch(ray_session, tiny_sdxl_dir, tmp_path):
+    """On SDXL, so that pooled embeddings and time ids travel through the workers' sampling too."""
     # Adam's first steps are lr * sign(g) for tiny g, which turns float reassociation in the all-reduce
     # into lr-sized differences; eps = 1 makes the update linear in g, so equal gradients show as equal weights
     sections = {"plan": {"name": "drtune", "k": 2}, "optim": {"lr": 0.5, "eps": 1.0}}
-    one = run(make_config(tiny_sd_dir, str(tmp_path / "one"), train={"batch_size": 2, "steps": 3}, **sections))
-    cfg = make_config(tiny_sd_dir, str(tmp_path / "two"), train={"batch_size": 1, "steps": 3},
+    one = run(make_config(tiny_sdxl_dir, str(tmp_path / "one"), train={"batch_size": 2, "steps": 3}, **sections))
+    cfg = make_config(tiny_sdxl_dir, str(tmp_path / "two"), train={"batch_size": 1, "steps": 3},
                       ray={"num_workers": 2, "storage_path": str(tmp_path / "ray")}, **sections)
     result = fit(cfg, run_folder(cfg))
     assert result.error is None and result.metrics["step"] == 3
@@ -26,7 +27,7 @@ def test_two_workers_equal_one_worker_with_the_doubled_batch(ray_session, tiny_s
     moved = 0.0
     for name, tensor in a["trainable"].items():
         torch.testing.assert_close(b["trainable"][name], tensor, rtol=1e-5, atol=1e-6, msg=name)
-        moved = max(moved, float((tensor - make_initial(tiny_sd_dir, tmp_path)[name]).abs().max()))
+        moved = max(moved, float((tensor - make_initial(tiny_sdxl_dir, tmp_path)[name]).abs().max()))
     assert moved > 1e-3, "the comparison must be between weights that actually trained"
     assert abs(result.metrics["train/loss"] - one.metrics["train/loss"]) < 1e-4
 

@@ -12,6 +12,7 @@ import time
 import pytest
 import ray
 import torch
+from conftest import HEAD_NODE
 from reward_factories import make_image_reward_spec
 from test_training import make_config
 
@@ -33,8 +34,9 @@ def _grads(tr) -> list[torch.Tensor]:
     return torch.autograd.grad(loss, tr.params)
 
 
-def test_remote_reward_gives_the_same_parameter_gradients(ray_session, tiny_sd_dir, tmp_path):
-    cfg = make_config(tiny_sd_dir, str(tmp_path), train={"batch_size": 3}, ray={"reward_actors": 2, "reward_num_cpus": 0.5},
+def test_remote_reward_gives_the_same_parameter_gradients(ray_session, tiny_sdxl_dir, tmp_path):
+    """On SDXL (pooled embeddings and time ids in every sampling call)."""
+    cfg = make_config(tiny_sdxl_dir, str(tmp_path), train={"batch_size": 3}, ray={"reward_actors": 2, "reward_num_cpus": 0.5},
                       plan={"name": "drtune", "k": 2})
     image_reward = make_image_reward_spec(str(tmp_path / "image_reward"), weight=0.5)  # a BLIP reward in the mix
     cfg = type(cfg)(**{**cfg.__dict__, "rewards": [RewardSpec(**r) for r in REWARDS] + [image_reward]})
@@ -98,11 +100,12 @@ def test_impossible_resource_requests_are_refused_before_training(ray_session, t
 
 
 def test_a_worker_no_single_node_can_hold_is_refused_naming_the_nodes(ray_session, tiny_sd_dir, tmp_path):
-    # the session cluster has 3 CPUs in all (2 + 1), but no node has 3: Ray would wait forever
-    cfg = make_config(tiny_sd_dir, str(tmp_path), ray={"cpus_per_worker": 3})
-    with pytest.raises(ConfigError, match=r"needing \{CPU: 3\} fit only 0 time\(s\)") as err:
+    # the session cluster has head + reward CPUs in all, but no node has head + 1: Ray would wait forever
+    head, train_node = HEAD_NODE["num_cpus"], HEAD_NODE["resources"]["train_node"]
+    cfg = make_config(tiny_sd_dir, str(tmp_path), ray={"cpus_per_worker": head + 1})
+    with pytest.raises(ConfigError, match=rf"needing \{{CPU: {head + 1}\}} fit only 0 time\(s\)") as err:
         fit(cfg, run_folder(cfg))
-    assert "ray.cpus_per_worker" in str(err.value) and "{CPU: 2, train_node: 2}" in str(err.value)
+    assert "ray.cpus_per_worker" in str(err.value) and f"{{CPU: {head}, train_node: {train_node}}}" in str(err.value)
     totals = resource_problems(make_config(tiny_sd_dir, str(tmp_path), ray={"num_workers": 2, "reward_actors": 2}),
                                [{"CPU": 3.0}])
     assert totals and "together need 4 CPU but the cluster has 3" in totals[0]

@@ -159,13 +159,13 @@ def load_denoiser(path: str, family: ModelFamily, dtype: torch.dtype, device: to
     Raises:
         FileNotFoundError: the folder is missing or is not a diffusers pipeline.
     """
+    from diffusers import DDIMScheduler
+
     problem = model_path_problem(path)
     if problem:
         raise FileNotFoundError(f"distill.teacher_path: {problem}")
     offline = os.path.isdir(path)
     denoiser = family.load_denoiser(path, dtype, offline)
-    from diffusers import DDIMScheduler
-
     scheduler = family.ddim(DDIMScheduler.load_config(path, subfolder="scheduler", local_files_only=offline))
     return denoiser.requires_grad_(False).eval().to(device), scheduler
 
