@@ -20,7 +20,8 @@ def t5_tokenizer():
     return T5Tokenizer(vocab=pieces, extra_ids=0)
 
 
-def build_tiny_pixart(folder: str, seed: int = 0) -> str:
+def build_tiny_pixart(folder: str, seed: int = 0, sample_size: int = 8) -> str:
+    """``sample_size=128`` gives the layout of the 1024 px model: conditioned on resolution and aspect ratio."""
     from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, PixArtAlphaPipeline, PixArtTransformer2DModel
     from transformers import T5Config, T5EncoderModel
 
@@ -30,7 +31,7 @@ def build_tiny_pixart(folder: str, seed: int = 0) -> str:
         encoder = T5EncoderModel(T5Config(vocab_size=len(tokenizer), d_model=32, d_kv=8, d_ff=37, num_layers=2,
                                           num_heads=4, feed_forward_proj="gated-gelu", pad_token_id=0, eos_token_id=1,
                                           decoder_start_token_id=0))
-        transformer = PixArtTransformer2DModel(sample_size=8, num_layers=2, patch_size=2, attention_head_dim=8,
+        transformer = PixArtTransformer2DModel(sample_size=sample_size, num_layers=2, patch_size=2, attention_head_dim=8,
                                                num_attention_heads=3, caption_channels=32, in_channels=4,
                                                out_channels=8, cross_attention_dim=24, norm_num_groups=4)
         vae = AutoencoderKL(down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,

@@ -40,6 +40,21 @@ def test_sampling_matches_the_pixart_pipeline(tiny_pixart_dir, steps, guidance, 
     torch.testing.assert_close(got, want, rtol=0, atol=2e-5)
 
 
+def test_the_1024_px_layout_is_conditioned_on_resolution_as_the_pipeline_does(tmp_path):
+    from pixart_factories import build_tiny_pixart
+
+    folder = build_tiny_pixart(str(tmp_path / "ms"), sample_size=128)  # PixArt-XL-2-1024-MS's sample size
+    model = load_model(ModelConfig(path=folder, device="cpu"))
+    assert model.denoiser.use_additional_conditions and model.resolution == 256
+    cond = model.family.encode_prompts(model, PROMPTS)
+    assert cond.added["resolution"].tolist() == [[256.0, 256.0]] * 2 and cond.added["aspect_ratio"].tolist() == [[1.0]] * 2
+    x_T = noise(model)
+    got = engine_images(model, x_T, 1, 1.0, 0.0)  # one step without guidance: 4096 tokens a call on CPU
+    want = pipeline_images(model, folder, x_T, 1, 1.0, 0.0)
+    assert got.shape == want.shape == (2, 3, 256, 256)
+    torch.testing.assert_close(got, want, rtol=0, atol=2e-5)
+
+
 def test_the_mask_and_lowercasing_reach_the_transformer(tiny_pixart_dir):
     model = load_model(ModelConfig(path=tiny_pixart_dir, device="cpu"))
     cond = model.family.encode_prompts(model, ["A Green Square", "a green square"])
