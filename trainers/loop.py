@@ -33,8 +33,8 @@ from trainers.ddim import DDIMSchedule, ddim_schedule, one_step_schedule
 from trainers.distill import DiStar, Teacher
 from trainers.engine import generate, sample
 from trainers.grad_plan import GradPlan
-from trainers.models import (DiffusionModel, load_model, load_trainable_state_dict, make_trainable, save_trained,
-                             save_unet_state, trainable_state_dict)
+from trainers.models import (DiffusionModel, load_model, load_trainable_state_dict, make_trainable,
+                             save_denoiser_state, save_trained, trainable_state_dict)
 from trainers.prompts import BUILTIN_HELD_OUT, BUILTIN_TRAIN, PromptSampler, load_prompts
 from trainers.registry import build_plan
 from trainers.replicas import Replicas
@@ -375,7 +375,7 @@ def _save_weights(tr: Trainer, folder: str, trainable: dict | None) -> None:
     """The trained weights in diffusers format (and a one-step generator's ``one_step.json``); under FSDP
     from ``trainable``, the gathered full weights."""
     if tr.sharded:
-        save_unet_state(tr.model.denoiser, trainable, folder)
+        save_denoiser_state(tr.model, trainable, folder)
     else:
         save_trained(tr.model, tr.cfg.trainable, folder)
     if tr.distill:

@@ -123,15 +123,15 @@ def save_trained(model: DiffusionModel, cfg: TrainableConfig, folder: str) -> No
     model.family.save_lora(folder, model.denoiser)
 
 
-def save_unet_state(unet: torch.nn.Module, state: dict[str, torch.Tensor], folder: str) -> None:
-    """Write a full UNet from its state dict (e.g. gathered from FSDP shards) as ``folder/unet``, the
-    layout of :func:`save_trained` for a full fine-tune (``UNet2DConditionModel.from_pretrained`` loads it)."""
+def save_denoiser_state(model: DiffusionModel, state: dict[str, torch.Tensor], folder: str) -> None:
+    """Write a full denoiser from its state dict (e.g. gathered from FSDP shards) as ``folder/unet`` (or
+    ``transformer``), the layout of :func:`save_trained` for a full fine-tune (``from_pretrained`` loads it)."""
     from safetensors.torch import save_file
 
-    unet_dir = os.path.join(folder, "unet")
-    os.makedirs(unet_dir, exist_ok=True)
-    unet.save_config(unet_dir)
-    save_file({k: v.contiguous() for k, v in state.items()}, os.path.join(unet_dir, "diffusion_pytorch_model.safetensors"))
+    target = os.path.join(folder, model.family.denoiser_folder)
+    os.makedirs(target, exist_ok=True)
+    model.denoiser.save_config(target)
+    save_file({k: v.contiguous() for k, v in state.items()}, os.path.join(target, "diffusion_pytorch_model.safetensors"))
 
 
 def load_trained(model: DiffusionModel, folder: str) -> None:
