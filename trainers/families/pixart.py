@@ -30,7 +30,7 @@ class PixArtAlpha:
     name = "pixart"
     pipeline_class = "PixArtAlphaPipeline"
     denoiser_folder = "transformer"
-    trained_files = (ADAPTER_WEIGHTS,)
+    trained_files = (ADAPTER_CONFIG, ADAPTER_WEIGHTS)
 
     def load(self, path: str, dtype: torch.dtype, device: torch.device, offline: bool) -> DiffusionModel:
         from diffusers import PixArtAlphaPipeline
