@@ -13,6 +13,8 @@ from rewards.config import RewardSpec
 from rewards.files import file_problems
 from trainers.config import Config
 from trainers.families import family_problem
+from trainers.families.pixart import ADAPTER_WEIGHTS
+from trainers.families.sd import LORA_FILE
 from trainers.models import denoiser_dir, denoiser_skeleton, model_path_problem, pair_problems
 from trainers.module_checks import architecture_problems, lora_file_problems, lora_target_problems
 from trainers.prompts import read_prompts
@@ -82,7 +84,7 @@ def reward_problems(key: str, specs: list[RewardSpec]) -> list[str]:
     return [f"{key}.{i}.{problem}" for i, spec in enumerate(specs) for problem in file_problems(spec)]
 
 
-LORA_FILES = ("pytorch_lora_weights.safetensors", "adapter_model.safetensors")  # diffusers' (SD, SDXL), peft's (PixArt)
+LORA_FILES = (LORA_FILE, ADAPTER_WEIGHTS)  # diffusers' (SD, SDXL), peft's (PixArt)
 
 
 def weights_problems(key: str, folder: str | None, base: str) -> list[str]:

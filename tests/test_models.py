@@ -16,15 +16,20 @@ from trainers.models import load_model, load_trained, make_trainable, save_train
 PROMPTS = ["a red circle on a blue background", "a green square"]
 
 
+def ddim_pipeline_images(pipe, scheduler_config, x_T, steps, guidance, eta, **call):
+    """A diffusers pipeline's own images of PROMPTS from ``x_T``, with DDIM on ``scheduler_config``."""
+    pipe.scheduler = DDIMScheduler.from_config(scheduler_config)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe(PROMPTS, latents=x_T.clone(), num_inference_steps=steps, guidance_scale=guidance, eta=eta,
+                output_type="pt", generator=torch.Generator().manual_seed(1), **call).images
+
+
 def pipeline_images(folder, x_T, steps, guidance, eta, lora_dir=None, unet=None, dtype=torch.float32):
     extra = {"unet": unet} if unet else {}
     pipe = StableDiffusionPipeline.from_pretrained(folder, local_files_only=True, dtype=dtype, **extra)
-    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
-    pipe.set_progress_bar_config(disable=True)
     if lora_dir:
         pipe.load_lora_weights(lora_dir)
-    return pipe(PROMPTS, latents=x_T.clone(), num_inference_steps=steps, guidance_scale=guidance, eta=eta,
-                output_type="pt", generator=torch.Generator().manual_seed(1)).images
+    return ddim_pipeline_images(pipe, pipe.scheduler.config, x_T, steps, guidance, eta)
 
 
 def engine_images(model, x_T, steps, guidance, eta):
@@ -63,15 +68,21 @@ def _perturb(params, seed=0, scale=0.5):
             p.add_(scale * torch.randn(p.shape, generator=gen, dtype=p.dtype))
 
 
+def tuned_by_a_random_lora(model, cfg, steps, guidance, scale):
+    """``(x_T, images)``: the model's images after a random LoRA perturbation, which must change them."""
+    x_T = noise(model)
+    base = engine_images(model, x_T, steps, guidance, 0.0)
+    _perturb(make_trainable(model, cfg), scale=scale)
+    tuned = engine_images(model, x_T, steps, guidance, 0.0)
+    assert (tuned - base).abs().max() > 1e-3, "the perturbed LoRA must change the images"
+    return x_T, tuned
+
+
 def test_lora_saved_in_diffusers_format_reproduces_tuned_images(tiny_sd_dir, tmp_path):
     """A plain pipeline plus load_lora_weights(dir) gives the tuned model's images (alpha != rank too)."""
     model = load_model(ModelConfig(path=tiny_sd_dir, device="cpu"))
-    x_T = noise(model)
-    base = engine_images(model, x_T, 4, 7.5, 0.0)
     cfg = TrainableConfig(rank=4, alpha=8.0, target_modules=("to_q", "to_k", "to_v", "to_out.0"))
-    _perturb(make_trainable(model, cfg), scale=0.1)
-    tuned = engine_images(model, x_T, 4, 7.5, 0.0)
-    assert (tuned - base).abs().max() > 1e-3, "the perturbed LoRA must change the images"
+    x_T, tuned = tuned_by_a_random_lora(model, cfg, 4, 7.5, scale=0.1)
     save_trained(model, cfg, str(tmp_path / "lora"))
     assert os.path.isfile(tmp_path / "lora" / "pytorch_lora_weights.safetensors")
     reloaded = pipeline_images(tiny_sd_dir, x_T, 4, 7.5, 0.0, lora_dir=str(tmp_path / "lora"))

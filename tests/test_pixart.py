@@ -6,26 +6,23 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_models import PROMPTS, engine_images, noise
+from test_models import PROMPTS, ddim_pipeline_images, engine_images, noise, tuned_by_a_random_lora
 
 from trainers.config import ModelConfig, TrainableConfig
 from trainers.models import load_model, load_trained, make_trainable, save_trained
 
 
 def pipeline_images(model, folder, x_T, steps, guidance, eta, lora_dir=None):
-    from diffusers import DDIMScheduler, PixArtAlphaPipeline
+    from diffusers import PixArtAlphaPipeline
 
     pipe = PixArtAlphaPipeline.from_pretrained(folder, local_files_only=True)
-    pipe.scheduler = DDIMScheduler.from_config(model.scheduler.config)
-    pipe.set_progress_bar_config(disable=True)
     if lora_dir:
         from peft import PeftModel
 
         pipe.transformer = PeftModel.from_pretrained(pipe.transformer, lora_dir)
     side = model.resolution
-    return pipe(PROMPTS, latents=x_T.clone(), num_inference_steps=steps, guidance_scale=guidance, eta=eta,
-                height=side, width=side, use_resolution_binning=False, clean_caption=False, output_type="pt",
-                generator=torch.Generator().manual_seed(1)).images
+    return ddim_pipeline_images(pipe, model.scheduler.config, x_T, steps, guidance, eta, height=side, width=side,
+                                use_resolution_binning=False, clean_caption=False)
 
 
 @pytest.mark.parametrize("steps,guidance,eta", [(4, 4.5, 0.0), (3, 4.5, 1.0), (3, 1.0, 0.0)])
@@ -68,15 +65,8 @@ def test_the_mask_and_lowercasing_reach_the_transformer(tiny_pixart_dir):
 
 def test_pixart_lora_loads_in_plain_peft_and_through_load_trained(tiny_pixart_dir, tmp_path):
     model = load_model(ModelConfig(path=tiny_pixart_dir, device="cpu"))
-    x_T = noise(model)
-    base = engine_images(model, x_T, 3, 4.5, 0.0)
     cfg = TrainableConfig(rank=4, alpha=8.0)
-    with torch.no_grad():
-        gen = torch.Generator().manual_seed(0)
-        for p in make_trainable(model, cfg):
-            p.add_(0.3 * torch.randn(p.shape, generator=gen))
-    tuned = engine_images(model, x_T, 3, 4.5, 0.0)
-    assert (tuned - base).abs().max() > 1e-3, "the perturbed LoRA must change the images"
+    x_T, tuned = tuned_by_a_random_lora(model, cfg, 3, 4.5, scale=0.3)
     lora = str(tmp_path / "lora")
     save_trained(model, cfg, lora)
     reloaded = pipeline_images(model, tiny_pixart_dir, x_T, 3, 4.5, 0.0, lora_dir=lora)

@@ -6,22 +6,19 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_models import PROMPTS, engine_images, noise
+from test_models import ddim_pipeline_images, engine_images, noise, tuned_by_a_random_lora
 
 from trainers.config import ModelConfig, TrainableConfig
 from trainers.models import load_model, make_trainable, save_trained
 
 
 def pipeline_images(model, folder, x_T, steps, guidance, eta, lora_dir=None):
-    from diffusers import DDIMScheduler, StableDiffusionXLPipeline
+    from diffusers import StableDiffusionXLPipeline
 
     pipe = StableDiffusionXLPipeline.from_pretrained(folder, local_files_only=True)
-    pipe.scheduler = DDIMScheduler.from_config(model.scheduler.config)
-    pipe.set_progress_bar_config(disable=True)
     if lora_dir:
         pipe.load_lora_weights(lora_dir)
-    return pipe(PROMPTS, latents=x_T.clone(), num_inference_steps=steps, guidance_scale=guidance, eta=eta,
-                output_type="pt", generator=torch.Generator().manual_seed(1)).images
+    return ddim_pipeline_images(pipe, model.scheduler.config, x_T, steps, guidance, eta)
 
 
 @pytest.mark.parametrize("steps,guidance,eta", [(4, 5.0, 0.0), (3, 5.0, 1.0), (3, 1.0, 0.0)])
@@ -37,15 +34,8 @@ def test_sampling_matches_the_sdxl_pipeline(tiny_sdxl_dir, steps, guidance, eta)
 
 def test_sdxl_lora_loads_in_plain_diffusers(tiny_sdxl_dir, tmp_path):
     model = load_model(ModelConfig(path=tiny_sdxl_dir, device="cpu"))
-    x_T = noise(model)
-    base = engine_images(model, x_T, 3, 5.0, 0.0)
     cfg = TrainableConfig(rank=4, alpha=8.0)
-    with torch.no_grad():
-        gen = torch.Generator().manual_seed(0)
-        for p in make_trainable(model, cfg):
-            p.add_(0.3 * torch.randn(p.shape, generator=gen))
-    tuned = engine_images(model, x_T, 3, 5.0, 0.0)
-    assert (tuned - base).abs().max() > 1e-3, "the perturbed LoRA must change the images"
+    x_T, tuned = tuned_by_a_random_lora(model, cfg, 3, 5.0, scale=0.3)
     save_trained(model, cfg, str(tmp_path / "lora"))
     reloaded = pipeline_images(model, tiny_sdxl_dir, x_T, 3, 5.0, 0.0, lora_dir=str(tmp_path / "lora"))
     torch.testing.assert_close(reloaded, tuned, rtol=0, atol=2e-5)

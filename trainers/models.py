@@ -170,7 +170,8 @@ def load_denoiser(path: str, family: ModelFamily, dtype: torch.dtype, device: to
     return denoiser.requires_grad_(False).eval().to(device), scheduler
 
 
-DENOISER_FOLDERS = ("unet", "transformer")  # where a pipeline (or a full fine-tune) keeps its denoiser
+# where a pipeline (or a full fine-tune) keeps its denoiser: "unet", "transformer"
+DENOISER_FOLDERS = tuple(dict.fromkeys(f.denoiser_folder for f in FAMILIES.values()))
 
 
 def denoiser_dir(folder: str) -> str | None:

@@ -112,6 +112,11 @@ def frozen(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     return module.requires_grad_(False).eval().to(device)
 
 
+def native_resolution(denoiser: torch.nn.Module, vae: torch.nn.Module) -> int:
+    """The image side the denoiser was built for, in pixels: its ``sample_size`` times the VAE's downscaling."""
+    return denoiser.config.sample_size * 2 ** (len(vae.config.block_out_channels) - 1)
+
+
 def decode_images(vae: torch.nn.Module, z: torch.Tensor) -> torch.Tensor:
     """``vae.decode(z)`` mapped from [-1, 1] to [0, 1], kept at least fp32 for the rewards."""
     images = vae.decode(z, return_dict=False)[0]

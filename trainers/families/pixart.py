@@ -18,7 +18,8 @@ import os
 
 import torch
 
-from trainers.families.base import Conditioning, DiffusionModel, ddim_scheduler, decode_images, frozen
+from trainers.families.base import (Conditioning, DiffusionModel, ddim_scheduler, decode_images, frozen,
+                                    native_resolution)
 
 MAX_TOKENS = 120  # the pipeline's max_sequence_length
 MASK = "encoder_attention_mask"
@@ -36,11 +37,9 @@ class PixArtAlpha:
         from diffusers import PixArtAlphaPipeline
 
         pipe = PixArtAlphaPipeline.from_pretrained(path, dtype=dtype, local_files_only=offline)
-        transformer = pipe.transformer
-        side = transformer.config.sample_size * 2 ** (len(pipe.vae.config.block_out_channels) - 1)
-        return DiffusionModel(self, frozen(transformer, device), frozen(pipe.vae, device),
-                              (frozen(pipe.text_encoder, device),), (pipe.tokenizer,),
-                              self.ddim(pipe.scheduler.config), device, dtype, side)
+        return DiffusionModel(self, frozen(pipe.transformer, device), frozen(pipe.vae, device),
+                              (frozen(pipe.text_encoder, device),), (pipe.tokenizer,), self.ddim(pipe.scheduler.config),
+                              device, dtype, native_resolution(pipe.transformer, pipe.vae))
 
     def load_denoiser(self, path: str, dtype: torch.dtype, offline: bool) -> torch.nn.Module:
         from diffusers import PixArtTransformer2DModel

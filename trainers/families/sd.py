@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import torch
 
-from trainers.families.base import Conditioning, DiffusionModel, decode_images, diffusers_lora_layers, frozen, tokenize
+from trainers.families.base import (Conditioning, DiffusionModel, decode_images, diffusers_lora_layers, frozen,
+                                    native_resolution, tokenize)
 
 
 LORA_FILE = "pytorch_lora_weights.safetensors"  # what save_lora_weights writes
@@ -66,7 +67,3 @@ class StableDiffusion:
     def load_lora(self, denoiser: torch.nn.Module, folder: str, adapter_name: str) -> None:
         denoiser.load_lora_adapter(folder, weight_name=LORA_FILE, prefix="unet", adapter_name=adapter_name)
 
-
-def native_resolution(unet: torch.nn.Module, vae: torch.nn.Module) -> int:
-    """The image side the UNet was built for, in pixels: ``sample_size`` times the VAE's downscaling."""
-    return unet.config.sample_size * 2 ** (len(vae.config.block_out_channels) - 1)

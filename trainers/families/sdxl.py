@@ -14,8 +14,8 @@ from __future__ import annotations
 import torch
 
 from trainers.families.base import (Conditioning, DiffusionModel, ddim_scheduler, decode_images, diffusers_lora_layers,
-                                    frozen, tokenize)
-from trainers.families.sd import StableDiffusion, native_resolution
+                                    frozen, native_resolution, tokenize)
+from trainers.families.sd import StableDiffusion
 
 class StableDiffusionXL(StableDiffusion):
     name = "sdxl"
