@@ -30,7 +30,6 @@ def main(argv: list[str] | None = None) -> int:
     if problems:
         raise ConfigError(problems, "command line")
     from rewards.build import build_reward
-    from trainers.ddim import ddim_schedule
     from trainers.loop import sample_and_score
     from trainers.models import load_model, load_trained
     from trainers.prompts import BUILTIN_HELD_OUT, load_prompts
@@ -41,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
         [s], device=model.device) for i, s in enumerate(specs)}
     prompts = load_prompts(cfg.data.eval_prompts, BUILTIN_HELD_OUT)[: cfg.eval.max_prompts]
     prompts = [p for p in prompts for _ in range(cfg.eval.images_per_prompt)]
-    schedule = ddim_schedule(model.scheduler, cfg.sampler.num_steps)
+    schedule = model.family.schedule(model, cfg.sampler.num_steps)
     base = sample_and_score(model, prompts, rewards, cfg.sampler, schedule, cfg.eval.seed)[0] \
         if args.compare_base or not args.weights else None
     tuned = None

@@ -20,12 +20,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable)")
     p.add_argument("--prompts", help="prompt file (.txt or .jsonl)")
     p.add_argument("--num-images", type=int, default=4, help="images per prompt")
-    p.add_argument("--steps", type=int, default=20, help="DDIM steps")
+    p.add_argument("--steps", type=int, default=20, help="sampling steps (DDIM, or flow-matching Euler for SD3)")
     p.add_argument("--one-step", type=int, metavar="TIMESTEP",
                    help="sample a one-step generator (Diff-Instruct*): the x0 prediction from pure noise at this "
                         "timestep, no guidance (default: the weights' one_step.json when they have one)")
     p.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale")
-    p.add_argument("--eta", type=float, default=0.0, help="DDIM eta")
+    p.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0 for flow models)")
     p.add_argument("--seed", type=int, default=0, help="noise seed")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     p.add_argument("--out", default="samples", help="output folder for PNGs and grid.png")
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from trainers.config import ModelConfig
-    from trainers.ddim import ddim_schedule, one_step_schedule
+    from trainers.ddim import one_step_schedule
     from trainers.distill import generator_timestep
     from trainers.engine import generate
     from trainers.models import load_model, load_trained
@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     x_T = torch.randn(len(prompts), *model.latent_shape, generator=gen).to(model.device)
     one_step = args.one_step if args.one_step is not None else generator_timestep(args.weights)
     if one_step is None:
-        schedule, guidance = ddim_schedule(model.scheduler, args.steps), args.guidance
+        schedule, guidance = model.family.schedule(model, args.steps), args.guidance
     else:
         print(f"one-step generator: x0 prediction at timestep {one_step}, no guidance")
         schedule, guidance = one_step_schedule(model.scheduler, one_step), 0.0

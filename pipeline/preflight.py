@@ -26,6 +26,37 @@ def model_problems(key: str, path: str, family: str = "auto") -> list[str]:
     return [f"{key}: {problem}"] if problem else []
 
 
+def sampler_problems(cfg: Config) -> list[str]:
+    """A flow-matching model (SD3) samples with deterministic Euler steps, on sigmas rebuilt from its scheduler
+    config: no ``sampler.eta``, no Diff-Instruct* (its scores are DDIM's), no sigma option the engine lacks."""
+    import json
+
+    from trainers.families import family_of
+    from trainers.flow import option_fix, unsupported_options
+
+    path = cfg.model.path
+    try:
+        family = family_of(path, cfg.model.family)
+    except ValueError:  # an unsupported pipeline: model_problems says so
+        return []
+    if family.sampler != "flow":
+        return []
+    what = f"model.path={path!r} is a {family.pipeline_class}, sampled by the deterministic flow-matching Euler sampler"
+    problems = [f"sampler.eta: {cfg.sampler.eta} but {what}; set sampler.eta=0"] if cfg.sampler.eta > 0 else []
+    if cfg.plan.name == "di_star":
+        problems.append(f"plan.name: di_star needs a DDIM teacher, but {what}; use draft_k, draft_lv, drtune, refl or "
+                        "alignprop, or a DDIM family (sd, sdxl, pixart) for di_star")
+    config_file = os.path.join(path, "scheduler", "scheduler_config.json")
+    if os.path.isfile(config_file):
+        with open(config_file, encoding="utf-8") as f:
+            found = unsupported_options(json.load(f))
+        if found:
+            options = ", ".join(f"{k}={json.dumps(v)}" for k, v in found.items())
+            problems.append(f"model.path: {config_file} sets {options}, which the flow sampler does not reproduce; "
+                            f"set {option_fix(found)} in that file")
+    return problems
+
+
 def prompt_problems(key: str, path: str | None) -> list[str]:
     """The prompt file must exist and hold prompts in a supported format."""
     if path is None:
@@ -133,6 +164,7 @@ def preflight(cfg: Config, source: str = "config", training: bool = False) -> No
     """Raise one ``ConfigError`` listing every missing file or unavailable device the config names
     (and, for ``training``, a run folder it may not write into)."""
     problems = model_problems("model.path", cfg.model.path, cfg.model.family) or target_module_problems(cfg)
+    problems += sampler_problems(cfg) if not problems else []
     if not (cfg.ray.enabled and cfg.ray.use_gpu):  # Ray workers get GPUs the driver may not have
         problems += device_problems("model.device", cfg.model.device)
     problems += reward_problems("rewards", cfg.rewards) + reward_problems("eval.rewards", cfg.eval.rewards)

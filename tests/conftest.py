@@ -114,6 +114,14 @@ def tiny_pixart_dir(tmp_path_factory) -> str:
     return build_tiny_pixart(str(tmp_path_factory.mktemp("tiny_pixart")))
 
 
+@pytest.fixture(scope="session")
+def tiny_sd3_dir(tmp_path_factory, clip_tokenizer_dir) -> str:
+    """A tiny SD3 pipeline folder (16 px images, two CLIP encoders and T5, flow matching with a static shift)."""
+    from sd3_factories import build_tiny_sd3
+
+    return build_tiny_sd3(str(tmp_path_factory.mktemp("tiny_sd3")), clip_tokenizer_dir)
+
+
 def _shared_folder(tmp_path_factory) -> str | None:
     """The folder all of this run's pytest-xdist workers share (their temp folders' parent), else None."""
     return str(tmp_path_factory.getbasetemp().parent) if os.environ.get("PYTEST_XDIST_WORKER") else None

@@ -2,8 +2,10 @@
 tiny model of each family.
 
 The reference below is written independently of the engine: an explicit loop over diffusers'
-own ``DDIMScheduler.step`` with the stop-gradients placed by hand, run in float64 without
-checkpointing. The engine runs in float64 too, with step-level checkpointing on.
+own ``DDIMScheduler.step`` (for the flow model, Euler steps written out on the sigmas of diffusers'
+``FlowMatchEulerDiscreteScheduler``, whose own ``step`` rounds the latent to float32) with the
+stop-gradients placed by hand, run in float64 without checkpointing. The engine runs in float64 too,
+with step-level checkpointing on.
 """
 
 from __future__ import annotations
@@ -12,8 +14,8 @@ import pytest
 import torch
 
 from trainers.config import ModelConfig, TrainableConfig
-from trainers.ddim import ddim_schedule
 from trainers.engine import guided_output, sample
+from trainers.families.sd3 import LORA_TARGETS
 from trainers.grad_plan import AlignProp, Draft, DraftK, DRTune, ReFL, StepFlags
 from trainers.models import load_model, make_trainable
 
@@ -23,13 +25,14 @@ T, GUIDANCE = 6, 3.0
 def float64_lora_model(folder: str):
     """A tiny model in float64 with gaussian-initialised LoRA (so every adapter gets gradient)."""
     model = load_model(ModelConfig(path=folder, device="cpu"))
-    make_trainable(model, TrainableConfig(rank=2, alpha=2.0, init="gaussian"))
+    targets = LORA_TARGETS if model.family.sampler == "flow" else ("to_q", "to_k", "to_v", "to_out.0")
+    make_trainable(model, TrainableConfig(rank=2, alpha=2.0, init="gaussian", target_modules=targets))
     for module in (model.denoiser, *model.frozen_modules()):
         module.double()
     model.dtype = torch.float64
-    # diffusers keeps alpha-bar in float32; the reference must not round coefficients to float32
-    model.scheduler.alphas_cumprod = model.scheduler.alphas_cumprod.double()
-    model.scheduler.final_alpha_cumprod = torch.as_tensor(model.scheduler.final_alpha_cumprod).double()
+    if model.family.sampler == "ddim":  # diffusers keeps alpha-bar in float32; the reference must not round to it
+        model.scheduler.alphas_cumprod = model.scheduler.alphas_cumprod.double()
+        model.scheduler.final_alpha_cumprod = torch.as_tensor(model.scheduler.final_alpha_cumprod).double()
     return model
 
 
@@ -38,9 +41,10 @@ def model64(tiny_sd_dir):
     return float64_lora_model(tiny_sd_dir)
 
 
-@pytest.fixture(scope="module", params=["sd", "sdxl", "pixart"])
+@pytest.fixture(scope="module", params=["sd", "sdxl", "pixart", "sd3"])
 def family_model64(request):
-    """The tiny model of each family (SD, SDXL with pooled embeddings and time ids, PixArt with its T5 mask)."""
+    """The tiny model of each family (SD, SDXL with pooled embeddings and time ids, PixArt with its T5 mask,
+    SD3 with flow matching and LoRA on both streams)."""
     return float64_lora_model(request.getfixturevalue(f"tiny_{request.param}_dir"))
 
 
@@ -64,7 +68,7 @@ def _params(model):
 
 def engine_grads(model, flags, refine_copies=0, eta=0.0):
     cond, uncond, x_T = _inputs(model)
-    schedule = ddim_schedule(model.scheduler, T)
+    schedule = model.family.schedule(model, T)
     traj = sample(model, cond, uncond, x_T, schedule, flags, guidance=GUIDANCE, eta=eta,
                   gen=torch.Generator().manual_seed(5), refine_copies=refine_copies, step_checkpointing=True)
     loss = -sum(reward(model.family.decode(model, x)).mean() for x in traj.finals)
@@ -73,6 +77,8 @@ def engine_grads(model, flags, refine_copies=0, eta=0.0):
 
 def reference_grads(model, flags, refine_copies=0, eta=0.0):
     """Unrolled DDIM with diffusers' scheduler; stop-gradients placed per flag, by hand."""
+    if model.family.sampler == "flow":
+        return flow_reference_grads(model, flags, refine_copies)
     cond, uncond, x = _inputs(model)
     sched = model.scheduler
     sched.set_timesteps(T)
@@ -104,6 +110,37 @@ def reference_grads(model, flags, refine_copies=0, eta=0.0):
     return torch.autograd.grad(loss, _params(model))
 
 
+def flow_reference_grads(model, flags, refine_copies=0):
+    """Unrolled flow-matching Euler, ``x + (sigma_next - sigma) v``, on the sigmas diffusers' scheduler sets;
+    ``x0 = x - sigma v`` at an early stop; stop-gradients placed per flag, by hand."""
+    cond, uncond, x = _inputs(model)
+    sched = model.scheduler
+    sched.set_timesteps(T)
+    sigmas, timesteps = sched.sigmas.double(), sched.timesteps
+    gen = torch.Generator().manual_seed(5)
+
+    def velocity(x_in, i):
+        return guided_output(model, x_in, timesteps[i], cond, uncond, GUIDANCE)
+
+    finals = None
+    for i, f in enumerate(flags):
+        if not f.chain:
+            x = x.detach()
+        v = velocity(x.detach() if f.detach_input else x, i) if f.grad else velocity(x, i).detach()
+        if f.stop:
+            finals = [x - sigmas[i] * v]
+            break
+        x = x + (sigmas[i + 1] - sigmas[i]) * v
+    if finals is None:
+        finals, last = [x], T - 1
+        for _ in range(refine_copies):
+            noise = torch.randn(x.shape, generator=gen, dtype=x.dtype)
+            x1 = (1 - sigmas[last]) * x.detach() + sigmas[last] * noise
+            finals.append(x1 - sigmas[last] * velocity(x1, last))
+    loss = -sum(reward(model.family.decode(model, x0)).mean() for x0 in finals)
+    return torch.autograd.grad(loss, _params(model))
+
+
 PLANS = {
     "draft": Draft(),
     "draft_k": DraftK(k=2),
@@ -129,8 +166,13 @@ def test_plan_gradient_matches_unrolled_autograd(family_model64, name):
 
 
 def test_stochastic_sampler_gradient_matches(family_model64):
-    """eta > 0 draws the same noise as diffusers and still gives the same gradient."""
+    """eta > 0 draws the same noise as diffusers and still gives the same gradient (DDIM; the flow sampler
+    refuses it)."""
     flags = DraftK(k=2).flags(T)
+    if family_model64.family.sampler == "flow":
+        with pytest.raises(ValueError, match="flow-matching Euler sampler is deterministic; set sampler.eta=0"):
+            engine_grads(family_model64, flags, eta=1.0)
+        return
     got, _ = engine_grads(family_model64, flags, eta=1.0)
     want = reference_grads(family_model64, flags, eta=1.0)
     for g, w in zip(got, want):
@@ -151,7 +193,7 @@ def test_full_draft_gradient_matches_finite_differences(model64):
             for p, d in zip(params, direction):
                 p.add_(scale * d)
             cond, uncond, x_T = _inputs(model64)
-            traj = sample(model64, cond, uncond, x_T, ddim_schedule(model64.scheduler, T), flags, guidance=GUIDANCE)
+            traj = sample(model64, cond, uncond, x_T, model64.family.schedule(model64, T), flags, guidance=GUIDANCE)
             value = -reward(model64.family.decode(model64, traj.finals[0])).mean()
             for p, d in zip(params, direction):
                 p.sub_(scale * d)
@@ -181,7 +223,7 @@ def test_draft_k_makes_exactly_k_gradient_calls(model64):
         try:
             flags = DraftK(k=k).flags(T)
             cond, uncond, x_T = _inputs(model64)
-            traj = sample(model64, cond, uncond, x_T, ddim_schedule(model64.scheduler, T), flags, guidance=GUIDANCE,
+            traj = sample(model64, cond, uncond, x_T, model64.family.schedule(model64, T), flags, guidance=GUIDANCE,
                           step_checkpointing=False)
         finally:
             hook.remove()
@@ -225,7 +267,7 @@ def _saved_bytes(model, flags, step_checkpointing):
 
     cond, uncond, x_T = _inputs(model)
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        sample(model, cond, uncond, x_T, ddim_schedule(model.scheduler, len(flags)), flags, guidance=GUIDANCE,
+        sample(model, cond, uncond, x_T, model.family.schedule(model, len(flags)), flags, guidance=GUIDANCE,
                step_checkpointing=step_checkpointing)
     return total
 

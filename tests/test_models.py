@@ -9,7 +9,6 @@ import torch
 from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 
 from trainers.config import ModelConfig, TrainableConfig
-from trainers.ddim import ddim_schedule
 from trainers.engine import generate
 from trainers.models import load_model, load_trained, make_trainable, save_trained
 
@@ -33,7 +32,7 @@ def pipeline_images(folder, x_T, steps, guidance, eta, lora_dir=None, unet=None,
 
 
 def engine_images(model, x_T, steps, guidance, eta):
-    return generate(model, PROMPTS, x_T.clone(), ddim_schedule(model.scheduler, steps), guidance=guidance, eta=eta,
+    return generate(model, PROMPTS, x_T.clone(), model.family.schedule(model, steps), guidance=guidance, eta=eta,
                     gen=torch.Generator().manual_seed(1))
 
 

@@ -47,11 +47,11 @@ def test_unsupported_or_mismatched_pipelines_are_preflight_errors(tiny_sdxl_dir,
     from pipeline.preflight import model_problems
     from trainers.models import pair_problems
 
-    sd3 = tmp_path / "sd3"
-    sd3.mkdir()
-    (sd3 / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusion3Pipeline"}))
-    (problem,) = model_problems("model.path", str(sd3))
-    assert "holds a StableDiffusion3Pipeline, which no model family loads" in problem
+    flux = tmp_path / "flux"
+    flux.mkdir()
+    (flux / "model_index.json").write_text(json.dumps({"_class_name": "FluxPipeline"}))
+    (problem,) = model_problems("model.path", str(flux))
+    assert "holds a FluxPipeline, which no model family loads" in problem
     assert "StableDiffusionPipeline (sd), StableDiffusionXLPipeline (sdxl)" in problem
     (problem,) = model_problems("model.path", tiny_sdxl_dir, "sd")
     assert "model.family='sd' but" in problem and "StableDiffusionXLPipeline; set model.family=auto (or sdxl)" in problem

@@ -45,14 +45,15 @@ def _trained(run_dir: str) -> dict[str, torch.Tensor]:
     return load_checkpoint(latest_checkpoint(run_dir))
 
 
-@pytest.mark.parametrize("family, plan", [("sd", {"name": "drtune", "k": 2, "early_stop": 1}),
-                                          ("sd", {"name": "draft_lv", "k": 1}),
-                                          ("sdxl", {"name": "drtune", "k": 2, "early_stop": 1})],
-                         ids=["drtune", "draft_lv", "sdxl_drtune"])
-def test_resume_equals_uninterrupted_run(request, tmp_path, family, plan):
+@pytest.mark.parametrize("family, plan, eta", [("sd", {"name": "drtune", "k": 2, "early_stop": 1}, 0.5),
+                                               ("sd", {"name": "draft_lv", "k": 1}, 0.5),
+                                               ("sdxl", {"name": "drtune", "k": 2, "early_stop": 1}, 0.5),
+                                               ("sd3", {"name": "draft_lv", "k": 1}, 0.0)],  # flow: no eta
+                         ids=["drtune", "draft_lv", "sdxl_drtune", "sd3_draft_lv"])
+def test_resume_equals_uninterrupted_run(request, tmp_path, family, plan, eta):
     """2 steps, a kill after step 3 is logged, resume from the step-2 checkpoint, finish: equals 4 steps."""
     folder = request.getfixturevalue(f"tiny_{family}_dir")
-    sections = {"plan": plan, "sampler": {"eta": 0.5}}
+    sections = {"plan": plan, "sampler": {"eta": eta}}
     straight = run(make_config(folder, str(tmp_path / "a"), **sections))
     cfg = make_config(folder, str(tmp_path / "b"), **sections)
     with pytest.raises(KeyboardInterrupt):

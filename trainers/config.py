@@ -25,7 +25,7 @@ def _positive(name: str, value: float, minimum: float = 1) -> list[str]:
 class ModelConfig:
     """Which diffusion model to tune and how to run it."""
 
-    family: Literal["auto", "sd", "sdxl", "pixart"] = "auto"  # auto: from model_index.json; sd = SD 1.x/2.x
+    family: Literal["auto", "sd", "sdxl", "pixart", "sd3"] = "auto"  # auto: from model_index.json; sd = SD 1.x/2.x
     path: str = "pipeline/assets/toyworld/sd"  # diffusers pipeline folder, or a hub id when online
     dtype: Literal["fp32", "bf16", "fp16"] = "fp32"  # frozen weights' precision; trained weights stay fp32
     device: str = "auto"  # "auto" (cuda if present, else cpu), "cpu", "cuda", "cuda:1", ...
@@ -63,11 +63,11 @@ class TrainableConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class SamplerConfig:
-    """The DDIM sampler used for training and evaluation."""
+    """The sampler used for training and evaluation: DDIM, or flow-matching Euler for flow models (SD3)."""
 
-    num_steps: int = 20  # T, DDIM sampling steps
+    num_steps: int = 20  # T, sampling steps
     guidance_scale: float = 7.5  # classifier-free guidance w (<= 1 turns guidance off)
-    eta: float = 0.0  # DDIM stochasticity: 0 deterministic, 1 DDPM-like
+    eta: float = 0.0  # DDIM stochasticity: 0 deterministic, 1 DDPM-like (flow models: 0 only)
 
     def validate(self) -> list[str]:
         problems = _positive("num_steps", self.num_steps)

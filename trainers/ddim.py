@@ -46,6 +46,43 @@ class DDIMSchedule:
     def __len__(self) -> int:
         return len(self.timesteps)
 
+    def split(self, model_output: torch.Tensor, x_t: torch.Tensor, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(x0_hat, eps_hat)`` from the guided denoiser output at step ``i``."""
+        return split_prediction(model_output, x_t, self.abar[i], self.prediction_type, self.clip_sample_range)
+
+    def predict_x0(self, model_output: torch.Tensor, x_t: torch.Tensor, i: int) -> torch.Tensor:
+        """One-step prediction of the clean latent at step ``i`` (ReFL, DRTune early stop)."""
+        return self.split(model_output, x_t, i)[0]
+
+    def step(self, model_output: torch.Tensor, x_t: torch.Tensor, i: int, eta: float = 0.0,
+             noise: torch.Tensor | None = None) -> torch.Tensor:
+        """One DDIM step from ``timesteps[i]`` to the next, differentiable in both inputs.
+
+        Args:
+            model_output: Guided denoiser output at step ``i``, shape ``(B, C, h, w)``.
+            x_t: Latent at step ``i``, shape ``(B, C, h, w)``.
+            i: Step index, 0 is the noisiest.
+            eta: DDIM stochasticity (0 deterministic, 1 DDPM-like).
+            noise: Standard normal noise ``z`` of ``x_t``'s shape; required when ``eta > 0``.
+
+        Returns:
+            ``x_prev``, shape ``(B, C, h, w)``.
+        """
+        abar_prev = self.abar_prev[i]
+        x0_hat, eps_hat = self.split(model_output, x_t, i)
+        sigma = ddim_sigma(self.abar[i], abar_prev, eta)
+        x_prev = _coef(abar_prev.sqrt(), x_t) * x0_hat + _coef((1 - abar_prev - sigma**2).sqrt(), x_t) * eps_hat
+        if eta > 0:
+            if noise is None:
+                raise ValueError("a DDIM step with eta > 0 needs noise")
+            x_prev = x_prev + _coef(sigma, x_t) * noise
+        return x_prev
+
+    def renoise_last(self, x0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """The forward process ``sqrt(abar) x0 + sqrt(1 - abar) noise`` to the last timestep (DRaFT-LV)."""
+        abar = self.abar[-1]
+        return _coef(abar.sqrt(), x0) * x0 + _coef((1 - abar).sqrt(), x0) * noise
+
 
 def ddim_schedule(scheduler, num_steps: int) -> DDIMSchedule:
     """Build a :class:`DDIMSchedule` from a diffusers ``DDIMScheduler`` (its config is not changed).
@@ -108,42 +145,3 @@ def split_prediction(model_output, x_t, abar_t, prediction_type: str, clip_range
 def ddim_sigma(abar_t: torch.Tensor, abar_prev: torch.Tensor, eta: float) -> torch.Tensor:
     """DDIM eq. 16: ``eta * sqrt((1 - abar_prev) / (1 - abar_t) * (1 - abar_t / abar_prev))``."""
     return eta * ((1 - abar_prev) / (1 - abar_t) * (1 - abar_t / abar_prev)).sqrt()
-
-
-def ddim_step(model_output, x_t, schedule: DDIMSchedule, i: int, eta: float = 0.0,
-              noise: torch.Tensor | None = None) -> torch.Tensor:
-    """One DDIM step from ``schedule.timesteps[i]`` to the next, differentiable in both inputs.
-
-    Args:
-        model_output: Guided denoiser output at step ``i``, shape ``(B, C, h, w)``.
-        x_t: Latent at step ``i``, shape ``(B, C, h, w)``.
-        schedule: The run's :class:`DDIMSchedule`.
-        i: Step index, 0 is the noisiest.
-        eta: DDIM stochasticity (0 deterministic, 1 DDPM-like).
-        noise: Standard normal noise ``z`` of ``x_t``'s shape; required when ``eta > 0``.
-
-    Returns:
-        ``x_prev``, shape ``(B, C, h, w)``.
-    """
-    abar_t, abar_prev = schedule.abar[i], schedule.abar_prev[i]
-    x0_hat, eps_hat = split_prediction(model_output, x_t, abar_t, schedule.prediction_type,
-                                       schedule.clip_sample_range)
-    sigma = ddim_sigma(abar_t, abar_prev, eta)
-    x_prev = _coef(abar_prev.sqrt(), x_t) * x0_hat + _coef((1 - abar_prev - sigma**2).sqrt(), x_t) * eps_hat
-    if eta > 0:
-        if noise is None:
-            raise ValueError("ddim_step with eta > 0 needs noise")
-        x_prev = x_prev + _coef(sigma, x_t) * noise
-    return x_prev
-
-
-def predict_x0(model_output, x_t, schedule: DDIMSchedule, i: int) -> torch.Tensor:
-    """One-step prediction of the clean latent at step ``i`` (ReFL / DRTune early stop)."""
-    x0_hat, _ = split_prediction(model_output, x_t, schedule.abar[i], schedule.prediction_type,
-                                 schedule.clip_sample_range)
-    return x0_hat
-
-
-def add_noise(x0, noise, abar_t) -> torch.Tensor:
-    """Forward process ``x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) noise`` (DRaFT-LV re-noising)."""
-    return _coef(abar_t.sqrt(), x0) * x0 + _coef((1 - abar_t).sqrt(), x0) * noise

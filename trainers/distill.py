@@ -230,6 +230,9 @@ class DiStar:
 
     def __init__(self, cfg: Config, model: DiffusionModel, teacher: Teacher | None = None):
         d, o = cfg.distill, cfg.optim
+        if model.family.sampler != "ddim":
+            raise ValueError(f"plan.name=di_star: Diff-Instruct* needs a DDIM teacher, and {model.family.pipeline_class} "
+                             "is a flow-matching model; use a DDIM family (sd, sdxl, pixart) or another plan")
         self.cfg, self.model = d, model
         self.nets, self.teacher_scheduler = build_networks(cfg, model, local_teacher=teacher is None)
         self.noise, self.teacher_path = NoiseSchedule.of(self.teacher_scheduler), d.teacher_path or cfg.model.path

@@ -1,11 +1,11 @@
-"""The one sampling engine: a differentiable DDIM loop driven by a gradient plan.
+"""The one sampling engine: a differentiable sampling loop driven by a gradient plan.
 
-``sample`` runs T DDIM steps from ``x_T`` with classifier-free guidance. At step ``i`` the plan's
-:class:`~trainers.grad_plan.StepFlags` decide whether the denoiser call carries parameter gradients,
-whether it sees ``sg(x_t)``, whether ``x_t`` keeps its graph, and whether sampling stops with the
-one-step prediction ``x0_hat``. A trained step is checkpointed as a whole (both CFG branches) when
-``step_checkpointing`` is on: only its input latent is kept and the UNet is re-run during backward,
-so memory grows by one latent per trained step rather than by one UNet's activations.
+``sample`` runs T steps of a :class:`~trainers.schedule.Schedule` (DDIM, or flow-matching Euler) from
+``x_T`` with classifier-free guidance. At step ``i`` the plan's :class:`~trainers.grad_plan.StepFlags`
+decide whether the denoiser call carries parameter gradients, whether it sees ``sg(x_t)``, whether
+``x_t`` keeps its graph, and whether sampling stops with the one-step prediction ``x0_hat``. A trained step is checkpointed as a whole (both CFG branches) when
+``step_checkpointing`` is on: only its input latent is kept and the denoiser is re-run during backward,
+so memory grows by one latent per trained step rather than by one denoiser's activations.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from dataclasses import dataclass
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from trainers.ddim import DDIMSchedule, add_noise, ddim_step, predict_x0
 from trainers.grad_plan import StepFlags
 from trainers.models import Conditioning, DiffusionModel
+from trainers.schedule import Schedule
 
 
 @dataclass
@@ -82,7 +82,7 @@ def _call_denoiser(fn: _Denoise, x_t: torch.Tensor, flags: StepFlags, step_check
 
 
 def sample(model: DiffusionModel, cond: Conditioning, uncond: Conditioning | None, x_T: torch.Tensor,
-           schedule: DDIMSchedule, flags: list[StepFlags], *, guidance: float, eta: float = 0.0,
+           schedule: Schedule, flags: list[StepFlags], *, guidance: float, eta: float = 0.0,
            gen: torch.Generator | None = None, refine_copies: int = 0,
            step_checkpointing: bool = True) -> Trajectory:
     """Sample latents from ``x_T`` following a gradient plan.
@@ -92,10 +92,10 @@ def sample(model: DiffusionModel, cond: Conditioning, uncond: Conditioning | Non
         cond: Prompt conditioning, batch ``B``.
         uncond: Empty-prompt conditioning of batch ``B``, or None to disable guidance.
         x_T: Initial noise, shape ``(B, C, h, w)``, float32.
-        schedule: DDIM timesteps and alpha-bars (``len(schedule) == T``).
+        schedule: The run's noise levels and step rule (``len(schedule) == T``).
         flags: One :class:`StepFlags` per step that runs (``len(flags) <= T``).
         guidance: CFG weight w.
-        eta: DDIM stochasticity; ``eta > 0`` draws noise from ``gen`` at every step.
+        eta: DDIM stochasticity; ``eta > 0`` draws noise from ``gen`` at every step (DDIM only).
         gen: Random generator for DDIM noise and DRaFT-LV re-noising.
         refine_copies: DRaFT-LV's n: re-noise ``sg(x0)`` to the last timestep n times and denoise
             each once more with gradient.
@@ -111,16 +111,16 @@ def sample(model: DiffusionModel, cond: Conditioning, uncond: Conditioning | Non
         out = _call_denoiser(_Denoise(model, t, cond, uncond, guidance), x, f, step_checkpointing)
         grad_calls += f.grad
         if f.stop:
-            return Trajectory([predict_x0(out, x, schedule, i)], flags, grad_calls)
-        x = ddim_step(out, x, schedule, i, eta, _step_noise(x, eta, gen))
+            return Trajectory([schedule.predict_x0(out, x, i)], flags, grad_calls)
+        x = schedule.step(out, x, i, eta, _step_noise(x, eta, gen))
     finals = [x]
     t_last = schedule.timesteps[last].to(model.device)
     for _ in range(refine_copies):
         noise = _step_noise(x, 1.0, gen)
-        x1 = add_noise(x.detach(), noise, schedule.abar[last])
+        x1 = schedule.renoise_last(x.detach(), noise)
         out = _call_denoiser(_Denoise(model, t_last, cond, uncond, guidance), x1, StepFlags(grad=True),
                              step_checkpointing)
-        finals.append(ddim_step(out, x1, schedule, last, eta, _step_noise(x1, eta, gen)))
+        finals.append(schedule.step(out, x1, last, eta, _step_noise(x1, eta, gen)))
         grad_calls += 1
     return Trajectory(finals, flags, grad_calls)
 
@@ -131,7 +131,7 @@ def no_grad_flags(num_steps: int) -> list[StepFlags]:
 
 
 @torch.no_grad()
-def generate(model: DiffusionModel, prompts: list[str], x_T: torch.Tensor, schedule: DDIMSchedule, *,
+def generate(model: DiffusionModel, prompts: list[str], x_T: torch.Tensor, schedule: Schedule, *,
              guidance: float, eta: float = 0.0, gen: torch.Generator | None = None) -> torch.Tensor:
     """Images ``(B, 3, H, W)`` in [0, 1] for ``prompts`` from noise ``x_T``, with no gradients."""
     cond = model.family.encode_prompts(model, prompts)

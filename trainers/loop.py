@@ -29,7 +29,7 @@ from rewards.base import Reward
 from rewards.build import build_reward
 from trainers.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from trainers.config import Config, SamplerConfig
-from trainers.ddim import DDIMSchedule, ddim_schedule, one_step_schedule
+from trainers.ddim import one_step_schedule
 from trainers.distill import DiStar, Teacher
 from trainers.engine import generate, sample
 from trainers.grad_plan import GradPlan
@@ -38,6 +38,7 @@ from trainers.models import (DiffusionModel, load_model, load_trainable_state_di
 from trainers.prompts import BUILTIN_HELD_OUT, BUILTIN_TRAIN, PromptSampler, load_prompts
 from trainers.registry import build_plan
 from trainers.replicas import Replicas
+from trainers.schedule import Schedule
 from trainers.sharding import full_state, full_weights, load_full_state, local_fraction, shard_unet
 from trainers.stats import paired_difference_ci
 
@@ -71,7 +72,7 @@ class Trainer:
     lr_schedule: torch.optim.lr_scheduler.LRScheduler
     sampler: PromptSampler
     eval_prompts: list[str]
-    schedule: DDIMSchedule
+    schedule: Schedule
     gen: torch.Generator
     replicas: Replicas = field(default_factory=Replicas)
     distill: DiStar | None = None  # plan di_star: the fake score and the teacher
@@ -141,7 +142,7 @@ def build_trainer(cfg: Config, model: DiffusionModel | None = None, reward: Rewa
         optimizer=optimizer, lr_schedule=lr_schedule,
         sampler=PromptSampler(load_prompts(cfg.data.prompts, BUILTIN_TRAIN), cfg.train.seed),
         eval_prompts=load_prompts(cfg.data.eval_prompts, BUILTIN_HELD_OUT)[: cfg.eval.max_prompts],
-        schedule=distill.one_step if distill else ddim_schedule(model.scheduler, cfg.sampler.num_steps),
+        schedule=distill.one_step if distill else model.family.schedule(model, cfg.sampler.num_steps),
         gen=torch.Generator().manual_seed(cfg.train.seed), replicas=replicas, distill=distill, sharded=sharded)
 
 
@@ -222,7 +223,7 @@ def peak_memory_mb(device: torch.device) -> float:
 
 @torch.no_grad()
 def sample_and_score(model: DiffusionModel, prompts: list[str], rewards: dict[str, Reward], sampler: SamplerConfig,
-                     schedule: DDIMSchedule, seed: int, one_step: DiStar | None = None
+                     schedule: Schedule, seed: int, one_step: DiStar | None = None
                      ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """Sample ``prompts`` from noise seeded by ``seed`` (with the DDIM sampler, or the ``one_step``
     generator) and score the images with every reward.
@@ -283,7 +284,7 @@ def _score_with_components(name: str, reward: Reward, images, prompts) -> dict[s
     return {name: reward.combine(parts).float().cpu(), **out}
 
 
-def evaluate(tr: Trainer, model: DiffusionModel | None = None, schedule: DDIMSchedule | None = None
+def evaluate(tr: Trainer, model: DiffusionModel | None = None, schedule: Schedule | None = None
              ) -> tuple[dict[str, float], dict[str, torch.Tensor], torch.Tensor]:
     """Score the held-out prompts (``images_per_prompt`` each, prompt-major) on fixed noise: the trained
     model by default, or ``model`` sampled on ``schedule`` (DI*'s teacher baselines).
@@ -314,7 +315,7 @@ def teacher_baselines(tr: Trainer) -> dict[str, float]:
     metrics = {}
     with tr.distill.teacher_model() as teacher:
         schedules = {"one_step": one_step_schedule(teacher.scheduler, tr.cfg.distill.generator_timestep),
-                     "multi_step": ddim_schedule(teacher.scheduler, tr.cfg.sampler.num_steps)}
+                     "multi_step": teacher.family.schedule(teacher, tr.cfg.sampler.num_steps)}
         for name, schedule in schedules.items():
             scores = evaluate(tr, teacher, schedule)[0]
             metrics |= {f"teacher/{name}/{key[len('eval/'):]}": value for key, value in scores.items()}

@@ -166,7 +166,7 @@ def load_denoiser(path: str, family: ModelFamily, dtype: torch.dtype, device: to
         raise FileNotFoundError(f"distill.teacher_path: {problem}")
     offline = os.path.isdir(path)
     denoiser = family.load_denoiser(path, dtype, offline)
-    scheduler = family.ddim(DDIMScheduler.load_config(path, subfolder="scheduler", local_files_only=offline))
+    scheduler = family.scheduler(DDIMScheduler.load_config(path, subfolder="scheduler", local_files_only=offline))
     return denoiser.requires_grad_(False).eval().to(device), scheduler
 
 

@@ -16,7 +16,7 @@ LORA_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Embedding)
 # a diffusers (lora.down/up) or peft (lora_A/B) key of a UNet adapter: unet.<module>.<part>[.<adapter>].weight
 # diffusers' LoRA files name the UNet's modules "unet.<module>", peft adapter files (PixArt's transformer)
 # "base_model.model.<module>"
-_LORA_KEY = re.compile(r"^(unet|base_model\.model)\.(?P<module>.+)\.(?P<part>lora\.down|lora\.up|lora_A|lora_B)"
+_LORA_KEY = re.compile(r"^(unet|transformer|base_model\.model)\.(?P<module>.+)\.(?P<part>lora\.down|lora\.up|lora_A|lora_B)"
                        r"(\.[^.]+)?\.weight$")
 
 
@@ -63,8 +63,8 @@ def lora_file_problems(denoiser: nn.Module, path: str) -> list[str]:
             problems.append(f"{key} has shape {list(shape)} but {name} has {expected} "
                             f"{'input' if down else 'output'} features")
     if not seen:
-        problems.append(f"{os.path.basename(path)} holds no denoiser LoRA tensors (unet.*.lora_A/B.weight, "
-                        "or base_model.model.*.lora_A/B.weight)")
+        problems.append(f"{os.path.basename(path)} holds no denoiser LoRA tensors (unet.*, transformer.* or "
+                        "base_model.model.*.lora_A/B.weight)")
     return problems
 
 

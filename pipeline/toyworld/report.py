@@ -41,7 +41,7 @@ def sample_images(model, combos: list[Combo], n: int, steps: int, guidance: floa
                   one_step: int | None = None) -> torch.Tensor:
     """``n`` samples per combo, ``(len(combos) * n, 3, H, W)`` in [0, 1], combo-major, from seeded noise:
     ``steps`` DDIM steps, or a one-step generator's x0 prediction at timestep ``one_step`` (no guidance)."""
-    from trainers.ddim import ddim_schedule, one_step_schedule
+    from trainers.ddim import one_step_schedule
     from trainers.engine import generate
 
     prompts = [caption(c) for c in combos for _ in range(n)]
@@ -49,7 +49,7 @@ def sample_images(model, combos: list[Combo], n: int, steps: int, guidance: floa
     x_T = torch.randn((len(prompts), *model.latent_shape), generator=gen)
     if one_step is not None:
         return generate(model, prompts, x_T.to(model.device), one_step_schedule(model.scheduler, one_step), guidance=0)
-    return generate(model, prompts, x_T.to(model.device), ddim_schedule(model.scheduler, steps), guidance=guidance)
+    return generate(model, prompts, x_T.to(model.device), model.family.schedule(model, steps), guidance=guidance)
 
 
 def split_metrics(reward, images: torch.Tensor, combos: list[Combo], n: int, seed: int) -> dict[str, float]:

@@ -76,12 +76,16 @@ class ModelFamily(Protocol):
     pipeline_class: str  # the diffusers pipeline class of the family's model_index.json
     denoiser_folder: str  # the denoiser's component folder in the pipeline ("unet", "transformer")
     trained_files: tuple[str, ...]  # the files a saved LoRA folder holds
+    sampler: str  # "ddim" (trainers/ddim.py) or "flow" (trainers/flow.py)
 
     def load_denoiser(self, path: str, dtype: torch.dtype, offline: bool) -> torch.nn.Module:
         """The pipeline's denoiser alone (a distillation teacher), as stored."""
 
-    def ddim(self, scheduler_config) -> Any:
-        """The DDIM scheduler sampling follows, from the pipeline's scheduler config."""
+    def scheduler(self, scheduler_config) -> Any:
+        """The diffusers scheduler whose maths sampling follows, from the pipeline's scheduler config."""
+
+    def schedule(self, model: DiffusionModel, num_steps: int) -> Any:
+        """The :class:`~trainers.schedule.Schedule` of a ``num_steps`` sampling run of ``model``."""
 
     def load(self, path: str, dtype: torch.dtype, device: torch.device, offline: bool) -> DiffusionModel:
         """The pipeline folder's (or hub id's) components, frozen, in eval mode, on ``device``;
@@ -142,6 +146,13 @@ def ddim_scheduler(config, **defaults) -> Any:
 
     defaults = {**DDIM_DEFAULTS, **defaults}
     return DDIMScheduler.from_config(config, **{k: v for k, v in defaults.items() if k not in config})
+
+
+def ddim_sampling(model: DiffusionModel, num_steps: int) -> Any:
+    """The DDIM schedule of ``num_steps`` steps on the model's (DDIM) scheduler."""
+    from trainers.ddim import ddim_schedule
+
+    return ddim_schedule(model.scheduler, num_steps)
 
 
 def diffusers_lora_layers(denoiser: torch.nn.Module) -> tuple[dict[str, torch.Tensor], dict]:

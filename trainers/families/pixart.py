@@ -18,7 +18,7 @@ import os
 
 import torch
 
-from trainers.families.base import (Conditioning, DiffusionModel, ddim_scheduler, decode_images, frozen,
+from trainers.families.base import (Conditioning, DiffusionModel, ddim_sampling, ddim_scheduler, decode_images, frozen,
                                     native_resolution)
 
 MAX_TOKENS = 120  # the pipeline's max_sequence_length
@@ -32,13 +32,15 @@ class PixArtAlpha:
     pipeline_class = "PixArtAlphaPipeline"
     denoiser_folder = "transformer"
     trained_files = (ADAPTER_CONFIG, ADAPTER_WEIGHTS)
+    sampler = "ddim"
+    schedule = staticmethod(ddim_sampling)
 
     def load(self, path: str, dtype: torch.dtype, device: torch.device, offline: bool) -> DiffusionModel:
         from diffusers import PixArtAlphaPipeline
 
         pipe = PixArtAlphaPipeline.from_pretrained(path, dtype=dtype, local_files_only=offline)
         return DiffusionModel(self, frozen(pipe.transformer, device), frozen(pipe.vae, device),
-                              (frozen(pipe.text_encoder, device),), (pipe.tokenizer,), self.ddim(pipe.scheduler.config),
+                              (frozen(pipe.text_encoder, device),), (pipe.tokenizer,), self.scheduler(pipe.scheduler.config),
                               device, dtype, native_resolution(pipe.transformer, pipe.vae))
 
     def load_denoiser(self, path: str, dtype: torch.dtype, offline: bool) -> torch.nn.Module:
@@ -47,7 +49,7 @@ class PixArtAlpha:
         return PixArtTransformer2DModel.from_pretrained(path, subfolder=self.denoiser_folder, dtype=dtype,
                                                         local_files_only=offline)
 
-    def ddim(self, scheduler_config):
+    def scheduler(self, scheduler_config):
         """DDIM without clipping, ending at alpha-bar 1 (the clean x0), as PixArt's DPM-Solver ends at sigma 0:
         its timesteps reach 0, where a step to alpha-bar(0) would change nothing (and train nothing at K=1)."""
         return ddim_scheduler(scheduler_config, set_alpha_to_one=True)

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import torch
 
-from trainers.families.base import (Conditioning, DiffusionModel, decode_images, diffusers_lora_layers, frozen,
-                                    native_resolution, tokenize)
+from trainers.families.base import (Conditioning, DiffusionModel, ddim_sampling, decode_images, diffusers_lora_layers,
+                                    frozen, native_resolution, tokenize)
 
 
 LORA_FILE = "pytorch_lora_weights.safetensors"  # what save_lora_weights writes
@@ -17,6 +17,8 @@ class StableDiffusion:
     pipeline_class = "StableDiffusionPipeline"
     denoiser_folder = "unet"
     trained_files = (LORA_FILE,)
+    sampler = "ddim"
+    schedule = staticmethod(ddim_sampling)
 
     def load(self, path: str, dtype: torch.dtype, device: torch.device, offline: bool) -> DiffusionModel:
         from diffusers import StableDiffusionPipeline
@@ -25,7 +27,7 @@ class StableDiffusion:
                                                        safety_checker=None, requires_safety_checker=False)
         return DiffusionModel(self, frozen(pipe.unet, device), frozen(pipe.vae, device),
                               (frozen(pipe.text_encoder, device),), (pipe.tokenizer,),
-                              self.ddim(pipe.scheduler.config), device, dtype,
+                              self.scheduler(pipe.scheduler.config), device, dtype,
                               native_resolution(pipe.unet, pipe.vae))
 
     def load_denoiser(self, path: str, dtype: torch.dtype, offline: bool) -> torch.nn.Module:
@@ -33,7 +35,7 @@ class StableDiffusion:
 
         return UNet2DConditionModel.from_pretrained(path, subfolder="unet", dtype=dtype, local_files_only=offline)
 
-    def ddim(self, scheduler_config):
+    def scheduler(self, scheduler_config):
         """DDIM on the config as it stands (SD's configs carry ``clip_sample`` and ``set_alpha_to_one``)."""
         from diffusers import DDIMScheduler
 

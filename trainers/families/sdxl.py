@@ -28,11 +28,11 @@ class StableDiffusionXL(StableDiffusion):
         vae = pipe.vae.float() if dtype == torch.float16 and pipe.vae.config.get("force_upcast") else pipe.vae
         return DiffusionModel(self, frozen(pipe.unet, device), frozen(vae, device),
                               (frozen(pipe.text_encoder, device), frozen(pipe.text_encoder_2, device)),
-                              (pipe.tokenizer, pipe.tokenizer_2), self.ddim(pipe.scheduler.config), device, dtype,
+                              (pipe.tokenizer, pipe.tokenizer_2), self.scheduler(pipe.scheduler.config), device, dtype,
                               native_resolution(pipe.unet, pipe.vae),
                               {"force_zeros_for_empty_prompt": bool(pipe.config.force_zeros_for_empty_prompt)})
 
-    def ddim(self, scheduler_config):
+    def scheduler(self, scheduler_config):
         return ddim_scheduler(scheduler_config)
 
     def encode_prompts(self, model: DiffusionModel, prompts: list[str]) -> Conditioning:
