@@ -6,7 +6,8 @@ import argparse
 import os
 
 from pipeline.config import ConfigError, run_cli
-from pipeline.preflight import device_problems, model_problems, prompt_problems, weights_problems
+from pipeline.preflight import (device_problems, flow_family, flow_scheduler_problems, model_problems, prompt_problems,
+                               weights_problems)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -67,6 +68,12 @@ def check(args: argparse.Namespace) -> None:
         problems.append("--prompt: give at least one --prompt TEXT or a --prompts FILE")
     if args.one_step is not None and not 0 <= args.one_step <= 999:
         problems.append(f"--one-step: must be a training timestep in [0, 999], got {args.one_step}")
+    if not problems and flow_family(args.model):
+        problems += flow_scheduler_problems("--model", args.model)
+        problems += [f"--eta: {args.eta} but {args.model!r} is a flow-matching model, sampled deterministically; "
+                     "use --eta 0"] if args.eta > 0 else []
+        problems += ["--one-step: one-step generators are Diff-Instruct*'s, which flow-matching models do not "
+                     "have; leave it out"] if args.one_step is not None else []
     if args.num_images < 1 or not 1 <= args.steps <= 1000:
         problems.append(f"--num-images/--steps: need >= 1 and 1..1000, got {args.num_images}/{args.steps}")
     if problems:

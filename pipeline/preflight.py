@@ -26,35 +26,48 @@ def model_problems(key: str, path: str, family: str = "auto") -> list[str]:
     return [f"{key}: {problem}"] if problem else []
 
 
+def flow_family(path: str, family: str = "auto"):
+    """The family of the flow-matching pipeline at ``path`` (SD3), or None for another family or an unreadable path."""
+    from trainers.families import family_of
+
+    try:
+        found = family_of(path, family)
+    except ValueError:  # an unsupported pipeline: model_problems says so
+        return None
+    return found if found.sampler == "flow" else None
+
+
+def flow_scheduler_problems(key: str, path: str) -> list[str]:
+    """The flow sampler rebuilds the sigmas from the scheduler config: no option it does not reproduce."""
+    import json
+
+    from trainers.flow import option_fix, unsupported_options
+
+    config_file = os.path.join(path, "scheduler", "scheduler_config.json")
+    if not os.path.isfile(config_file):
+        return []
+    with open(config_file, encoding="utf-8") as f:
+        found = unsupported_options(json.load(f))
+    if not found:
+        return []
+    options = ", ".join(f"{k}={json.dumps(v)}" for k, v in found.items())
+    return [f"{key}: {config_file} sets {options}, which the flow sampler does not reproduce; set {option_fix(found)} "
+            "in that file"]
+
+
 def sampler_problems(cfg: Config) -> list[str]:
     """A flow-matching model (SD3) samples with deterministic Euler steps, on sigmas rebuilt from its scheduler
     config: no ``sampler.eta``, no Diff-Instruct* (its scores are DDIM's), no sigma option the engine lacks."""
-    import json
-
-    from trainers.families import family_of
-    from trainers.flow import option_fix, unsupported_options
-
-    path = cfg.model.path
-    try:
-        family = family_of(path, cfg.model.family)
-    except ValueError:  # an unsupported pipeline: model_problems says so
+    family = flow_family(cfg.model.path, cfg.model.family)
+    if family is None:
         return []
-    if family.sampler != "flow":
-        return []
-    what = f"model.path={path!r} is a {family.pipeline_class}, sampled by the deterministic flow-matching Euler sampler"
+    what = (f"model.path={cfg.model.path!r} is a {family.pipeline_class}, sampled by the deterministic flow-matching "
+            "Euler sampler")
     problems = [f"sampler.eta: {cfg.sampler.eta} but {what}; set sampler.eta=0"] if cfg.sampler.eta > 0 else []
     if cfg.plan.name == "di_star":
         problems.append(f"plan.name: di_star needs a DDIM teacher, but {what}; use draft_k, draft_lv, drtune, refl or "
                         "alignprop, or a DDIM family (sd, sdxl, pixart) for di_star")
-    config_file = os.path.join(path, "scheduler", "scheduler_config.json")
-    if os.path.isfile(config_file):
-        with open(config_file, encoding="utf-8") as f:
-            found = unsupported_options(json.load(f))
-        if found:
-            options = ", ".join(f"{k}={json.dumps(v)}" for k, v in found.items())
-            problems.append(f"model.path: {config_file} sets {options}, which the flow sampler does not reproduce; "
-                            f"set {option_fix(found)} in that file")
-    return problems
+    return problems + flow_scheduler_problems("model.path", cfg.model.path)
 
 
 def prompt_problems(key: str, path: str | None) -> list[str]:

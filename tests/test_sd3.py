@@ -144,6 +144,15 @@ def test_unsupported_sigma_options_eta_and_di_star_exit_2(clip_tokenizer_dir, tm
     assert "sampler.eta: 0.5 but model.path=" in result.stderr and "set sampler.eta=0" in result.stderr
     assert "plan.name: di_star needs a DDIM teacher" in result.stderr
 
+    from pipeline.config import ConfigError
+    from pipeline.generate import check, parse_args
+
+    with pytest.raises(ConfigError) as err:
+        check(parse_args(["--model", folder, "--prompt", "a red circle", "--eta", "0.5", "--one-step", "500"]))
+    karras, eta, one_step = err.value.problems
+    assert karras.startswith(f"--model: {config_file} sets use_karras_sigmas=true") and "use --eta 0" in eta
+    assert one_step.startswith("--one-step: one-step generators are Diff-Instruct*'s")
+
 
 def test_preflight_reads_sd3_folders(tiny_sd3_dir, tiny_sd_dir, tmp_path):
     from pipeline.preflight import model_problems, weights_problems
