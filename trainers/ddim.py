@@ -108,7 +108,7 @@ def ddim_schedule(scheduler, num_steps: int) -> DDIMSchedule:
 
 
 def one_step_schedule(scheduler, timestep: int) -> DDIMSchedule:
-    """A single step from ``timestep`` straight to the clean latent (alpha-bar 1), so ``ddim_step`` returns
+    """A single step from ``timestep`` straight to the clean latent (alpha-bar 1), so its ``step`` returns
     the x0 prediction: the one-step generator of trainers/distill.py, and the teacher's one-step sample."""
     cfg = scheduler.config
     timesteps = torch.tensor([timestep])
