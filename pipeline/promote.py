@@ -1,15 +1,17 @@
 """Point an alias at the best checkpoint of a registered model:
 ``python -m pipeline.promote --model NAME --metric eval/clip_score [--alias champion]``.
 
-Every checkpoint a run registers carries its held-out metrics as model-version tags (``eval/<reward>``,
-``held_out/<reward>/<stat>`` at the last step, ``step``, ``eval_step``). This picks the version with the
-highest (``--lowest``: lowest) value of ``--metric``, sets ``--alias`` on it and prints the ranking;
-``python -m pipeline.generate --model models:/NAME@ALIAS`` then generates from it.
+Every checkpoint a run registers is a logged model carrying its held-out metrics (``eval/<reward>``,
+``eval/diversity``, ``eval/feature_diversity``), as the experiment's model table shows them. This picks
+the version whose model has the highest (``--lowest``: lowest) value of ``--metric``, sets ``--alias``
+on it and prints the ranking; ``python -m pipeline.generate --model models:/NAME@ALIAS`` then generates
+from it. A version without a logged model (registered by hand) is ranked by a tag of that name.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 
 from pipeline.config import ConfigError, run_cli
@@ -18,7 +20,7 @@ from pipeline.config import ConfigError, run_cli
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m pipeline.promote", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", required=True, help="registered model name (tracking.registered_model of the runs)")
-    p.add_argument("--metric", default="eval/trained", help="model-version tag to rank by (default eval/trained)")
+    p.add_argument("--metric", default="eval/trained", help="held-out metric to rank by (default eval/trained)")
     p.add_argument("--alias", default="champion", help="alias to set on the best version (default champion)")
     p.add_argument("--lowest", action="store_true", help="lower is better")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else ./runs/mlflow.db)")
@@ -33,14 +35,32 @@ def default_tracking_uri(given: str | None) -> str:
     return given or tracking_uri(Config())
 
 
-def ranked_versions(client, name: str, metric: str, lowest: bool) -> list[tuple[float, object]]:
-    """``(value, version)`` of every version that carries ``metric``, best first."""
-    found = []
+def version_metrics(client, version) -> dict[str, float]:
+    """The metrics of a version's logged model (the latest step of each), else its numeric tags."""
+    model_id = version.model_id or (version.source or "").removeprefix("models:/")
+    if model_id.startswith("m-"):
+        latest: dict[str, tuple[int, float]] = {}
+        for m in client.get_logged_model(model_id).metrics or []:
+            if m.key not in latest or m.step >= latest[m.key][0]:
+                latest[m.key] = (m.step, m.value)
+        return {key: value for key, (_, value) in latest.items()}
+    numbers = {}
+    for key, text in version.tags.items():
+        with contextlib.suppress(ValueError):
+            numbers[key] = float(text)
+    return numbers
+
+
+def ranked_versions(client, name: str, metric: str, lowest: bool) -> tuple[list[tuple[float, object]], set[str]]:
+    """``(value, version)`` of every version that has ``metric``, best first, and every metric name seen."""
+    found, seen = [], set()
     for version in client.search_model_versions(f"name = '{name}'"):
-        value = float(version.tags[metric]) if metric in version.tags else math.nan
+        metrics = version_metrics(client, version)
+        seen |= set(metrics)
+        value = metrics.get(metric, math.nan)
         if math.isfinite(value):
             found.append((value, version))
-    return sorted(found, key=lambda item: item[0], reverse=not lowest)
+    return sorted(found, key=lambda item: item[0], reverse=not lowest), seen
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,11 +79,11 @@ def main(argv: list[str] | None = None) -> int:
         raise ConfigError([f"--model: no registered model {args.model!r} in {redact(uri)}; registered: {names or 'none'} "
                            "(set tracking.registered_model in the training config to register checkpoints)"],
                           "command line") from None
-    ranked = ranked_versions(client, args.model, args.metric, args.lowest)
+    ranked, seen = ranked_versions(client, args.model, args.metric, args.lowest)
     if not ranked:
-        tags = sorted({t for v in client.search_model_versions(f"name = '{args.model}'") for t in v.tags})
-        raise ConfigError([f"--metric: no version of {args.model!r} carries {args.metric!r}; tags present: {tags}"],
-                          "command line")
+        held_out = sorted(m for m in seen if m.startswith(("eval/", "held_out/"))) or sorted(seen)
+        raise ConfigError([f"--metric: no version of {args.model!r} has {args.metric!r}; its held-out metrics: "
+                           f"{held_out or 'none'}"], "command line")
     best_value, best = ranked[0]
     client.set_registered_model_alias(args.model, args.alias, best.version)
     print(f"{'version':>7}  {args.metric:>20}  step  run")

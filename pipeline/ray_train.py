@@ -11,8 +11,8 @@ from __future__ import annotations
 import os
 import secrets
 import socket
-import sys
 import tempfile
+from collections.abc import Callable
 
 from pipeline.config import ConfigError, from_dict, to_dict
 from trainers.config import Config
@@ -55,61 +55,92 @@ def train_fn_per_worker(config: dict) -> None:
 
     A restarted worker group (``ray.max_failures``) or a rerun of the same run resumes from the latest
     checkpoint Ray Train holds in its run storage, which every node can read; without one, from the
-    run folder.
+    run folder. The worker's own output (Ray's reports, the libraries' logs) goes to the run folder's
+    ``train.log``; rank 0 sends what the console shows to the driver's ``events`` queue, when it has one.
     """
     from trainers.loop import run
 
     import ray.train
 
+    from pipeline.console import LOG_NAME, output_to
+
     cfg = from_dict(Config, config["cfg"], "train_loop_config")
     context = ray.train.get_context()
-    reward = None
-    if config["reward_actors"]:
-        from pipeline.reward_actors import RemoteReward
+    with output_to(os.path.join(config["run_dir"], LOG_NAME)):
+        kwargs = {"reporters": worker_reporters(cfg, config, context.get_world_rank(), context.get_world_size()),
+                  "reward": None, "teacher": None, "run_dir": config["run_dir"]}
+        if config["reward_actors"]:
+            from pipeline.reward_actors import RemoteReward
 
-        reward = RemoteReward(config["reward_actors"], first=context.get_world_rank())
-    teacher = None
-    if config.get("teacher_actors"):
-        from pipeline.teacher_actors import RemoteTeacher
+            kwargs["reward"] = RemoteReward(config["reward_actors"], first=context.get_world_rank())
+        if config.get("teacher_actors"):
+            from pipeline.teacher_actors import RemoteTeacher
 
-        teacher = RemoteTeacher(config["teacher_actors"], first=context.get_world_rank())
+            kwargs["teacher"] = RemoteTeacher(config["teacher_actors"], first=context.get_world_rank())
+        stored = ray.train.get_checkpoint()
+        if stored is None:
+            run(cfg, **kwargs)
+            return
+        with stored.as_directory() as folder:
+            run(cfg, resume_from=folder, **kwargs)
+
+
+def worker_reporters(cfg: Config, config: dict, rank: int, world_size: int) -> tuple:
+    """Rank 0: MLflow, then the console's events (after MLflow, whose model events its checkpoint lines
+    name); every rank: Ray Train's reports, last, since after Ray sees the last step Tune may stop the trial."""
     reporters = ()
-    if cfg.tracking.enabled and context.get_world_rank() == 0:
+    emit = queue_emitter(config.get("events")) if rank == 0 else None
+    if cfg.tracking.enabled and rank == 0:
+        from pipeline.console import print_event
         from pipeline.tracking import MlflowReporter
 
-        reporters = (MlflowReporter(cfg, config["run_dir"], world_size=context.get_world_size()),)
-    reporters += (RayReporter(cfg),)  # last: after Ray sees the last step, Tune may stop this trial at once
-    stored = ray.train.get_checkpoint()
-    if stored is None:
-        run(cfg, reporters=reporters, reward=reward, teacher=teacher, run_dir=config["run_dir"])
-        return
-    with stored.as_directory() as folder:
-        run(cfg, reporters=reporters, reward=reward, teacher=teacher, run_dir=config["run_dir"], resume_from=folder)
+        reporters += (MlflowReporter(cfg, config["run_dir"], world_size=world_size, emit=emit or print_event),)
+    if emit:
+        from pipeline.console import ConsoleReporter
+
+        reporters += (ConsoleReporter(emit),)
+    return reporters + (RayReporter(cfg),)
 
 
-def init_ray(cfg: Config) -> None:
-    """Join the configured (or job's) cluster, else start a local in-process Ray on 127.0.0.1 behind token auth."""
+def queue_emitter(queue):
+    """Put events on the driver's queue; a driver that has gone away does not stop training."""
+    if queue is None:
+        return None
+
+    def emit(event: dict) -> None:
+        try:
+            queue.put(event, timeout=10)
+        except Exception:  # noqa: BLE001 - the console is not worth a failed run
+            pass
+
+    return emit
+
+
+def init_ray(cfg: Config, say: Callable[[str], None] = print) -> None:
+    """Join the configured (or job's) cluster, else start a local in-process Ray on 127.0.0.1 behind token
+    auth. Workers' and actors' output stays in their logs (Ray's session folder; training workers write
+    theirs to the run folder's ``train.log``), not on this driver's console; ``say`` prints what to tell."""
     address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
     if not address:  # Ray reads these when it is imported, so set them first
         for key, value in local_ray_env().items():
             os.environ.setdefault(key, value)
         os.environ.setdefault("RAY_TMPDIR", os.path.join(tempfile.gettempdir(), "rt-ray"))
         if os.environ["RAY_AUTH_MODE"] != "token":
-            print(f"warning: RAY_AUTH_MODE={os.environ['RAY_AUTH_MODE']} turns off Ray's token authentication; "
-                  "anyone who reaches this machine's Ray ports can run code in the job", file=sys.stderr)
+            say(f"warning: RAY_AUTH_MODE={os.environ['RAY_AUTH_MODE']} turns off Ray's token authentication; "
+                "anyone who reaches this machine's Ray ports can run code in the job")
     import ray
 
     if ray.is_initialized():
         return
     if address:
-        ray.init(address=address)
+        ray.init(address=address, log_to_driver=False)
         return
     context = ray.init(address="local", num_cpus=cfg.ray.num_cpus, include_dashboard=True,
                        dashboard_host="127.0.0.1", dashboard_port=own_dashboard_port(), object_store_memory=1 << 30,
-                       log_to_driver=True, configure_logging=False, _node_ip_address="127.0.0.1")
+                       log_to_driver=False, configure_logging=False, _node_ip_address="127.0.0.1")
     token = f"{TOKEN_PATH}={os.environ[TOKEN_PATH]}" if TOKEN_PATH in os.environ else f"{TOKEN} from this shell"
     auth = f"a client needs RAY_AUTH_MODE=token and {token}" if os.environ["RAY_AUTH_MODE"] == "token" else "no token"
-    print(f"Ray dashboard: http://{context.dashboard_url} ({auth})", flush=True)
+    say(f"Ray dashboard: http://{context.dashboard_url} ({auth})")
 
 
 def local_ray_env() -> dict[str, str]:
@@ -226,16 +257,18 @@ def cluster_nodes() -> list[dict[str, float]]:
     return [dict(node["Resources"]) for node in ray.nodes() if node["Alive"]]
 
 
-def fit(cfg: Config, run_dir: str, callbacks: list | None = None):
+def fit(cfg: Config, run_dir: str, callbacks: list | None = None, events: Callable[[dict], None] | None = None):
     """Run ``cfg`` on Ray Train and return the ``ray.train.Result`` (``callbacks``: Ray Train callbacks,
-    such as Ray Tune's report forwarding)."""
+    such as Ray Tune's report forwarding; ``events``: gets rank 0's console events, ``pipeline.console``,
+    here on the driver, while the run goes on)."""
     r = cfg.ray
     storage, filesystem = run_storage(cfg)
     if not cfg.train.resume and stored_run_exists(storage, filesystem, os.path.basename(run_dir)):
         raise ConfigError([f"train.resume: false, but Ray's run storage {r.storage_path or storage} already holds "
                            f"run {os.path.basename(run_dir)!r}, which the workers would resume; set train.run_name "
                            "to a new name or delete it there"])
-    init_ray(cfg)  # before anything imports Ray, which reads the local settings at import
+    say = print if events is None else (lambda text: events({"kind": "note", "text": text, "error": False}))
+    init_ray(cfg, say)  # before anything imports Ray, which reads the local settings at import
     import ray
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -252,10 +285,11 @@ def fit(cfg: Config, run_dir: str, callbacks: list | None = None):
     os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
     actors = start_reward_actors(cfg.rewards, r) if r.reward_actors else []
     teachers = start_teacher_actors(cfg) if r.teacher_actors else []
+    pump = EventPump(events) if events else None
     trainer = TorchTrainer(
         train_fn_per_worker,
         train_loop_config={"cfg": to_dict(cfg), "run_dir": run_dir, "reward_actors": actors,
-                           "teacher_actors": teachers},
+                           "teacher_actors": teachers, "events": pump and pump.queue},
         torch_config=TorchConfig(backend="nccl" if r.use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=r.num_workers, use_gpu=r.use_gpu,
                                      resources_per_worker={"CPU": r.cpus_per_worker, **r.worker_resources}),
@@ -270,8 +304,44 @@ def fit(cfg: Config, run_dir: str, callbacks: list | None = None):
     except TrainingFailedError as err:
         raise worker_failed(err, run_dir) from None
     finally:
+        if pump:
+            pump.stop()
         for actor in actors + teachers:
             ray.kill(actor)
+
+
+class EventPump:
+    """A Ray queue the workers put console events on, drained into ``handle`` by a driver thread."""
+
+    def __init__(self, handle: Callable[[dict], None]):
+        import threading
+
+        from ray.util.queue import Queue
+
+        self.queue, self.handle = Queue(actor_options={"num_cpus": 0}), handle
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._drain, name="console-events", daemon=True)
+        self.thread.start()
+
+    def _drain(self) -> None:
+        from ray.util.queue import Empty
+
+        while True:
+            try:
+                self.handle(self.queue.get(timeout=0.5))
+            except Empty:
+                if self.done.is_set():
+                    return
+            except Exception:  # noqa: BLE001 - the queue's actor is gone: nothing more will come
+                return
+
+    def stop(self) -> None:
+        """Show what is still queued, then remove the queue."""
+        import ray
+
+        self.done.set()
+        self.thread.join()
+        ray.kill(self.queue.actor)
 
 
 class WorkerFailed(RuntimeError):

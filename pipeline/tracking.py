@@ -2,12 +2,16 @@
 
 :class:`MlflowReporter` is a reporter of the training core (``trainers.loop.run``), created on rank 0
 only. At ``start`` it continues the MLflow run whose id the resumed checkpoint carries
-(``state["mlflow_run_id"]``), or creates one and logs the resolved config (YAML artifact and flattened
-params), package versions, git commit and cluster size (tags). Each report logs the metrics with their
-step, the evaluation's sample grid as an image (the UI's image view steps through them), and a
-checkpoint as an ``mlflow.diffusers`` model (the LoRA plus a reference to the base model) carrying
-the latest held-out metrics, registered as a version of ``tracking.registered_model``. After a crash,
-steps already logged are replayed by the resumed run but not logged again, so each step appears once.
+(``state["mlflow_run_id"]``), or creates one (in an experiment marked for MLflow's model-training
+view) and logs the resolved config (YAML artifact and flattened params), package versions, git commit
+and cluster size (tags). Each report logs the metrics with their step, the evaluation's sample grid as
+an image (the UI's image view steps through them), and a checkpoint as an ``mlflow.diffusers`` model
+(the LoRA plus a reference to the base model). The model carries the held-out metrics of the latest
+evaluation as model metrics, so the experiment's model table shows and sorts them, and is registered
+as a version of ``tracking.registered_model`` with a few readable tags (step, plan, the held-out
+trained reward with the 95% interval of its gain, diversity) and the held-out table and sample grid
+as its description. After a crash, steps already logged are replayed by the resumed run but not
+logged again, so each step appears once.
 
 When MLflow is unreachable, nothing is lost and training goes on: metrics wait in memory and a
 checkpoint's model folder is copied to ``<run>/pending_models/`` until a later report manages to log
@@ -29,6 +33,7 @@ from collections.abc import Iterator
 from importlib import metadata
 
 from pipeline.config import dump_yaml, flatten
+from pipeline.console import Emit, decimals, gain_text, note, print_event
 from trainers.config import Config
 
 RUN_ID_KEY = "mlflow_run_id"  # in the checkpointed state
@@ -37,6 +42,9 @@ PACKAGES = ("torch", "diffusers", "transformers", "peft", "open_clip_torch", "ra
 RETRY_FIRST_S, RETRY_MAX_S = 5.0, 300.0  # backoff between tries while MLflow is unreachable
 _USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][\w+.-]*://)[^/@\s]+@")
 _SECRET_KEY = re.compile(r"secret|password|passwd|token|access_key|credential", re.IGNORECASE)
+# the experiment tag MLflow's UI reads to open an experiment in its model-training view (not the GenAI one)
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+HEADLINE = "trained"  # the held-out reward a version's tags and description lead with
 
 
 def redact(text: str) -> str:
@@ -83,21 +91,33 @@ def fluent_tracking(uri: str) -> Iterator[None]:
 
 
 def ui_command(cfg: Config) -> str:
-    """How to look at the runs: the server's address, or ``mlflow ui`` on the local store."""
+    """How to look at the runs: the page of the experiment's checkpoint models in the model-training view,
+    on the server, or on ``mlflow ui`` (its default address) over the local store."""
     uri = tracking_uri(cfg)
+    found = None
+    with contextlib.suppress(Exception):  # the run is over: a store that does not answer now costs only the link
+        from mlflow import MlflowClient
+
+        found = MlflowClient(uri).get_experiment_by_name(cfg.tracking.experiment)
+    page = f"#/experiments/{found.experiment_id}/models?workflowType=machine_learning" if found else ""
     if is_server(uri):
-        return f"MLflow UI: {redact(uri)} (experiment {cfg.tracking.experiment!r})"
-    return f"MLflow UI: mlflow ui --backend-store-uri {uri} (experiment {cfg.tracking.experiment!r})"
+        return f"MLflow UI: {strip_userinfo(uri).rstrip('/')}/{page} (experiment {cfg.tracking.experiment!r})"
+    return (f"MLflow UI: mlflow ui --backend-store-uri {uri}, then open http://127.0.0.1:5000/{page} "
+            f"(experiment {cfg.tracking.experiment!r})")
 
 
 def experiment_id(client, cfg: Config) -> str:
-    """The configured experiment's id, created if missing."""
+    """The configured experiment's id, created if missing, and marked as a model-training experiment
+    unless its kind was already chosen (in the UI, or by an earlier run)."""
     name = cfg.tracking.experiment
+    key, kind = EXPERIMENT_KIND
     found = client.get_experiment_by_name(name)
-    if found is not None:
-        return found.experiment_id
-    root = local_artifact_root(cfg, client.tracking_uri)
-    return client.create_experiment(name, artifact_location=root and f"file://{root}")
+    if found is None:
+        root = local_artifact_root(cfg, client.tracking_uri)
+        return client.create_experiment(name, artifact_location=root and f"file://{root}", tags={key: kind})
+    if key not in found.tags:
+        client.set_experiment_tag(found.experiment_id, key, kind)
+    return found.experiment_id
 
 
 def params_of(cfg: Config) -> dict[str, str]:
@@ -143,17 +163,22 @@ def base_model_reference(path: str) -> str:
 
 
 class MlflowReporter:
-    """Records one training run in MLflow (see the module docstring). Create it on rank 0 only."""
+    """Records one training run in MLflow (see the module docstring). Create it on rank 0 only.
 
-    def __init__(self, cfg: Config, run_dir: str, world_size: int = 1):
-        self.cfg, self.run_dir, self.world_size = cfg, run_dir, world_size
+    What it has to say (the run it records to, outages, each logged checkpoint model) goes to ``emit``
+    as console events (``pipeline.console``)."""
+
+    def __init__(self, cfg: Config, run_dir: str, world_size: int = 1, emit: Emit = print_event):
+        self.cfg, self.run_dir, self.world_size, self.emit = cfg, run_dir, world_size, emit
         self.uri = tracking_uri(cfg)
         self.client = None
         self.run_id: str | None = None
         self.logged_through = -1  # steps up to here are already in the MLflow run
-        self.held_out: dict[str, float] = {}  # the latest evaluation, attached to later models
+        self.step = 0  # the step being reported
+        self.evaluation: dict = {}  # the latest evaluation, attached to later models (see _queue_model)
         self.pending_metrics: list = []
         self.pending_models = os.path.join(run_dir, "pending_models")
+        self.held_out_set = held_out_set(cfg)
         self.retry_at, self.backoff = 0.0, RETRY_FIRST_S
         # MLflow's client retries each request 7 times over minutes by default; training must not stall on it
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
@@ -174,10 +199,10 @@ class MlflowReporter:
                 self.run_id = run_id
                 self.logged_through = self._last_logged_step()
                 self.client.update_run(run_id, status="RUNNING")
-                print(f"mlflow: continuing run {run_id} after step {self.logged_through}", flush=True)
+                self.emit(note(f"mlflow: continuing run {run_id} after step {self.logged_through}"))
             except MlflowException:
-                print(f"mlflow: run {run_id} from the checkpoint is not in {redact(self.uri)}; starting a new one",
-                      file=sys.stderr, flush=True)
+                self.emit(note(f"mlflow: run {run_id} from the checkpoint is not in {redact(self.uri)}; "
+                               "starting a new one", error=True))
         if self.run_id is None:
             self.run_id = self._create_run()
         state[RUN_ID_KEY] = self.run_id
@@ -186,9 +211,9 @@ class MlflowReporter:
         """Mark the run finished (after a last try to log what is pending)."""
         self._flush(force=True)
         if self.pending_metrics or self._pending_folders():
-            print(f"mlflow: {len(self.pending_metrics)} metric batches and {len(self._pending_folders())} "
-                  f"checkpoint models could not be logged; the models stay in {self.pending_models}",
-                  file=sys.stderr, flush=True)
+            self.emit(note(f"mlflow: {len(self.pending_metrics)} metric batches and {len(self._pending_folders())} "
+                           f"checkpoint models could not be logged; the models stay in {self.pending_models}",
+                           error=True))
             return
         self.client.set_terminated(self.run_id, "FINISHED")
 
@@ -199,14 +224,14 @@ class MlflowReporter:
             return
         from mlflow.entities import Metric
 
-        now = int(time.time() * 1000)
+        self.step, now = step, int(time.time() * 1000)
         numbers = {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)}
         self.pending_metrics.append([Metric(k, v, now, step) for k, v in numbers.items()])
         if any(k.startswith("eval/") for k in numbers):
-            self.held_out = {k: v for k, v in numbers.items() if k.startswith(("eval/", "held_out/"))}
-            self.held_out["eval_step"] = step
+            self.evaluation = {"step": step, "time": now,
+                               "metrics": {k: v for k, v in numbers.items() if k.startswith("eval/")}}
         grid = os.path.join(self.run_dir, "samples", f"step_{step:06d}.png")
-        if self.held_out.get("eval_step") == step and os.path.isfile(grid):
+        if self.evaluation.get("step") == step and os.path.isfile(grid):
             self._try("sample grid", lambda: self._log_grid(grid, step))
         if checkpoint_dir and self.cfg.tracking.log_models:
             self._queue_model(checkpoint_dir, step)
@@ -214,32 +239,33 @@ class MlflowReporter:
         self.logged_through = step
 
     def _flush(self, force: bool = False) -> None:
-        """Log the waiting metric batches, then the waiting checkpoint models, oldest first (after a failure,
-        not before the backoff has passed, unless ``force``)."""
+        """Log the waiting checkpoint models, then the waiting metric batches, oldest first (after a failure,
+        not before the backoff has passed, unless ``force``). Models go first: MLflow links to a new model
+        every run metric of its step already logged, and a model should carry its held-out metrics only."""
         if time.monotonic() < self.retry_at and not force:
             return
+        for folder in self._pending_folders():
+            if not self._try("checkpoint model", lambda: self._log_model(folder)):
+                return
+            shutil.rmtree(folder)
         while self.pending_metrics:
             batch = self.pending_metrics[0]
             if not self._try("metrics", lambda: self.client.log_batch(self.run_id, metrics=batch)):
                 return
             self.pending_metrics.pop(0)
-        for folder in self._pending_folders():
-            if not self._try("checkpoint model", lambda: self._log_model(folder)):
-                return
-            shutil.rmtree(folder)
 
     def _try(self, what: str, call) -> bool:
         """Run ``call``; on an MLflow or network error say so and return False (it is retried later)."""
         try:
             call()
         except Exception as err:  # noqa: BLE001 - MLflow raises many types; none may stop training
-            print(f"mlflow: could not log {what} to {redact(self.uri)} ({redact(str(err))[:300]}); "
-                  f"retrying in {self.backoff:.0f} s, training goes on", file=sys.stderr, flush=True)
+            self.emit(note(f"mlflow: could not log {what} to {redact(self.uri)} ({redact(str(err))[:300]}); "
+                           f"retrying in {self.backoff:.0f} s, training goes on", error=True))
             self.retry_at = time.monotonic() + self.backoff
             self.backoff = min(2 * self.backoff, RETRY_MAX_S)
             return False
         if self.backoff > RETRY_FIRST_S:
-            print(f"mlflow: {what} logged again after the outage", flush=True)
+            self.emit(note(f"mlflow: {what} logged again after the outage"))
         self.retry_at, self.backoff = 0.0, RETRY_FIRST_S
         return True
 
@@ -258,8 +284,8 @@ class MlflowReporter:
         for i in range(0, len(params), 100):  # MLflow takes at most 100 params per batch
             self.client.log_batch(run.info.run_id, params=params[i:i + 100])
         self.client.log_text(run.info.run_id, redact(dump_yaml(self.cfg)), "config.yaml")
-        print(f"mlflow: run {run.info.run_id} in experiment {self.cfg.tracking.experiment!r} at "
-              f"{redact(self.uri)}", flush=True)
+        self.emit(note(f"mlflow: run {run.info.run_id} in experiment {self.cfg.tracking.experiment!r} at "
+                       f"{redact(self.uri)}"))
         return run.info.run_id
 
     def _last_logged_step(self) -> int:
@@ -267,19 +293,26 @@ class MlflowReporter:
         return max((m.step for m in history), default=0)  # step 0 holds only evaluations
 
     def _log_grid(self, path: str, step: int) -> None:
+        """The grid in the run's image view (a step slider), and as ``samples/step_N.png`` for descriptions."""
         from PIL import Image
 
         with Image.open(path) as image:
             self.client.log_image(self.run_id, image.convert("RGB"), key="samples", step=step)
+        self.client.log_artifact(self.run_id, path, "samples")
 
     def _queue_model(self, checkpoint_dir: str, step: int) -> None:
-        """Copy the checkpoint's model folder (and the held-out metrics it carries) to pending_models/."""
+        """Copy the checkpoint's model folder to pending_models/, with the evaluation it is judged by: the
+        latest one's metrics and, against the base model, the 95% intervals of the gains."""
+        from trainers.loop import held_out_summary
+
         folder = os.path.join(self.pending_models, f"step_{step:06d}")
         if os.path.isdir(folder):
             shutil.rmtree(folder)
         shutil.copytree(os.path.join(checkpoint_dir, "model"), os.path.join(folder, "model"))
+        evaluation = self.evaluation and {**self.evaluation,
+                                          "summary": held_out_summary(self.run_dir, self.evaluation["step"])}
         with open(os.path.join(folder, "metrics.json"), "w", encoding="utf-8") as f:
-            json.dump({"step": step, **self.held_out}, f)
+            json.dump({"step": step, "evaluation": evaluation}, f)
 
     def _pending_folders(self) -> list[str]:
         if not os.path.isdir(self.pending_models):
@@ -287,12 +320,13 @@ class MlflowReporter:
         return [os.path.join(self.pending_models, n) for n in sorted(os.listdir(self.pending_models))]
 
     def _log_model(self, folder: str) -> None:
-        """Log one pending checkpoint as a model, attach its held-out metrics, register a version."""
+        """Log one pending checkpoint as a model with its held-out metrics, and register it as a version
+        with a few readable tags and the held-out table as its description."""
         import mlflow
 
         with open(os.path.join(folder, "metrics.json"), encoding="utf-8") as f:
             info = json.load(f)
-        step = int(info.pop("step"))
+        step, evaluation = int(info["step"]), info["evaluation"]
         weights = os.path.join(folder, "model")
         if not os.path.isfile(os.path.join(weights, "pytorch_lora_weights.safetensors")):
             self.client.log_artifacts(self.run_id, weights, f"checkpoints/step_{step:06d}")  # full fine-tune
@@ -305,16 +339,86 @@ class MlflowReporter:
                 weights, base_model=base_model_reference(self.cfg.model.path), name=f"checkpoint-{step:06d}",
                 step=step, run_id=self.run_id, registered_model_name=t.registered_model,
                 pip_requirements=[f"reward-tuning=={_version('reward-tuning')}"],
-                tags={"step": str(step), RUN_FOLDER_TAG: os.path.basename(self.run_dir)})
-        # the logged model picks up the run's metrics of its step itself; the version tags carry the latest
-        # evaluation (``eval_step`` says from which step), which is what the registry page shows and promote ranks
-        if t.registered_model and model.registered_model_version is not None:
-            version = str(model.registered_model_version)
-            for key, value in {"step": step, **info}.items():
-                self.client.set_model_version_tag(t.registered_model, version, key, str(value))
-        print(f"mlflow: logged checkpoint step {step} as {model.model_uri}"
-              + (f" = {t.registered_model} version {model.registered_model_version}" if t.registered_model else ""),
-              flush=True)
+                tags={"step": str(step), RUN_FOLDER_TAG: os.path.basename(self.run_dir),
+                      "mlflow.source.name": "pipeline.train", "mlflow.source.type": "JOB"})
+        # the evaluation it is judged by, linked with its own step and timestamp: the run's history, which gets
+        # the same values in their step's batch (now, or earlier for an older evaluation), keeps each once
+        if evaluation:
+            self.client.log_batch(self.run_id, metrics=model_metrics(evaluation, model.model_id, self.held_out_set))
+        version = model.registered_model_version
+        if t.registered_model and version is not None:
+            for key, value in version_tags(self.cfg, step, evaluation).items():
+                self.client.set_model_version_tag(t.registered_model, str(version), key, value)
+            self.client.update_model_version(t.registered_model, str(version),
+                                             description=version_description(self.cfg, self.run_id, step, evaluation))
+        self.emit({"kind": "model", "step": step, "uri": model.model_uri, "name": t.registered_model,
+                   "version": version, "late": step < self.step})
+
+
+def model_metrics(evaluation: dict, model_id: str, dataset: tuple[str, str]) -> list:
+    """An evaluation's metrics as MLflow metrics linked to ``model_id`` and measured on ``dataset``
+    (name, digest): the model table shows them as one column group."""
+    from mlflow.entities import Metric
+
+    name, digest = dataset
+    return [Metric(k, v, evaluation["time"], evaluation["step"], model_id=model_id, dataset_name=name,
+                   dataset_digest=digest) for k, v in evaluation["metrics"].items()]
+
+
+def held_out_set(cfg: Config) -> tuple[str, str]:
+    """The held-out evaluation as a named dataset: its name and a digest of its prompts, images per prompt
+    and noise seed (runs evaluated alike share a column group in the model table)."""
+    import hashlib
+
+    from trainers.prompts import BUILTIN_HELD_OUT, load_prompts
+
+    e = cfg.eval
+    prompts = load_prompts(cfg.data.eval_prompts, BUILTIN_HELD_OUT)[: e.max_prompts]
+    text = json.dumps([prompts, e.images_per_prompt, e.seed])
+    return "held-out prompts", hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
+def plan_text(cfg: Config) -> str:
+    """The algorithm and its knobs in a few words, e.g. ``drtune k=3``."""
+    p = cfg.plan
+    knobs = {"draft_k": {"k": p.k}, "drtune": {"k": p.k, "early_stop": p.early_stop},
+             "draft_lv": {"lv_copies": p.lv_copies}, "refl": {"early_stop": p.early_stop}}.get(p.name, {})
+    return " ".join([p.name] + [f"{k}={v}" for k, v in knobs.items() if v])
+
+
+def version_tags(cfg: Config, step: int, evaluation: dict) -> dict[str, str]:
+    """A registered version's tags: step, plan, the headline held-out reward with the 95% interval of its
+    gain over the base model, and both diversity measures (base in brackets). The numbers themselves are
+    the logged model's metrics."""
+    tags = {"step": str(step), "plan": plan_text(cfg)}
+    summary = evaluation.get("summary", {}) if evaluation else {}
+    if not summary:
+        return tags
+    tags["eval_step"] = str(evaluation["step"])
+    if HEADLINE in summary:
+        stats = summary[HEADLINE]
+        tags[f"held_out/{HEADLINE}"] = f"{stats['tuned']:.{decimals(stats['base'])}f}, gain {gain_text(stats)} (95% CI)"
+    diversity = [f"{label} {summary[key]['tuned']:.3f} (base {summary[key]['base']:.3f})"
+                 for key, label in (("feature_diversity", "feature"), ("diversity", "pixel")) if key in summary]
+    if diversity:
+        tags["diversity"] = ", ".join(diversity)
+    return tags
+
+
+def version_description(cfg: Config, run_id: str, step: int, evaluation: dict) -> str:
+    """Markdown: what the checkpoint is, its held-out table against the base model, and its sample grid."""
+    e = cfg.eval
+    text = [f"Checkpoint at step {step} of {cfg.train.steps} (`{plan_text(cfg)}`), MLflow run `{run_id}`."]
+    summary = evaluation.get("summary", {}) if evaluation else {}
+    if summary:
+        at = evaluation["step"]
+        text += ["", f"Held-out prompts ({e.max_prompts} prompts x {e.images_per_prompt} images, fixed noise), "
+                     f"evaluated at step {at}; the gain is paired with the base model, with a 95% bootstrap interval.",
+                 "", f"| held-out | base | step {at} | gain [95% CI] |", "|---|---|---|---|"]
+        text += [f"| {name} | {s['base']:.{decimals(s['base'])}f} | {s['tuned']:.{decimals(s['base'])}f} | "
+                 f"{gain_text(s)} |" for name, s in summary.items()]
+        text += ["", f"![held-out samples at step {at}](get-artifact?path=samples/step_{at:06d}.png&run_uuid={run_id})"]
+    return "\n".join(text)
 
 
 SEARCH_TAG = "reward_tuning.search"  # the search folder of a Ray Tune search's parent run

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 
 from pipeline.config import dump_yaml, run_cli
+from pipeline.console import LOG_NAME, Console, ConsoleReporter, held_out_table, output_to
 from pipeline.preflight import load_checked, service_preflight, write_run_config
+from pipeline.ray_train import WorkerFailed  # Ray itself is imported only when a run starts
+from trainers.config import Config
 
 QUICKSTART = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "quickstart.yaml")
 
@@ -23,6 +25,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="YAML config file; defaults apply to keys it leaves out (default: the toy-world quickstart)")
     parser.add_argument("overrides", nargs="*", help="dotted overrides such as plan.name=drtune plan.k=5")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    parser.add_argument("--progress-every", type=int, metavar="N",
+                        help="off a terminal (job logs), print progress every N steps (default: a tenth of the run)")
     return parser.parse_args(argv)
 
 
@@ -34,50 +38,53 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     service_preflight(cfg)
     from trainers.checkpoint import latest_checkpoint
-    from trainers.loop import run, run_folder
+    from trainers.loop import run_folder
 
     run_dir = run_folder(cfg)
     resume_from = latest_checkpoint(run_dir) if cfg.train.resume else None
-    if resume_from:
-        print(f"resuming {run_dir} from {os.path.basename(resume_from)} (train.run_name=NEW starts a new run)")
     write_run_config(cfg, run_dir)
-    if cfg.ray.enabled:
-        from pipeline.ray_train import WorkerFailed, fit, run_outputs
-
+    log = os.path.join(run_dir, LOG_NAME)
+    with output_to(log) as (out, err):  # everything but the console goes to the log
+        console = Console(cfg.train.steps, out, err, every=args.progress_every)
+        if resume_from:
+            console.line(f"resuming {run_dir} from {os.path.basename(resume_from)} (train.run_name=NEW starts a new run)")
+        console.line(f"log of Ray and the libraries: {log}")
         try:
-            result = fit(cfg, run_dir)
-        except WorkerFailed as err:
-            print(err, file=sys.stderr)
+            held_out, final_dir, metrics = train(cfg, run_dir, console)
+        except WorkerFailed as failed:
+            console.close()
+            console.line(str(failed), error=True)
             return 1
-        held_out, final_dir = run_outputs(result, run_dir)
-        metrics = result.metrics or {}
-    else:
-        reporters = ()
+        finally:
+            console.close()
+        console.line(held_out_table(held_out, metrics))
+        console.line(f"trained weights (diffusers format): {final_dir}")
+        console.line(f"run folder: {run_dir}")
         if cfg.tracking.enabled:
-            from pipeline.tracking import MlflowReporter
+            from pipeline.tracking import ui_command
 
-            reporters = (MlflowReporter(cfg, run_dir),)
-        result = run(cfg, run_dir=run_dir, reporters=reporters)
-        held_out, final_dir, metrics = result.held_out, result.final_model_dir, result.metrics
-    print_held_out(held_out, metrics)
-    print(f"trained weights (diffusers format): {final_dir}")
-    print(f"run folder: {run_dir}")
-    if cfg.tracking.enabled:
-        from pipeline.tracking import ui_command
-
-        print(ui_command(cfg))
+            console.line(ui_command(cfg))
     return 0
 
 
-def print_held_out(held_out: dict[str, dict[str, float]], metrics: dict[str, float] | None = None) -> None:
-    """One line per reward: base -> tuned on the held-out prompts, with the 95% interval of the gain, and
-    for a one-step generator (DI*) the teacher's one-step and multi-step scores."""
-    for name, r in held_out.items():
-        teacher = [f"{kind.replace('_', '-')} {metrics[key]:.4f}" for kind in ("one_step", "multi_step")
-                   if (key := f"teacher/{kind}/{name}") in (metrics or {})]
-        print(f"held-out {name}: base {r['base']:.4f} -> tuned {r['tuned']:.4f}, "
-              f"gain {r['diff']:+.4f} [95% CI {r['diff_low']:+.4f}, {r['diff_high']:+.4f}]"
-              + (f"; teacher {', '.join(teacher)}" if teacher else ""))
+def train(cfg: Config, run_dir: str, console: Console) -> tuple[dict, str, dict]:
+    """Train through Ray Train (or in this process with ``ray.enabled: false``), showing progress on
+    ``console``; ``(held-out summary, trained-weights folder, last metrics)``."""
+    if cfg.ray.enabled:
+        from pipeline.ray_train import fit, run_outputs
+
+        result = fit(cfg, run_dir, events=console)
+        held_out, final_dir = run_outputs(result, run_dir)
+        return held_out, final_dir, result.metrics or {}
+    from trainers.loop import run
+
+    reporters = ()
+    if cfg.tracking.enabled:
+        from pipeline.tracking import MlflowReporter
+
+        reporters = (MlflowReporter(cfg, run_dir, emit=console),)
+    result = run(cfg, run_dir=run_dir, reporters=(*reporters, ConsoleReporter(console)))
+    return result.held_out, result.final_model_dir, result.metrics
 
 
 if __name__ == "__main__":

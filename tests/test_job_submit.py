@@ -80,6 +80,7 @@ def test_toy_world_job_trains_and_writes_checkpoint_and_lora(local_head, tmp_pat
 
     run_dir = re.search(r"^run folder: (.+)$", log, re.MULTILINE).group(1).strip()
     assert run_dir == str(out / "drtune-seed0")
+    assert_clean_console(result.stdout, run_dir)
     with open(os.path.join(run_dir, "checkpoints", "latest"), encoding="utf-8") as f:
         latest = os.path.join(run_dir, "checkpoints", f.read().strip())
     assert os.path.basename(latest) == "step_000002" and os.path.isfile(os.path.join(latest, "state.pt"))
@@ -99,3 +100,26 @@ def test_the_heads_job_api_answers_only_with_the_token(local_head):
     address, _ = local_head
     with open(os.environ[TOKEN_PATH], encoding="utf-8") as f:
         assert job_api_answers(address, f.read()) == (401, 200)
+
+
+def assert_clean_console(console: str, run_dir: str) -> None:
+    """The job's console (2 steps, evaluations at 0 and 2, a checkpoint at 2): a progress line per step,
+    a line per evaluation and per checkpoint, the held-out table, no line twice, nothing of Ray Train's
+    reports, which went to the run's log with the libraries' output."""
+    lines = [line.rstrip() for line in console.splitlines() if line.strip().strip("-")]
+    assert "TrainingReport(" not in console and "Loading pipeline components" not in console, console[-3000:]
+    assert [m[1] for line in lines if (m := re.match(r"step (\d+)/2 \| reward \S+ \| loss \S+ \| \S+ s/step \| ETA ", line))] \
+        == ["1", "2"], console[-3000:]
+    assert sum(line.startswith("eval step 0 (base): trained ") for line in lines) == 1
+    assert sum(line.startswith("eval step 2: trained ") for line in lines) == 1
+    checkpoints = [line for line in lines if line.startswith("checkpoint step")]
+    assert len(checkpoints) == 1 and re.fullmatch(
+        rf"checkpoint step 2: {re.escape(run_dir)}/checkpoints/step_000002 \| MLflow toyworld version \d+ "
+        r"\(models:/m-\w+\)", checkpoints[0]), checkpoints
+    assert any(re.match(r"trained/clip_score +\S+ +\S+ +[+-]\S+ \[", line) for line in lines), "the held-out table"
+    duplicated = sorted({line for line in lines if lines.count(line) > 1})
+    assert not duplicated, duplicated
+    log = os.path.join(run_dir, "train.log")
+    assert lines.count(f"log of Ray and the libraries: {log}") == 1
+    with open(log, encoding="utf-8") as f:
+        assert "TrainingReport(" in f.read(), "Ray Train's reports are in the log"

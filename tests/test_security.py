@@ -115,6 +115,9 @@ def test_the_main_job_listens_on_loopback_needs_the_token_and_reports_a_failing_
 
     assert job.returncode == 1, output[-3000:]
     assert "Traceback" not in output and output.count("TrainingAborted") == 1, output[-3000:]
+    assert "TrainingReport(" not in output and "Loading pipeline components" not in output, output[-3000:]
+    lines = [line for line in output.splitlines() if line.strip()]
+    assert len(lines) == len(set(lines)), f"a line printed twice: {output[-3000:]}"
     assert "rank 0: TrainingAborted: 1 steps in a row had a non-finite loss" in output
     log = re.search(r"^full tracebacks: (\S+)$", output, re.MULTILINE).group(1)
     assert log == str(tmp_path / "drtune-seed0" / "error.log")

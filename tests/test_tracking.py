@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 
 import boto3
@@ -30,7 +31,7 @@ PASSWORD = "rt-uri-password-77"
 
 def tracked(tiny_sd_dir: str, out: str, uri: str | None, **sections):
     tracking = {"enabled": True, "uri": uri, "experiment": "tests", "registered_model": "tiny", **sections.pop("tracking", {})}
-    return make_config(tiny_sd_dir, out, tracking=tracking, eval={"every": 2}, **sections)
+    return make_config(tiny_sd_dir, out, tracking=tracking, eval={"every": 2, **sections.pop("eval", {})}, **sections)
 
 
 def the_run(client: MlflowClient, run_name: str):
@@ -50,8 +51,10 @@ def test_embedded_default_records_the_run_and_its_models_then_promote_and_genera
     cfg = tracked(tiny_sd_dir, str(tmp_path / "runs"), None, ray={"enabled": False})
     assert train_main(["--config", write_config(cfg, tmp_path / "cfg.yaml")]) == 0
     uri = f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}"
-    assert f"mlflow ui --backend-store-uri {uri}" in capsys.readouterr().out
     client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("tests").experiment_id
+    assert (f"mlflow ui --backend-store-uri {uri}, then open http://127.0.0.1:5000/#/experiments/{experiment}/models"
+            "?workflowType=machine_learning") in capsys.readouterr().out
     found = the_run(client, "draft_k-seed0")
     assert found.info.status == "FINISHED"
     assert found.data.params["plan.name"] == "draft_k" and found.data.params["train.steps"] == "4"
@@ -64,13 +67,19 @@ def test_embedded_default_records_the_run_and_its_models_then_promote_and_genera
 
     versions = sorted(client.search_model_versions("name = 'tiny'"), key=lambda v: int(v.version))
     assert [v.tags["step"] for v in versions] == ["2", "4"]
-    assert all("eval/trained" in v.tags for v in versions) and "held_out/trained/diff" in versions[1].tags
-    for v in versions:  # the models live with the run, in the store's artifact folder (not ./mlruns)
-        assert client.get_logged_model(v.source.removeprefix("models:/")).artifact_location.startswith(
-            f"file://{tmp_path / 'runs' / 'mlartifacts'}")
+    models = [client.get_logged_model(v.source.removeprefix("models:/")) for v in versions]
+    held_out = [{m.key: m.value for m in model.metrics} for model in models]
+    assert all("eval/trained" in metrics for metrics in held_out)
+    assert "gain" in versions[1].tags["held_out/trained"] and "| trained |" in versions[1].description
+    for model in models:  # the models live with the run, in the store's artifact folder (not ./mlruns)
+        assert model.artifact_location.startswith(f"file://{tmp_path / 'runs' / 'mlartifacts'}")
     assert promote.main(["--model", "tiny", "--metric", "eval/trained", "--tracking-uri", uri]) == 0
-    best = max(versions, key=lambda v: float(v.tags["eval/trained"]))
+    best = max(zip(versions, held_out), key=lambda pair: pair[1]["eval/trained"])[0]
     assert client.get_model_version_by_alias("tiny", "champion").version == best.version
+    assert promote.main(["--model", "tiny", "--metric", "eval/trained", "--lowest", "--tracking-uri", uri]) == 0
+    worst = min(zip(versions, held_out), key=lambda pair: pair[1]["eval/trained"])[0]
+    assert worst.version != best.version
+    assert client.get_model_version_by_alias("tiny", "champion").version == worst.version
 
     out = tmp_path / "samples"
     assert generate.main(["--model", "models:/tiny@champion", "--tracking-uri", uri, "--prompt", "a red circle",
@@ -92,6 +101,67 @@ def test_killed_run_resumes_the_same_mlflow_run_with_each_step_once(tiny_sd_dir,
         assert [m.step for m in client.get_metric_history(found.info.run_id, key)] == [1, 2, 3, 4], key
     assert found.data.params["tracking.uri"] == uri.replace(f"tester:{PASSWORD}@", "***@")
     assert_no_secrets(client, found, tmp_path, tracking_stack)
+
+
+def rest(server: str, endpoint: str, body: dict | None = None, **query) -> dict:
+    """GET (with ``body``: POST) an MLflow REST endpoint (``/api/2.0/mlflow/...``); its JSON answer."""
+    import urllib.parse
+    import urllib.request
+
+    url = f"{server}/api/2.0/mlflow/{endpoint}?{urllib.parse.urlencode(query)}"
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data, {"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        return json.loads(answer.read())
+
+
+def test_checkpoint_models_carry_their_held_out_metrics_and_versions_read_well(tiny_sd_dir, tmp_path,
+                                                                                tracking_stack):
+    """What the UI shows, read through MLflow's REST API: a model-training experiment; each checkpoint's
+    logged model with the held-out metrics of its latest evaluation (also one from an earlier step,
+    without a second copy in the run's history); versions with a few readable tags and the held-out
+    table with the sample grid as description."""
+    server = tracking_stack["mlflow"]
+    cfg = tracked(tiny_sd_dir, str(tmp_path / "runs"), server, ray={"enabled": False},
+                  train={"steps": 3, "checkpoint_every": 1, "run_name": "rest"},
+                  eval={"every": 2, "images_per_prompt": 2}, tracking={"experiment": "tests-rest"})
+    run(cfg, reporters=(MlflowReporter(cfg, run_folder(cfg)),))
+
+    experiment = rest(server, "experiments/get-by-name", experiment_name="tests-rest")["experiment"]
+    assert {"key": "mlflow.experimentKind", "value": "custom_model_development"} in experiment["tags"]
+    (found,) = rest(server, "runs/search", {"experiment_ids": [experiment["experiment_id"]]})["runs"]
+    run_id = found["info"]["run_id"]
+    history = rest(server, "metrics/get-history", run_id=run_id, metric_key="eval/trained")["metrics"]
+    assert sorted(m["step"] for m in history) == [0, 2, 3], "each evaluation once in the run"
+
+    versions = rest(server, "model-versions/search", filter=f"name='tiny' and run_id='{run_id}'")["model_versions"]
+    versions = sorted(versions, key=lambda v: int(v["version"]))
+    assert len(versions) == 3
+    for checkpoint, evaluated, version in zip((1, 2, 3), (0, 2, 3), versions):
+        model_id = version["source"].removeprefix("models:/")
+        metrics = rest(server, f"logged-models/{model_id}")["model"]["data"]["metrics"]
+        linked = {m["key"]: m for m in metrics}
+        assert {"eval/trained", "eval/trained/brightness", "eval/trained/symmetry", "eval/diversity"} <= set(linked)
+        assert all(key.startswith("eval/") for key in linked), "held-out metrics only, no train/*"
+        assert {m["dataset_name"] for m in metrics} == {"held-out prompts"}, "one column group in the model table"
+        assert linked["eval/trained"]["step"] == evaluated and linked["eval/trained"]["value"] == next(
+            m["value"] for m in history if m["step"] == evaluated)
+
+        tags = {t["key"]: t["value"] for t in version["tags"]}
+        assert tags["step"] == str(checkpoint) and tags["plan"] == "draft_k k=2" and tags["eval_step"] == str(evaluated)
+        assert re.fullmatch(r"-?\d+\.\d+, gain [+-]\d+\.\d+ \[[+-]\d+\.\d+, [+-]\d+\.\d+\] \(95% CI\)",
+                            tags["held_out/trained"]), tags["held_out/trained"]
+        assert re.fullmatch(r"pixel \d\.\d{3} \(base \d\.\d{3}\)", tags["diversity"]), tags["diversity"]
+        assert len(tags) <= 8, tags
+
+        description = version["description"]
+        assert f"Checkpoint at step {checkpoint} of 3 (`draft_k k=2`)" in description
+        assert f"| held-out | base | step {evaluated} | gain [95% CI] |" in description
+        assert {f"| {name} |" in description for name in ("trained", "trained/symmetry", "diversity")} == {True}
+        grid = f"samples/step_{evaluated:06d}.png"
+        assert f"(get-artifact?path={grid}&run_uuid={run_id})" in description
+        artifacts = {a["path"] for a in rest(server, "artifacts/list", run_id=run_id, path="samples")["files"]}
+        assert grid in artifacts
 
 
 def assert_no_secrets(client: MlflowClient, found, tmp_path, stack) -> None:

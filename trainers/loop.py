@@ -18,7 +18,6 @@ import json
 import math
 import os
 import resource
-import sys
 import time
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -436,7 +435,6 @@ def run(cfg: Config, *, reporters: tuple[Reporter, ...] = (), reward: Reward | N
         for sink in sinks:
             sink.report(0, tr.extra["eval_before"])
     metrics, every = {}, cfg.eval.every
-    progress = _progress(cfg.train.steps, tr.step, lead)
     while tr.step < cfg.train.steps:
         metrics = train_step(tr)
         if tr.bad_in_a_row >= cfg.train.max_bad_steps:
@@ -461,9 +459,6 @@ def run(cfg: Config, *, reporters: tuple[Reporter, ...] = (), reward: Reward | N
             metrics.update(_teacher_metrics(tr))
         for sink in sinks:
             sink.report(tr.step, metrics, folder)
-        progress.update(1)
-        progress.set_postfix(reward=f"{metrics['train/reward']:.4g}", loss=f"{metrics['train/loss']:.4g}")
-    progress.close()
     held_out = held_out_from_metrics(metrics) if metrics else _write_final(tr, run_dir)  # else: resumed at the end
     if not lead:
         return RunResult(run_dir, tr.step, None, {}, metrics)
@@ -522,11 +517,3 @@ def held_out_from_metrics(metrics: dict[str, float]) -> dict[str, dict[str, floa
             name, stat = key[len("held_out/"):].rsplit("/", 1)
             summary.setdefault(name, {})[stat] = value
     return summary
-
-
-def _progress(total: int, initial: int, show: bool):
-    """A progress bar on a terminal (``show``), silent otherwise."""
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=initial, desc="train", disable=not (show and sys.stderr.isatty()),
-                dynamic_ncols=True)
