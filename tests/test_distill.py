@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import replace
 
 import pytest
@@ -265,7 +266,10 @@ def test_train_and_generate_command_lines_run_a_one_step_generator(tiny_sd_dir, 
                        "train.batch_size=2", "eval.max_prompts=2", "eval.images_per_prompt=2", "sampler.num_steps=3",
                        "ray.enabled=false", "tracking.enabled=false", f"train.output_dir={tmp_path}"]) == 0
     out = capsys.readouterr().out
-    assert "held-out trained:" in out and "; teacher one-step" in out and "multi-step" in out
+    table = out[out.index("held-out "):].splitlines()
+    assert table[0].endswith("teacher 1-step / multi-step"), table
+    trained = next(line for line in table if line.startswith("trained "))
+    assert re.fullmatch(r"trained +\S+ +\S+ +[+-]\S+ \[\S+, \S+\] +-?\d+\.\d+ / -?\d+\.\d+", trained), trained
     final = tmp_path / "di_star-seed0" / "final"
     assert json.loads((final / "one_step.json").read_text()) == {"generator_timestep": 999}
     assert generate.main(["--model", tiny_sd_dir, "--weights", str(final), "--prompt", "a red circle",
