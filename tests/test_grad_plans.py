@@ -66,19 +66,48 @@ def _params(model):
     return [p for p in model.denoiser.parameters() if p.requires_grad]
 
 
-def engine_grads(model, flags, refine_copies=0, eta=0.0):
+def engine_grads(model, flags, refine_copies=0, eta=0.0, beta=0.0):
     cond, uncond, x_T = _inputs(model)
     schedule = model.family.schedule(model, T)
     traj = sample(model, cond, uncond, x_T, schedule, flags, guidance=GUIDANCE, eta=eta,
-                  gen=torch.Generator().manual_seed(5), refine_copies=refine_copies, step_checkpointing=True)
+                  gen=torch.Generator().manual_seed(5), refine_copies=refine_copies, step_checkpointing=True,
+                  drift=beta > 0)
     loss = -sum(reward(model.family.decode(model, x)).mean() for x in traj.finals)
+    if beta:
+        loss = loss + beta * torch.stack(traj.drift).mean()
     return torch.autograd.grad(loss, _params(model)), traj
 
 
-def reference_grads(model, flags, refine_copies=0, eta=0.0):
+class Drift:
+    """DRaFT+'s penalty by hand: each call with gradient adds ``mean((f - f_base)^2)``, ``f_base`` the same
+    call with every LoRA layer's scaling set to 0 (not the engine's adapters-off switch) and no graph."""
+
+    def __init__(self, model, call):
+        self.model, self.call, self.terms = model, call, []
+
+    def __call__(self, x_in, at):
+        out = self.call(x_in, at)
+        from peft.tuners.lora import LoraLayer
+
+        layers = [m for m in self.model.denoiser.modules() if isinstance(m, LoraLayer)]
+        saved = [dict(m.scaling) for m in layers]
+        for m in layers:
+            m.scaling = {name: 0.0 for name in m.scaling}
+        with torch.no_grad():
+            base = self.call(x_in.detach(), at)
+        for m, scaling in zip(layers, saved):
+            m.scaling = scaling
+        self.terms.append(((out - base) ** 2).mean())
+        return out
+
+    def penalty(self, beta):
+        return beta * torch.stack(self.terms).mean() if beta else 0.0
+
+
+def reference_grads(model, flags, refine_copies=0, eta=0.0, beta=0.0):
     """Unrolled DDIM with diffusers' scheduler; stop-gradients placed per flag, by hand."""
     if model.family.sampler == "flow":
-        return flow_reference_grads(model, flags, refine_copies)
+        return flow_reference_grads(model, flags, refine_copies, beta)
     cond, uncond, x = _inputs(model)
     sched = model.scheduler
     sched.set_timesteps(T)
@@ -87,13 +116,14 @@ def reference_grads(model, flags, refine_copies=0, eta=0.0):
     def eps(x_in, t):
         return guided_output(model, x_in, t, cond, uncond, GUIDANCE)
 
+    trained = Drift(model, eps)
     finals = None
     for i, f in enumerate(flags):
         t = sched.timesteps[i]
         if not f.chain:
             x = x.detach()
         if f.grad:
-            e = eps(x.detach() if f.detach_input else x, t)
+            e = trained(x.detach() if f.detach_input else x, t)
         else:
             e = eps(x, t).detach()
         out = sched.step(e, t, x, eta=eta, generator=gen)
@@ -105,12 +135,12 @@ def reference_grads(model, flags, refine_copies=0, eta=0.0):
         finals, t_last = [x], sched.timesteps[-1]
         for _ in range(refine_copies):
             x1 = sched.add_noise(x.detach(), torch.randn(x.shape, generator=gen, dtype=x.dtype), t_last)
-            finals.append(sched.step(eps(x1, t_last), t_last, x1, eta=eta, generator=gen).prev_sample)
-    loss = -sum(reward(model.family.decode(model, x0)).mean() for x0 in finals)
+            finals.append(sched.step(trained(x1, t_last), t_last, x1, eta=eta, generator=gen).prev_sample)
+    loss = -sum(reward(model.family.decode(model, x0)).mean() for x0 in finals) + trained.penalty(beta)
     return torch.autograd.grad(loss, _params(model))
 
 
-def flow_reference_grads(model, flags, refine_copies=0):
+def flow_reference_grads(model, flags, refine_copies=0, beta=0.0):
     """Unrolled flow-matching Euler, ``x + (sigma_next - sigma) v``, on the sigmas diffusers' scheduler sets;
     ``x0 = x - sigma v`` at an early stop; stop-gradients placed per flag, by hand."""
     cond, uncond, x = _inputs(model)
@@ -122,11 +152,12 @@ def flow_reference_grads(model, flags, refine_copies=0):
     def velocity(x_in, i):
         return guided_output(model, x_in, timesteps[i], cond, uncond, GUIDANCE)
 
+    trained = Drift(model, velocity)
     finals = None
     for i, f in enumerate(flags):
         if not f.chain:
             x = x.detach()
-        v = velocity(x.detach() if f.detach_input else x, i) if f.grad else velocity(x, i).detach()
+        v = trained(x.detach() if f.detach_input else x, i) if f.grad else velocity(x, i).detach()
         if f.stop:
             finals = [x - sigmas[i] * v]
             break
@@ -136,8 +167,8 @@ def flow_reference_grads(model, flags, refine_copies=0):
         for _ in range(refine_copies):
             noise = torch.randn(x.shape, generator=gen, dtype=x.dtype)
             x1 = (1 - sigmas[last]) * x.detach() + sigmas[last] * noise
-            finals.append(x1 - sigmas[last] * velocity(x1, last))
-    loss = -sum(reward(model.family.decode(model, x0)).mean() for x0 in finals)
+            finals.append(x1 - sigmas[last] * trained(x1, last))
+    loss = -sum(reward(model.family.decode(model, x0)).mean() for x0 in finals) + trained.penalty(beta)
     return torch.autograd.grad(loss, _params(model))
 
 
@@ -161,6 +192,33 @@ def test_plan_gradient_matches_unrolled_autograd(family_model64, name):
     assert traj.grad_calls == sum(f.grad for f in flags) + plan.refine_copies
     total = sum(w.abs().sum() for w in want)
     assert total > 0, "reference gradient is zero: the check would be vacuous"
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-7, atol=1e-10)
+
+
+@pytest.mark.parametrize("name", ["draft", "drtune_early_stop", "draft_lv"])
+def test_draft_plus_penalty_gradient_matches_unrolled_autograd(family_model64, name):
+    """DRaFT+: the reward plus beta * mean drift from the base network over the calls with gradient (the
+    LoRA-off base computed by hand, by zeroing each LoRA layer's scaling), on every family."""
+    plan, beta = PLANS[name], 50.0
+    flags = plan.flags(T, torch.Generator().manual_seed(11))
+    ups = [p for n, p in family_model64.denoiser.named_parameters() if "lora_B" in n]
+    saved = [p.detach().clone() for p in ups]
+    gen = torch.Generator().manual_seed(13)
+    with torch.no_grad():  # peft starts B at zero, where tuned and base agree and the penalty is flat
+        for p in ups:
+            p.add_(0.05 * torch.randn(p.shape, generator=gen, dtype=p.dtype))
+    try:
+        got, traj = engine_grads(family_model64, flags, plan.refine_copies, beta=beta)
+        want = reference_grads(family_model64, flags, plan.refine_copies, beta=beta)
+        without = reference_grads(family_model64, flags, plan.refine_copies)
+    finally:
+        with torch.no_grad():
+            for p, s in zip(ups, saved):
+                p.copy_(s)
+    assert len(traj.drift) == traj.grad_calls and all(d > 0 for d in traj.drift)
+    assert sum((w - o).abs().sum() for w, o in zip(want, without)) > 1e-3 * sum(w.abs().sum() for w in want), \
+        "the penalty must change the gradient, or the check is vacuous"
     for g, w in zip(got, want):
         torch.testing.assert_close(g, w, rtol=1e-7, atol=1e-10)
 

@@ -30,7 +30,7 @@ REWARDS = [{"name": "clip_score", "arch_config": os.path.join(CLIP, "toy-clip.js
 
 
 def _grads(tr) -> list[torch.Tensor]:
-    loss, _, _ = reward_loss(tr)
+    loss, _, _, _ = reward_loss(tr)
     return torch.autograd.grad(loss, tr.params)
 
 

@@ -87,10 +87,15 @@ class PlanConfig:
     k: int = 1  # trained steps: last k (draft_k) or spread over the chain (drtune)
     lv_copies: int = 2  # draft_lv: n re-noised copies of the final latent
     early_stop: int = 0  # m: stop at a step drawn from the last m (drtune: 0 = off; refl: required)
+    # DRaFT+: beta * mean ||f_theta(x_t) - f_base(x_t)||^2 over the trained steps, f the guided denoiser output
+    # and f_base the same network with its LoRA adapters off (0: off, the plain objective)
+    kl_coeff: float = 0.0
 
     def validate(self) -> list[str]:
         problems = _positive("k", self.k) + _positive("lv_copies", self.lv_copies)
         problems += _positive("early_stop", self.early_stop, 0)
+        if not (math.isfinite(self.kl_coeff) and self.kl_coeff >= 0):
+            problems.append(f"kl_coeff: must be a finite number >= 0, got {self.kl_coeff}")
         if self.name == "refl" and self.early_stop < 1:
             problems.append("early_stop: refl draws its stop step from the last m steps; set early_stop >= 1")
         return problems
@@ -310,6 +315,10 @@ class Config:
             problems.append(f"trainable.kind: full fine-tuning trains the UNet in fp32; set model.dtype=fp32 "
                             f"(got {self.model.dtype}) or use kind=lora")
         problems += self._distill_problems()
+        if plan.kl_coeff and (self.trainable.kind != "lora" or plan.name == "di_star"):
+            problems.append(f"plan.kl_coeff: the DRaFT+ penalty compares the network with its LoRA adapters on and "
+                            f"off; it needs trainable.kind=lora and a gradient plan (got trainable.kind="
+                            f"{self.trainable.kind}, plan.name={plan.name}); set plan.kl_coeff=0")
         if self.train.fsdp and self.trainable.kind != "full":
             problems.append("train.fsdp: shards a full fine-tune's weights; set trainable.kind=full, or train.fsdp=false "
                             "for LoRA (its adapters are small enough to replicate)")

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch.utils.checkpoint import checkpoint
 
+from trainers.adapters import adapters_off
 from trainers.grad_plan import StepFlags
 from trainers.models import Conditioning, DiffusionModel
 from trainers.schedule import Schedule
@@ -28,11 +29,14 @@ class Trajectory:
         finals: Final latents, each ``(B, C, h, w)``: the sample, then DRaFT-LV's re-noised copies.
         flags: The plan's flags for the steps that ran.
         grad_calls: Number of denoiser calls that carried parameter gradients.
+        drift: With ``drift=True``, per call with gradient, ``mean((f_theta - sg(f_base))^2)`` of the guided
+            outputs with the adapters on and off at the same input (DRaFT+'s penalty); else empty.
     """
 
     finals: list[torch.Tensor]
     flags: list[StepFlags]
     grad_calls: int
+    drift: list[torch.Tensor]
 
 
 def guided_output(model: DiffusionModel, x_t: torch.Tensor, t: torch.Tensor, cond: Conditioning,
@@ -70,21 +74,26 @@ class _Denoise:
         return guided_output(self.model, x_t, self.t, self.cond, self.uncond, self.guidance)
 
 
-def _call_denoiser(fn: _Denoise, x_t: torch.Tensor, flags: StepFlags, step_checkpointing: bool) -> torch.Tensor:
-    """Run the denoiser as the flags say: no graph, or a (checkpointed) graph."""
+def _call_denoiser(fn: _Denoise, x_t: torch.Tensor, flags: StepFlags, step_checkpointing: bool,
+                   drift: list[torch.Tensor] | None = None) -> torch.Tensor:
+    """Run the denoiser as the flags say: no graph, or a (checkpointed) graph; for a call with gradient,
+    append its drift from the base network to ``drift`` when given."""
     x_in = x_t.detach() if flags.detach_input else x_t
     if not flags.grad:
         with torch.no_grad():
             return fn(x_in)
-    if step_checkpointing:
-        return checkpoint(fn, x_in, use_reentrant=False)
-    return fn(x_in)
+    out = checkpoint(fn, x_in, use_reentrant=False) if step_checkpointing else fn(x_in)
+    if drift is not None:
+        with torch.no_grad(), adapters_off(fn.model.denoiser):
+            base = fn(x_in)
+        drift.append((out - base).pow(2).mean())
+    return out
 
 
 def sample(model: DiffusionModel, cond: Conditioning, uncond: Conditioning | None, x_T: torch.Tensor,
            schedule: Schedule, flags: list[StepFlags], *, guidance: float, eta: float = 0.0,
            gen: torch.Generator | None = None, refine_copies: int = 0,
-           step_checkpointing: bool = True) -> Trajectory:
+           step_checkpointing: bool = True, drift: bool = False) -> Trajectory:
     """Sample latents from ``x_T`` following a gradient plan.
 
     Args:
@@ -100,18 +109,21 @@ def sample(model: DiffusionModel, cond: Conditioning, uncond: Conditioning | Non
         refine_copies: DRaFT-LV's n: re-noise ``sg(x0)`` to the last timestep n times and denoise
             each once more with gradient.
         step_checkpointing: Recompute trained steps during backward instead of storing activations.
+        drift: Also run each call with gradient through the base network (LoRA adapters off, no graph) and
+            record DRaFT+'s drift (``Trajectory.drift``).
 
     Returns:
         A :class:`Trajectory` whose ``finals[0]`` is ``x0`` (``(B, C, h, w)``).
     """
     x, grad_calls, last = x_T, 0, len(schedule) - 1
+    drifts = [] if drift else None
     for i, f in enumerate(flags):
         t = schedule.timesteps[i].to(model.device)
         x = x if f.chain else x.detach()
-        out = _call_denoiser(_Denoise(model, t, cond, uncond, guidance), x, f, step_checkpointing)
+        out = _call_denoiser(_Denoise(model, t, cond, uncond, guidance), x, f, step_checkpointing, drifts)
         grad_calls += f.grad
         if f.stop:
-            return Trajectory([schedule.predict_x0(out, x, i)], flags, grad_calls)
+            return Trajectory([schedule.predict_x0(out, x, i)], flags, grad_calls, drifts or [])
         x = schedule.step(out, x, i, eta, _step_noise(x, eta, gen))
     finals = [x]
     t_last = schedule.timesteps[last].to(model.device)
@@ -119,10 +131,10 @@ def sample(model: DiffusionModel, cond: Conditioning, uncond: Conditioning | Non
         noise = _step_noise(x, 1.0, gen)
         x1 = schedule.renoise_last(x.detach(), noise)
         out = _call_denoiser(_Denoise(model, t_last, cond, uncond, guidance), x1, StepFlags(grad=True),
-                             step_checkpointing)
+                             step_checkpointing, drifts)
         finals.append(schedule.step(out, x1, last, eta, _step_noise(x1, eta, gen)))
         grad_calls += 1
-    return Trajectory(finals, flags, grad_calls)
+    return Trajectory(finals, flags, grad_calls, drifts or [])
 
 
 def no_grad_flags(num_steps: int) -> list[StepFlags]:

@@ -145,24 +145,30 @@ def build_trainer(cfg: Config, model: DiffusionModel | None = None, reward: Rewa
         gen=torch.Generator().manual_seed(cfg.train.seed), replicas=replicas, distill=distill, sharded=sharded)
 
 
-def reward_loss(tr: Trainer) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    """Draw this replica's batch, sample with the plan and return ``(loss, scores, prompts)``;
-    scores ``(J, b)`` for the J final latents of the b local prompts."""
+def reward_loss(tr: Trainer) -> tuple[torch.Tensor, torch.Tensor, list[str], dict[str, float]]:
+    """Draw this replica's batch, sample with the plan and return ``(loss, scores, prompts, metrics)``;
+    scores ``(J, b)`` for the J final latents of the b local prompts. With ``plan.kl_coeff`` = beta > 0
+    the loss adds DRaFT+'s ``beta * mean(drift)`` over the calls with gradient (``train/kl``: the mean drift)."""
     model, s, b, rep = tr.model, tr.cfg.sampler, tr.cfg.train.batch_size, tr.replicas
     prompts = tr.sampler.next_batch(b * rep.world_size)[rep.own_slice(b)]
     flags = tr.plan.flags(s.num_steps, tr.gen)
     x_T = torch.randn(b * rep.world_size, *model.latent_shape, generator=tr.gen)[rep.own_slice(b)].to(model.device)
     cond = model.family.encode_prompts(model, prompts)
     uncond = model.family.encode_negative(model, len(prompts)) if s.guidance_scale > 1 else None
+    beta = tr.cfg.plan.kl_coeff
     traj = sample(model, cond, uncond, x_T, tr.schedule, flags, guidance=s.guidance_scale, eta=s.eta,
                   gen=rep.step_generator(tr.cfg.train.seed, tr.step), refine_copies=tr.plan.refine_copies,
-                  step_checkpointing=tr.cfg.model.step_checkpointing)
+                  step_checkpointing=tr.cfg.model.step_checkpointing, drift=beta > 0)
     images = [model.family.decode(model, x0) for x0 in traj.finals]
     if not all(torch.isfinite(x).all() for x in images):  # rewards reject NaN images; skip the step instead
         nan = torch.full((len(images), len(prompts)), float("nan"))
-        return nan.sum(), nan, prompts
+        return nan.sum(), nan, prompts, {}
     scores = torch.stack([tr.reward(x, prompts) for x in images])
-    return -scores.mean(dim=1).sum(), scores, prompts
+    loss = -scores.mean(dim=1).sum()
+    if not traj.drift:
+        return loss, scores, prompts, {}
+    drift = torch.stack(traj.drift).mean()
+    return loss + beta * drift, scores, prompts, {"train/kl": float(drift)}
 
 
 def distill_loss(tr: Trainer) -> tuple[torch.Tensor, torch.Tensor, list[str], dict[str, float]]:
@@ -186,7 +192,7 @@ def train_step(tr: Trainer) -> dict[str, float]:
     start = time.perf_counter()
     tr.model.denoiser.train()
     tr.optimizer.zero_grad(set_to_none=True)
-    loss, scores, prompts, side = distill_loss(tr) if tr.distill else (*reward_loss(tr), {})
+    loss, scores, prompts, side = distill_loss(tr) if tr.distill else reward_loss(tr)
     loss_finite = bool(torch.isfinite(loss))
     if tr.sharded:  # FSDP's backward is a collective: every replica runs it, or none does
         loss_finite = tr.replicas.all_true(loss_finite)
