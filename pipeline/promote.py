@@ -1,11 +1,13 @@
 """Point an alias at the best checkpoint of a registered model:
-``python -m pipeline.promote --model NAME --metric eval/clip_score [--alias champion]``.
+``python -m pipeline.promote --model NAME --metric eval/clip_score [--require METRIC>=X ...] [--alias champion]``.
 
 Every checkpoint a run registers is a logged model carrying its held-out metrics (``eval/<reward>``,
 ``eval/diversity``, ``eval/feature_diversity``), as the experiment's model table shows them. This picks
-the version whose model has the highest (``--lowest``: lowest) value of ``--metric``, sets ``--alias``
-on it and prints the ranking; ``python -m pipeline.generate --model models:/NAME@ALIAS`` then generates
-from it. A version without a logged model (registered by hand) is ranked by a tag of that name.
+the version whose model has the highest (``--lowest``: lowest) value of ``--metric`` among those that
+meet every ``--require`` constraint (e.g. ``'eval/feature_diversity>=0.3'``, against reward hacking),
+sets ``--alias`` on it and prints the ranking and which versions each constraint rejected;
+``python -m pipeline.generate --model models:/NAME@ALIAS`` then generates from it. A version without a
+logged model (registered by hand) is ranked by a tag of that name.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import contextlib
 import math
 
 from pipeline.config import ConfigError, run_cli
+from pipeline.constraints import Constraint, parse_constraint
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -23,6 +26,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--metric", default="eval/trained", help="held-out metric to rank by (default eval/trained)")
     p.add_argument("--alias", default="champion", help="alias to set on the best version (default champion)")
     p.add_argument("--lowest", action="store_true", help="lower is better")
+    p.add_argument("--require", action="append", default=[], metavar="CONSTRAINT",
+                   help="a held-out constraint the version must meet, e.g. 'eval/feature_diversity>=0.3' "
+                        "(repeat for several)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else ./runs/mlflow.db)")
     return p.parse_args(argv)
 
@@ -51,16 +57,22 @@ def version_metrics(client, version) -> dict[str, float]:
     return numbers
 
 
-def ranked_versions(client, name: str, metric: str, lowest: bool) -> tuple[list[tuple[float, object]], set[str]]:
-    """``(value, version)`` of every version that has ``metric``, best first, and every metric name seen."""
+def ranked_versions(client, name: str, metric: str, lowest: bool) -> tuple[list[tuple[float, object, dict]], set[str]]:
+    """``(value, version, its metrics)`` of every version that has ``metric``, best first, and every metric
+    name seen."""
     found, seen = [], set()
     for version in client.search_model_versions(f"name = '{name}'"):
         metrics = version_metrics(client, version)
         seen |= set(metrics)
         value = metrics.get(metric, math.nan)
         if math.isfinite(value):
-            found.append((value, version))
+            found.append((value, version, metrics))
     return sorted(found, key=lambda item: item[0], reverse=not lowest), seen
+
+
+def rejections(ranked: list[tuple[float, object, dict]], constraints: list[Constraint]) -> dict[str, list[str]]:
+    """For each version, the constraints it breaks (none: it qualifies)."""
+    return {version.version: [str(c) for c in constraints if not c.holds(metrics)] for _, version, metrics in ranked}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,6 +82,10 @@ def main(argv: list[str] | None = None) -> int:
 
     from pipeline.tracking import redact
 
+    try:
+        constraints = [parse_constraint(text) for text in args.require]
+    except ValueError as err:
+        raise ConfigError([f"--require: {err}"], "command line") from None
     uri = default_tracking_uri(args.tracking_uri)
     client = MlflowClient(uri)
     try:
@@ -84,12 +100,21 @@ def main(argv: list[str] | None = None) -> int:
         held_out = sorted(m for m in seen if m.startswith(("eval/", "held_out/"))) or sorted(seen)
         raise ConfigError([f"--metric: no version of {args.model!r} has {args.metric!r}; its held-out metrics: "
                            f"{held_out or 'none'}"], "command line")
-    best_value, best = ranked[0]
+    broken = rejections(ranked, constraints)
+    for constraint in constraints:
+        rejected = [str(v.version) for _, v, _ in ranked if str(constraint) in broken[v.version]]
+        print(f"{constraint}: rejects {'versions ' + ', '.join(rejected) if rejected else 'no version'}")
+    qualified = [(value, version) for value, version, _ in ranked if not broken[version.version]]
+    if not qualified:
+        raise ConfigError([f"--require: no version of {args.model!r} meets {' and '.join(args.require)}; "
+                           "relax a constraint, or train with a regulariser (plan.kl_coeff)"], "command line")
+    best_value, best = qualified[0]
     client.set_registered_model_alias(args.model, args.alias, best.version)
     print(f"{'version':>7}  {args.metric:>20}  step  run")
-    for value, version in ranked:
+    for value, version, _ in ranked:
         mark = f"  <- {args.alias}" if version.version == best.version else ""
-        print(f"{version.version:>7}  {value:>20.6g}  {version.tags.get('step', '?'):>4}  {version.run_id}{mark}")
+        note = f"  (breaks {', '.join(broken[version.version])})" if broken[version.version] else ""
+        print(f"{version.version:>7}  {value:>20.6g}  {version.tags.get('step', '?'):>4}  {version.run_id}{mark}{note}")
     print(f"set alias {args.alias!r} on {args.model} version {best.version} ({args.metric} = {best_value:.6g}); "
           f"generate with: python -m pipeline.generate --model models:/{args.model}@{args.alias} --prompt ...")
     return 0

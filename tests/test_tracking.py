@@ -22,6 +22,7 @@ from test_training import StopAt, make_config
 
 from pipeline import generate, promote
 from pipeline.config import ConfigError, dump_yaml
+from pipeline.constraints import parse_constraint
 from pipeline.tracking import RUN_FOLDER_TAG, MlflowReporter
 from pipeline.train import main as train_main
 from trainers.loop import run, run_folder
@@ -80,6 +81,21 @@ def test_embedded_default_records_the_run_and_its_models_then_promote_and_genera
     worst = min(zip(versions, held_out), key=lambda pair: pair[1]["eval/trained"])[0]
     assert worst.version != best.version
     assert client.get_model_version_by_alias("tiny", "champion").version == worst.version
+
+    # a constraint the best version breaks: it is skipped, and the output says which constraint rejected it
+    capsys.readouterr()
+    below_best = f"eval/trained<{max(m['eval/trained'] for m in held_out)}"
+    assert promote.main(["--model", "tiny", "--metric", "eval/trained", "--require", below_best,
+                         "--require", "eval/trained/brightness>=0", "--tracking-uri", uri]) == 0
+    assert client.get_model_version_by_alias("tiny", "champion").version == worst.version
+    printed = capsys.readouterr().out
+    assert f"{parse_constraint(below_best)}: rejects versions {best.version}\n" in printed
+    assert "eval/trained/brightness>=0: rejects no version" in printed
+    with pytest.raises(ConfigError, match="--require: no version of 'tiny' meets eval/trained>1e9"):
+        promote.main(["--model", "tiny", "--metric", "eval/trained", "--require", "eval/trained>1e9",
+                      "--tracking-uri", uri])
+    with pytest.raises(ConfigError, match="--require: 'eval/trained=3' is not METRIC OP NUMBER"):
+        promote.main(["--model", "tiny", "--require", "eval/trained=3", "--tracking-uri", uri])
 
     out = tmp_path / "samples"
     assert generate.main(["--model", "models:/tiny@champion", "--tracking-uri", uri, "--prompt", "a red circle",
