@@ -15,7 +15,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model", required=True,
                    help="base diffusers pipeline folder (or hub id when online), or an MLflow model such as "
                         "models:/NAME@champion, models:/NAME/3 or runs:/RUN_ID/checkpoint-000100 (base + LoRA)")
-    p.add_argument("--weights", help="trained weights: a run's final/ folder or a checkpoint's model/ folder")
+    p.add_argument("--weights", action="append", default=[], metavar="FOLDER[:W]",
+                   help="trained weights: a run's final/ folder or a checkpoint's model/ folder; repeat with "
+                        "weights to mix LoRAs trained on different rewards, e.g. --weights A:0.6 --weights B:0.4 "
+                        "(the weighted sum of their deltas)")
+    p.add_argument("--lora-scale", type=float, default=1.0, metavar="S",
+                   help="scale the LoRA delta(s): 0 is the base model, 1 the tuned one (default 1)")
+    p.add_argument("--aig", type=float, metavar="POWER",
+                   help="annealed importance guidance: at step i of T, mix the tuned and base outputs with weight "
+                        "(i/(T-1))**POWER on the tuned one, base alone first, tuned alone last (LoRA weights)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI for an MLflow --model (default: $MLFLOW_TRACKING_URI, "
                                           "else ./runs/mlflow.db)")
     p.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable)")
@@ -54,14 +62,29 @@ def resolve_mlflow_model(args: argparse.Namespace) -> None:
         raise ConfigError([f"--model: cannot load {args.model} from {redact(uri)}: {str(err).splitlines()[0][:300]}; "
                            "list versions with `mlflow ui` or set --tracking-uri"], "command line") from None
     print(f"{args.model}: base {model.base_model} + LoRA {model.adapter_path}")
-    args.model, args.weights = model.base_model, model.adapter_path
+    args.model, args.weights = model.base_model, [model.adapter_path]
+
+
+def weighted_folders(given: list[str]) -> list[tuple[str, float]]:
+    """``FOLDER`` or ``FOLDER:W`` entries as ``(folder, w)`` (w = 1 when not given)."""
+    weighted = []
+    for entry in given:
+        folder, _, tail = entry.rpartition(":")
+        try:
+            weighted.append((folder, float(tail)) if folder else (entry, 1.0))
+        except ValueError:
+            weighted.append((entry, 1.0))
+    return weighted
 
 
 def check(args: argparse.Namespace) -> None:
     if args.model.startswith(MLFLOW_MODEL):
         resolve_mlflow_model(args)
+    args.weighted = weighted_folders(args.weights)
     problems = model_problems("--model", args.model) + device_problems("--device", args.device)
-    problems += weights_problems("--weights", args.weights, args.model) + prompt_problems("--prompts", args.prompts)
+    for folder, _ in args.weighted:
+        problems += weights_problems("--weights", folder, args.model)
+    problems += prompt_problems("--prompts", args.prompts) + blend_problems(args)
     if not 0 <= args.eta <= 1:
         problems.append(f"--eta: must be in [0, 1], got {args.eta}")
     if not args.prompt and not args.prompts:
@@ -80,6 +103,23 @@ def check(args: argparse.Namespace) -> None:
         raise ConfigError(problems, "command line")
 
 
+def blend_problems(args: argparse.Namespace) -> list[str]:
+    """Scaling, mixing and annealed guidance need LoRA weights (a full fine-tune has no delta to scale)."""
+    blended = len(args.weighted) > 1 or args.lora_scale != 1 or args.aig is not None
+    if not blended:
+        return []
+    if not args.weighted:
+        return ["--weights: --lora-scale, --aig and weights in --weights act on trained LoRA weights; give --weights"]
+    from pipeline.preflight import LORA_FILES
+
+    full = [f for f, _ in args.weighted if not any(os.path.isfile(os.path.join(f, n)) for n in LORA_FILES)]
+    problems = [f"--weights: {f!r} is a full fine-tune; only LoRA weights can be scaled, mixed or annealed"
+                for f in full]
+    if args.aig is not None and not args.aig > 0:
+        problems.append(f"--aig: the power must be > 0, got {args.aig}")
+    return problems
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     check(args)
@@ -88,24 +128,28 @@ def main(argv: list[str] | None = None) -> int:
     from trainers.config import ModelConfig
     from trainers.ddim import one_step_schedule
     from trainers.distill import generator_timestep
-    from trainers.engine import generate
-    from trainers.models import load_model, load_trained
+    from trainers.engine import annealed_weights, generate
+    from trainers.models import load_model, load_trained, load_weighted
     from trainers.prompts import read_prompts
 
     model = load_model(ModelConfig(path=args.model, device=args.device))
-    if args.weights:
-        load_trained(model, args.weights)
+    if len(args.weighted) == 1 and args.lora_scale == 1:
+        load_trained(model, args.weighted[0][0])
+    elif args.weighted:
+        load_weighted(model, [(folder, w * args.lora_scale) for folder, w in args.weighted])
     prompts = [p for p in args.prompt + (read_prompts(args.prompts) if args.prompts else [])
                for _ in range(args.num_images)]
     gen = torch.Generator().manual_seed(args.seed)
     x_T = torch.randn(len(prompts), *model.latent_shape, generator=gen).to(model.device)
-    one_step = args.one_step if args.one_step is not None else generator_timestep(args.weights)
+    one_step = args.one_step if args.one_step is not None else generator_timestep(
+        args.weighted[0][0] if args.weighted else None)
     if one_step is None:
         schedule, guidance = model.family.schedule(model, args.steps), args.guidance
     else:
         print(f"one-step generator: x0 prediction at timestep {one_step}, no guidance")
         schedule, guidance = one_step_schedule(model.scheduler, one_step), 0.0
-    images = generate(model, prompts, x_T, schedule, guidance=guidance, eta=args.eta, gen=gen)
+    aig = annealed_weights(len(schedule), args.aig) if args.aig is not None else None
+    images = generate(model, prompts, x_T, schedule, guidance=guidance, eta=args.eta, gen=gen, tuned_weights=aig)
     save_images(images.float().cpu(), prompts, args.out, args.num_images)
     print(f"wrote {len(prompts)} images and grid.png to {os.path.abspath(args.out)}")
     return 0

@@ -48,3 +48,18 @@ def _tuner_layers(denoiser: torch.nn.Module) -> list:
     from peft.tuners.tuners_utils import BaseTunerLayer
 
     return [m for m in denoiser.modules() if isinstance(m, BaseTunerLayer)]
+
+
+def weigh(denoiser: torch.nn.Module, weights: dict[str, float]) -> None:
+    """Make the adapters named in ``weights`` active together, each LoRA delta scaled by its weight: the
+    denoiser's weights become ``W + sum_i w_i * Delta_i`` (0: that adapter off, 1: as trained). For LoRA
+    scaling at inference (one adapter) and mixing adapters trained on different rewards (several)."""
+    from peft.tuners.lora import LoraLayer
+
+    for layer in denoiser.modules():
+        if isinstance(layer, LoraLayer):
+            names = [name for name in weights if name in layer.lora_A]
+            layer.set_adapter(names)
+            for name in names:
+                layer.set_scale(name, weights[name])
+    denoiser.requires_grad_(False)  # set_adapter makes the active adapters trainable; inference needs none

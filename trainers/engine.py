@@ -65,13 +65,22 @@ def _step_noise(x: torch.Tensor, eta: float, gen: torch.Generator | None) -> tor
 
 
 class _Denoise:
-    """Guided output at one timestep, as a function of the latent only (for checkpointing)."""
+    """Guided output at one timestep, as a function of the latent only (for checkpointing); with
+    ``tuned_weight`` g, annealed importance guidance's ``g * f_tuned + (1 - g) * f_base`` (base: the
+    adapters off)."""
 
-    def __init__(self, model, t, cond, uncond, guidance):
+    def __init__(self, model, t, cond, uncond, guidance, tuned_weight: float | None = None):
         self.model, self.t, self.cond, self.uncond, self.guidance = model, t, cond, uncond, guidance
+        self.tuned_weight = tuned_weight
 
     def __call__(self, x_t: torch.Tensor) -> torch.Tensor:
-        return guided_output(self.model, x_t, self.t, self.cond, self.uncond, self.guidance)
+        g = self.tuned_weight
+        tuned = guided_output(self.model, x_t, self.t, self.cond, self.uncond, self.guidance) if g != 0 else 0.0
+        if g is None or g == 1:
+            return tuned
+        with adapters_off(self.model.denoiser):
+            base = guided_output(self.model, x_t, self.t, self.cond, self.uncond, self.guidance)
+        return g * tuned + (1 - g) * base
 
 
 def _call_denoiser(fn: _Denoise, x_t: torch.Tensor, flags: StepFlags, step_checkpointing: bool,
@@ -93,7 +102,8 @@ def _call_denoiser(fn: _Denoise, x_t: torch.Tensor, flags: StepFlags, step_check
 def sample(model: DiffusionModel, cond: Conditioning, uncond: Conditioning | None, x_T: torch.Tensor,
            schedule: Schedule, flags: list[StepFlags], *, guidance: float, eta: float = 0.0,
            gen: torch.Generator | None = None, refine_copies: int = 0,
-           step_checkpointing: bool = True, drift: bool = False) -> Trajectory:
+           step_checkpointing: bool = True, drift: bool = False,
+           tuned_weights: list[float] | None = None) -> Trajectory:
     """Sample latents from ``x_T`` following a gradient plan.
 
     Args:
@@ -111,6 +121,8 @@ def sample(model: DiffusionModel, cond: Conditioning, uncond: Conditioning | Non
         step_checkpointing: Recompute trained steps during backward instead of storing activations.
         drift: Also run each call with gradient through the base network (LoRA adapters off, no graph) and
             record DRaFT+'s drift (``Trajectory.drift``).
+        tuned_weights: Annealed importance guidance (sampling only): per step, the weight of the tuned
+            network's output against the base network's (adapters off), e.g. 0 at the first step to 1 at the last.
 
     Returns:
         A :class:`Trajectory` whose ``finals[0]`` is ``x0`` (``(B, C, h, w)``).
@@ -120,7 +132,8 @@ def sample(model: DiffusionModel, cond: Conditioning, uncond: Conditioning | Non
     for i, f in enumerate(flags):
         t = schedule.timesteps[i].to(model.device)
         x = x if f.chain else x.detach()
-        out = _call_denoiser(_Denoise(model, t, cond, uncond, guidance), x, f, step_checkpointing, drifts)
+        g = tuned_weights[i] if tuned_weights is not None else None
+        out = _call_denoiser(_Denoise(model, t, cond, uncond, guidance, g), x, f, step_checkpointing, drifts)
         grad_calls += f.grad
         if f.stop:
             return Trajectory([schedule.predict_x0(out, x, i)], flags, grad_calls, drifts or [])
@@ -142,12 +155,20 @@ def no_grad_flags(num_steps: int) -> list[StepFlags]:
     return [StepFlags(grad=False) for _ in range(num_steps)]
 
 
+def annealed_weights(num_steps: int, power: float) -> list[float]:
+    """Annealed importance guidance's tuned-network weights: ``(i / (T - 1)) ** power`` at step i, from the
+    base network alone at the first (noisiest) step to the tuned one alone at the last (Jena et al., 2025)."""
+    return [1.0] if num_steps == 1 else [(i / (num_steps - 1)) ** power for i in range(num_steps)]
+
+
 @torch.no_grad()
 def generate(model: DiffusionModel, prompts: list[str], x_T: torch.Tensor, schedule: Schedule, *,
-             guidance: float, eta: float = 0.0, gen: torch.Generator | None = None) -> torch.Tensor:
-    """Images ``(B, 3, H, W)`` in [0, 1] for ``prompts`` from noise ``x_T``, with no gradients."""
+             guidance: float, eta: float = 0.0, gen: torch.Generator | None = None,
+             tuned_weights: list[float] | None = None) -> torch.Tensor:
+    """Images ``(B, 3, H, W)`` in [0, 1] for ``prompts`` from noise ``x_T``, with no gradients (and with
+    annealed importance guidance when ``tuned_weights`` are given)."""
     cond = model.family.encode_prompts(model, prompts)
     uncond = model.family.encode_negative(model, len(prompts)) if guidance > 1 else None
     traj = sample(model, cond, uncond, x_T, schedule, no_grad_flags(len(schedule)), guidance=guidance, eta=eta,
-                  gen=gen)
+                  gen=gen, tuned_weights=tuned_weights)
     return model.family.decode(model, traj.finals[0])

@@ -228,10 +228,10 @@ def peak_memory_mb(device: torch.device) -> float:
 
 @torch.no_grad()
 def sample_and_score(model: DiffusionModel, prompts: list[str], rewards: dict[str, Reward], sampler: SamplerConfig,
-                     schedule: Schedule, seed: int, one_step: DiStar | None = None
-                     ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+                     schedule: Schedule, seed: int, one_step: DiStar | None = None,
+                     tuned_weights: list[float] | None = None) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """Sample ``prompts`` from noise seeded by ``seed`` (with the DDIM sampler, or the ``one_step``
-    generator) and score the images with every reward.
+    generator; ``tuned_weights``: annealed importance guidance) and score the images with every reward.
 
     Returns:
         ``(scores, images)``: per-image scores ``(N,)`` by reward name, images ``(N, 3, H, W)``, on CPU.
@@ -242,7 +242,8 @@ def sample_and_score(model: DiffusionModel, prompts: list[str], rewards: dict[st
     if one_step is not None:
         images = one_step.generate(prompts, x_T)
     else:
-        images = generate(model, prompts, x_T, schedule, guidance=sampler.guidance_scale, eta=sampler.eta, gen=gen)
+        images = generate(model, prompts, x_T, schedule, guidance=sampler.guidance_scale, eta=sampler.eta, gen=gen,
+                          tuned_weights=tuned_weights)
     scores = {}
     for name, reward in rewards.items():
         scores.update(_score_with_components(name, reward, images, prompts))

@@ -12,7 +12,7 @@ import os
 
 import torch
 
-from trainers.adapters import add_lora
+from trainers.adapters import add_lora, weigh
 from trainers.config import ModelConfig, TrainableConfig
 from trainers.families import FAMILIES, family_of
 from trainers.families.base import Conditioning, DiffusionModel, ModelFamily
@@ -134,22 +134,39 @@ def save_denoiser_state(model: DiffusionModel, state: dict[str, torch.Tensor], f
     save_file({k: v.contiguous() for k, v in state.items()}, os.path.join(target, "diffusion_pytorch_model.safetensors"))
 
 
-def load_trained(model: DiffusionModel, folder: str) -> None:
-    """Apply weights written by :func:`save_trained`: a LoRA folder or a full denoiser folder.
+def load_trained(model: DiffusionModel, folder: str, adapter_name: str = "tuned") -> None:
+    """Apply weights written by :func:`save_trained`: a LoRA folder (as the adapter ``adapter_name``) or a
+    full denoiser folder.
 
     Raises:
         FileNotFoundError: the folder holds neither.
     """
     family = model.family
     full = os.path.join(folder, family.denoiser_folder)
-    if all(os.path.isfile(os.path.join(folder, name)) for name in family.trained_files):
-        family.load_lora(model.denoiser, folder, "tuned")
+    if is_lora_folder(family, folder):
+        family.load_lora(model.denoiser, folder, adapter_name)
     elif os.path.isdir(full):
         model.denoiser = family.load_denoiser(folder, model.dtype, True).requires_grad_(False).eval().to(model.device)
     else:
         raise FileNotFoundError(f"{folder!r} holds no trained weights: expected {' and '.join(family.trained_files)} "
                                 f"(LoRA) or a {family.denoiser_folder}/ folder (full fine-tune), as written in a "
                                 "run's final/ folder")
+
+
+def is_lora_folder(family: ModelFamily, folder: str) -> bool:
+    return all(os.path.isfile(os.path.join(folder, name)) for name in family.trained_files)
+
+
+def load_weighted(model: DiffusionModel, weighted: list[tuple[str, float]]) -> list[str]:
+    """Load each LoRA folder of ``weighted`` as its own adapter and activate them together, each delta
+    scaled by its weight (``trainers.adapters.weigh``); the adapters' names."""
+    names = [f"tuned{i}" for i in range(len(weighted))]
+    for name, (folder, _) in zip(names, weighted):
+        if not is_lora_folder(model.family, folder):
+            raise ValueError(f"{folder!r} is not a LoRA folder; only LoRA weights can be scaled or mixed")
+        load_trained(model, folder, name)
+    weigh(model.denoiser, {name: w for name, (_, w) in zip(names, weighted)})
+    return names
 
 
 def load_denoiser(path: str, family: ModelFamily, dtype: torch.dtype, device: torch.device
