@@ -11,7 +11,7 @@ Rank 0 turns the training core's reports into small events (plain dicts, so they
 are) with :class:`ConsoleReporter`; the driver renders them with :class:`Console`. The events:
 
 - ``{"kind": "step", "step", "reward", "loss", "seconds"}``
-- ``{"kind": "eval", "step", "metrics": {eval/...}, "base": {eval/... at step 0}}``
+- ``{"kind": "eval", "step", "metrics": {eval/...}, "base": {eval/... at step 0}, "broken": [...] or None}``
 - ``{"kind": "checkpoint", "step", "folder"}``
 - ``{"kind": "model", "step", "uri", "name", "version"}`` (from ``pipeline.tracking.MlflowReporter``)
 - ``{"kind": "note", "text", "error"}``
@@ -26,6 +26,8 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from typing import TextIO
+
+from trainers.constraints import broken, parse_constraint
 
 Event = dict
 Emit = Callable[[Event], None]
@@ -50,11 +52,13 @@ def model_text(event: Event) -> str:
 
 
 class ConsoleReporter:
-    """A reporter of the training core (rank 0) that sends what the console shows to ``emit``."""
+    """A reporter of the training core (rank 0) that sends what the console shows to ``emit``; with
+    ``require`` (``eval.require``), each evaluation says whether it meets the constraints."""
 
-    def __init__(self, emit: Emit):
+    def __init__(self, emit: Emit, require: list[str] = ()):
         self.emit = emit
         self.base: dict[str, float] = {}
+        self.require = [parse_constraint(text) for text in require]
 
     def start(self, state: dict) -> None:
         self.base = _evals(state.get("eval_before", {}))  # restored on resume
@@ -66,7 +70,8 @@ class ConsoleReporter:
         evals = _evals(metrics)
         if evals:
             self.base = self.base or evals
-            self.emit({"kind": "eval", "step": step, "metrics": evals, "base": self.base})
+            breaks = broken(self.require, evals) if self.require else None
+            self.emit({"kind": "eval", "step": step, "metrics": evals, "base": self.base, "broken": breaks})
         if checkpoint_dir:
             self.emit({"kind": "checkpoint", "step": step, "folder": checkpoint_dir})
 
@@ -137,7 +142,9 @@ class Console:
             d = decimals(base.get(key, value))
             gain = f" ({value - base[key]:+.{d}f})" if step and key in base else ""
             parts.append(f"{key[len('eval/'):]} {value:.{d}f}{gain}")
-        self.line(f"eval step {step}{' (base)' if step == 0 else ''}: " + ", ".join(parts))
+        breaks = event.get("broken")
+        require = "" if breaks is None else (" | breaks " + "; ".join(breaks) if breaks else " | meets eval.require")
+        self.line(f"eval step {step}{' (base)' if step == 0 else ''}: " + ", ".join(parts) + require)
 
     def _checkpoint(self, event: Event) -> None:
         model = self.models.pop(event["step"], None)

@@ -17,7 +17,7 @@ import contextlib
 import math
 
 from pipeline.config import ConfigError, run_cli
-from pipeline.constraints import Constraint, parse_constraint
+from trainers.constraints import Constraint, parse_constraint
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

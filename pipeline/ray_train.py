@@ -98,7 +98,7 @@ def worker_reporters(cfg: Config, config: dict, rank: int, world_size: int) -> t
     if emit:
         from pipeline.console import ConsoleReporter
 
-        reporters += (ConsoleReporter(emit),)
+        reporters += (ConsoleReporter(emit, cfg.eval.require),)
     return reporters + (RayReporter(cfg),)
 
 

@@ -35,6 +35,7 @@ from importlib import metadata
 from pipeline.config import dump_yaml, flatten
 from pipeline.console import Emit, decimals, gain_text, note, print_event
 from trainers.config import Config
+from trainers.constraints import broken, parse_constraint
 
 RUN_ID_KEY = "mlflow_run_id"  # in the checkpointed state
 RUN_FOLDER_TAG = "reward_tuning.run_folder"  # the run folder's name, to find a run from the command line
@@ -402,6 +403,9 @@ def version_tags(cfg: Config, step: int, evaluation: dict) -> dict[str, str]:
                  for key, label in (("feature_diversity", "feature"), ("diversity", "pixel")) if key in summary]
     if diversity:
         tags["diversity"] = ", ".join(diversity)
+    if cfg.eval.require:
+        breaks = broken([parse_constraint(text) for text in cfg.eval.require], evaluation["metrics"])
+        tags["eval.require"] = "; ".join(breaks) if breaks else "met"
     return tags
 
 
@@ -455,11 +459,13 @@ class SearchRecord:
                                                            f"tags.`{RUN_FOLDER_TAG}` = '{trial_id}'", max_results=1)
         return runs[0] if runs else None
 
-    def finish(self, table: str, rows: list[dict], best_trial: str, best_metrics: dict[str, float]) -> None:
+    def finish(self, table: str, rows: list[dict], best_trial: str | None, best_metrics: dict[str, float] | None
+               ) -> None:
         """Log the summary, close the trials' runs (Tune stops trials without letting them end their run),
-        register the best trial's last model, mark the search finished."""
+        register the best trial's last model (none when no trial met ``search.require``), mark the search
+        finished."""
         self.client.log_text(self.run_id, table, "summary.md")
-        self.client.set_tag(self.run_id, "best_trial", best_trial)
+        self.client.set_tag(self.run_id, "best_trial", best_trial or "none")
         for row in rows:
             child = self.child_run(row["trial"])
             if child is not None and child.info.status == "RUNNING":
@@ -467,7 +473,7 @@ class SearchRecord:
                 self.client.set_tag(child.info.run_id, "stopped_early", str(row["stopped early"] == "yes"))
                 self.client.set_terminated(child.info.run_id, "KILLED" if stopped else "FINISHED")
         name = self.cfg.tracking.registered_model
-        child = self.child_run(best_trial)
+        child = self.child_run(best_trial) if best_trial else None
         if name and child is not None:
             models = self.client.search_logged_models(
                 [self.experiment], filter_string=f"source_run_id = '{child.info.run_id}'",

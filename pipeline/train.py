@@ -83,7 +83,7 @@ def train(cfg: Config, run_dir: str, console: Console) -> tuple[dict, str, dict]
         from pipeline.tracking import MlflowReporter
 
         reporters = (MlflowReporter(cfg, run_dir, emit=console),)
-    result = run(cfg, run_dir=run_dir, reporters=(*reporters, ConsoleReporter(console)))
+    result = run(cfg, run_dir=run_dir, reporters=(*reporters, ConsoleReporter(console, cfg.eval.require)))
     return result.held_out, result.final_model_dir, result.metrics
 
 

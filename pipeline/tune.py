@@ -15,6 +15,7 @@ The file is a training config plus a ``search:`` section::
       scheduler: {name: asha, grace_period: 20, reduction_factor: 2}   # grace_period in optimiser steps
       trial_cpus: 0.1                # CPUs held by each trial's driver function (its workers hold ray.*)
       alias: champion                # set on the best trial's registered model version
+      require: ["eval/feature_diversity>=0.3"]   # the best trial is chosen among those meeting every one
 
 Distributions: ``choice`` and ``grid`` (a list of values), ``randint`` ``[low, high)``, ``uniform``
 and ``loguniform`` ``[low, high]``. Everything is validated before Ray starts: a key that is not in
@@ -44,6 +45,7 @@ from typing import Any, Literal
 
 from pipeline.config import ConfigError, flatten, from_dict, load_config, read_yaml, run_cli, to_dict
 from trainers.config import Config
+from trainers.constraints import broken, constraint_problems, parse_constraint
 
 DISTRIBUTIONS = ("choice", "grid", "randint", "uniform", "loguniform")
 
@@ -75,9 +77,11 @@ class SearchConfig:
     trial_cpus: float = 0.1
     alias: str = "champion"
     name: str | None = None  # search folder under train.output_dir; None = tune-<config file stem>
+    require: list[str] = field(default_factory=list)  # constraints on a trial's last metrics (trainers.constraints)
 
     def validate(self) -> list[str]:
         problems = [] if self.space else ["space: name at least one config key to search over"]
+        problems += constraint_problems("require", self.require)
         problems += [] if self.num_samples >= 1 else [f"num_samples: must be >= 1, got {self.num_samples}"]
         problems += [] if self.max_concurrent_trials >= 1 else [f"max_concurrent_trials: must be >= 1"]
         problems += [] if self.trial_cpus > 0 else [f"trial_cpus: must be > 0 (Ray refuses an empty trial), got {self.trial_cpus}"]
@@ -273,8 +277,24 @@ def summary_rows(results, base: Config, search: SearchConfig) -> list[dict[str, 
         rows.append({"trial": metrics.get("trial_id", "?"), **{k: result.config.get(k) for k in search.space},
                      metric: metrics.get(metric, math.nan), "eval/trained": metrics.get("eval/trained", math.nan),
                      "steps": step, "stopped early": "yes" if step < base.train.steps and result.error is None else
-                     ("error" if result.error is not None else "no")})
+                     ("error" if result.error is not None else "no"),
+                     **({"require": "; ".join(breaks(search, metrics)) or "met"} if search.require else {})})
     return sorted(rows, key=lambda r: (math.isnan(r[metric]), -r[metric] if search.mode == "max" else r[metric]))
+
+
+def breaks(search: SearchConfig, metrics: dict[str, float]) -> list[str]:
+    """The ``search.require`` constraints a trial's last metrics break."""
+    return broken([parse_constraint(text) for text in search.require], metrics)
+
+
+def best_result(results, metric: str, search: SearchConfig):
+    """The trial with the best last ``metric`` among those that meet every ``search.require``; None if none does."""
+    qualified = [r for r in results if r.error is None and math.isfinite((r.metrics or {}).get(metric, math.nan))
+                 and not breaks(search, r.metrics)]
+    if not qualified:
+        return None
+    sign = 1 if search.mode == "max" else -1
+    return max(qualified, key=lambda r: sign * r.metrics[metric])
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
@@ -322,12 +342,15 @@ def main(argv: list[str] | None = None) -> int:
     table = markdown_table(rows)
     print(table, end="")
     metric = metric_name(base, search)
-    best = results.get_best_result(metric, search.mode, scope="last")
-    best_trial = best.metrics["trial_id"]
-    print(f"best trial: {best_trial} {dict((k, best.config.get(k)) for k in search.space)} "
-          f"(run folder {os.path.join(folder, 'trials', best_trial)})")
+    best = best_result(results, metric, search)
+    if best is None:
+        print(f"no trial meets {' and '.join(search.require) or 'the search'} with a finite {metric}; "
+              "nothing is registered")
+    else:
+        print(f"best trial: {best.metrics['trial_id']} {dict((k, best.config.get(k)) for k in search.space)} "
+              f"(run folder {os.path.join(folder, 'trials', best.metrics['trial_id'])})")
     if record:
-        record.finish(table, rows, best_trial, {metric: best.metrics[metric]})
+        record.finish(table, rows, best and best.metrics["trial_id"], best and {metric: best.metrics[metric]})
     print(f"search folder: {folder}")
     return 0
 

@@ -67,6 +67,22 @@ def test_on_a_terminal_one_bar_is_redrawn_and_lines_print_above_it():
     assert text.endswith("\n")
 
 
+def test_an_evaluation_says_whether_it_meets_eval_require():
+    sent: list[dict] = []
+    reporter = ConsoleReporter(sent.append, ["eval/feature_diversity>=0.35"])
+    reporter.start({})
+    reporter.report(0, dict(BASE))
+    reporter.report(2, {"eval/trained": 70.0, "eval/feature_diversity": 0.30})
+    out = io.StringIO()
+    console = Console(2, out, out, tty=False)
+    for event in sent:
+        console(event)
+    assert out.getvalue().splitlines() == [
+        "eval step 0 (base): trained 60.00, feature_diversity 0.4000 | meets eval.require",
+        "eval step 2: trained 70.00 (+10.00), feature_diversity 0.3000 (-0.1000) | breaks "
+        "eval/feature_diversity=0.3 breaks eval/feature_diversity>=0.35"]
+
+
 def test_a_model_logged_after_an_outage_gets_its_own_line():
     out = io.StringIO()
     console = Console(4, out, out, tty=False)

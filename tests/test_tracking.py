@@ -22,7 +22,7 @@ from test_training import StopAt, make_config
 
 from pipeline import generate, promote
 from pipeline.config import ConfigError, dump_yaml
-from pipeline.constraints import parse_constraint
+from trainers.constraints import parse_constraint
 from pipeline.tracking import RUN_FOLDER_TAG, MlflowReporter
 from pipeline.train import main as train_main
 from trainers.loop import run, run_folder
@@ -140,7 +140,8 @@ def test_checkpoint_models_carry_their_held_out_metrics_and_versions_read_well(t
     server = tracking_stack["mlflow"]
     cfg = tracked(tiny_sd_dir, str(tmp_path / "runs"), server, ray={"enabled": False},
                   train={"steps": 3, "checkpoint_every": 1, "run_name": "rest"},
-                  eval={"every": 2, "images_per_prompt": 2}, tracking={"experiment": "tests-rest"})
+                  eval={"every": 2, "images_per_prompt": 2, "require": ["eval/trained/brightness>=0"]},
+                  tracking={"experiment": "tests-rest"})
     run(cfg, reporters=(MlflowReporter(cfg, run_folder(cfg)),))
 
     experiment = rest(server, "experiments/get-by-name", experiment_name="tests-rest")["experiment"]
@@ -168,7 +169,7 @@ def test_checkpoint_models_carry_their_held_out_metrics_and_versions_read_well(t
         assert re.fullmatch(r"-?\d+\.\d+, gain [+-]\d+\.\d+ \[[+-]\d+\.\d+, [+-]\d+\.\d+\] \(95% CI\)",
                             tags["held_out/trained"]), tags["held_out/trained"]
         assert re.fullmatch(r"pixel \d\.\d{3} \(base \d\.\d{3}\)", tags["diversity"]), tags["diversity"]
-        assert len(tags) <= 8, tags
+        assert tags["eval.require"] == "met" and len(tags) <= 8, tags
 
         description = version["description"]
         assert f"Checkpoint at step {checkpoint} of 3 (`draft_k k=2`)" in description

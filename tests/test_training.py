@@ -128,3 +128,59 @@ def test_non_finite_steps_are_skipped_then_abort(tiny_sd_dir, tmp_path):
     fresh = build_trainer(cfg)
     for name, tensor in trainable_state_dict(fresh.model).items():
         assert torch.equal(tensor, state["trainable"][name]), "skipped steps must not change the weights"
+
+
+def _bracket(tiny_sd_dir: str, out: str, step: int, every: int = 2, steps: int = 6) -> list[str]:
+    """Constraints on the held-out trained reward that only the evaluation at ``step`` of a plain run meets."""
+    run(make_config(tiny_sd_dir, out, train={"steps": steps}, eval={"every": every}))
+    with open(os.path.join(out, "draft_k-seed0", "metrics.jsonl"), encoding="utf-8") as f:
+        values = {m["step"]: m["eval/trained"] for m in map(json.loads, f) if "eval/trained" in m and m["step"]}
+    gap = min(abs(values[step] - v) for s, v in values.items() if s != step) / 2
+    assert gap > 0
+    return [f"eval/trained>={values[step] - gap!r}", f"eval/trained<={values[step] + gap!r}"]
+
+
+def test_the_best_checkpoint_meeting_eval_require_is_marked_and_kept(tiny_sd_dir, tmp_path):
+    """Evaluations at 2, 4, 6 and a checkpoint every step: only the evaluation at step 2 meets the
+    constraints, so checkpoint 2 is the best (3, judged by the same evaluation, does not beat it) and survives
+    the pruning that keeps the last two."""
+    require = _bracket(tiny_sd_dir, str(tmp_path / "plain"), 2)
+    cfg = make_config(tiny_sd_dir, str(tmp_path / "req"), train={"steps": 6, "checkpoint_every": 1},
+                      eval={"every": 2, "require": require})
+    result = run(cfg)
+    root = os.path.join(result.run_dir, "checkpoints")
+    assert open(os.path.join(root, "best"), encoding="utf-8").read() == "step_000002"
+    assert sorted(n for n in os.listdir(root) if n.startswith("step_")) == ["step_000002", "step_000005", "step_000006"]
+    with open(os.path.join(result.run_dir, "summary.json"), encoding="utf-8") as f:
+        summary = json.load(f)
+    assert summary["step"] == 6 and "stopped" not in summary
+    assert summary["best_meeting_require"]["step"] == 2 and summary["best_meeting_require"]["evaluated"] == 2
+    assert os.path.isfile(os.path.join(summary["best_meeting_require"]["model_dir"], "pytorch_lora_weights.safetensors"))
+    with open(os.path.join(result.run_dir, "metrics.jsonl"), encoding="utf-8") as f:
+        met = {m["step"]: m["require/met"] for m in map(json.loads, f) if "require/met" in m}
+    assert met == {2: 1.0, 4: 0.0, 6: 0.0}
+
+
+def test_a_run_stops_at_the_first_evaluation_that_breaks_eval_require_and_stays_stopped(tiny_sd_dir, tmp_path):
+    require = _bracket(tiny_sd_dir, str(tmp_path / "plain"), 2)
+    cfg = make_config(tiny_sd_dir, str(tmp_path / "req"), train={"steps": 6},
+                      eval={"every": 2, "require": require, "stop_when_broken": True})
+    result = run(cfg)
+    assert result.step == 4 and set(result.held_out) >= {"trained"}
+    with open(os.path.join(result.run_dir, "summary.json"), encoding="utf-8") as f:
+        summary = json.load(f)
+    assert summary["stopped"]["step"] == 4 and summary["stopped"]["broken"][0].startswith("eval/trained=")
+    assert summary["best_meeting_require"]["step"] == 2
+    assert run(cfg).step == 4, "running it again resumes a finished run: no more steps"
+
+
+@pytest.mark.parametrize("evaluation, message", [
+    ({"require": ["eval/trained=3"]}, "eval.require.0: 'eval/trained=3' is not METRIC OP NUMBER"),
+    ({"stop_when_broken": True}, "eval.stop_when_broken: true needs constraints in eval.require"),
+])
+def test_bad_eval_constraints_are_refused_naming_the_key(tiny_sd_dir, tmp_path, evaluation, message):
+    from pipeline.config import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        make_config(tiny_sd_dir, str(tmp_path), eval=evaluation)
+    assert message in str(err.value)

@@ -123,3 +123,28 @@ def test_optuna_samples_a_continuous_space_on_the_running_cluster(ray_session, t
     lrs = [float(row[2]) for row in rows]
     assert len(rows) == 2 and len(set(lrs)) == 2 and all(1e-4 <= lr <= 1e-2 for lr in lrs), out
     assert all(row[-2].strip() == "no" for row in rows), "fifo runs every trial to its end"
+
+
+def test_a_search_registers_no_trial_that_breaks_its_constraints(ray_session, tiny_sd_dir, tmp_path, capsys):
+    """``search.require``: the champion is the best trial among those meeting every constraint. The
+    constraint here is on the learning rate each trial reports, so which trial breaks it is known in advance."""
+    from pipeline import tune
+
+    search = {"space": {"optim.lr": {"grid": [0.05, 0.0005]}}, "scheduler": {"name": "fifo"}, "metric": "eval/trained",
+              "max_concurrent_trials": 2, "require": ["train/lr<=0.001"]}
+    path = search_file(tmp_path, tiny_sd_dir, search, train={"steps": 2, "checkpoint_every": 2},
+                       ray={"cpus_per_worker": 0.9},
+                       tracking={"enabled": True, "experiment": "required", "registered_model": "tiny-required"})
+    assert tune.main(["--config", path]) == 0
+    out = capsys.readouterr().out
+    table = out[out.index("| trial |"):].splitlines()
+    assert table[0].endswith("| require |")
+    rows = {float(line.split("|")[2]): line.split("|")[-2].strip() for line in table[2:4]}
+    assert rows == {0.05: "train/lr=0.05 breaks train/lr<=0.001", 0.0005: "met"}, table
+    client = MlflowClient(f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")
+    champion = client.get_model_version_by_alias("tiny-required", "champion")
+    assert client.get_run(champion.run_id).data.params["optim.lr"] == "0.0005"
+    assert len(client.search_model_versions("name = 'tiny-required'")) == 1
+
+    with pytest.raises(ConfigError, match=r"require.0: .eval/trained=3. is not METRIC OP NUMBER"):
+        load_search(search_file(tmp_path, tiny_sd_dir, {**search, "require": ["eval/trained=3"]}), [])

@@ -16,6 +16,7 @@ from typing import Callable
 import torch
 
 LATEST = "latest"
+BEST = "best"  # the best checkpoint that met eval.require, when the run has constraints
 
 
 def checkpoint_root(run_dir: str) -> str:
@@ -32,7 +33,8 @@ def write_text_atomic(path: str, text: str) -> None:
     os.replace(tmp, path)
 
 
-def save_checkpoint(run_dir: str, step: int, state: dict, write_model: Callable[[str], None], keep: int = 2) -> str:
+def save_checkpoint(run_dir: str, step: int, state: dict, write_model: Callable[[str], None], keep: int = 2,
+                    best: int | None = None) -> str:
     """Write ``state`` (a ``torch.save``-able dict) and the model export for ``step``; return its folder.
 
     Args:
@@ -41,6 +43,7 @@ def save_checkpoint(run_dir: str, step: int, state: dict, write_model: Callable[
         state: Everything needed to resume.
         write_model: Writes the trained weights in a portable format into the folder it is given.
         keep: How many most recent checkpoints to keep (older ones are deleted).
+        best: The step of the best checkpoint (this one or an earlier one): marked in ``best`` and never pruned.
     """
     root = checkpoint_root(run_dir)
     os.makedirs(root, exist_ok=True)
@@ -56,7 +59,9 @@ def save_checkpoint(run_dir: str, step: int, state: dict, write_model: Callable[
         shutil.rmtree(final)
     os.replace(tmp, final)
     write_text_atomic(os.path.join(root, LATEST), name)
-    _prune(root, keep)
+    if best is not None:
+        write_text_atomic(os.path.join(root, BEST), f"step_{best:06d}")
+    _prune(root, keep, f"step_{best:06d}" if best is not None else None)
     return final
 
 
@@ -71,10 +76,11 @@ def _fsync_tree(folder: str) -> None:
                 os.close(fd)
 
 
-def _prune(root: str, keep: int) -> None:
+def _prune(root: str, keep: int, spare: str | None = None) -> None:
     names = sorted(n for n in os.listdir(root) if n.startswith("step_"))
     for name in names[:-keep]:
-        shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+        if name != spare:
+            shutil.rmtree(os.path.join(root, name), ignore_errors=True)
 
 
 def latest_checkpoint(run_dir: str) -> str | None:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from rewards.config import RewardSpec
+from trainers.constraints import constraint_problems
 
 PLAN_NAMES = ("draft", "draft_k", "draft_lv", "drtune", "refl", "alignprop", "di_star")
 
@@ -182,10 +183,17 @@ class EvalConfig:
     max_prompts: int = 8  # at most this many held-out prompts
     seed: int = 1234  # noise seed, fixed so evaluations are comparable
     rewards: list[RewardSpec] = field(default_factory=list)  # extra rewards scored but not trained on
+    # held-out constraints each evaluation is checked against, e.g. "eval/feature_diversity>=0.3": the best
+    # checkpoint that meets them all is marked (checkpoints/best, kept from pruning)
+    require: list[str] = field(default_factory=list)
+    stop_when_broken: bool = False  # stop the run at the first evaluation after step 0 that breaks one
 
     def validate(self) -> list[str]:
-        return _positive("every", self.every, 0) + _positive("images_per_prompt", self.images_per_prompt) \
-            + _positive("max_prompts", self.max_prompts)
+        problems = _positive("every", self.every, 0) + _positive("images_per_prompt", self.images_per_prompt) \
+            + _positive("max_prompts", self.max_prompts) + constraint_problems("require", self.require)
+        if self.stop_when_broken and not self.require:
+            problems.append("stop_when_broken: true needs constraints in eval.require")
+        return problems
 
 
 @dataclass(frozen=True, kw_only=True)

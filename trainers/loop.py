@@ -26,8 +26,9 @@ import torch
 
 from rewards.base import Reward
 from rewards.build import build_reward
-from trainers.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from trainers.checkpoint import checkpoint_root, latest_checkpoint, load_checkpoint, save_checkpoint
 from trainers.config import Config, SamplerConfig
+from trainers.constraints import broken, parse_constraint
 from trainers.ddim import one_step_schedule
 from trainers.distill import DiStar, Teacher
 from trainers.engine import generate, sample
@@ -390,13 +391,36 @@ def _save_weights(tr: Trainer, folder: str, trainable: dict | None) -> None:
 
 
 def _checkpoint(tr: Trainer, run_dir: str) -> str | None:
-    """Rank 0 writes a checkpoint and returns its folder; under FSDP every replica helps gather it."""
+    """Rank 0 writes a checkpoint and returns its folder; under FSDP every replica helps gather it. With
+    ``eval.require``, a checkpoint whose latest evaluation meets every constraint with the highest held-out
+    trained reward so far becomes the run's best (``tr.extra["best"]``, marked and kept)."""
     if not (tr.replicas.lead or tr.sharded):
         return None
+    judged, best = tr.extra.get("judged"), tr.extra.get("best")
+    if judged and not judged["broken"] and (best is None or judged["trained"] > best["trained"]):
+        tr.extra["best"] = {"step": tr.step, "evaluated": judged["step"], "trained": judged["trained"]}
     state = tr.state_dict()
     if not tr.replicas.lead:
         return None
-    return save_checkpoint(run_dir, tr.step, state, lambda folder: _save_weights(tr, folder, state["trainable"]))
+    best_step = tr.extra["best"]["step"] if tr.extra.get("best") else None
+    return save_checkpoint(run_dir, tr.step, state, lambda folder: _save_weights(tr, folder, state["trainable"]),
+                           best=best_step)
+
+
+def _judge(tr: Trainer, metrics: dict[str, float]) -> dict[str, float]:
+    """Check an evaluation against ``eval.require`` (recorded for the next checkpoint); ``require/met``."""
+    if not tr.cfg.eval.require:
+        return {}
+    breaks = broken([parse_constraint(text) for text in tr.cfg.eval.require], metrics)
+    tr.extra["judged"] = {"step": tr.step, "broken": breaks, "trained": metrics.get("eval/trained", math.nan)}
+    return {"require/met": float(not breaks)}
+
+
+def _stops(tr: Trainer, metrics: dict[str, float]) -> bool:
+    """``eval.stop_when_broken``: this evaluation (after step 0) broke a constraint; the same answer on every
+    replica (a collective, called at evaluation steps only)."""
+    met = metrics.get("require/met", 1.0) == 1.0  # replicas that do not evaluate do not object
+    return tr.cfg.eval.stop_when_broken and not tr.replicas.all_true(met)
 
 
 def _evaluate_and_save(tr: Trainer, run_dir: str) -> dict[str, float]:
@@ -442,7 +466,7 @@ def run(cfg: Config, *, reporters: tuple[Reporter, ...] = (), reward: Reward | N
         for sink in sinks:
             sink.report(0, tr.extra["eval_before"])
     metrics, every = {}, cfg.eval.every
-    while tr.step < cfg.train.steps:
+    while tr.step < cfg.train.steps and "stopped" not in tr.extra:
         metrics = train_step(tr)
         if tr.bad_in_a_row >= cfg.train.max_bad_steps:
             folder = _checkpoint(tr, run_dir)
@@ -451,8 +475,13 @@ def run(cfg: Config, *, reporters: tuple[Reporter, ...] = (), reward: Reward | N
                 f"{cfg.train.max_bad_steps}); stopped at step {tr.step}, last good weights saved in {folder}. "
                 "Lower optim.lr, keep optim.grad_clip > 0, use model.dtype=fp32 or a smaller plan.k")
         last = tr.step == cfg.train.steps
-        if evaluates and (last or (every and tr.step % every == 0)):
+        evaluation = last or bool(every and tr.step % every == 0)
+        if evaluates and evaluation:
             metrics.update(_evaluate_and_save(tr, run_dir))
+            metrics.update(_judge(tr, metrics))
+        if evaluation and _stops(tr, metrics) and not last:
+            tr.extra["stopped"] = {"step": tr.step, "broken": tr.extra["judged"]["broken"] if lead else []}
+            last = True
         folder = None
         if last or tr.step % cfg.train.checkpoint_every == 0:
             trained = tr.params + (tr.distill.nets.fake_params if tr.distill else [])
@@ -485,9 +514,13 @@ def _write_final(tr: Trainer, run_dir: str) -> dict[str, dict[str, float]]:
     _save_weights(tr, final_dir, trainable)
     held_out = held_out_summary(run_dir, tr.step)
     teacher = _teacher_metrics(tr)
+    best = tr.extra.get("best")
+    if best:
+        best = {**best, "model_dir": os.path.join(checkpoint_root(run_dir), f"step_{best['step']:06d}", "model")}
+    extra = {"teacher": teacher, "best_meeting_require": best, "stopped": tr.extra.get("stopped")}
     with open(os.path.join(run_dir, "summary.json"), "w", encoding="utf-8") as f:
-        json.dump({"step": tr.step, "held_out": held_out, "final_model_dir": final_dir, **({"teacher": teacher}
-                   if teacher else {})}, f, indent=1)
+        json.dump({"step": tr.step, "held_out": held_out, "final_model_dir": final_dir,
+                   **{k: v for k, v in extra.items() if v}}, f, indent=1)
     return held_out
 
 

@@ -1,7 +1,8 @@
 """Held-out constraints such as ``eval/feature_diversity>=0.3``: what a chosen model must keep.
 
-``pipeline.promote --require`` skips the registered versions that break one; each constraint is a
-metric name, a comparison (``>=``, ``<=``, ``>``, ``<``) and a number.
+Each is a metric name, a comparison (``>=``, ``<=``, ``>``, ``<``) and a number. A run checks its
+evaluations against ``eval.require`` (and can stop when one breaks), a Ray Tune search registers no
+trial that breaks ``search.require``, and ``pipeline.promote --require`` skips the versions that do.
 """
 
 from __future__ import annotations
@@ -41,3 +42,19 @@ def parse_constraint(text: str) -> Constraint:
         raise ValueError(f"{text!r} is not METRIC OP NUMBER with OP one of >=, <=, >, < "
                          "(e.g. 'eval/feature_diversity>=0.3')")
     return Constraint(found["metric"], found["op"], float(found["bound"]))
+
+
+def broken(constraints: list[Constraint], metrics: dict[str, float]) -> list[str]:
+    """The constraints ``metrics`` break, each as ``metric=value breaks metric>=bound``."""
+    return [f"{c.metric}={metrics.get(c.metric, math.nan):.4g} breaks {c}" for c in constraints if not c.holds(metrics)]
+
+
+def constraint_problems(key: str, texts: list[str]) -> list[str]:
+    """Config validation: each entry of ``key`` must parse."""
+    problems = []
+    for i, text in enumerate(texts):
+        try:
+            parse_constraint(text)
+        except ValueError as err:
+            problems.append(f"{key}.{i}: {err}")
+    return problems
