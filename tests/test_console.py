@@ -80,7 +80,7 @@ def test_an_evaluation_says_whether_it_meets_eval_require():
     assert out.getvalue().splitlines() == [
         "eval step 0 (base): trained 60.00, feature_diversity 0.4000 | meets eval.require",
         "eval step 2: trained 70.00 (+10.00), feature_diversity 0.3000 (-0.1000) | breaks "
-        "eval/feature_diversity=0.3 breaks eval/feature_diversity>=0.35"]
+        "eval/feature_diversity>=0.35 (0.3)"]
 
 
 def test_a_model_logged_after_an_outage_gets_its_own_line():

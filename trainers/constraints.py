@@ -45,8 +45,8 @@ def parse_constraint(text: str) -> Constraint:
 
 
 def broken(constraints: list[Constraint], metrics: dict[str, float]) -> list[str]:
-    """The constraints ``metrics`` break, each as ``metric=value breaks metric>=bound``."""
-    return [f"{c.metric}={metrics.get(c.metric, math.nan):.4g} breaks {c}" for c in constraints if not c.holds(metrics)]
+    """The constraints ``metrics`` break, each with the value, e.g. ``eval/feature_diversity>=0.3 (0.21)``."""
+    return [f"{c} ({metrics.get(c.metric, math.nan):.4g})" for c in constraints if not c.holds(metrics)]
 
 
 def constraint_problems(key: str, texts: list[str]) -> list[str]:

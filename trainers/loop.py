@@ -169,7 +169,7 @@ def reward_loss(tr: Trainer) -> tuple[torch.Tensor, torch.Tensor, list[str], dic
     if not traj.drift:
         return loss, scores, prompts, {}
     drift = torch.stack(traj.drift).mean()
-    return loss + beta * drift, scores, prompts, {"train/kl": float(drift)}
+    return loss + beta * drift, scores, prompts, {"train/kl": float(drift.detach())}
 
 
 def distill_loss(tr: Trainer) -> tuple[torch.Tensor, torch.Tensor, list[str], dict[str, float]]:

@@ -1,9 +1,11 @@
 """Run every algorithm the quickstart lists on the toy world and print one comparison table.
 
 For each ``plan:`` line in ``pipeline/configs/quickstart.yaml`` (the run itself is that config with the
-line swapped in, in-process, no Ray): held-out reward gain with its bootstrap 95% interval, the held-out
+line swapped in, in-process, no Ray): held-out reward gain with its bootstrap 95% interval, both
+held-out diversity measures (feature: CLIP image embeddings; pixel: 32 px thumbnails), the held-out
 colour adherence read back from the pixels (``pipeline.toyworld.measure``, independent of the learned
-reward; 8 samples per held-out prompt, DDIM at the config's steps and guidance), seconds per step, images per second and peak resident memory.
+reward; 8 samples per held-out prompt, DDIM at the config's steps and guidance), seconds per step,
+images per second and peak resident memory.
 
     python -m pipeline.toyworld.compare --out runs/compare   # about 15 minutes on 2 CPU cores
 """
@@ -34,7 +36,8 @@ def run_plan(line: str, config_path: str, out: str, overrides: list[str]) -> dic
 
     data = to_dict(load_config(Config, config_path, overrides))
     data["plan"] = yaml.safe_load(line)["plan"]
-    data["train"]["run_name"] = data["plan"]["name"]
+    plan = data["plan"]
+    data["train"]["run_name"] = plan["name"] + (f"-kl{plan['kl_coeff']:g}" if plan.get("kl_coeff") else "")
     data["train"]["output_dir"] = out
     cfg = from_dict(Config, data)
     result = run(cfg)
@@ -63,14 +66,17 @@ def held_out_colour_adherence(cfg, weights: str | None, n: int = 8, seed: int = 
 
 def table(rows: list[dict], reward: str) -> str:
     """A markdown table of the rows."""
-    lines = [f"| plan | held-out `{reward}` base -> tuned (gain, 95% CI) | colour adherence base -> tuned "
-             "| s/step | images/s | peak RSS MB |", "| --- | --- | --- | --- | --- | --- |"]
+    lines = [f"| plan | held-out `{reward}` base -> tuned (gain, 95% CI) | feature diversity base -> tuned "
+             "| pixel diversity base -> tuned | colour adherence base -> tuned | s/step | images/s | peak RSS MB |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         h = r["held_out"][reward]
+        diversity = [f"{d['base']:.3f} -> {d['tuned']:.3f} ({d['tuned'] / d['base']:.0%})" if d else "-"
+                     for d in (r["held_out"].get("feature_diversity"), r["held_out"].get("diversity"))]
         lines.append(f"| `{r['plan']}` | {h['base']:.1f} -> {h['tuned']:.1f} ({h['diff']:+.1f}, "
-                     f"[{h['diff_low']:+.1f}, {h['diff_high']:+.1f}]) | {r['colour_both']['base']:.2f} -> "
-                     f"{r['colour_both']['tuned']:.2f} | {r['step_seconds']:.2f} | {r['images_per_second']:.1f} "
-                     f"| {r['peak_mb']:.0f} |")
+                     f"[{h['diff_low']:+.1f}, {h['diff_high']:+.1f}]) | {diversity[0]} | {diversity[1]} | "
+                     f"{r['colour_both']['base']:.2f} -> {r['colour_both']['tuned']:.2f} | {r['step_seconds']:.2f} | "
+                     f"{r['images_per_second']:.1f} | {r['peak_mb']:.0f} |")
     return "\n".join(lines)
 
 
