@@ -11,10 +11,12 @@ from __future__ import annotations
 import os
 import secrets
 import socket
+import sys
 import tempfile
 from collections.abc import Callable
 
 from pipeline.config import ConfigError, from_dict, to_dict
+from pipeline.console import note
 from trainers.config import Config
 
 # Ray's token: its value, else a file holding it (PLATFORM.md §2); Ray's own default file is ~/.ray/auth_token
@@ -116,10 +118,15 @@ def queue_emitter(queue):
     return emit
 
 
-def init_ray(cfg: Config, say: Callable[[str], None] = print) -> None:
+def _print(text: str, error: bool = False) -> None:
+    print(text, file=sys.stderr if error else sys.stdout, flush=True)
+
+
+def init_ray(cfg: Config, say: Callable[..., None] = _print) -> None:
     """Join the configured (or job's) cluster, else start a local in-process Ray on 127.0.0.1 behind token
     auth. Workers' and actors' output stays in their logs (Ray's session folder; training workers write
-    theirs to the run folder's ``train.log``), not on this driver's console; ``say`` prints what to tell."""
+    theirs to the run folder's ``train.log``), not on this driver's console; ``say(text, error=False)``
+    prints what to tell."""
     address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
     if not address:  # Ray reads these when it is imported, so set them first
         for key, value in local_ray_env().items():
@@ -127,7 +134,7 @@ def init_ray(cfg: Config, say: Callable[[str], None] = print) -> None:
         os.environ.setdefault("RAY_TMPDIR", os.path.join(tempfile.gettempdir(), "rt-ray"))
         if os.environ["RAY_AUTH_MODE"] != "token":
             say(f"warning: RAY_AUTH_MODE={os.environ['RAY_AUTH_MODE']} turns off Ray's token authentication; "
-                "anyone who reaches this machine's Ray ports can run code in the job")
+                "anyone who reaches this machine's Ray ports can run code in the job", error=True)
     import ray
 
     if ray.is_initialized():
@@ -267,7 +274,7 @@ def fit(cfg: Config, run_dir: str, callbacks: list | None = None, events: Callab
         raise ConfigError([f"train.resume: false, but Ray's run storage {r.storage_path or storage} already holds "
                            f"run {os.path.basename(run_dir)!r}, which the workers would resume; set train.run_name "
                            "to a new name or delete it there"])
-    say = print if events is None else (lambda text: events({"kind": "note", "text": text, "error": False}))
+    say = _print if events is None else (lambda text, error=False: events(note(text, error)))
     init_ray(cfg, say)  # before anything imports Ray, which reads the local settings at import
     import ray
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
