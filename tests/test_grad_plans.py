@@ -66,12 +66,12 @@ def _params(model):
     return [p for p in model.denoiser.parameters() if p.requires_grad]
 
 
-def engine_grads(model, flags, refine_copies=0, eta=0.0, beta=0.0):
+def engine_grads(model, flags, refine_copies=0, eta=0.0, beta=0.0, fold_lora=False):
     cond, uncond, x_T = _inputs(model)
     schedule = model.family.schedule(model, T)
     traj = sample(model, cond, uncond, x_T, schedule, flags, guidance=GUIDANCE, eta=eta,
                   gen=torch.Generator().manual_seed(5), refine_copies=refine_copies, step_checkpointing=True,
-                  drift=beta > 0)
+                  drift=beta > 0, fold_lora=fold_lora)
     loss = -sum(reward(model.family.decode(model, x)).mean() for x in traj.finals)
     if beta:
         loss = loss + beta * torch.stack(traj.drift).mean()

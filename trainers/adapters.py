@@ -63,3 +63,31 @@ def weigh(denoiser: torch.nn.Module, weights: dict[str, float]) -> None:
             for name in names:
                 layer.set_scale(name, weights[name])
     denoiser.requires_grad_(False)  # set_adapter makes the active adapters trainable; inference needs none
+
+
+@contextmanager
+def folded(denoiser: torch.nn.Module) -> Iterator[bool]:
+    """For calls without gradient: each LoRA layer's active deltas added into its base weight and the
+    adapter path skipped, the same function without peft's extra matmuls and per-layer Python. Yields
+    whether it folded (not when the adapters are off or merged already, e.g. a teacher with its adapters
+    disabled). The original weight tensors are put back as they were, bit for bit."""
+    from peft.tuners.lora import LoraLayer
+
+    layers = [m for m in denoiser.modules() if isinstance(m, LoraLayer)]
+    if not layers or any(layer.disable_adapters or layer.merged for layer in layers):
+        yield False
+        return
+    originals = []
+    with torch.no_grad():
+        for layer in layers:
+            base = layer.get_base_layer()
+            delta = sum(layer.get_delta_weight(name) for name in layer.active_adapters if name in layer.lora_A)
+            originals.append((layer, base, base.weight.data))
+            base.weight.data = (base.weight.data + delta).to(base.weight.dtype)
+            layer._disable_adapters = True  # peft's switch, set directly: enable_adapters() also flips requires_grad
+    try:
+        yield True
+    finally:
+        for layer, base, weight in originals:
+            base.weight.data = weight
+            layer._disable_adapters = False

@@ -34,6 +34,7 @@ class ModelConfig:
     unet_checkpointing: bool = False  # activation checkpointing inside the UNet (less memory, ~1.5x time)
     vae_checkpointing: bool = False  # activation checkpointing inside the VAE decoder
     step_checkpointing: bool = True  # recompute each trained sampling step in backward (memory flat in K)
+    fold_lora: bool = True  # denoiser calls without gradient use the LoRA folded into the base weights
 
     def validate(self) -> list[str]:
         ok = self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda")

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from trainers.adapters import adapters_off
+from trainers.adapters import adapters_off, folded
 from trainers.grad_plan import StepFlags
 from trainers.models import Conditioning, DiffusionModel
 from trainers.schedule import Schedule
@@ -99,11 +99,32 @@ def _call_denoiser(fn: _Denoise, x_t: torch.Tensor, flags: StepFlags, step_check
     return out
 
 
+class _Folding:
+    """The LoRA folded into the base weights while ``set(True)``, unfolded on ``set(False)`` and at exit."""
+
+    def __init__(self, denoiser: torch.nn.Module, enabled: bool):
+        self.denoiser, self.enabled, self.active = denoiser, enabled, None
+
+    def set(self, on: bool) -> None:
+        if on and self.enabled and self.active is None:
+            self.active = folded(self.denoiser)
+            self.active.__enter__()
+        elif not on and self.active is not None:
+            self.active.__exit__(None, None, None)
+            self.active = None
+
+    def __enter__(self) -> _Folding:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.set(False)
+
+
 def sample(model: DiffusionModel, cond: Conditioning, uncond: Conditioning | None, x_T: torch.Tensor,
            schedule: Schedule, flags: list[StepFlags], *, guidance: float, eta: float = 0.0,
            gen: torch.Generator | None = None, refine_copies: int = 0,
            step_checkpointing: bool = True, drift: bool = False,
-           tuned_weights: list[float] | None = None) -> Trajectory:
+           tuned_weights: list[float] | None = None, fold_lora: bool = False) -> Trajectory:
     """Sample latents from ``x_T`` following a gradient plan.
 
     Args:
@@ -123,21 +144,25 @@ def sample(model: DiffusionModel, cond: Conditioning, uncond: Conditioning | Non
             record DRaFT+'s drift (``Trajectory.drift``).
         tuned_weights: Annealed importance guidance (sampling only): per step, the weight of the tuned
             network's output against the base network's (adapters off), e.g. 0 at the first step to 1 at the last.
+        fold_lora: Run each stretch of calls without gradient with the LoRA folded into the base weights
+            (``trainers.adapters.folded``): the same outputs to float rounding, without peft's per-layer work.
 
     Returns:
         A :class:`Trajectory` whose ``finals[0]`` is ``x0`` (``(B, C, h, w)``).
     """
     x, grad_calls, last = x_T, 0, len(schedule) - 1
     drifts = [] if drift else None
-    for i, f in enumerate(flags):
-        t = schedule.timesteps[i].to(model.device)
-        x = x if f.chain else x.detach()
-        g = tuned_weights[i] if tuned_weights is not None else None
-        out = _call_denoiser(_Denoise(model, t, cond, uncond, guidance, g), x, f, step_checkpointing, drifts)
-        grad_calls += f.grad
-        if f.stop:
-            return Trajectory([schedule.predict_x0(out, x, i)], flags, grad_calls, drifts or [])
-        x = schedule.step(out, x, i, eta, _step_noise(x, eta, gen))
+    with _Folding(model.denoiser, fold_lora and tuned_weights is None) as folding:
+        for i, f in enumerate(flags):
+            t = schedule.timesteps[i].to(model.device)
+            x = x if f.chain else x.detach()
+            folding.set(not f.grad)
+            g = tuned_weights[i] if tuned_weights is not None else None
+            out = _call_denoiser(_Denoise(model, t, cond, uncond, guidance, g), x, f, step_checkpointing, drifts)
+            grad_calls += f.grad
+            if f.stop:
+                return Trajectory([schedule.predict_x0(out, x, i)], flags, grad_calls, drifts or [])
+            x = schedule.step(out, x, i, eta, _step_noise(x, eta, gen))
     finals = [x]
     t_last = schedule.timesteps[last].to(model.device)
     for _ in range(refine_copies):
@@ -164,11 +189,11 @@ def annealed_weights(num_steps: int, power: float) -> list[float]:
 @torch.no_grad()
 def generate(model: DiffusionModel, prompts: list[str], x_T: torch.Tensor, schedule: Schedule, *,
              guidance: float, eta: float = 0.0, gen: torch.Generator | None = None,
-             tuned_weights: list[float] | None = None) -> torch.Tensor:
-    """Images ``(B, 3, H, W)`` in [0, 1] for ``prompts`` from noise ``x_T``, with no gradients (and with
-    annealed importance guidance when ``tuned_weights`` are given)."""
+             tuned_weights: list[float] | None = None, fold_lora: bool = True) -> torch.Tensor:
+    """Images ``(B, 3, H, W)`` in [0, 1] for ``prompts`` from noise ``x_T``, with no gradients (with
+    annealed importance guidance when ``tuned_weights`` are given; LoRA folded unless ``fold_lora=False``)."""
     cond = model.family.encode_prompts(model, prompts)
     uncond = model.family.encode_negative(model, len(prompts)) if guidance > 1 else None
     traj = sample(model, cond, uncond, x_T, schedule, no_grad_flags(len(schedule)), guidance=guidance, eta=eta,
-                  gen=gen, tuned_weights=tuned_weights)
+                  gen=gen, tuned_weights=tuned_weights, fold_lora=fold_lora)
     return model.family.decode(model, traj.finals[0])

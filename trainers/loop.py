@@ -159,7 +159,7 @@ def reward_loss(tr: Trainer) -> tuple[torch.Tensor, torch.Tensor, list[str], dic
     beta = tr.cfg.plan.kl_coeff
     traj = sample(model, cond, uncond, x_T, tr.schedule, flags, guidance=s.guidance_scale, eta=s.eta,
                   gen=rep.step_generator(tr.cfg.train.seed, tr.step), refine_copies=tr.plan.refine_copies,
-                  step_checkpointing=tr.cfg.model.step_checkpointing, drift=beta > 0)
+                  step_checkpointing=tr.cfg.model.step_checkpointing, drift=beta > 0, fold_lora=tr.cfg.model.fold_lora)
     images = [model.family.decode(model, x0) for x0 in traj.finals]
     if not all(torch.isfinite(x).all() for x in images):  # rewards reject NaN images; skip the step instead
         nan = torch.full((len(images), len(prompts)), float("nan"))
@@ -230,7 +230,8 @@ def peak_memory_mb(device: torch.device) -> float:
 @torch.no_grad()
 def sample_and_score(model: DiffusionModel, prompts: list[str], rewards: dict[str, Reward], sampler: SamplerConfig,
                      schedule: Schedule, seed: int, one_step: DiStar | None = None,
-                     tuned_weights: list[float] | None = None) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+                     tuned_weights: list[float] | None = None, fold_lora: bool = True
+                     ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """Sample ``prompts`` from noise seeded by ``seed`` (with the DDIM sampler, or the ``one_step``
     generator; ``tuned_weights``: annealed importance guidance) and score the images with every reward.
 
@@ -244,7 +245,7 @@ def sample_and_score(model: DiffusionModel, prompts: list[str], rewards: dict[st
         images = one_step.generate(prompts, x_T)
     else:
         images = generate(model, prompts, x_T, schedule, guidance=sampler.guidance_scale, eta=sampler.eta, gen=gen,
-                          tuned_weights=tuned_weights)
+                          tuned_weights=tuned_weights, fold_lora=fold_lora)
     scores = {}
     for name, reward in rewards.items():
         scores.update(_score_with_components(name, reward, images, prompts))
@@ -306,7 +307,7 @@ def evaluate(tr: Trainer, model: DiffusionModel | None = None, schedule: Schedul
     rewards = {"trained": tr.reward, **tr.eval_rewards}
     one_step = tr.distill if model is None else None
     scores, images = sample_and_score(model or tr.model, prompts, rewards, tr.cfg.sampler, schedule or tr.schedule,
-                                      tr.cfg.eval.seed, one_step)
+                                      tr.cfg.eval.seed, one_step, fold_lora=tr.cfg.model.fold_lora)
     encoder = image_encoder(rewards)
     if k > 1:
         scores["diversity"] = diversity(images, k)
