@@ -4,6 +4,12 @@
 ``sd15`` when a GPU is present), then times a few optimiser steps of each plan in a fresh
 subprocess so that each plan's peak memory is its own. CPU memory is the peak resident set size
 (and its rise over the loaded model); GPU memory is ``torch.cuda.max_memory_allocated``.
+
+``--baseline naive`` runs, on the same model, prompts, noise and plan flags, the loop users write
+first (:func:`naive_loss`: peft's unmerged LoRA in every call, an eager no-gradient prefix, plain
+autograd through the trained steps, diffusers' ``DDIMScheduler.step``), interleaved step by step with
+the engine's, and prints the ratio; it first checks that both give the same gradient. Peak memory of
+each comes from its own subprocess.
 """
 
 from __future__ import annotations
@@ -38,7 +44,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--plans", nargs="+", choices=list(PLANS), default=list(PLANS), metavar="PLAN")
     p.add_argument("--extra", nargs="*", default=[], help="more config overrides, e.g. model.dtype=bf16")
     p.add_argument("--json", help="also write the results here")
+    p.add_argument("--baseline", choices=["naive"], help="time the engine side by side with a naive loop")
     p.add_argument("--one", nargs="+", help=argparse.SUPPRESS)  # internal: run one measurement
+    p.add_argument("--job", nargs="+", help=argparse.SUPPRESS)  # internal: side|engine|naive MODEL OVERRIDES...
     return p.parse_args(argv)
 
 
@@ -74,6 +82,105 @@ def measure(model_dir: str, overrides: list[str], iters: int) -> dict:
             "peak_over_model_mb": peak - loaded_mb, "device": str(tr.model.device)}
 
 
+def naive_loss(tr, prompts: list[str], x_T, flags) -> "torch.Tensor":
+    """The loop a user writes first, on the trainer's model and reward: every call through peft's
+    unmerged LoRA, no-gradient steps under ``torch.no_grad``, trained steps with plain autograd (no
+    recomputation), diffusers' ``DDIMScheduler.step``, the VAE decoded without checkpointing. DDIM
+    families only; DRaFT-LV's re-noised copies are not written here."""
+    import torch
+    from diffusers import DDIMScheduler
+
+    model, s = tr.model, tr.cfg.sampler
+    scheduler = DDIMScheduler.from_config(model.scheduler.config)
+    scheduler.set_timesteps(s.num_steps)
+    cond = model.family.encode_prompts(model, prompts)
+    uncond = model.family.encode_negative(model, len(prompts))
+    both = type(cond).cat([uncond, cond])
+    x = x_T
+    for i, (t, f) in enumerate(zip(scheduler.timesteps, flags)):
+        x = x if f.chain else x.detach()
+        x_in = x.detach() if f.detach_input else x
+        with torch.set_grad_enabled(f.grad):
+            out_uncond, out_cond = model.family.denoise(model, torch.cat([x_in, x_in]), t.to(x.device), both).chunk(2)
+        eps = out_uncond + s.guidance_scale * (out_cond - out_uncond)
+        eps = eps if f.grad else eps.detach()
+        step = scheduler.step(eps, t, x, eta=s.eta)
+        if f.stop:
+            x = step.pred_original_sample
+            break
+        x = step.prev_sample
+    return -tr.reward(model.family.decode(model, x), prompts).mean()
+
+
+def side_by_side(model_dir: str, overrides: list[str], iters: int) -> dict:
+    """The engine's optimiser step and the naive loop's on the same prompts, noise and flags, alternating,
+    after checking that their first gradients agree: the median seconds of each."""
+    import time
+
+    import torch
+
+    from pipeline.config import load_config
+    from trainers.config import Config
+    from trainers.loop import build_trainer, plan_loss
+
+    cfg = load_config(Config, None, [f"model.path={model_dir}", "rewards=[{name: brightness}]", *overrides])
+    tr = build_trainer(cfg)
+    b, steps = cfg.train.batch_size, cfg.sampler.num_steps
+    prompts = tr.sampler.next_batch(b)
+    x_T = torch.randn(b, *tr.model.latent_shape, generator=torch.Generator().manual_seed(0)).to(tr.model.device)
+    flags = tr.plan.flags(steps, torch.Generator().manual_seed(1))
+    losses = {"engine": lambda: plan_loss(tr, prompts, x_T, flags, None)[0],
+              "naive": lambda: naive_loss(tr, prompts, x_T, flags)}
+    grads = {}
+    for name, loss in losses.items():
+        grads[name] = torch.autograd.grad(loss(), tr.params)
+    scale = max(float(g.abs().max()) for g in grads["naive"])
+    gap = max(float((e - n).abs().max()) for e, n in zip(grads["engine"], grads["naive"])) / scale
+    seconds = {name: [] for name in losses}
+    for _ in range(iters + 1):  # the first round warms up
+        for name, loss in losses.items():
+            start = time.perf_counter()
+            tr.optimizer.zero_grad(set_to_none=True)
+            loss().backward()
+            tr.optimizer.step()
+            if tr.model.device.type == "cuda":
+                torch.cuda.synchronize()
+            seconds[name].append(time.perf_counter() - start)
+    median = {name: sorted(v[1:])[len(v[1:]) // 2] for name, v in seconds.items()}
+    return {"engine_s": median["engine"], "naive_s": median["naive"], "grad_gap": gap, "images_per_s": b / median["engine"]}
+
+
+def in_subprocess(job: str, model_dir: str, overrides: list[str], iters: int):
+    """Run ``side`` (:func:`side_by_side`) or ``engine``/``naive`` (:func:`peak_memory`) in a fresh interpreter
+    started from this small one: Linux carries a process's peak RSS over ``fork`` and ``exec``, so a child of
+    a process that has already trained would report its parent's peak."""
+    cmd = [sys.executable, "-m", "pipeline.bench", "--iters", str(iters), "--job", job, model_dir, *overrides]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        raise RuntimeError(out.stderr.strip().splitlines()[-1] if out.stderr.strip() else f"exit {out.returncode}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def peak_memory(model_dir: str, overrides: list[str], iters: int, loop: str) -> float:
+    import torch
+
+    from pipeline.config import load_config
+    from trainers.config import Config
+    from trainers.loop import build_trainer, peak_memory_mb, plan_loss
+
+    cfg = load_config(Config, None, [f"model.path={model_dir}", "rewards=[{name: brightness}]", *overrides])
+    tr = build_trainer(cfg)
+    prompts = tr.sampler.next_batch(cfg.train.batch_size)
+    x_T = torch.randn(len(prompts), *tr.model.latent_shape, generator=torch.Generator().manual_seed(0)).to(tr.model.device)
+    flags = tr.plan.flags(cfg.sampler.num_steps, torch.Generator().manual_seed(1))
+    for _ in range(iters):
+        tr.optimizer.zero_grad(set_to_none=True)
+        loss = plan_loss(tr, prompts, x_T, flags, None)[0] if loop == "engine" else naive_loss(tr, prompts, x_T, flags)
+        loss.backward()
+        tr.optimizer.step()
+    return peak_memory_mb(tr.model.device)
+
+
 def run_one(model_dir: str, overrides: list[str], iters: int) -> dict:
     """Measure in a fresh interpreter so the peak memory belongs to this plan alone."""
     cmd = [sys.executable, "-m", "pipeline.bench", "--iters", str(iters), "--one", model_dir, *overrides]
@@ -88,6 +195,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.one:
         print(json.dumps(measure(args.one[0], args.one[1:], args.iters)))
         return 0
+    if args.job:
+        job, model_dir, *overrides = args.job
+        result = side_by_side(model_dir, overrides, args.iters) if job == "side" else \
+            peak_memory(model_dir, overrides, args.iters, job)
+        print(json.dumps(result))
+        return 0
     import torch
 
     size = args.size or ("sd15" if torch.cuda.is_available() else "tiny")
@@ -95,6 +208,8 @@ def main(argv: list[str] | None = None) -> int:
         model_dir = args.model or _build(tmp, size)
         rows = []
         print(f"model: {args.model or size + ' (random weights)'}, batch {args.batch_size}, CFG 7.5, LoRA r4")
+        if args.baseline:
+            return compare_naive(model_dir, args)
         print(f"{'plan':<18}{'T':>4}{'s/step':>10}{'img/s':>9}{'peak MB':>10}{'over model MB':>15}")
         for steps in args.steps:
             for label in args.plans:
@@ -103,6 +218,28 @@ def main(argv: list[str] | None = None) -> int:
                 row = {"plan": label, "T": steps, **run_one(model_dir, overrides, args.iters)}
                 rows.append(row)
                 print(_format(row), flush=True)
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(rows, f, indent=1)
+    return 0
+
+
+NAIVE_PLANS = ("draft_k K=1", "draft (full)", "drtune K=5", "refl m=10", "alignprop")  # the naive loop has no LV copies
+
+
+def compare_naive(model_dir: str, args: argparse.Namespace) -> int:
+    """One line per plan and T: engine and naive s/step, the speedup, both peaks, images/s, the gradient check."""
+    rows = []
+    for steps in args.steps:
+        for label in [p for p in args.plans if p in NAIVE_PLANS]:
+            overrides = [*PLANS[label], f"sampler.num_steps={steps}", f"train.batch_size={args.batch_size}", *args.extra]
+            row = {"plan": label, "T": steps, **in_subprocess("side", model_dir, overrides, args.iters)}
+            row |= {f"peak_{loop}_mb": in_subprocess(loop, model_dir, overrides, 2) for loop in ("engine", "naive")}
+            rows.append(row)
+            print(f"{label} T={steps} | engine {row['engine_s']:.3f} s/step | naive {row['naive_s']:.3f} s/step | "
+                  f"speedup {row['naive_s'] / row['engine_s']:.2f}x | peak MB {row['peak_engine_mb']:.0f} / "
+                  f"{row['peak_naive_mb']:.0f} | {row['images_per_s']:.2f} images/s | first-step gradients agree to "
+                  f"{row['grad_gap']:.1e} of their largest entry", flush=True)
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump(rows, f, indent=1)

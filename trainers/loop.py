@@ -147,19 +147,26 @@ def build_trainer(cfg: Config, model: DiffusionModel | None = None, reward: Rewa
 
 
 def reward_loss(tr: Trainer) -> tuple[torch.Tensor, torch.Tensor, list[str], dict[str, float]]:
-    """Draw this replica's batch, sample with the plan and return ``(loss, scores, prompts, metrics)``;
-    scores ``(J, b)`` for the J final latents of the b local prompts. With ``plan.kl_coeff`` = beta > 0
-    the loss adds DRaFT+'s ``beta * mean(drift)`` over the calls with gradient (``train/kl``: the mean drift)."""
+    """Draw this replica's batch and plan flags, then :func:`plan_loss` on them."""
     model, s, b, rep = tr.model, tr.cfg.sampler, tr.cfg.train.batch_size, tr.replicas
     prompts = tr.sampler.next_batch(b * rep.world_size)[rep.own_slice(b)]
     flags = tr.plan.flags(s.num_steps, tr.gen)
     x_T = torch.randn(b * rep.world_size, *model.latent_shape, generator=tr.gen)[rep.own_slice(b)].to(model.device)
+    return plan_loss(tr, prompts, x_T, flags, rep.step_generator(tr.cfg.train.seed, tr.step))
+
+
+def plan_loss(tr: Trainer, prompts: list[str], x_T: torch.Tensor, flags: list, gen: torch.Generator | None
+              ) -> tuple[torch.Tensor, torch.Tensor, list[str], dict[str, float]]:
+    """Sample from ``x_T`` with the plan's ``flags`` and return ``(loss, scores, prompts, metrics)``;
+    scores ``(J, b)`` for the J final latents of the b prompts. With ``plan.kl_coeff`` = beta > 0 the loss
+    adds DRaFT+'s ``beta * mean(drift)`` over the calls with gradient (``train/kl``: the mean drift)."""
+    model, s = tr.model, tr.cfg.sampler
     cond = model.family.encode_prompts(model, prompts)
     uncond = model.family.encode_negative(model, len(prompts)) if s.guidance_scale > 1 else None
     beta = tr.cfg.plan.kl_coeff
-    traj = sample(model, cond, uncond, x_T, tr.schedule, flags, guidance=s.guidance_scale, eta=s.eta,
-                  gen=rep.step_generator(tr.cfg.train.seed, tr.step), refine_copies=tr.plan.refine_copies,
-                  step_checkpointing=tr.cfg.model.step_checkpointing, drift=beta > 0, fold_lora=tr.cfg.model.fold_lora)
+    traj = sample(model, cond, uncond, x_T, tr.schedule, flags, guidance=s.guidance_scale, eta=s.eta, gen=gen,
+                  refine_copies=tr.plan.refine_copies, step_checkpointing=tr.cfg.model.step_checkpointing,
+                  drift=beta > 0, fold_lora=tr.cfg.model.fold_lora)
     images = [model.family.decode(model, x0) for x0 in traj.finals]
     if not all(torch.isfinite(x).all() for x in images):  # rewards reject NaN images; skip the step instead
         nan = torch.full((len(images), len(prompts)), float("nan"))
