@@ -38,13 +38,11 @@ def images_of(tiny_sd_dir, weighted=(), tuned_weights=None, loaded=None):
         load_trained(model, loaded)
     if weighted:
         load_weighted(model, list(weighted))
-    x_T = noise(model)
-    if tuned_weights is None:
-        return engine_images(model, x_T, STEPS, GUIDANCE, 0.0)
     from trainers.engine import generate as sample_images
 
-    return sample_images(model, PROMPTS, x_T.clone(), model.family.schedule(model, STEPS), guidance=GUIDANCE,
-                         gen=torch.Generator().manual_seed(1), tuned_weights=tuned_weights)
+    # LoRA folding (which annealed guidance never uses) off, so that every comparison here is exact
+    return sample_images(model, PROMPTS, noise(model), model.family.schedule(model, STEPS), guidance=GUIDANCE,
+                         gen=torch.Generator().manual_seed(1), tuned_weights=tuned_weights, fold_lora=False)
 
 
 def hand_merged_images(tiny_sd_dir, weighted) -> torch.Tensor:
