@@ -212,24 +212,27 @@ def output_to(path: str) -> Iterator[tuple[TextIO, TextIO]]:
     try:
         fds = (sys.stdout.fileno(), sys.stderr.fileno())
     except (AttributeError, OSError, ValueError):
+        fds = None
+    if fds is None:
         yield sys.stdout, sys.stderr
         return
     sys.stdout.flush()
     sys.stderr.flush()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     saved = [os.dup(fd) for fd in fds]
-    log = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    for fd in fds:
-        os.dup2(log, fd)
-    os.close(log)
-    out, err = (os.fdopen(os.dup(fd), "w", buffering=1, encoding="utf-8") for fd in saved)
+    streams = []
     try:
-        yield out, err
+        log = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        for fd in fds:
+            os.dup2(log, fd)
+        os.close(log)
+        streams = [os.fdopen(os.dup(fd), "w", buffering=1, encoding="utf-8") for fd in saved]
+        yield streams[0], streams[1]
     finally:
-        for stream in (sys.stdout, sys.stderr, out, err):
+        for stream in (sys.stdout, sys.stderr, *streams):
             stream.flush()
         for fd, original in zip(fds, saved):
             os.dup2(original, fd)
             os.close(original)
-        out.close()
-        err.close()
+        for stream in streams:
+            stream.close()

@@ -105,7 +105,8 @@ def check(args: argparse.Namespace) -> None:
 
 def blend_problems(args: argparse.Namespace) -> list[str]:
     """Scaling, mixing and annealed guidance need LoRA weights (a full fine-tune has no delta to scale)."""
-    blended = len(args.weighted) > 1 or args.lora_scale != 1 or args.aig is not None
+    blended = len(args.weighted) > 1 or args.lora_scale != 1 or args.aig is not None or \
+        any(w != 1 for _, w in args.weighted)
     if not blended:
         return []
     if not args.weighted:
@@ -133,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     from trainers.prompts import read_prompts
 
     model = load_model(ModelConfig(path=args.model, device=args.device))
-    if len(args.weighted) == 1 and args.lora_scale == 1:
+    if len(args.weighted) == 1 and args.weighted[0][1] * args.lora_scale == 1:
         load_trained(model, args.weighted[0][0])
     elif args.weighted:
         load_weighted(model, [(folder, w * args.lora_scale) for folder, w in args.weighted])

@@ -7,7 +7,7 @@ the version whose model has the highest (``--lowest``: lowest) value of ``--metr
 meet every ``--require`` constraint (e.g. ``'eval/feature_diversity>=0.3'``, against reward hacking),
 sets ``--alias`` on it and prints the ranking and which versions each constraint rejected;
 ``python -m pipeline.generate --model models:/NAME@ALIAS`` then generates from it. A version without a
-logged model (registered by hand) is ranked by a tag of that name.
+logged model (registered by hand, or by an earlier release) is ranked by a numeric tag of that name.
 """
 
 from __future__ import annotations
@@ -42,18 +42,19 @@ def default_tracking_uri(given: str | None) -> str:
 
 
 def version_metrics(client, version) -> dict[str, float]:
-    """The metrics of a version's logged model (the latest step of each), else its numeric tags."""
+    """A version's numeric tags (how earlier releases recorded held-out metrics), overridden by the metrics
+    of its logged model (the latest step of each)."""
+    numbers = {}
+    for key, text in version.tags.items():
+        with contextlib.suppress(ValueError):
+            numbers[key] = float(text)
     model_id = version.model_id or (version.source or "").removeprefix("models:/")
     if model_id.startswith("m-"):
         latest: dict[str, tuple[int, float]] = {}
         for m in client.get_logged_model(model_id).metrics or []:
             if m.key not in latest or m.step >= latest[m.key][0]:
                 latest[m.key] = (m.step, m.value)
-        return {key: value for key, (_, value) in latest.items()}
-    numbers = {}
-    for key, text in version.tags.items():
-        with contextlib.suppress(ValueError):
-            numbers[key] = float(text)
+        numbers |= {key: value for key, (_, value) in latest.items()}
     return numbers
 
 

@@ -331,16 +331,24 @@ class EventPump:
         self.thread.start()
 
     def _drain(self) -> None:
+        import traceback
+
+        from ray.exceptions import RayError
         from ray.util.queue import Empty
 
         while True:
             try:
-                self.handle(self.queue.get(timeout=0.5))
+                event = self.queue.get(timeout=0.5)
             except Empty:
                 if self.done.is_set():
                     return
-            except Exception:  # noqa: BLE001 - the queue's actor is gone: nothing more will come
+                continue
+            except RayError:  # the queue's actor is gone: nothing more will come
                 return
+            try:
+                self.handle(event)
+            except Exception:  # noqa: BLE001 - a console that cannot show one event goes on with the next
+                traceback.print_exc()  # into the run's log
 
     def stop(self) -> None:
         """Show what is still queued, then remove the queue."""

@@ -96,6 +96,7 @@ def ui_command(cfg: Config) -> str:
     on the server, or on ``mlflow ui`` (its default address) over the local store."""
     uri = tracking_uri(cfg)
     found = None
+    quick_requests()
     with contextlib.suppress(Exception):  # the run is over: a store that does not answer now costs only the link
         from mlflow import MlflowClient
 
@@ -105,6 +106,13 @@ def ui_command(cfg: Config) -> str:
         return f"MLflow UI: {strip_userinfo(uri).rstrip('/')}/{page} (experiment {cfg.tracking.experiment!r})"
     return (f"MLflow UI: mlflow ui --backend-store-uri {uri}, then open http://127.0.0.1:5000/{page} "
             f"(experiment {cfg.tracking.experiment!r})")
+
+
+def quick_requests() -> None:
+    """MLflow's client retries each request 7 times over minutes by default; training (and the job's last
+    lines) must not stall on an unreachable server."""
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
 
 
 def experiment_id(client, cfg: Config) -> str:
@@ -181,9 +189,8 @@ class MlflowReporter:
         self.pending_models = os.path.join(run_dir, "pending_models")
         self.held_out_set = held_out_set(cfg)
         self.retry_at, self.backoff = 0.0, RETRY_FIRST_S
-        # MLflow's client retries each request 7 times over minutes by default; training must not stall on it
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+        self.closing = False
+        quick_requests()
 
     # ------------------------------------------------------------ lifecycle
 
@@ -210,6 +217,7 @@ class MlflowReporter:
 
     def close(self) -> None:
         """Mark the run finished (after a last try to log what is pending)."""
+        self.closing = True  # a model logged now comes after its checkpoint line
         self._flush(force=True)
         if self.pending_metrics or self._pending_folders():
             self.emit(note(f"mlflow: {len(self.pending_metrics)} metric batches and {len(self._pending_folders())} "
@@ -353,7 +361,7 @@ class MlflowReporter:
             self.client.update_model_version(t.registered_model, str(version),
                                              description=version_description(self.cfg, self.run_id, step, evaluation))
         self.emit({"kind": "model", "step": step, "uri": model.model_uri, "name": t.registered_model,
-                   "version": version, "late": step < self.step})
+                   "version": version, "late": self.closing or step < self.step})
 
 
 def model_metrics(evaluation: dict, model_id: str, dataset: tuple[str, str]) -> list:

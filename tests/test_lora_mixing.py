@@ -98,8 +98,19 @@ def test_generate_mixes_and_scales_from_the_command_line_and_refuses_a_full_fine
     model = load_model(ModelConfig(path=tiny_sd_dir, device="cpu"))
     make_trainable(model, TrainableConfig(kind="full"))
     save_trained(model, TrainableConfig(kind="full"), str(tmp_path / "full"))
-    with pytest.raises(ConfigError, match="is a full fine-tune; only LoRA weights can be scaled, mixed or annealed"):
-        generate.main([*common, "--weights", str(tmp_path / "full"), "--lora-scale", "0.5"])
+    for blend in (["--weights", str(tmp_path / "full"), "--lora-scale", "0.5"], ["--weights", f"{tmp_path / 'full'}:0.5"]):
+        with pytest.raises(ConfigError, match="is a full fine-tune; only LoRA weights can be scaled, mixed or annealed"):
+            generate.main([*common, *blend])
+    # one LoRA with a weight: the weight counts (0 gives the base model's images)
+    assert generate.main([*common, "--weights", f"{two_loras[0]}:0", "--out", str(tmp_path / "zero")]) == 0
+    assert generate.main([*common, "--out", str(tmp_path / "base")]) == 0
+    assert generate.main([*common, "--weights", two_loras[0], "--out", str(tmp_path / "tuned")]) == 0
+    from PIL import Image
+
+    def pixels(folder):
+        return torch.tensor(list(Image.open(next((tmp_path / folder).glob("000_*.png"))).getdata())).float()
+
+    assert (pixels("zero") - pixels("base")).abs().max() <= 1 and (pixels("tuned") - pixels("base")).abs().max() > 1
     with pytest.raises(ConfigError, match="--aig: the power must be > 0"):
         generate.main([*common, "--weights", two_loras[0], "--aig", "0"])
 

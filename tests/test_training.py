@@ -172,6 +172,9 @@ def test_a_run_stops_at_the_first_evaluation_that_breaks_eval_require_and_stays_
     assert summary["stopped"]["step"] == 4 and summary["stopped"]["broken"][0].startswith("eval/trained")
     assert summary["best_meeting_require"]["step"] == 2
     assert run(cfg).step == 4, "running it again resumes a finished run: no more steps"
+    resumed = make_config(tiny_sd_dir, str(tmp_path / "req"), train={"steps": 6},
+                          eval={"every": 2, "require": require, "stop_when_broken": False})
+    assert run(resumed).step == 6, "resumed with the stop turned off, the run goes on to its end"
 
 
 @pytest.mark.parametrize("evaluation, message", [

@@ -78,14 +78,14 @@ def folded(denoiser: torch.nn.Module) -> Iterator[bool]:
         yield False
         return
     originals = []
-    with torch.no_grad():
-        for layer in layers:
-            base = layer.get_base_layer()
-            delta = sum(layer.get_delta_weight(name) for name in layer.active_adapters if name in layer.lora_A)
-            originals.append((layer, base, base.weight.data))
-            base.weight.data = (base.weight.data + delta).to(base.weight.dtype)
-            layer._disable_adapters = True  # peft's switch, set directly: enable_adapters() also flips requires_grad
     try:
+        with torch.no_grad():
+            for layer in layers:
+                base = layer.get_base_layer()
+                delta = sum(layer.get_delta_weight(name) for name in layer.active_adapters if name in layer.lora_A)
+                originals.append((layer, base, base.weight.data))
+                base.weight.data = (base.weight.data + delta).to(base.weight.dtype)
+                layer._disable_adapters = True  # peft's switch, set directly: enable_adapters() also flips requires_grad
         yield True
     finally:
         for layer, base, weight in originals:

@@ -405,7 +405,8 @@ def _checkpoint(tr: Trainer, run_dir: str) -> str | None:
     if not (tr.replicas.lead or tr.sharded):
         return None
     judged, best = tr.extra.get("judged"), tr.extra.get("best")
-    if judged and not judged["broken"] and (best is None or judged["trained"] > best["trained"]):
+    evaluated_now = judged and judged["step"] == tr.step  # weights judged by an earlier evaluation are not
+    if evaluated_now and not judged["broken"] and (best is None or judged["trained"] > best["trained"]):
         tr.extra["best"] = {"step": tr.step, "evaluated": judged["step"], "trained": judged["trained"]}
     state = tr.state_dict()
     if not tr.replicas.lead:
@@ -463,6 +464,8 @@ def run(cfg: Config, *, reporters: tuple[Reporter, ...] = (), reward: Reward | N
         resume_from = latest_checkpoint(run_dir)
     if resume_from:
         tr.load_state_dict(load_checkpoint(resume_from))
+    if "stopped" in tr.extra and not cfg.eval.stop_when_broken:  # resumed with the stop turned off: go on
+        del tr.extra["stopped"]
     sinks = ((JsonlLog(os.path.join(run_dir, "metrics.jsonl"), tr.step),) if lead else ()) + tuple(reporters)
     for sink in sinks:
         if hasattr(sink, "start"):
