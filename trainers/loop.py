@@ -400,8 +400,8 @@ def _save_weights(tr: Trainer, folder: str, trainable: dict | None) -> None:
 
 def _checkpoint(tr: Trainer, run_dir: str) -> str | None:
     """Rank 0 writes a checkpoint and returns its folder; under FSDP every replica helps gather it. With
-    ``eval.require``, a checkpoint whose latest evaluation meets every constraint with the highest held-out
-    trained reward so far becomes the run's best (``tr.extra["best"]``, marked and kept)."""
+    ``eval.require``, a checkpoint written at an evaluation step that meets every constraint with the
+    highest held-out trained reward so far becomes the run's best (``tr.extra["best"]``, marked and kept)."""
     if not (tr.replicas.lead or tr.sharded):
         return None
     judged, best = tr.extra.get("judged"), tr.extra.get("best")
