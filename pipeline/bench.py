@@ -82,7 +82,7 @@ def measure(model_dir: str, overrides: list[str], iters: int) -> dict:
             "peak_over_model_mb": peak - loaded_mb, "device": str(tr.model.device)}
 
 
-def naive_loss(tr, prompts: list[str], x_T, flags) -> "torch.Tensor":
+def naive_loss(tr, prompts: list[str], x_T, flags):
     """The loop a user writes first, on the trainer's model and reward: every call through peft's
     unmerged LoRA, no-gradient steps under ``torch.no_grad``, trained steps with plain autograd (no
     recomputation), diffusers' ``DDIMScheduler.step``, the VAE decoded without checkpointing. DDIM
@@ -112,11 +112,9 @@ def naive_loss(tr, prompts: list[str], x_T, flags) -> "torch.Tensor":
     return -tr.reward(model.family.decode(model, x), prompts).mean()
 
 
-def side_by_side(model_dir: str, overrides: list[str], iters: int) -> dict:
-    """The engine's optimiser step and the naive loop's on the same prompts, noise and flags, alternating,
-    after checking that their first gradients agree: the median seconds of each."""
-    import time
-
+def same_work(model_dir: str, overrides: list[str]) -> dict:
+    """A trainer and one fixed batch (prompts, noise, plan flags); ``loss[loop]()`` is that batch's loss
+    through the engine (``engine``) or the naive loop (``naive``)."""
     import torch
 
     from pipeline.config import load_config
@@ -125,29 +123,42 @@ def side_by_side(model_dir: str, overrides: list[str], iters: int) -> dict:
 
     cfg = load_config(Config, None, [f"model.path={model_dir}", "rewards=[{name: brightness}]", *overrides])
     tr = build_trainer(cfg)
-    b, steps = cfg.train.batch_size, cfg.sampler.num_steps
-    prompts = tr.sampler.next_batch(b)
-    x_T = torch.randn(b, *tr.model.latent_shape, generator=torch.Generator().manual_seed(0)).to(tr.model.device)
-    flags = tr.plan.flags(steps, torch.Generator().manual_seed(1))
-    losses = {"engine": lambda: plan_loss(tr, prompts, x_T, flags, None)[0],
-              "naive": lambda: naive_loss(tr, prompts, x_T, flags)}
-    grads = {}
-    for name, loss in losses.items():
-        grads[name] = torch.autograd.grad(loss(), tr.params)
+    prompts = tr.sampler.next_batch(cfg.train.batch_size)
+    x_T = torch.randn(len(prompts), *tr.model.latent_shape, generator=torch.Generator().manual_seed(0)).to(tr.model.device)
+    flags = tr.plan.flags(cfg.sampler.num_steps, torch.Generator().manual_seed(1))
+    return {"tr": tr, "loss": {"engine": lambda: plan_loss(tr, prompts, x_T, flags, None)[0],
+                               "naive": lambda: naive_loss(tr, prompts, x_T, flags)}}
+
+
+def optimiser_step(tr, loss) -> None:
+    tr.optimizer.zero_grad(set_to_none=True)
+    loss().backward()
+    tr.optimizer.step()
+
+
+def side_by_side(model_dir: str, overrides: list[str], iters: int) -> dict:
+    """The engine's optimiser step and the naive loop's on the same prompts, noise and flags, alternating,
+    after checking that their first gradients agree: the median seconds of each."""
+    import time
+
+    import torch
+
+    work = same_work(model_dir, overrides)
+    tr, losses = work["tr"], work["loss"]
+    grads = {name: torch.autograd.grad(loss(), tr.params) for name, loss in losses.items()}
     scale = max(float(g.abs().max()) for g in grads["naive"])
     gap = max(float((e - n).abs().max()) for e, n in zip(grads["engine"], grads["naive"])) / scale
     seconds = {name: [] for name in losses}
     for _ in range(iters + 1):  # the first round warms up
         for name, loss in losses.items():
             start = time.perf_counter()
-            tr.optimizer.zero_grad(set_to_none=True)
-            loss().backward()
-            tr.optimizer.step()
+            optimiser_step(tr, loss)
             if tr.model.device.type == "cuda":
                 torch.cuda.synchronize()
             seconds[name].append(time.perf_counter() - start)
     median = {name: sorted(v[1:])[len(v[1:]) // 2] for name, v in seconds.items()}
-    return {"engine_s": median["engine"], "naive_s": median["naive"], "grad_gap": gap, "images_per_s": b / median["engine"]}
+    return {"engine_s": median["engine"], "naive_s": median["naive"], "grad_gap": gap,
+            "images_per_s": tr.cfg.train.batch_size / median["engine"]}
 
 
 def in_subprocess(job: str, model_dir: str, overrides: list[str], iters: int):
@@ -162,23 +173,13 @@ def in_subprocess(job: str, model_dir: str, overrides: list[str], iters: int):
 
 
 def peak_memory(model_dir: str, overrides: list[str], iters: int, loop: str) -> float:
-    import torch
+    """Peak memory (MB) of ``iters`` optimiser steps of ``loop`` (``engine`` or ``naive``) in this process."""
+    from trainers.loop import peak_memory_mb
 
-    from pipeline.config import load_config
-    from trainers.config import Config
-    from trainers.loop import build_trainer, peak_memory_mb, plan_loss
-
-    cfg = load_config(Config, None, [f"model.path={model_dir}", "rewards=[{name: brightness}]", *overrides])
-    tr = build_trainer(cfg)
-    prompts = tr.sampler.next_batch(cfg.train.batch_size)
-    x_T = torch.randn(len(prompts), *tr.model.latent_shape, generator=torch.Generator().manual_seed(0)).to(tr.model.device)
-    flags = tr.plan.flags(cfg.sampler.num_steps, torch.Generator().manual_seed(1))
+    work = same_work(model_dir, overrides)
     for _ in range(iters):
-        tr.optimizer.zero_grad(set_to_none=True)
-        loss = plan_loss(tr, prompts, x_T, flags, None)[0] if loop == "engine" else naive_loss(tr, prompts, x_T, flags)
-        loss.backward()
-        tr.optimizer.step()
-    return peak_memory_mb(tr.model.device)
+        optimiser_step(work["tr"], work["loss"][loop])
+    return peak_memory_mb(work["tr"].model.device)
 
 
 def run_one(model_dir: str, overrides: list[str], iters: int) -> dict:

@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import TextIO
 
-from trainers.constraints import broken, parse_constraint
+from trainers.constraints import broken, parse_constraints
 
 Event = dict
 Emit = Callable[[Event], None]
@@ -58,7 +58,7 @@ class ConsoleReporter:
     def __init__(self, emit: Emit, require: list[str] = ()):
         self.emit = emit
         self.base: dict[str, float] = {}
-        self.require = [parse_constraint(text) for text in require]
+        self.require = parse_constraints(require)
 
     def start(self, state: dict) -> None:
         self.base = _evals(state.get("eval_before", {}))  # restored on resume

@@ -76,10 +76,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def sweep_problems(args: argparse.Namespace, cfg) -> list[str]:
-    from pipeline.preflight import LORA_FILES
+    from pipeline.preflight import lora_file
 
     problems = []
-    if not args.weights or not any(os.path.isfile(os.path.join(args.weights, n)) for n in LORA_FILES):
+    if not args.weights or not lora_file(args.weights):
         problems.append(f"--lora-scales: needs LoRA weights in --weights (got {args.weights!r})")
     if not args.lora_scales:
         problems.append("--lora-scales: give at least one scale, e.g. 0,0.5,1")
@@ -94,11 +94,9 @@ def sweep_problems(args: argparse.Namespace, cfg) -> list[str]:
 def sweep(model, args: argparse.Namespace, cfg, prompts: list[str], rewards: dict, schedule) -> list[dict]:
     """Score the LoRA at each scale, then annealed guidance at each power (at scale 1), on the same noise:
     one row each, ``{"label", "scores": {name: per-image scores, diversity/feature_diversity: per prompt}}``."""
-    import torch
-
     from trainers.adapters import weigh
     from trainers.engine import annealed_weights
-    from trainers.loop import diversity, feature_diversity, image_encoder, sample_and_score
+    from trainers.loop import diversity_scores, image_encoder, sample_and_score
     from trainers.models import load_trained
 
     load_trained(model, args.weights)
@@ -110,10 +108,7 @@ def sweep(model, args: argparse.Namespace, cfg, prompts: list[str], rewards: dic
         weigh(model.denoiser, {"tuned": scale})
         scores, images = sample_and_score(model, prompts, rewards, cfg.sampler, schedule, cfg.eval.seed,
                                           tuned_weights=tuned_weights)
-        scores["diversity"] = diversity(images, k)
-        if encoder is not None:
-            with torch.no_grad():
-                scores["feature_diversity"] = feature_diversity(encoder(images.to(model.device)).cpu(), k)
+        scores |= diversity_scores(images, k, encoder, model.device)
         rows.append({"label": label, "scores": scores})
     return rows
 

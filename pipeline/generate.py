@@ -103,17 +103,21 @@ def check(args: argparse.Namespace) -> None:
         raise ConfigError(problems, "command line")
 
 
+def blended(args: argparse.Namespace) -> bool:
+    """Scaled or mixed weights, or annealed guidance, rather than one set of trained weights as they are."""
+    return len(args.weighted) > 1 or args.lora_scale != 1 or args.aig is not None or \
+        any(w != 1 for _, w in args.weighted)
+
+
 def blend_problems(args: argparse.Namespace) -> list[str]:
     """Scaling, mixing and annealed guidance need LoRA weights (a full fine-tune has no delta to scale)."""
-    blended = len(args.weighted) > 1 or args.lora_scale != 1 or args.aig is not None or \
-        any(w != 1 for _, w in args.weighted)
-    if not blended:
+    if not blended(args):
         return []
     if not args.weighted:
         return ["--weights: --lora-scale, --aig and weights in --weights act on trained LoRA weights; give --weights"]
-    from pipeline.preflight import LORA_FILES
+    from pipeline.preflight import lora_file
 
-    full = [f for f, _ in args.weighted if not any(os.path.isfile(os.path.join(f, n)) for n in LORA_FILES)]
+    full = [f for f, _ in args.weighted if not lora_file(f)]
     problems = [f"--weights: {f!r} is a full fine-tune; only LoRA weights can be scaled, mixed or annealed"
                 for f in full]
     if args.aig is not None and not args.aig > 0:
@@ -134,10 +138,10 @@ def main(argv: list[str] | None = None) -> int:
     from trainers.prompts import read_prompts
 
     model = load_model(ModelConfig(path=args.model, device=args.device))
-    if len(args.weighted) == 1 and args.weighted[0][1] * args.lora_scale == 1:
-        load_trained(model, args.weighted[0][0])
-    elif args.weighted:
+    if blended(args):  # AIG alone (one weight of 1) loads one adapter at scale 1, as load_trained would
         load_weighted(model, [(folder, w * args.lora_scale) for folder, w in args.weighted])
+    elif args.weighted:
+        load_trained(model, args.weighted[0][0])
     prompts = [p for p in args.prompt + (read_prompts(args.prompts) if args.prompts else [])
                for _ in range(args.num_images)]
     gen = torch.Generator().manual_seed(args.seed)

@@ -131,12 +131,17 @@ def reward_problems(key: str, specs: list[RewardSpec]) -> list[str]:
 LORA_FILES = (LORA_FILE, ADAPTER_WEIGHTS)  # diffusers' (SD, SDXL), peft's (PixArt)
 
 
+def lora_file(folder: str) -> str | None:
+    """The LoRA weights file a trained-weights folder holds, or None (a full fine-tune, or nothing)."""
+    return next((os.path.join(folder, f) for f in LORA_FILES if os.path.isfile(os.path.join(folder, f))), None)
+
+
 def weights_problems(key: str, folder: str | None, base: str) -> list[str]:
     """Trained weights: a folder with a LoRA file or a full ``unet/`` (``transformer/``) folder, whose
     tensors fit the base model ``base`` (checked against its module tree from the configs, no weights loaded)."""
     if folder is None:
         return []
-    lora = next((os.path.join(folder, f) for f in LORA_FILES if os.path.isfile(os.path.join(folder, f))), None)
+    lora = lora_file(folder)
     full = denoiser_dir(folder)
     if not (lora or full):
         return [f"{key}: {folder!r} holds no trained weights; expected {' or '.join(LORA_FILES)}, or a unet/ "

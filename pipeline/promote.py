@@ -17,7 +17,7 @@ import contextlib
 import math
 
 from pipeline.config import ConfigError, run_cli
-from trainers.constraints import Constraint, parse_constraint
+from trainers.constraints import Constraint, parse_constraints
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.tracking import redact
 
     try:
-        constraints = [parse_constraint(text) for text in args.require]
+        constraints = parse_constraints(args.require)
     except ValueError as err:
         raise ConfigError([f"--require: {err}"], "command line") from None
     uri = default_tracking_uri(args.tracking_uri)

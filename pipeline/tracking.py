@@ -35,7 +35,7 @@ from importlib import metadata
 from pipeline.config import dump_yaml, flatten
 from pipeline.console import Emit, decimals, gain_text, note, print_event
 from trainers.config import Config
-from trainers.constraints import broken, parse_constraint
+from trainers.constraints import broken, parse_constraints
 
 RUN_ID_KEY = "mlflow_run_id"  # in the checkpointed state
 RUN_FOLDER_TAG = "reward_tuning.run_folder"  # the run folder's name, to find a run from the command line
@@ -412,7 +412,7 @@ def version_tags(cfg: Config, step: int, evaluation: dict) -> dict[str, str]:
     if diversity:
         tags["diversity"] = ", ".join(diversity)
     if cfg.eval.require:
-        breaks = broken([parse_constraint(text) for text in cfg.eval.require], evaluation["metrics"])
+        breaks = broken(parse_constraints(cfg.eval.require), evaluation["metrics"])
         tags["eval.require"] = "; ".join(breaks) if breaks else "met"
     return tags
 

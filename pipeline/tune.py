@@ -45,7 +45,7 @@ from typing import Any, Literal
 
 from pipeline.config import ConfigError, flatten, from_dict, load_config, read_yaml, run_cli, to_dict
 from trainers.config import Config
-from trainers.constraints import broken, constraint_problems, parse_constraint
+from trainers.constraints import broken, constraint_problems, parse_constraints
 
 DISTRIBUTIONS = ("choice", "grid", "randint", "uniform", "loguniform")
 
@@ -284,7 +284,7 @@ def summary_rows(results, base: Config, search: SearchConfig) -> list[dict[str, 
 
 def breaks(search: SearchConfig, metrics: dict[str, float]) -> list[str]:
     """The ``search.require`` constraints a trial's last metrics break."""
-    return broken([parse_constraint(text) for text in search.require], metrics)
+    return broken(parse_constraints(search.require), metrics)
 
 
 def best_result(results, metric: str, search: SearchConfig):

@@ -44,6 +44,10 @@ def parse_constraint(text: str) -> Constraint:
     return Constraint(found["metric"], found["op"], float(found["bound"]))
 
 
+def parse_constraints(texts: list[str]) -> list[Constraint]:
+    return [parse_constraint(text) for text in texts]
+
+
 def broken(constraints: list[Constraint], metrics: dict[str, float]) -> list[str]:
     """The constraints ``metrics`` break, each with the value, e.g. ``eval/feature_diversity>=0.3 (0.21)``."""
     return [f"{c} ({metrics.get(c.metric, math.nan):.4g})" for c in constraints if not c.holds(metrics)]

@@ -28,7 +28,7 @@ from rewards.base import Reward
 from rewards.build import build_reward
 from trainers.checkpoint import checkpoint_root, latest_checkpoint, load_checkpoint, save_checkpoint
 from trainers.config import Config, SamplerConfig
-from trainers.constraints import broken, parse_constraint
+from trainers.constraints import broken, parse_constraints
 from trainers.ddim import one_step_schedule
 from trainers.distill import DiStar, Teacher
 from trainers.engine import generate, sample
@@ -315,13 +315,18 @@ def evaluate(tr: Trainer, model: DiffusionModel | None = None, schedule: Schedul
     one_step = tr.distill if model is None else None
     scores, images = sample_and_score(model or tr.model, prompts, rewards, tr.cfg.sampler, schedule or tr.schedule,
                                       tr.cfg.eval.seed, one_step, fold_lora=tr.cfg.model.fold_lora)
-    encoder = image_encoder(rewards)
     if k > 1:
-        scores["diversity"] = diversity(images, k)
-    if k > 1 and encoder is not None:
-        with torch.no_grad():
-            scores["feature_diversity"] = feature_diversity(encoder(images.to(tr.model.device)).cpu(), k)
+        scores |= diversity_scores(images, k, image_encoder(rewards), tr.model.device)
     return {f"eval/{name}": float(v.mean()) for name, v in scores.items()}, scores, images
+
+
+@torch.no_grad()
+def diversity_scores(images: torch.Tensor, per_prompt: int, encoder, device: torch.device) -> dict[str, torch.Tensor]:
+    """Per-prompt ``diversity`` of pixels and, given an image ``encoder`` (a reward's), ``feature_diversity``."""
+    scores = {"diversity": diversity(images, per_prompt)}
+    if encoder is not None:
+        scores["feature_diversity"] = feature_diversity(encoder(images.to(device)).cpu(), per_prompt)
+    return scores
 
 
 def teacher_baselines(tr: Trainer) -> dict[str, float]:
@@ -420,7 +425,7 @@ def _judge(tr: Trainer, metrics: dict[str, float]) -> dict[str, float]:
     """Check an evaluation against ``eval.require`` (recorded for the next checkpoint); ``require/met``."""
     if not tr.cfg.eval.require:
         return {}
-    breaks = broken([parse_constraint(text) for text in tr.cfg.eval.require], metrics)
+    breaks = broken(parse_constraints(tr.cfg.eval.require), metrics)
     tr.extra["judged"] = {"step": tr.step, "broken": breaks, "trained": metrics.get("eval/trained", math.nan)}
     return {"require/met": float(not breaks)}
 
