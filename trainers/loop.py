@@ -329,17 +329,18 @@ def diversity_scores(images: torch.Tensor, per_prompt: int, encoder, device: tor
     return scores
 
 
-def teacher_baselines(tr: Trainer) -> dict[str, float]:
+def teacher_baselines(tr: Trainer) -> tuple[dict[str, float], dict[str, dict[str, torch.Tensor]]]:
     """DI*: the teacher's held-out scores with one step (from ``t_g``) and with ``sampler.num_steps``
-    DDIM steps, both guided as the sampler says: ``teacher/{one_step,multi_step}/<reward>``."""
-    metrics = {}
+    DDIM steps, both guided as the sampler says: ``(teacher/{one_step,multi_step}/<reward> means,
+    {one_step, multi_step}: per-image scores)``."""
+    metrics, per_image = {}, {}
     with tr.distill.teacher_model() as teacher:
         schedules = {"one_step": one_step_schedule(teacher.scheduler, tr.cfg.distill.generator_timestep),
                      "multi_step": teacher.family.schedule(teacher, tr.cfg.sampler.num_steps)}
         for name, schedule in schedules.items():
-            scores = evaluate(tr, teacher, schedule)[0]
-            metrics |= {f"teacher/{name}/{key[len('eval/'):]}": value for key, value in scores.items()}
-    return metrics
+            means, per_image[name], _ = evaluate(tr, teacher, schedule)
+            metrics |= {f"teacher/{name}/{key[len('eval/'):]}": value for key, value in means.items()}
+    return metrics, per_image
 
 
 def save_grid(images: torch.Tensor, path: str, per_row: int) -> None:
@@ -478,7 +479,9 @@ def run(cfg: Config, *, reporters: tuple[Reporter, ...] = (), reward: Reward | N
     if tr.step == 0:
         tr.extra["eval_before"] = _evaluate_and_save(tr, run_dir) if evaluates else {}
         if lead and tr.distill:
-            tr.extra["eval_before"] |= teacher_baselines(tr)
+            metrics, per_image = teacher_baselines(tr)
+            tr.extra["eval_before"] |= metrics
+            torch.save(per_image, os.path.join(run_dir, "samples", "teacher_scores.pt"))
         for sink in sinks:
             sink.report(0, tr.extra["eval_before"])
     metrics, every = {}, cfg.eval.every

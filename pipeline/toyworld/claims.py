@@ -1,0 +1,523 @@
+"""The papers' qualitative claims, rerun on the shipped toy world with several seeds and intervals.
+
+    python -m pipeline.toyworld.claims --out runs/claims            # all five claims, 3 seeds
+    python -m pipeline.toyworld.claims --claims lv_variance --seeds 5
+    python -m pipeline.toyworld.claims --quick --out /tmp/claims   # 2 seeds, a few steps: a smoke run
+
+Each claim trains its arms (in-process, no Ray or MLflow, one after another so that s/step is each
+run's own) once per seed, then writes ``claims.md`` (tables, verdicts, settings), ``claims.json``
+(every run's per-prompt numbers) and one figure per claim. A finished run is not trained again, so an
+interrupted report resumes where it stopped.
+
+Numbers are held-out (9 prompts never trained on, 8 samples each, fixed evaluation noise). A mean is
+over seeds; its 95% interval is a bootstrap over seeds and prompts, resampled independently
+(``trainers.stats.crossed_bootstrap_ci``). A comparison of two arms is paired: the same seed and prompt.
+
+Each claim's verdict rule is written in ``CLAIMS`` below, before any run, and nothing here is tuned
+until a claim holds: the settings are the shipped configs', with the papers' values where they give
+them (noted per claim in ``settings``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from trainers.stats import bootstrap_mean_ci, crossed_bootstrap_ci
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+QUICKSTART = os.path.join(HERE, "..", "configs", "quickstart.yaml")
+DISTAR = os.path.join(HERE, "..", "configs", "distar_toy.yaml")
+ALIGNMENT = [{"name": "clip_score", "arch_config": "pipeline/assets/toyworld/clip/toy-clip.json",
+              "checkpoint": "pipeline/assets/toyworld/clip/toy-clip.safetensors"}]
+HOLDS, FAILS, UNSURE = "holds", "does not hold", "inconclusive"
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One training setting of a claim: a label and the config keys it changes."""
+
+    label: str
+    patch: dict
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A paper's claim: where it comes from, what is run, and the verdict rule fixed before the runs."""
+
+    key: str
+    title: str
+    paper: str
+    settings: str
+    rule: str
+    config: str
+    patch: dict  # applied to every arm (then the arm's own patch, then the --quick patch)
+    arms: tuple[Arm, ...]
+    judge: Callable[[dict], tuple[str, list[str]]]  # the claim's records -> (verdict, lines of evidence)
+    quick: dict
+
+
+# ---------------------------------------------------------------------------------------------- verdicts
+
+def verdict_from(lows: list[float], highs: list[float]) -> str:
+    """Every interval above 0: holds. Any interval below 0: does not hold. Otherwise inconclusive."""
+    if all(low > 0 for low in lows):
+        return HOLDS
+    if any(high < 0 for high in highs):
+        return FAILS
+    return UNSURE
+
+
+def interval(values: torch.Tensor) -> tuple[float, float, float]:
+    """Mean and 95% interval of ``(seeds, prompts)`` values."""
+    return crossed_bootstrap_ci(values)
+
+
+def show(ci: tuple[float, float, float], digits: int = 2) -> str:
+    mean, low, high = ci
+    return f"{mean:+.{digits}f} [{low:+.{digits}f}, {high:+.{digits}f}]"
+
+
+def judge_beats_all(lead: str, metric: str = "trained") -> Callable[[dict], tuple[str, list[str]]]:
+    """``lead`` beats every other arm: each paired difference's interval is above 0."""
+    def judge(records: dict) -> tuple[str, list[str]]:
+        cis = {other: interval(tuned(records, lead, metric) - tuned(records, other, metric))
+               for other in records if other != lead}
+        lines = [f"{lead} − {other}: {show(ci)}" for other, ci in cis.items()]
+        return verdict_from([c[1] for c in cis.values()], [c[2] for c in cis.values()]), lines
+    return judge
+
+
+def judge_truncation(records: dict) -> tuple[str, list[str]]:
+    """Small K is non-inferior to the full chain (interval of the difference above −10% of the full chain's
+    gain) at a lower s/step in every seed: holds if some small K is both. Does not hold if every small K is
+    inferior (interval below the margin) or none is cheaper. Otherwise inconclusive."""
+    full = "full DRaFT"
+    margin = 0.1 * float((tuned(records, full) - base(records, full)).mean())
+    lines, good, bad = [f"non-inferiority margin: −{margin:.2f} (10% of the full chain's mean gain)"], [], []
+    for small in (label for label in records if label != full):
+        ci = interval(tuned(records, small) - tuned(records, full))
+        ratios = [a / b for a, b in zip(step_seconds(records, small), step_seconds(records, full))]
+        cheaper = all(r < 1 for r in ratios)
+        lines.append(f"{small} − {full}: {show(ci)}; s/step {statistics.mean(ratios):.2f}× the full chain's")
+        good.append(ci[1] > -margin and cheaper)
+        bad.append(ci[2] < -margin or not cheaper)
+    return (HOLDS if any(good) else FAILS if all(bad) else UNSURE), lines
+
+
+def judge_early_stop(records: dict) -> tuple[str, list[str]]:
+    """With early stop the s/step is lower in every seed, and its mean held-out gain is not below the lower
+    end of the gain's interval without it: holds. Does not hold if that mean gain is below it, or no seed
+    is faster. Otherwise (faster in some seeds only) inconclusive."""
+    without, stopped = "DRTune", "DRTune + early stop"
+    ci = interval(tuned(records, without) - base(records, without))
+    gain = float((tuned(records, stopped) - base(records, stopped)).mean())
+    ratios = [a / b for a, b in zip(step_seconds(records, stopped), step_seconds(records, without))]
+    lines = [f"gain without early stop {show(ci)}; with it {gain:+.2f}",
+             f"{stopped} − {without}: {show(interval(tuned(records, stopped) - tuned(records, without)))}",
+             "s/step ratio per seed: " + ", ".join(f"{r:.2f}" for r in ratios)]
+    if gain < ci[1] or all(r >= 1 for r in ratios):
+        return FAILS, lines
+    return (HOLDS if all(r < 1 for r in ratios) else UNSURE), lines
+
+
+def judge_distill(records: dict) -> tuple[str, list[str]]:
+    """DI*'s generator beats the teacher's one-step output, reaches 90% of its multi-step output, and keeps
+    half its multi-step feature diversity: each paired interval above 0 holds; any below 0 does not."""
+    gen = tuned(records, "DI*")
+    one, multi = teacher(records, "DI*", "one_step"), teacher(records, "DI*", "multi_step")
+    gen_div, teacher_div = tuned(records, "DI*", "feature_diversity"), teacher(records, "DI*", "multi_step",
+                                                                               "feature_diversity")
+    cis = {"generator − teacher 1 step": interval(gen - one),
+           "generator − 0.9 × teacher multi-step": interval(gen - 0.9 * multi),
+           "feature diversity − 0.5 × teacher multi-step's": interval(gen_div - 0.5 * teacher_div)}
+    lines = [f"{name}: {show(ci, 3 if 'diversity' in name else 2)}" for name, ci in cis.items()]
+    for label in records:
+        if label != "DI*":
+            lines.append(f"DI* − {label}: {show(interval(gen - tuned(records, label)))}")
+    return verdict_from([c[1] for c in cis.values()], [c[2] for c in cis.values()]), lines
+
+
+# ------------------------------------------------------------------------------------------------ claims
+
+FEW_STEPS = {"train": {"steps": 3, "batch_size": 2},
+             "eval": {"images_per_prompt": 2, "max_prompts": 3}}
+CLAIMS = {claim.key: claim for claim in (
+    Claim("drtune_low_level",
+          "DRTune beats shallow and late-only supervision on a low-level reward",
+          "DRTune (Wu et al., ECCV 2024): training early steps with the denoiser's input detached matters for "
+          "low-level rewards such as symmetry, where shallow supervision (ReFL, DRaFT-1) fails.",
+          "Trained on `symmetry` only; T=20 DDIM steps, guidance 7.5. DRTune K=5 (the paper's order of "
+          "magnitude; its exact K is not in our notes). DRaFT-K with the same 5 trained steps, DRaFT-1, and "
+          "ReFL stopping in the last 8 steps (40% of T, a public DRTune port's window). 100 optimiser steps, "
+          "batch 4, LoRA rank 4, lr 3e-3 as in the quickstart. Held-out metric: `symmetry`; `clip_score` is "
+          "scored (never trained) for the feature diversity.",
+          "Holds if the 95% interval of DRTune − X is above 0 for every X in {DRaFT-1, ReFL, DRaFT-K=5}; "
+          "does not hold if any is below 0; otherwise inconclusive.",
+          QUICKSTART,
+          {"sampler": {"num_steps": 20}, "rewards": [{"name": "symmetry"}],
+           "eval": {"rewards": ALIGNMENT + [{"name": "sharpness"}]}, "train": {"steps": 100}},
+          (Arm("DRTune", {"plan": {"name": "drtune", "k": 5}}),
+           Arm("DRaFT-1", {"plan": {"name": "draft_k", "k": 1}}),
+           Arm("ReFL", {"plan": {"name": "refl", "early_stop": 8}}),
+           Arm("DRaFT-K=5", {"plan": {"name": "draft_k", "k": 5}})),
+          judge_beats_all("DRTune"),
+          {"sampler": {"num_steps": 6}, "arms": {"DRTune": {"plan": {"k": 2}}, "ReFL": {"plan": {"early_stop": 2}},
+                                                 "DRaFT-K=5": {"plan": {"k": 2}}}}),
+    Claim("draft_truncation",
+          "DRaFT-K with small K reaches full DRaFT's reward per step, at a fraction of the cost",
+          "DRaFT (Clark et al., ICLR 2024): truncating backpropagation to the last K steps (K=1 or a few) "
+          "works as well as or better than the full chain per step, and is much cheaper.",
+          "The quickstart (T=10, guidance 7.5, LoRA rank 4, lr 3e-3, batch 4) trained on the alignment reward "
+          "`clip_score` alone; DRaFT-1, DRaFT-K=2 and full DRaFT (all 10 steps), 100 optimiser steps each.",
+          "Holds if for DRaFT-1 or K=2 the interval of (small K − full) lies above −10% of the full chain's "
+          "mean gain (non-inferior) and its s/step is lower in every seed. Does not hold if every small K is "
+          "inferior (interval below the margin) or not cheaper. Otherwise inconclusive.",
+          QUICKSTART, {"rewards": ALIGNMENT, "train": {"steps": 100}},
+          (Arm("DRaFT-1", {"plan": {"name": "draft_k", "k": 1}}),
+           Arm("DRaFT-K=2", {"plan": {"name": "draft_k", "k": 2}}),
+           Arm("full DRaFT", {"plan": {"name": "draft"}})),
+          judge_truncation, {"sampler": {"num_steps": 4}}),
+    Claim("drtune_early_stop",
+          "DRTune's early stop cuts the time per step without losing reward",
+          "DRTune: stopping the chain at a random late step and scoring the one-step x0 prediction saves "
+          "compute.",
+          "The quickstart (T=10, DRTune K=3, lr 3e-3, batch 4) on `clip_score` alone, 100 optimiser steps, "
+          "with and without early stop in the last 4 steps (40% of T, as in a public DRTune port).",
+          "Holds if s/step is lower with early stop in every seed and its mean held-out gain is at or above "
+          "the lower end of the gain's interval without it. Does not hold if that mean gain is below it, or "
+          "no seed is faster. Otherwise inconclusive.",
+          QUICKSTART, {"rewards": ALIGNMENT, "train": {"steps": 100}},
+          (Arm("DRTune", {"plan": {"name": "drtune", "k": 3}}),
+           Arm("DRTune + early stop", {"plan": {"name": "drtune", "k": 3, "early_stop": 4}})),
+          judge_early_stop, {"sampler": {"num_steps": 6}, "arms": {"DRTune": {"plan": {"k": 2}},
+                                                                  "DRTune + early stop": {"plan": {"k": 2,
+                                                                                                   "early_stop": 2}}}}),
+    Claim("di_star",
+          "A one-step DI* generator beats the teacher's one step and nears its multi-step output",
+          "Diff-Instruct* (Luo et al., 2024): a one-step generator distilled under a score divergence while "
+          "maximising a reward beats its multi-step reference on that reward, keeping diversity. SIM and "
+          "Diff-Instruct (no reward) are the baselines.",
+          "`pipeline/configs/distar_toy.yaml` as shipped (the `bench_distill` setting): 400 steps, batch 4, "
+          "LoRA rank 8, alpha_rew 0.02, alpha_cfg 7.5, teacher 20 guided DDIM steps. SIM = alpha_rew 0; "
+          "Diff-Instruct = KL divergence, alpha_rew 0.",
+          "Holds if each interval is above 0: generator − teacher 1-step, generator − 0.9 × teacher "
+          "multi-step, and generator feature diversity − 0.5 × the multi-step teacher's. Does not hold if "
+          "any is below 0. Otherwise inconclusive.",
+          DISTAR, {},
+          (Arm("DI*", {}),
+           Arm("SIM", {"distill": {"alpha_rew": 0.0}}),
+           Arm("Diff-Instruct", {"distill": {"divergence": "kl", "alpha_rew": 0.0}})),
+          judge_distill, {"sampler": {"num_steps": 4}}),
+)}
+LV = {"key": "lv_variance",
+      "title": "DRaFT-LV's gradient has lower variance than DRaFT-1's",
+      "paper": "DRaFT: DRaFT-LV re-noises the last step's input n times and denoises each copy with gradient, "
+               "lowering the variance of the K=1 gradient estimate at little extra cost.",
+      "settings": "The quickstart's model with a freshly initialised LoRA (fixed weights), T=10, guidance 7.5, "
+                  "batch 4, trained reward `clip_score`; DRaFT-LV with n=2 copies (the DRaFT paper's n), its "
+                  "loss averaged over the copies so both estimate the gradient of the same mean reward. "
+                  "32 noise draws per seed (prompts, initial noise and re-noising drawn afresh), the same "
+                  "prompts and initial noise for both.",
+      "rule": "Variance = the mean squared distance of a draw's LoRA gradient from the draws' mean gradient. "
+              "Holds if the 95% bootstrap interval (over draws) of var(DRaFT-LV) / var(DRaFT-1) is below 1; "
+              "does not hold if above 1; otherwise inconclusive."}
+
+
+# ------------------------------------------------------------------------------------------------ runs
+
+def merge(base: dict, patch: dict) -> dict:
+    """``base`` with ``patch`` deep-merged in (lists and scalars replaced)."""
+    out = copy.deepcopy(base)
+    for key, value in patch.items():
+        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def arm_config(claim: Claim, arm: Arm, seed: int, out: str, quick: bool):
+    """The typed config of one arm and seed, its run folder under ``out``."""
+    from pipeline.config import from_dict, read_yaml
+    from trainers.config import Config
+
+    data = merge(merge(read_yaml(claim.config), claim.patch), arm.patch)
+    if quick:
+        quick_patch = {k: v for k, v in claim.quick.items() if k != "arms"}
+        data = merge(merge(merge(data, FEW_STEPS), quick_patch), claim.quick.get("arms", {}).get(arm.label, {}))
+    steps = data["train"]["steps"]
+    data = merge(data, {"eval": {"every": steps, "require": []},
+                        "train": {"seed": seed, "checkpoint_every": steps, "output_dir": os.path.join(out, claim.key),
+                                  "run_name": f"{arm.label.replace(' ', '_').replace('*', 'star')}-seed{seed}"}})
+    return from_dict(Config, data, source=f"claim {claim.key}, arm {arm.label}")
+
+
+def train_arm(claim: Claim, arm: Arm, seed: int, out: str, quick: bool) -> dict:
+    """Train one arm for one seed (or read it back when finished) and return its record: per-prompt
+    held-out scores before and after, the teacher's (DI*), and the median s/step."""
+    from trainers.loop import run
+
+    cfg = arm_config(claim, arm, seed, out, quick)
+    result = run(cfg)
+    samples = os.path.join(result.run_dir, "samples")
+    scores = [torch.load(os.path.join(samples, f"scores_{s:06d}.pt"), weights_only=True) for s in (0, result.step)]
+    prompts = len(scores[0]["diversity"])  # one value per prompt
+    record = {"base": per_prompt(scores[0], prompts), "tuned": per_prompt(scores[1], prompts)}
+    teacher_path = os.path.join(samples, "teacher_scores.pt")
+    if os.path.isfile(teacher_path):
+        record["teacher"] = {name: per_prompt(s, prompts)
+                             for name, s in torch.load(teacher_path, weights_only=True).items()}
+    with open(os.path.join(result.run_dir, "metrics.jsonl"), encoding="utf-8") as f:
+        seconds = [row["perf/step_seconds"] for row in map(json.loads, f) if "perf/step_seconds" in row]
+    record["s_per_step"] = statistics.median(seconds[1:] or seconds)  # the first step warms up
+    return record
+
+
+def per_prompt(scores: dict[str, torch.Tensor], prompts: int) -> dict[str, list[float]]:
+    """Per-image (or per-prompt) scores averaged to one value per prompt."""
+    return {name: v.float().view(prompts, -1).mean(dim=1).tolist() for name, v in scores.items()}
+
+
+def base(records: dict, label: str, metric: str = "trained") -> torch.Tensor:
+    return torch.tensor([r["base"][metric] for r in records[label]])  # (seeds, prompts)
+
+
+def tuned(records: dict, label: str, metric: str = "trained") -> torch.Tensor:
+    return torch.tensor([r["tuned"][metric] for r in records[label]])
+
+
+def teacher(records: dict, label: str, kind: str, metric: str = "trained") -> torch.Tensor:
+    return torch.tensor([r["teacher"][kind][metric] for r in records[label]])
+
+
+def step_seconds(records: dict, label: str) -> list[float]:
+    return [r["s_per_step"] for r in records[label]]
+
+
+# ------------------------------------------------------------------------------------------ LV variance
+
+def lv_variance(seeds: list[int], quick: bool) -> dict:
+    """Per-draw LoRA gradients of DRaFT-1 and DRaFT-LV (n=2) at the same fixed weights and draws."""
+    from pipeline.config import from_dict, read_yaml
+    from trainers.config import Config
+    from trainers.loop import build_trainer, plan_loss
+
+    draws = 4 if quick else 32
+    data = merge(read_yaml(QUICKSTART), {"rewards": ALIGNMENT, "sampler": {"num_steps": 4 if quick else 10}})
+    trainers = {label: build_trainer(from_dict(Config, merge(data, {"plan": plan})))
+                for label, plan in (("DRaFT-1", {"name": "draft_k", "k": 1}),
+                                    ("DRaFT-LV n=2", {"name": "draft_lv", "lv_copies": 2}))}
+    grads = {label: [] for label in trainers}
+    seconds = {label: 0.0 for label in trainers}
+    for seed in seeds:
+        for draw in range(draws):
+            for label, tr in trainers.items():
+                gen = torch.Generator().manual_seed(seed * 100_003 + draw)
+                prompts = [tr.sampler.prompts[i] for i in torch.randint(len(tr.sampler.prompts), (4,), generator=gen)]
+                x_T = torch.randn(4, *tr.model.latent_shape, generator=gen)
+                start = time.perf_counter()
+                loss, scores, _, _ = plan_loss(tr, prompts, x_T, tr.plan.flags(tr.cfg.sampler.num_steps, gen), gen)
+                grad = torch.autograd.grad(loss / scores.shape[0], tr.params)  # the mean over the final latents
+                seconds[label] += time.perf_counter() - start
+                grads[label].append(torch.cat([g.flatten() for g in grad]).double())
+    stacked = {label: torch.stack(g) for label, g in grads.items()}  # (draws, params)
+    spread = {label: (g - g.mean(dim=0)).square().sum(dim=1) for label, g in stacked.items()}  # (draws,)
+    return {"draws": len(seeds) * draws, "spread": {k: v.tolist() for k, v in spread.items()},
+            "norm": {k: g.norm(dim=1).mean().item() for k, g in stacked.items()},
+            "s_per_draw": {k: v / (len(seeds) * draws) for k, v in seconds.items()}}
+
+
+def variance_ratio_ci(spread_lv: torch.Tensor, spread_one: torch.Tensor, resamples: int = 2000
+                      ) -> tuple[float, float, float]:
+    """var(LV) / var(DRaFT-1) and its 95% bootstrap interval over draws (paired: the same draws).
+    Each spread is a draw's squared distance from its method's mean gradient; their means are the variances."""
+    n = len(spread_lv)
+    gen = torch.Generator().manual_seed(0)
+    idx = torch.randint(0, n, (resamples, n), generator=gen)
+    ratios = spread_lv[idx].mean(dim=1) / spread_one[idx].mean(dim=1)
+    low, high = torch.quantile(ratios, torch.tensor([0.025, 0.975], dtype=torch.float64)).tolist()
+    return float(spread_lv.mean() / spread_one.mean()), low, high
+
+
+def judge_lv(result: dict) -> tuple[str, list[str], tuple[float, float, float]]:
+    spread = {k: torch.tensor(v, dtype=torch.float64) for k, v in result["spread"].items()}
+    ratio = variance_ratio_ci(spread["DRaFT-LV n=2"], spread["DRaFT-1"])
+    verdict = HOLDS if ratio[2] < 1 else FAILS if ratio[1] > 1 else UNSURE
+    cost = result["s_per_draw"]["DRaFT-LV n=2"] / result["s_per_draw"]["DRaFT-1"]
+    lines = [f"var(DRaFT-LV) / var(DRaFT-1) = {ratio[0]:.3f} [{ratio[1]:.3f}, {ratio[2]:.3f}] over "
+             f"{result['draws']} draws", f"mean gradient norm: " + ", ".join(
+                 f"{k} {v:.3g}" for k, v in result["norm"].items()),
+             f"time per draw (forward and backward): DRaFT-LV {cost:.2f}× DRaFT-1's"]
+    return verdict, lines, ratio
+
+
+# ------------------------------------------------------------------------------------------------ report
+
+def arm_table(records: dict, metric: str = "trained") -> list[str]:
+    """Markdown rows: held-out base → tuned (gain), both diversities (share of base kept), s/step."""
+    lines = ["| arm | held-out reward base → tuned | gain [95% CI] | feature diversity (kept) "
+             "| pixel diversity (kept) | s/step |", "|---|---|---|---|---|---|"]
+    for label in records:
+        before, after = base(records, label, metric), tuned(records, label, metric)
+        cells = []
+        for name in ("feature_diversity", "diversity"):
+            if name in records[label][0]["tuned"]:
+                b, t = base(records, label, name).mean(), tuned(records, label, name).mean()
+                cells.append(f"{b:.3f} → {t:.3f} ({t / b:.0%})")
+            else:
+                cells.append("–")
+        seconds = step_seconds(records, label)
+        lines.append(f"| {label} | {before.mean():.3f} → {after.mean():.3f} | {show(interval(after - before), 3)} "
+                     f"| {cells[0]} | {cells[1]} | {statistics.mean(seconds):.2f} |")
+    return lines
+
+
+def teacher_rows(records: dict) -> list[str]:
+    """DI*: the teacher's held-out scores (the same for every seed: fixed teacher and noise)."""
+    first = next(iter(records))
+    rows = []
+    for kind in ("one_step", "multi_step"):
+        reward = teacher(records, first, kind).mean()
+        div = teacher(records, first, kind, "feature_diversity").mean()
+        rows.append(f"| teacher, {kind.replace('_', ' ')} | {reward:.3f} | – | {div:.3f} | "
+                    f"{teacher(records, first, kind, 'diversity').mean():.3f} | – |")
+    return rows
+
+
+def figure(path: str, title: str, panels: list[tuple[str, list[str], list[tuple[float, float, float]], float | None]]
+           ) -> None:
+    """One PNG with a bar chart per panel: ``(y label, bar labels, (mean, low, high) each, reference line)``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), dpi=110, squeeze=False)
+    for ax, (ylabel, labels, cis, reference) in zip(axes[0], panels):
+        means = [m for m, _, _ in cis]
+        ax.bar(range(len(labels)), means, yerr=[[m - lo for m, lo, _ in cis], [hi - m for m, _, hi in cis]],
+               capsize=4, color="#6d8fc7")
+        if reference is not None:
+            ax.axhline(reference, color="grey", linestyle="--", linewidth=1, label="base")
+            ax.legend(fontsize=8)
+        ax.set_xticks(range(len(labels)), labels, rotation=20, ha="right", fontsize=8)
+        ax.set_ylabel(ylabel, fontsize=9)
+        ax.grid(axis="y", alpha=0.3)
+        lowest = min(min(lo for _, lo, _ in cis), reference if reference is not None else float("inf"))
+        highest = max(hi for _, _, hi in cis)
+        pad = 0.15 * (highest - lowest or 1)
+        ax.set_ylim(lowest - pad, highest + pad)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def claim_figure(path: str, claim: Claim, records: dict) -> None:
+    labels = list(records)
+    panels = [("held-out trained reward (tuned)", labels, [interval(tuned(records, a)) for a in labels],
+               float(base(records, labels[0]).mean()))]
+    if "feature_diversity" in records[labels[0]][0]["tuned"]:
+        panels.append(("held-out feature diversity (tuned)", labels,
+                       [interval(tuned(records, a, "feature_diversity")) for a in labels],
+                       float(base(records, labels[0], "feature_diversity").mean())))
+    figure(path, claim.title, panels)
+
+
+def section(title: str, paper: str, settings: str, rule: str, verdict: str, table: list[str],
+            evidence: list[str], image: str, seconds: float) -> list[str]:
+    return [f"## {title}", "", f"**Verdict: {verdict}.**", "", f"*The paper.* {paper}", "",
+            f"*Settings.* {settings}", "", f"*Rule (fixed before the runs).* {rule}", "", *table, "",
+            *[f"- {line}" for line in evidence], "", f"![{title}]({image})", "", f"Wall time: {seconds / 60:.1f} min.",
+            ""]
+
+
+def write_report(out: str, seeds: list[int], quick: bool, minutes: float, summary: list, sections: list[str],
+                 raw: dict) -> None:
+    """``claims.md`` and ``claims.json`` with the claims run so far."""
+    head = ["# What the papers claim, and what we see on the toy world", "",
+            f"Seeds {seeds}{' (quick: a smoke run, not evidence)' if quick else ''}; wall time {minutes:.1f} min. "
+            "Means over seeds; 95% intervals by bootstrap over seeds and held-out prompts.", "",
+            "| claim | verdict |", "|---|---|", *[f"| {k} | {v} |" for k, v in summary], ""]
+    with open(os.path.join(out, "claims.md"), "w", encoding="utf-8") as f:
+        f.write("\n".join(head + sections))
+    with open(os.path.join(out, "claims.json"), "w", encoding="utf-8") as f:
+        json.dump({"seeds": seeds, "quick": quick, "minutes": minutes, "verdicts": dict(summary), "runs": raw}, f)
+
+
+def run_claims(keys: list[str], seeds: list[int], out: str, quick: bool) -> dict:
+    """Run the chosen claims and write ``claims.md``, ``claims.json`` and the figures under ``out``."""
+    os.makedirs(out, exist_ok=True)
+    start = time.perf_counter()
+    sections, summary, raw = [], [], {}
+    for key in keys:
+        began = time.perf_counter()
+        if key == LV["key"]:
+            result = lv_variance(seeds, quick)
+            verdict, evidence, ratio = judge_lv(result)
+            figure(os.path.join(out, f"{key}.png"), LV["title"],
+                   [("var(DRaFT-LV) / var(DRaFT-1)", ["ratio"], [ratio], 1.0)])
+            table = ["| estimator | mean squared distance from the mean gradient [95% CI] | s per draw |", "|---|---|---|"]
+            for label, spread in result["spread"].items():
+                table.append(f"| {label} | {show(bootstrap_mean_ci(torch.tensor(spread)), 4)} | "
+                             f"{result['s_per_draw'][label]:.2f} |")
+            raw[key] = result
+            sections += section(LV["title"], LV["paper"], LV["settings"], LV["rule"], verdict, table, evidence,
+                                f"{key}.png", time.perf_counter() - began)
+        else:
+            claim = CLAIMS[key]
+            records = {arm.label: [train_arm(claim, arm, seed, out, quick) for seed in seeds] for arm in claim.arms}
+            verdict, evidence = claim.judge(records)
+            claim_figure(os.path.join(out, f"{key}.png"), claim, records)
+            table = arm_table(records) + (teacher_rows(records) if key == "di_star" else [])
+            raw[key] = records
+            sections += section(claim.title, claim.paper, claim.settings, claim.rule, verdict, table, evidence,
+                                f"{key}.png", time.perf_counter() - began)
+        summary.append((key, verdict))
+        print(f"{key}: {verdict}", flush=True)
+        write_report(out, seeds, quick, (time.perf_counter() - start) / 60, summary, sections, raw)
+    return dict(summary)
+
+
+def quiet_loading() -> None:
+    """No loading bars from diffusers and transformers between the report's lines."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
+
+
+ALL = ["drtune_low_level", "draft_truncation", "lv_variance", "drtune_early_stop", "di_star"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipeline.toyworld.claims", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--claims", nargs="+", choices=ALL, default=ALL, metavar="CLAIM",
+                        help="which claims to run: " + ", ".join(ALL))
+    parser.add_argument("--seeds", type=int, default=None, help="seeds per arm (default 3; --quick: 2)")
+    parser.add_argument("--quick", action="store_true", help="a few steps, tiny T, 2 seeds: checks the machinery")
+    parser.add_argument("--out", default="runs/claims", help="folder for the runs, claims.md and the figures")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads")
+    args = parser.parse_args(argv)
+    seeds = args.seeds or (2 if args.quick else 3)
+    if seeds < 2:
+        parser.error(f"--seeds: an interval over seeds needs at least 2, got {seeds}")
+    torch.set_num_threads(args.threads)
+    quiet_loading()
+    run_claims(args.claims, list(range(seeds)), args.out, args.quick)
+    print(f"report: {os.path.join(args.out, 'claims.md')}")
+    return 0
+
+
+if __name__ == "__main__":
+    from pipeline.config import run_cli
+
+    run_cli(main)
