@@ -16,6 +16,7 @@ RewardName = Literal[
     "hpsv2", "pickscore", "image_reward", "aesthetic", "clip_score", "symmetry", "colourfulness", "sharpness", "brightness"
 ]
 REWARD_NAMES: tuple[str, ...] = get_args(RewardName)
+IMAGE_ENCODER_REWARDS = ("clip_score", "hpsv2")  # CLIP-type rewards whose image embeddings can be read out
 
 # open_clip architecture used when `arch` is not given. The LAION aesthetic head was trained on
 # OpenAI CLIP ViT-L/14 features, and OpenAI's CLIP uses QuickGELU: the plain "ViT-L-14" config has

@@ -58,6 +58,16 @@ def test_truncation_needs_a_small_k_that_is_as_good_and_cheaper():
     assert claims.judge_truncation({"K=1": spread, "full DRaFT": full})[0] == UNSURE
 
 
+def test_interval_is_the_wider_of_the_bootstrap_and_the_t_interval_over_seeds():
+    same_pattern = torch.linspace(0, 1, 9).expand(3, 9)
+    assert claims.interval(same_pattern) == crossed_bootstrap_ci(same_pattern)  # no spread between seeds
+    seeds_apart = same_pattern + torch.tensor([[-1.0], [0.0], [1.0]])
+    mean, low, high = claims.interval(seeds_apart)
+    half = 4.303 * 1.0 / 3**0.5  # t(2) * the sd of the per-seed means (1) / sqrt(seeds)
+    assert (low, high) == pytest.approx((mean - half, mean + half))
+    assert low < crossed_bootstrap_ci(seeds_apart)[1]
+
+
 def test_early_stop_needs_faster_steps_and_the_gain_kept():
     without = arm(10.0, spread=1.0)
     assert claims.judge_early_stop({"DRTune": without, "DRTune + early stop": arm(9.9, seconds=0.7)})[0] == HOLDS
@@ -82,7 +92,7 @@ def test_distill_needs_the_teacher_beaten_and_half_its_diversity():
 
 def test_lv_verdict_reads_the_variance_ratio():
     one = torch.linspace(1, 2, 32).tolist()
-    result = {"draws": 32, "norm": {"DRaFT-1": 1.0, "DRaFT-LV n=2": 1.0},
+    result = {"draws": 32, "mean_gradient_norm": {"DRaFT-1": 1.0, "DRaFT-LV n=2": 1.0}, "mean_gradient_cosine": 0.9,
               "s_per_draw": {"DRaFT-1": 1.0, "DRaFT-LV n=2": 1.5}}
     for factor, verdict in ((0.5, HOLDS), (2.0, FAILS)):
         result["spread"] = {"DRaFT-1": one, "DRaFT-LV n=2": [factor * v for v in one]}

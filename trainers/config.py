@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Literal
 
-from rewards.config import RewardSpec
+from rewards.config import IMAGE_ENCODER_REWARDS, RewardSpec
 from trainers.constraints import constraint_problems
 
 PLAN_NAMES = ("draft", "draft_k", "draft_lv", "drtune", "refl", "alignprop", "di_star")
@@ -92,9 +92,20 @@ class PlanConfig:
     # DRaFT+: beta * mean ||f_theta(x_t) - f_base(x_t)||^2 over the trained steps, f the guided denoiser output
     # and f_base the same network with its LoRA adapters off (0: off, the plain objective)
     kl_coeff: float = 0.0
+    # diversity reward (as in diversity-rewarded distillation, Cideron et al. 2024): the loss subtracts
+    # lambda * the mean pairwise cosine distance between the trained reward's image embeddings of each
+    # prompt's samples_per_prompt samples in the batch (0: off, the plain objective)
+    diversity_coeff: float = 0.0
+    samples_per_prompt: int = 1  # each drawn prompt appears this many times in a batch, one after another
 
     def validate(self) -> list[str]:
         problems = _positive("k", self.k) + _positive("lv_copies", self.lv_copies)
+        problems += _positive("samples_per_prompt", self.samples_per_prompt)
+        if not (math.isfinite(self.diversity_coeff) and self.diversity_coeff >= 0):
+            problems.append(f"diversity_coeff: must be a finite number >= 0, got {self.diversity_coeff}")
+        if self.diversity_coeff and self.samples_per_prompt < 2:
+            problems.append(f"samples_per_prompt: the diversity reward compares samples of the same prompt; set it "
+                            f">= 2 (got {self.samples_per_prompt}), or diversity_coeff=0")
         problems += _positive("early_stop", self.early_stop, 0)
         if not (math.isfinite(self.kl_coeff) and self.kl_coeff >= 0):
             problems.append(f"kl_coeff: must be a finite number >= 0, got {self.kl_coeff}")
@@ -328,6 +339,7 @@ class Config:
             problems.append(f"plan.kl_coeff: the DRaFT+ penalty compares the network with its LoRA adapters on and "
                             f"off; it needs trainable.kind=lora and a gradient plan (got trainable.kind="
                             f"{self.trainable.kind}, plan.name={plan.name}); set plan.kl_coeff=0")
+        problems += self._diversity_problems()
         if self.train.fsdp and self.trainable.kind != "full":
             problems.append("train.fsdp: shards a full fine-tune's weights; set trainable.kind=full, or train.fsdp=false "
                             "for LoRA (its adapters are small enough to replicate)")
@@ -335,6 +347,21 @@ class Config:
             problems.append("train.fsdp: not supported for plan.name=di_star yet (three UNets); set train.fsdp=false")
         if not math.isfinite(self.optim.lr):
             problems.append(f"optim.lr: must be finite, got {self.optim.lr}")
+        return problems
+
+    def _diversity_problems(self) -> list[str]:
+        plan, problems = self.plan, []
+        if self.train.batch_size % plan.samples_per_prompt:
+            problems.append(f"plan.samples_per_prompt: train.batch_size={self.train.batch_size} must hold whole groups "
+                            f"of {plan.samples_per_prompt} samples of one prompt; make the batch a multiple of it")
+        if plan.samples_per_prompt > 1 and plan.name == "di_star":
+            problems.append("plan.samples_per_prompt: di_star draws one sample per prompt; set it to 1")
+        if not plan.diversity_coeff:
+            return problems
+        if not any(r.name in IMAGE_ENCODER_REWARDS for r in self.rewards) or self.ray.reward_actors:
+            problems.append(f"plan.diversity_coeff: the diversity reward embeds the samples with a trained reward's "
+                            f"image encoder, in the training worker; list one of {', '.join(IMAGE_ENCODER_REWARDS)} "
+                            f"in rewards with ray.reward_actors=0, or set plan.diversity_coeff=0")
         return problems
 
     def _distill_problems(self) -> list[str]:

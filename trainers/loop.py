@@ -149,7 +149,8 @@ def build_trainer(cfg: Config, model: DiffusionModel | None = None, reward: Rewa
 def reward_loss(tr: Trainer) -> tuple[torch.Tensor, torch.Tensor, list[str], dict[str, float]]:
     """Draw this replica's batch and plan flags, then :func:`plan_loss` on them."""
     model, s, b, rep = tr.model, tr.cfg.sampler, tr.cfg.train.batch_size, tr.replicas
-    prompts = tr.sampler.next_batch(b * rep.world_size)[rep.own_slice(b)]
+    m = tr.cfg.plan.samples_per_prompt  # whole groups per replica: b is a multiple of m
+    prompts = [p for p in tr.sampler.next_batch(b * rep.world_size // m) for _ in range(m)][rep.own_slice(b)]
     flags = tr.plan.flags(s.num_steps, tr.gen)
     x_T = torch.randn(b * rep.world_size, *model.latent_shape, generator=tr.gen)[rep.own_slice(b)].to(model.device)
     return plan_loss(tr, prompts, x_T, flags, rep.step_generator(tr.cfg.train.seed, tr.step))
@@ -159,7 +160,10 @@ def plan_loss(tr: Trainer, prompts: list[str], x_T: torch.Tensor, flags: list, g
               ) -> tuple[torch.Tensor, torch.Tensor, list[str], dict[str, float]]:
     """Sample from ``x_T`` with the plan's ``flags`` and return ``(loss, scores, prompts, metrics)``;
     scores ``(J, b)`` for the J final latents of the b prompts. With ``plan.kl_coeff`` = beta > 0 the loss
-    adds DRaFT+'s ``beta * mean(drift)`` over the calls with gradient (``train/kl``: the mean drift)."""
+    adds DRaFT+'s ``beta * mean(drift)`` over the calls with gradient (``train/kl``: the mean drift). With
+    ``plan.diversity_coeff`` = lambda > 0 it subtracts ``lambda *`` the mean feature diversity of each group
+    of ``plan.samples_per_prompt`` consecutive prompts' images, summed over the J final latents as the
+    reward is (``train/feature_diversity``)."""
     model, s = tr.model, tr.cfg.sampler
     cond = model.family.encode_prompts(model, prompts)
     uncond = model.family.encode_negative(model, len(prompts)) if s.guidance_scale > 1 else None
@@ -172,11 +176,15 @@ def plan_loss(tr: Trainer, prompts: list[str], x_T: torch.Tensor, flags: list, g
         nan = torch.full((len(images), len(prompts)), float("nan"))
         return nan.sum(), nan, prompts, {}
     scores = torch.stack([tr.reward(x, prompts) for x in images])
-    loss = -scores.mean(dim=1).sum()
-    if not traj.drift:
-        return loss, scores, prompts, {}
-    drift = torch.stack(traj.drift).mean()
-    return loss + beta * drift, scores, prompts, {"train/kl": float(drift.detach())}
+    loss, metrics = -scores.mean(dim=1).sum(), {}
+    if traj.drift:
+        drift = torch.stack(traj.drift).mean()
+        loss, metrics["train/kl"] = loss + beta * drift, float(drift.detach())
+    if tr.cfg.plan.diversity_coeff:
+        encoder, m = image_encoder({"trained": tr.reward}), tr.cfg.plan.samples_per_prompt
+        spread = torch.stack([feature_diversity(encoder(x), m).mean() for x in images]).sum()  # like the reward
+        loss, metrics["train/feature_diversity"] = loss - tr.cfg.plan.diversity_coeff * spread, float(spread.detach())
+    return loss, scores, prompts, metrics
 
 
 def distill_loss(tr: Trainer) -> tuple[torch.Tensor, torch.Tensor, list[str], dict[str, float]]:

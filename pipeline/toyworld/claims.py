@@ -10,8 +10,10 @@ run's own) once per seed, then writes ``claims.md`` (tables, verdicts, settings)
 interrupted report resumes where it stopped.
 
 Numbers are held-out (9 prompts never trained on, 8 samples each, fixed evaluation noise). A mean is
-over seeds; its 95% interval is a bootstrap over seeds and prompts, resampled independently
-(``trainers.stats.crossed_bootstrap_ci``). A comparison of two arms is paired: the same seed and prompt.
+over seeds and prompts. Its 95% interval is the wider of two: a bootstrap that resamples seeds and
+prompts independently (``trainers.stats.crossed_bootstrap_ci``), and a Student t interval over the
+per-seed means (with 3 seeds the bootstrap alone is too narrow). A comparison of two arms is paired:
+the same seed and prompt.
 
 Each claim's verdict rule is written in ``CLAIMS`` below, before any run, and nothing here is tuned
 until a claim holds: the settings are the shipped configs', with the papers' values where they give
@@ -76,12 +78,20 @@ def verdict_from(lows: list[float], highs: list[float]) -> str:
     return UNSURE
 
 
+T_975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228)  # Student t, df 1..10
+
+
 def interval(values: torch.Tensor) -> tuple[float, float, float]:
-    """Mean and 95% interval of ``(seeds, prompts)`` values."""
-    return crossed_bootstrap_ci(values)
+    """Mean and 95% interval of ``(seeds, prompts)`` values: the wider of the crossed bootstrap's and a
+    t interval over the per-seed means (df = seeds - 1; the df-10 quantile beyond, which is wider)."""
+    mean, low, high = crossed_bootstrap_ci(values)
+    per_seed = values.double().mean(dim=1)
+    half = T_975[min(len(per_seed) - 1, len(T_975)) - 1] * float(per_seed.std()) / len(per_seed) ** 0.5
+    return mean, min(low, mean - half), max(high, mean + half)
 
 
 def show(ci: tuple[float, float, float], digits: int = 2) -> str:
+    """``+mean [+low, +high]``."""
     mean, low, high = ci
     return f"{mean:+.{digits}f} [{low:+.{digits}f}, {high:+.{digits}f}]"
 
@@ -97,11 +107,11 @@ def judge_beats_all(lead: str, metric: str = "trained") -> Callable[[dict], tupl
 
 
 def judge_truncation(records: dict) -> tuple[str, list[str]]:
-    """Small K is non-inferior to the full chain (interval of the difference above −10% of the full chain's
-    gain) at a lower s/step in every seed: holds if some small K is both. Does not hold if every small K is
-    inferior (interval below the margin) or none is cheaper. Otherwise inconclusive."""
+    """Holds if some small K is non-inferior to the full chain (interval of the difference above −10% of
+    the full chain's gain) and has a lower s/step in every seed. Does not hold if each small K is inferior
+    (interval below the margin) or not cheaper. Otherwise inconclusive."""
     full = "full DRaFT"
-    margin = 0.1 * float((tuned(records, full) - base(records, full)).mean())
+    margin = 0.1 * abs(float((tuned(records, full) - base(records, full)).mean()))
     lines, good, bad = [f"non-inferiority margin: −{margin:.2f} (10% of the full chain's mean gain)"], [], []
     for small in (label for label in records if label != full):
         ci = interval(tuned(records, small) - tuned(records, full))
@@ -114,17 +124,14 @@ def judge_truncation(records: dict) -> tuple[str, list[str]]:
 
 
 def judge_early_stop(records: dict) -> tuple[str, list[str]]:
-    """With early stop the s/step is lower in every seed, and its mean held-out gain is not below the lower
-    end of the gain's interval without it: holds. Does not hold if that mean gain is below it, or no seed
-    is faster. Otherwise (faster in some seeds only) inconclusive."""
+    """Holds if the s/step is lower with early stop in every seed and the paired interval of (with − without)
+    held-out reward reaches 0 or above (no significant loss). Does not hold if that interval is below 0,
+    or no seed is faster. Otherwise (faster in some seeds only) inconclusive."""
     without, stopped = "DRTune", "DRTune + early stop"
-    ci = interval(tuned(records, without) - base(records, without))
-    gain = float((tuned(records, stopped) - base(records, stopped)).mean())
+    ci = interval(tuned(records, stopped) - tuned(records, without))
     ratios = [a / b for a, b in zip(step_seconds(records, stopped), step_seconds(records, without))]
-    lines = [f"gain without early stop {show(ci)}; with it {gain:+.2f}",
-             f"{stopped} − {without}: {show(interval(tuned(records, stopped) - tuned(records, without)))}",
-             "s/step ratio per seed: " + ", ".join(f"{r:.2f}" for r in ratios)]
-    if gain < ci[1] or all(r >= 1 for r in ratios):
+    lines = [f"{stopped} − {without}: {show(ci)}", "s/step ratio per seed: " + ", ".join(f"{r:.2f}" for r in ratios)]
+    if ci[2] < 0 or all(r >= 1 for r in ratios):
         return FAILS, lines
     return (HOLDS if all(r < 1 for r in ratios) else UNSURE), lines
 
@@ -179,8 +186,8 @@ CLAIMS = {claim.key: claim for claim in (
           "The quickstart (T=10, guidance 7.5, LoRA rank 4, lr 3e-3, batch 4) trained on the alignment reward "
           "`clip_score` alone; DRaFT-1, DRaFT-K=2 and full DRaFT (all 10 steps), 100 optimiser steps each.",
           "Holds if for DRaFT-1 or K=2 the interval of (small K − full) lies above −10% of the full chain's "
-          "mean gain (non-inferior) and its s/step is lower in every seed. Does not hold if every small K is "
-          "inferior (interval below the margin) or not cheaper. Otherwise inconclusive.",
+          "mean gain (non-inferior) and its s/step is lower in every seed. Does not hold if each small K is "
+          "either inferior (interval below the margin) or not cheaper. Otherwise inconclusive.",
           QUICKSTART, {"rewards": ALIGNMENT, "train": {"steps": 100}},
           (Arm("DRaFT-1", {"plan": {"name": "draft_k", "k": 1}}),
            Arm("DRaFT-K=2", {"plan": {"name": "draft_k", "k": 2}}),
@@ -192,9 +199,9 @@ CLAIMS = {claim.key: claim for claim in (
           "compute.",
           "The quickstart (T=10, DRTune K=3, lr 3e-3, batch 4) on `clip_score` alone, 100 optimiser steps, "
           "with and without early stop in the last 4 steps (40% of T, as in a public DRTune port).",
-          "Holds if s/step is lower with early stop in every seed and its mean held-out gain is at or above "
-          "the lower end of the gain's interval without it. Does not hold if that mean gain is below it, or "
-          "no seed is faster. Otherwise inconclusive.",
+          "Holds if s/step is lower with early stop in every seed and the paired interval of (with − without) "
+          "held-out reward reaches 0 or above (no significant loss). Does not hold if that interval is below "
+          "0, or no seed is faster. Otherwise inconclusive.",
           QUICKSTART, {"rewards": ALIGNMENT, "train": {"steps": 100}},
           (Arm("DRTune", {"plan": {"name": "drtune", "k": 3}}),
            Arm("DRTune + early stop", {"plan": {"name": "drtune", "k": 3, "early_stop": 4}})),
@@ -222,14 +229,17 @@ LV = {"key": "lv_variance",
       "title": "DRaFT-LV's gradient has lower variance than DRaFT-1's",
       "paper": "DRaFT: DRaFT-LV re-noises the last step's input n times and denoises each copy with gradient, "
                "lowering the variance of the K=1 gradient estimate at little extra cost.",
-      "settings": "The quickstart's model with a freshly initialised LoRA (fixed weights), T=10, guidance 7.5, "
-                  "batch 4, trained reward `clip_score`; DRaFT-LV with n=2 copies (the DRaFT paper's n), its "
-                  "loss averaged over the copies so both estimate the gradient of the same mean reward. "
-                  "32 noise draws per seed (prompts, initial noise and re-noising drawn afresh), the same "
-                  "prompts and initial noise for both.",
+      "settings": "The quickstart's model with a freshly initialised LoRA (the same fixed weights for every "
+                  "draw), T=10, guidance 7.5, batch 4, trained reward `clip_score`. DRaFT-LV as this project "
+                  "runs it: the last step with gradient plus n=2 re-noised copies of it (the DRaFT paper's n), "
+                  "its loss averaged over those 3 final latents so both estimate a gradient of the mean "
+                  "reward. 32 draws per seed (the seeds only reseed the draws: prompts, initial noise, "
+                  "re-noising), the same prompts and initial noise for both.",
       "rule": "Variance = the mean squared distance of a draw's LoRA gradient from the draws' mean gradient. "
               "Holds if the 95% bootstrap interval (over draws) of var(DRaFT-LV) / var(DRaFT-1) is below 1; "
-              "does not hold if above 1; otherwise inconclusive."}
+              "does not hold if above 1; otherwise inconclusive. The cosine between the two mean gradients "
+              "is reported: the re-noised copies' last step starts from q(x_1 | x_0), not from the chain, so "
+              "the two need not estimate exactly the same gradient."}
 
 
 # ------------------------------------------------------------------------------------------------ runs
@@ -264,10 +274,11 @@ def train_arm(claim: Claim, arm: Arm, seed: int, out: str, quick: bool) -> dict:
     from trainers.loop import run
 
     cfg = arm_config(claim, arm, seed, out, quick)
+    same_settings(cfg)
     result = run(cfg)
     samples = os.path.join(result.run_dir, "samples")
     scores = [torch.load(os.path.join(samples, f"scores_{s:06d}.pt"), weights_only=True) for s in (0, result.step)]
-    prompts = len(scores[0]["diversity"])  # one value per prompt
+    prompts = len(scores[0]["trained"]) // cfg.eval.images_per_prompt
     record = {"base": per_prompt(scores[0], prompts), "tuned": per_prompt(scores[1], prompts)}
     teacher_path = os.path.join(samples, "teacher_scores.pt")
     if os.path.isfile(teacher_path):
@@ -277,6 +288,25 @@ def train_arm(claim: Claim, arm: Arm, seed: int, out: str, quick: bool) -> dict:
         seconds = [row["perf/step_seconds"] for row in map(json.loads, f) if "perf/step_seconds" in row]
     record["s_per_step"] = statistics.median(seconds[1:] or seconds)  # the first step warms up
     return record
+
+
+def same_settings(cfg) -> None:
+    """Record the run's settings in its folder; refuse a folder holding a run with other settings (say, a
+    ``--quick`` one), which would otherwise be resumed as if it were this one."""
+    from pipeline.config import ConfigError, dump_yaml
+    from trainers.loop import run_folder
+
+    folder = run_folder(cfg)
+    path, settings = os.path.join(folder, "claim_config.yaml"), dump_yaml(cfg)
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            if f.read() != settings:
+                raise ConfigError([f"--out: {folder} holds a run with other settings (a --quick run?); choose "
+                                   "another --out, or delete that folder"], "the claims report")
+        return
+    os.makedirs(folder, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(settings)
 
 
 def per_prompt(scores: dict[str, torch.Tensor], prompts: int) -> dict[str, list[float]]:
@@ -315,22 +345,33 @@ def lv_variance(seeds: list[int], quick: bool) -> dict:
                                     ("DRaFT-LV n=2", {"name": "draft_lv", "lv_copies": 2}))}
     grads = {label: [] for label in trainers}
     seconds = {label: 0.0 for label in trainers}
+    for tr in trainers.values():  # warm-up, untimed and unrecorded
+        lora_gradient(tr, 10**9, plan_loss)
     for seed in seeds:
         for draw in range(draws):
             for label, tr in trainers.items():
-                gen = torch.Generator().manual_seed(seed * 100_003 + draw)
-                prompts = [tr.sampler.prompts[i] for i in torch.randint(len(tr.sampler.prompts), (4,), generator=gen)]
-                x_T = torch.randn(4, *tr.model.latent_shape, generator=gen)
                 start = time.perf_counter()
-                loss, scores, _, _ = plan_loss(tr, prompts, x_T, tr.plan.flags(tr.cfg.sampler.num_steps, gen), gen)
-                grad = torch.autograd.grad(loss / scores.shape[0], tr.params)  # the mean over the final latents
+                grads[label].append(lora_gradient(tr, seed * 100_003 + draw, plan_loss))
                 seconds[label] += time.perf_counter() - start
-                grads[label].append(torch.cat([g.flatten() for g in grad]).double())
     stacked = {label: torch.stack(g) for label, g in grads.items()}  # (draws, params)
-    spread = {label: (g - g.mean(dim=0)).square().sum(dim=1) for label, g in stacked.items()}  # (draws,)
+    means = {label: g.mean(dim=0) for label, g in stacked.items()}
+    spread = {label: (g - means[label]).square().sum(dim=1) for label, g in stacked.items()}  # (draws,)
+    one, lv = means.values()
     return {"draws": len(seeds) * draws, "spread": {k: v.tolist() for k, v in spread.items()},
-            "norm": {k: g.norm(dim=1).mean().item() for k, g in stacked.items()},
+            "mean_gradient_norm": {k: m.norm().item() for k, m in means.items()},
+            "mean_gradient_cosine": float(one @ lv / (one.norm() * lv.norm())),
             "s_per_draw": {k: v / (len(seeds) * draws) for k, v in seconds.items()}}
+
+
+def lora_gradient(tr, draw_seed: int, plan_loss) -> torch.Tensor:
+    """The LoRA gradient ``(params,)`` of the mean reward over a batch of 4 drawn with ``draw_seed``
+    (prompts, initial noise, plan flags and re-noising), averaged over the plan's final latents."""
+    gen = torch.Generator().manual_seed(draw_seed)
+    prompts = [tr.sampler.prompts[i] for i in torch.randint(len(tr.sampler.prompts), (4,), generator=gen)]
+    x_T = torch.randn(4, *tr.model.latent_shape, generator=gen)
+    loss, scores, _, _ = plan_loss(tr, prompts, x_T, tr.plan.flags(tr.cfg.sampler.num_steps, gen), gen)
+    grad = torch.autograd.grad(loss / scores.shape[0], tr.params)
+    return torch.cat([g.flatten() for g in grad]).double()
 
 
 def variance_ratio_ci(spread_lv: torch.Tensor, spread_one: torch.Tensor, resamples: int = 2000
@@ -351,8 +392,9 @@ def judge_lv(result: dict) -> tuple[str, list[str], tuple[float, float, float]]:
     verdict = HOLDS if ratio[2] < 1 else FAILS if ratio[1] > 1 else UNSURE
     cost = result["s_per_draw"]["DRaFT-LV n=2"] / result["s_per_draw"]["DRaFT-1"]
     lines = [f"var(DRaFT-LV) / var(DRaFT-1) = {ratio[0]:.3f} [{ratio[1]:.3f}, {ratio[2]:.3f}] over "
-             f"{result['draws']} draws", f"mean gradient norm: " + ", ".join(
-                 f"{k} {v:.3g}" for k, v in result["norm"].items()),
+             f"{result['draws']} draws",
+             "norm of the mean gradient: " + ", ".join(f"{k} {v:.3g}" for k, v in result["mean_gradient_norm"].items())
+             + f"; cosine between the two mean gradients {result['mean_gradient_cosine']:.3f}",
              f"time per draw (forward and backward): DRaFT-LV {cost:.2f}× DRaFT-1's"]
     return verdict, lines, ratio
 
@@ -383,15 +425,15 @@ def teacher_rows(records: dict) -> list[str]:
     first = next(iter(records))
     rows = []
     for kind in ("one_step", "multi_step"):
-        reward = teacher(records, first, kind).mean()
-        div = teacher(records, first, kind, "feature_diversity").mean()
-        rows.append(f"| teacher, {kind.replace('_', ' ')} | {reward:.3f} | – | {div:.3f} | "
-                    f"{teacher(records, first, kind, 'diversity').mean():.3f} | – |")
+        cells = [f"{teacher(records, first, kind, name).mean():.3f}"
+                 if name in records[first][0]["teacher"][kind] else "–" for name in ("feature_diversity", "diversity")]
+        rows.append(f"| teacher, {kind.replace('_', ' ')} | {teacher(records, first, kind).mean():.3f} | – | "
+                    f"{cells[0]} | {cells[1]} | – |")
     return rows
 
 
-def figure(path: str, title: str, panels: list[tuple[str, list[str], list[tuple[float, float, float]], float | None]]
-           ) -> None:
+def figure(path: str, title: str, panels: list[tuple[str, list[str], list[tuple[float, float, float]], float | None]],
+           reference_label: str = "base") -> None:
     """One PNG with a bar chart per panel: ``(y label, bar labels, (mean, low, high) each, reference line)``."""
     import matplotlib
 
@@ -404,7 +446,7 @@ def figure(path: str, title: str, panels: list[tuple[str, list[str], list[tuple[
         ax.bar(range(len(labels)), means, yerr=[[m - lo for m, lo, _ in cis], [hi - m for m, _, hi in cis]],
                capsize=4, color="#6d8fc7")
         if reference is not None:
-            ax.axhline(reference, color="grey", linestyle="--", linewidth=1, label="base")
+            ax.axhline(reference, color="grey", linestyle="--", linewidth=1, label=reference_label)
             ax.legend(fontsize=8)
         ax.set_xticks(range(len(labels)), labels, rotation=20, ha="right", fontsize=8)
         ax.set_ylabel(ylabel, fontsize=9)
@@ -462,7 +504,7 @@ def run_claims(keys: list[str], seeds: list[int], out: str, quick: bool) -> dict
             result = lv_variance(seeds, quick)
             verdict, evidence, ratio = judge_lv(result)
             figure(os.path.join(out, f"{key}.png"), LV["title"],
-                   [("var(DRaFT-LV) / var(DRaFT-1)", ["ratio"], [ratio], 1.0)])
+                   [("var(DRaFT-LV) / var(DRaFT-1)", ["ratio"], [ratio], 1.0)], reference_label="equal variance")
             table = ["| estimator | mean squared distance from the mean gradient [95% CI] | s per draw |", "|---|---|---|"]
             for label, spread in result["spread"].items():
                 table.append(f"| {label} | {show(bootstrap_mean_ci(torch.tensor(spread)), 4)} | "
