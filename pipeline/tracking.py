@@ -331,8 +331,6 @@ class MlflowReporter:
     def _log_model(self, folder: str) -> None:
         """Log one pending checkpoint as a model with its held-out metrics, and register it as a version
         with a few readable tags and the held-out table as its description."""
-        import mlflow
-
         with open(os.path.join(folder, "metrics.json"), encoding="utf-8") as f:
             info = json.load(f)
         step, evaluation = int(info["step"]), info["evaluation"]
@@ -341,27 +339,38 @@ class MlflowReporter:
             self.client.log_artifacts(self.run_id, weights, f"checkpoints/step_{step:06d}")  # full fine-tune
             return
         t = self.cfg.tracking
-        with fluent_tracking(self.uri):
-            # the logged model goes to the active experiment, not its run's: make that the run's
-            mlflow.set_experiment(experiment_id=self.client.get_run(self.run_id).info.experiment_id)
-            model = mlflow.diffusers.log_model(
-                weights, base_model=base_model_reference(self.cfg.model.path), name=f"checkpoint-{step:06d}",
-                step=step, run_id=self.run_id, registered_model_name=t.registered_model,
-                pip_requirements=[f"reward-tuning=={_version('reward-tuning')}"],
-                tags={"step": str(step), RUN_FOLDER_TAG: os.path.basename(self.run_dir),
-                      "mlflow.source.name": "pipeline.train", "mlflow.source.type": "JOB"})
+        if "logged" not in info:  # a retry after a later call failed must not log and register it twice
+            info["logged"] = self._log_lora_model(weights, step)
+            with open(os.path.join(folder, "metrics.json"), "w", encoding="utf-8") as f:
+                json.dump(info, f)
+        model_id, uri, version = (info["logged"][k] for k in ("model_id", "uri", "version"))
         # the evaluation it is judged by, linked with its own step and timestamp: the run's history, which gets
         # the same values in their step's batch (now, or earlier for an older evaluation), keeps each once
         if evaluation:
-            self.client.log_batch(self.run_id, metrics=model_metrics(evaluation, model.model_id, self.held_out_set))
-        version = model.registered_model_version
+            self.client.log_batch(self.run_id, metrics=model_metrics(evaluation, model_id, self.held_out_set))
         if t.registered_model and version is not None:
             for key, value in version_tags(self.cfg, step, evaluation).items():
                 self.client.set_model_version_tag(t.registered_model, str(version), key, value)
             self.client.update_model_version(t.registered_model, str(version),
                                              description=version_description(self.cfg, self.run_id, step, evaluation))
-        self.emit({"kind": "model", "step": step, "uri": model.model_uri, "name": t.registered_model,
+        self.emit({"kind": "model", "step": step, "uri": uri, "name": t.registered_model,
                    "version": version, "late": self.closing or step < self.step})
+
+    def _log_lora_model(self, weights: str, step: int) -> dict:
+        """Log a checkpoint's LoRA folder as an MLflow model (registered as a version when the config names a
+        registered model): ``{model_id, uri, version}``."""
+        import mlflow
+
+        with fluent_tracking(self.uri):
+            # the logged model goes to the active experiment, not its run's: make that the run's
+            mlflow.set_experiment(experiment_id=self.client.get_run(self.run_id).info.experiment_id)
+            model = mlflow.diffusers.log_model(
+                weights, base_model=base_model_reference(self.cfg.model.path), name=f"checkpoint-{step:06d}",
+                step=step, run_id=self.run_id, registered_model_name=self.cfg.tracking.registered_model,
+                pip_requirements=[f"reward-tuning=={_version('reward-tuning')}"],
+                tags={"step": str(step), RUN_FOLDER_TAG: os.path.basename(self.run_dir),
+                      "mlflow.source.name": "pipeline.train", "mlflow.source.type": "JOB"})
+        return {"model_id": model.model_id, "uri": model.model_uri, "version": model.registered_model_version}
 
 
 def model_metrics(evaluation: dict, model_id: str, dataset: tuple[str, str]) -> list:

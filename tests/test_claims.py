@@ -9,6 +9,7 @@ import re
 import pytest
 import torch
 
+from pipeline.config import ConfigError
 from pipeline.toyworld import claims
 from pipeline.toyworld.claims import FAILS, HOLDS, UNSURE
 from trainers.stats import crossed_bootstrap_ci
@@ -126,3 +127,5 @@ def test_quick_report_runs_every_claim_end_to_end(tmp_path, monkeypatch):
     assert all("teacher" in r for r in data["runs"]["di_star"]["DI*"])
     assert claims.judge_lv(data["runs"]["lv_variance"])[0] == data["verdicts"]["lv_variance"]
     assert data["runs"]["lv_variance"]["draws"] == 8
+    with pytest.raises(ConfigError, match="was started with a different config"):  # the full settings, same folder
+        claims.main(["--claims", "draft_truncation", "--out", str(tmp_path)])

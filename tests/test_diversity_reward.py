@@ -32,10 +32,13 @@ def test_a_batch_holds_whole_groups_of_one_prompt(tiny_sd_dir, tmp_path):
     assert 0 < metrics["train/feature_diversity"] <= 2
 
 
-def test_the_loss_gains_exactly_the_groups_feature_diversity(tiny_sd_dir, tmp_path):
+@pytest.mark.parametrize(("floor", "active"), [(None, True), (1.0, True), (1e-4, False)])
+def test_the_loss_gains_exactly_the_groups_feature_diversity(tiny_sd_dir, tmp_path, floor, active):
+    """Without a floor, or with one above every group's diversity (about 0.02 here), the gradient gains
+    ``-lambda *`` that of the by-hand diversity; with a floor below it, nothing."""
     lam = 0.7
     plain = build_trainer(config(tiny_sd_dir, tmp_path, samples_per_prompt=2))
-    tr = build_trainer(config(tiny_sd_dir, tmp_path, samples_per_prompt=2, diversity_coeff=lam))
+    tr = build_trainer(config(tiny_sd_dir, tmp_path, samples_per_prompt=2, diversity_coeff=lam, diversity_floor=floor))
     prompts = ["a red circle", "a red circle", "a blue square", "a blue square"]
     x_T = torch.randn(4, *tr.model.latent_shape, generator=torch.Generator().manual_seed(3))
     flags = tr.plan.flags(tr.cfg.sampler.num_steps)
@@ -48,11 +51,12 @@ def test_the_loss_gains_exactly_the_groups_feature_diversity(tiny_sd_dir, tmp_pa
     f = image_encoder({"r": tr.reward})(model.family.decode(model, traj.finals[0]))
     pairs = [(i, j) for group in ((0, 1), (2, 3)) for i in group for j in group if i != j]
     by_hand = torch.stack([1 - f[i] @ f[j] for i, j in pairs]).mean()
+    assert (by_hand < 1.0) and (by_hand > 1e-4)
     term = torch.autograd.grad(by_hand, tr.params)
     scale = max(float(g.abs().max()) for g in without)
     assert max(float(t.abs().max()) for t in term) * lam > 1e-3 * scale  # the term is not negligible here
     for got, base, extra in zip(with_term, without, term):
-        torch.testing.assert_close(got, base - lam * extra, rtol=1e-4, atol=1e-6 * scale)
+        torch.testing.assert_close(got, base - lam * extra if active else base, rtol=1e-4, atol=1e-6 * scale)
 
 
 def test_the_diversity_reward_spreads_the_samples(tmp_path):
@@ -79,6 +83,7 @@ def test_the_diversity_reward_spreads_the_samples(tmp_path):
      "plan.samples_per_prompt: the diversity reward compares samples of the same prompt; set it >= 2 (got 1)"),
     ({"plan": {"diversity_coeff": -1.0, "samples_per_prompt": 2}},
      "plan.diversity_coeff: must be a finite number >= 0, got -1.0"),
+    ({"plan": {"diversity_floor": 3.0}}, "plan.diversity_floor: a cosine distance in (0, 2], got 3.0"),
     ({"plan": {"samples_per_prompt": 3}},
      "plan.samples_per_prompt: train.batch_size=2 must hold whole groups of 3 samples of one prompt"),
     ({"plan": {"diversity_coeff": 1.0, "samples_per_prompt": 2}},

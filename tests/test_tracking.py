@@ -298,3 +298,27 @@ def test_an_mlflow_outage_mid_run_loses_nothing(tiny_sd_dir, tmp_path, capfd):
         assert not os.listdir(os.path.join(run_folder(cfg), "pending_models"))
     finally:
         server.stop()
+
+
+def test_a_failure_after_the_model_is_logged_registers_no_second_version(tiny_sd_dir, tmp_path, tracking_stack,
+                                                                         monkeypatch, capfd):
+    """The version is registered, then tagging it fails: the retry (here at close) tags that version and
+    registers no second one."""
+    failures = []
+    tag_version = MlflowClient.set_model_version_tag
+
+    def fails_once(self, *args, **kwargs):
+        if not failures:
+            failures.append(args)
+            raise ConnectionError("the server went away after registering")
+        return tag_version(self, *args, **kwargs)
+
+    monkeypatch.setattr(MlflowClient, "set_model_version_tag", fails_once)
+    cfg = tracked(tiny_sd_dir, str(tmp_path / "runs"), tracking_stack["mlflow"], ray={"enabled": False},
+                  train={"steps": 2, "checkpoint_every": 2, "run_name": "once"},
+                  tracking={"experiment": "tests-once", "registered_model": "once"})
+    run(cfg, reporters=(MlflowReporter(cfg, run_folder(cfg)),))
+    assert failures and "could not log checkpoint model" in capfd.readouterr().err
+    (version,) = MlflowClient(tracking_stack["mlflow"]).search_model_versions("name = 'once'")
+    assert version.tags["step"] == "2" and "Checkpoint at step 2 of 2" in version.description
+    assert not os.listdir(os.path.join(run_folder(cfg), "pending_models"))

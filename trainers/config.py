@@ -92,10 +92,12 @@ class PlanConfig:
     # DRaFT+: beta * mean ||f_theta(x_t) - f_base(x_t)||^2 over the trained steps, f the guided denoiser output
     # and f_base the same network with its LoRA adapters off (0: off, the plain objective)
     kl_coeff: float = 0.0
-    # diversity reward (as in diversity-rewarded distillation, Cideron et al. 2024): the loss subtracts
-    # lambda * the mean pairwise cosine distance between the trained reward's image embeddings of each
-    # prompt's samples_per_prompt samples in the batch (0: off, the plain objective)
+    # diversity reward (as in diversity-rewarded distillation, Cideron et al. 2024): with d the mean pairwise
+    # cosine distance between the trained reward's image embeddings of a prompt's samples_per_prompt samples
+    # in the batch, the loss subtracts lambda * mean(d) (0: off, the plain objective); with a floor, it adds
+    # lambda * mean(max(0, floor - d)) instead: only samples closer than the floor are pushed apart
     diversity_coeff: float = 0.0
+    diversity_floor: float | None = None
     samples_per_prompt: int = 1  # each drawn prompt appears this many times in a batch, one after another
 
     def validate(self) -> list[str]:
@@ -103,6 +105,8 @@ class PlanConfig:
         problems += _positive("samples_per_prompt", self.samples_per_prompt)
         if not (math.isfinite(self.diversity_coeff) and self.diversity_coeff >= 0):
             problems.append(f"diversity_coeff: must be a finite number >= 0, got {self.diversity_coeff}")
+        if self.diversity_floor is not None and not 0 < self.diversity_floor <= 2:
+            problems.append(f"diversity_floor: a cosine distance in (0, 2], got {self.diversity_floor}")
         if self.diversity_coeff and self.samples_per_prompt < 2:
             problems.append(f"samples_per_prompt: the diversity reward compares samples of the same prompt; set it "
                             f">= 2 (got {self.samples_per_prompt}), or diversity_coeff=0")

@@ -161,9 +161,9 @@ def plan_loss(tr: Trainer, prompts: list[str], x_T: torch.Tensor, flags: list, g
     """Sample from ``x_T`` with the plan's ``flags`` and return ``(loss, scores, prompts, metrics)``;
     scores ``(J, b)`` for the J final latents of the b prompts. With ``plan.kl_coeff`` = beta > 0 the loss
     adds DRaFT+'s ``beta * mean(drift)`` over the calls with gradient (``train/kl``: the mean drift). With
-    ``plan.diversity_coeff`` = lambda > 0 it subtracts ``lambda *`` the mean feature diversity of each group
-    of ``plan.samples_per_prompt`` consecutive prompts' images, summed over the J final latents as the
-    reward is (``train/feature_diversity``)."""
+    ``plan.diversity_coeff`` = lambda > 0 it adds ``lambda *`` :func:`diversity_loss` of the feature
+    diversity of each group of ``plan.samples_per_prompt`` consecutive prompts' images, summed over the J
+    final latents as the reward is (``train/feature_diversity``: the mean)."""
     model, s = tr.model, tr.cfg.sampler
     cond = model.family.encode_prompts(model, prompts)
     uncond = model.family.encode_negative(model, len(prompts)) if s.guidance_scale > 1 else None
@@ -181,10 +181,17 @@ def plan_loss(tr: Trainer, prompts: list[str], x_T: torch.Tensor, flags: list, g
         drift = torch.stack(traj.drift).mean()
         loss, metrics["train/kl"] = loss + beta * drift, float(drift.detach())
     if tr.cfg.plan.diversity_coeff:
-        encoder, m = image_encoder({"trained": tr.reward}), tr.cfg.plan.samples_per_prompt
-        spread = torch.stack([feature_diversity(encoder(x), m).mean() for x in images]).sum()  # like the reward
-        loss, metrics["train/feature_diversity"] = loss - tr.cfg.plan.diversity_coeff * spread, float(spread.detach())
+        spreads = [feature_diversity(image_encoder({"trained": tr.reward})(x), tr.cfg.plan.samples_per_prompt)
+                   for x in images]  # per final latent, (groups,)
+        loss = loss + tr.cfg.plan.diversity_coeff * sum(diversity_loss(d, tr.cfg.plan.diversity_floor) for d in spreads)
+        metrics["train/feature_diversity"] = float(torch.stack(spreads).mean())
     return loss, scores, prompts, metrics
+
+
+def diversity_loss(spread: torch.Tensor, floor: float | None) -> torch.Tensor:
+    """The diversity term per unit coefficient from each group's feature diversity ``(groups,)``: ``-mean(d)``,
+    or with a floor ``mean(max(0, floor - d))``."""
+    return -spread.mean() if floor is None else (floor - spread).clamp(min=0).mean()
 
 
 def distill_loss(tr: Trainer) -> tuple[torch.Tensor, torch.Tensor, list[str], dict[str, float]]:

@@ -90,9 +90,10 @@ def interval(values: torch.Tensor) -> tuple[float, float, float]:
     return mean, min(low, mean - half), max(high, mean + half)
 
 
-def show(ci: tuple[float, float, float], digits: int = 2) -> str:
-    """``+mean [+low, +high]``."""
+def show(ci: tuple[float, float, float], digits: int | None = None) -> str:
+    """``+mean [+low, +high]``, with 3 decimals for values under 1 in size unless ``digits`` says."""
     mean, low, high = ci
+    digits = digits if digits is not None else 3 if max(abs(low), abs(high)) < 1 else 2
     return f"{mean:+.{digits}f} [{low:+.{digits}f}, {high:+.{digits}f}]"
 
 
@@ -146,7 +147,7 @@ def judge_distill(records: dict) -> tuple[str, list[str]]:
     cis = {"generator − teacher 1 step": interval(gen - one),
            "generator − 0.9 × teacher multi-step": interval(gen - 0.9 * multi),
            "feature diversity − 0.5 × teacher multi-step's": interval(gen_div - 0.5 * teacher_div)}
-    lines = [f"{name}: {show(ci, 3 if 'diversity' in name else 2)}" for name, ci in cis.items()]
+    lines = [f"{name}: {show(ci)}" for name, ci in cis.items()]
     for label in records:
         if label != "DI*":
             lines.append(f"DI* − {label}: {show(interval(gen - tuned(records, label)))}")
@@ -291,22 +292,16 @@ def train_arm(claim: Claim, arm: Arm, seed: int, out: str, quick: bool) -> dict:
 
 
 def same_settings(cfg) -> None:
-    """Record the run's settings in its folder; refuse a folder holding a run with other settings (say, a
-    ``--quick`` one), which would otherwise be resumed as if it were this one."""
-    from pipeline.config import ConfigError, dump_yaml
+    """Refuse a run folder holding a run with other settings (say, a ``--quick`` one), which would otherwise
+    be resumed as if it were this one, as ``pipeline.train`` does; then record the settings in it."""
+    from pipeline.config import ConfigError
+    from pipeline.preflight import run_folder_problems, write_run_config
     from trainers.loop import run_folder
 
-    folder = run_folder(cfg)
-    path, settings = os.path.join(folder, "claim_config.yaml"), dump_yaml(cfg)
-    if os.path.isfile(path):
-        with open(path, encoding="utf-8") as f:
-            if f.read() != settings:
-                raise ConfigError([f"--out: {folder} holds a run with other settings (a --quick run?); choose "
-                                   "another --out, or delete that folder"], "the claims report")
-        return
-    os.makedirs(folder, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(settings)
+    problems = run_folder_problems(cfg)
+    if problems:
+        raise ConfigError(problems + ["--out: or choose another folder for the report"], "the claims report")
+    write_run_config(cfg, run_folder(cfg))
 
 
 def per_prompt(scores: dict[str, torch.Tensor], prompts: int) -> dict[str, list[float]]:
@@ -476,7 +471,8 @@ def section(title: str, paper: str, settings: str, rule: str, verdict: str, tabl
             evidence: list[str], image: str, seconds: float) -> list[str]:
     return [f"## {title}", "", f"**Verdict: {verdict}.**", "", f"*The paper.* {paper}", "",
             f"*Settings.* {settings}", "", f"*Rule (fixed before the runs).* {rule}", "", *table, "",
-            *[f"- {line}" for line in evidence], "", f"![{title}]({image})", "", f"Wall time: {seconds / 60:.1f} min.",
+            *[f"- {line}" for line in evidence], "", f"![{title}]({image})", "",
+            f"Wall time in this invocation: {seconds / 60:.1f} min.",
             ""]
 
 
@@ -484,8 +480,10 @@ def write_report(out: str, seeds: list[int], quick: bool, minutes: float, summar
                  raw: dict) -> None:
     """``claims.md`` and ``claims.json`` with the claims run so far."""
     head = ["# What the papers claim, and what we see on the toy world", "",
-            f"Seeds {seeds}{' (quick: a smoke run, not evidence)' if quick else ''}; wall time {minutes:.1f} min. "
-            "Means over seeds; 95% intervals by bootstrap over seeds and held-out prompts.", "",
+            f"Seeds {seeds}{' (quick: a smoke run, not evidence)' if quick else ''}; this invocation's wall time "
+            f"{minutes:.1f} min (runs finished earlier in the same folder are read back, not trained again). "
+            "Means over seeds and held-out prompts; a 95% interval is the wider of a bootstrap over seeds and "
+            "prompts and a t interval over the per-seed means.", "",
             "| claim | verdict |", "|---|---|", *[f"| {k} | {v} |" for k, v in summary], ""]
     with open(os.path.join(out, "claims.md"), "w", encoding="utf-8") as f:
         f.write("\n".join(head + sections))

@@ -38,7 +38,8 @@ def run_plan(line: str, config_path: str, out: str, overrides: list[str]) -> dic
     data["plan"] = yaml.safe_load(line)["plan"]
     plan = data["plan"]
     data["train"]["run_name"] = plan["name"] + "".join(f"-{short}{plan[key]:g}" for key, short in
-                                                       (("kl_coeff", "kl"), ("diversity_coeff", "div")) if plan.get(key))
+                                                       (("kl_coeff", "kl"), ("diversity_coeff", "div"), ("diversity_floor", "floor"))
+                                                       if plan.get(key))
     data["train"]["output_dir"] = out
     cfg = from_dict(Config, data)
     result = run(cfg)
