@@ -34,6 +34,7 @@ from importlib import metadata
 
 from pipeline.config import dump_yaml, flatten
 from pipeline.console import Emit, decimals, gain_text, note, print_event
+from trainers.checkpoint import write_text_atomic
 from trainers.config import Config
 from trainers.constraints import broken, parse_constraints
 
@@ -341,8 +342,7 @@ class MlflowReporter:
         t = self.cfg.tracking
         if "logged" not in info:  # a retry after a later call failed must not log and register it twice
             info["logged"] = self._log_lora_model(weights, step)
-            with open(os.path.join(folder, "metrics.json"), "w", encoding="utf-8") as f:
-                json.dump(info, f)
+            write_text_atomic(os.path.join(folder, "metrics.json"), json.dumps(info))
         model_id, uri, version = (info["logged"][k] for k in ("model_id", "uri", "version"))
         # the evaluation it is judged by, linked with its own step and timestamp: the run's history, which gets
         # the same values in their step's batch (now, or earlier for an older evaluation), keeps each once
@@ -401,6 +401,8 @@ def plan_text(cfg: Config) -> str:
     p = cfg.plan
     knobs = {"draft_k": {"k": p.k}, "drtune": {"k": p.k, "early_stop": p.early_stop},
              "draft_lv": {"lv_copies": p.lv_copies}, "refl": {"early_stop": p.early_stop}}.get(p.name, {})
+    knobs |= {"kl_coeff": f"{p.kl_coeff:g}" if p.kl_coeff else 0,
+              "diversity_coeff": f"{p.diversity_coeff:g}" if p.diversity_coeff else 0}
     return " ".join([p.name] + [f"{k}={v}" for k, v in knobs.items() if v])
 
 

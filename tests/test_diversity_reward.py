@@ -16,8 +16,8 @@ from trainers.loop import build_trainer, evaluate, image_encoder, plan_loss, rew
 from trainers.prompts import PromptSampler
 
 
-def config(model_dir: str, tmp_path, **plan) -> Config:
-    data = to_dict(make_config(model_dir, str(tmp_path / "run"), train={"batch_size": 4}))
+def config(model_dir: str, tmp_path, batch_size: int = 4, **plan) -> Config:
+    data = to_dict(make_config(model_dir, str(tmp_path / "run"), train={"batch_size": batch_size}))
     data["plan"] |= plan
     data["rewards"] = [to_dict(make_clip_score_spec(str(tmp_path / "clip")))]
     return from_dict(Config, data)
@@ -30,6 +30,19 @@ def test_a_batch_holds_whole_groups_of_one_prompt(tiny_sd_dir, tmp_path):
     drawn = fresh.next_batch(2)
     assert prompts == [drawn[0], drawn[0], drawn[1], drawn[1]] and scores.shape == (1, 4)
     assert 0 < metrics["train/feature_diversity"] <= 2
+
+
+def test_data_parallel_workers_get_whole_groups_of_the_one_worker_batch(tiny_sd_dir, tmp_path):
+    from trainers.replicas import Replicas
+
+    plan = {"samples_per_prompt": 2, "diversity_coeff": 1.0}
+    whole = reward_loss(build_trainer(config(tiny_sd_dir, tmp_path / "one", **plan)))[2]
+    halves = []
+    for rank in (0, 1):
+        tr = build_trainer(config(tiny_sd_dir, tmp_path / f"rank{rank}", batch_size=2, **plan))
+        tr.replicas = Replicas(rank, 2)
+        halves += reward_loss(tr)[2]
+    assert halves == whole and whole[0] == whole[1] != whole[2] == whole[3]
 
 
 @pytest.mark.parametrize(("floor", "active"), [(None, True), (1.0, True), (1e-4, False)])

@@ -181,11 +181,18 @@ def plan_loss(tr: Trainer, prompts: list[str], x_T: torch.Tensor, flags: list, g
         drift = torch.stack(traj.drift).mean()
         loss, metrics["train/kl"] = loss + beta * drift, float(drift.detach())
     if tr.cfg.plan.diversity_coeff:
-        spreads = [feature_diversity(image_encoder({"trained": tr.reward})(x), tr.cfg.plan.samples_per_prompt)
-                   for x in images]  # per final latent, (groups,)
-        loss = loss + tr.cfg.plan.diversity_coeff * sum(diversity_loss(d, tr.cfg.plan.diversity_floor) for d in spreads)
-        metrics["train/feature_diversity"] = float(torch.stack(spreads).mean())
+        term, metrics["train/feature_diversity"] = diversity_term(tr, images)
+        loss = loss + term
     return loss, scores, prompts, metrics
+
+
+def diversity_term(tr: Trainer, images: list[torch.Tensor]) -> tuple[torch.Tensor, float]:
+    """``plan.diversity_coeff *`` :func:`diversity_loss`, summed over the final latents' images as the reward
+    is, and the mean feature diversity of the batch's groups of ``plan.samples_per_prompt`` samples."""
+    plan, encoder = tr.cfg.plan, image_encoder({"trained": tr.reward})
+    spreads = [feature_diversity(encoder(x), plan.samples_per_prompt) for x in images]  # each (groups,)
+    term = plan.diversity_coeff * sum(diversity_loss(d, plan.diversity_floor) for d in spreads)
+    return term, float(torch.stack(spreads).mean())
 
 
 def diversity_loss(spread: torch.Tensor, floor: float | None) -> torch.Tensor:

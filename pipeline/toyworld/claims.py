@@ -275,7 +275,7 @@ def train_arm(claim: Claim, arm: Arm, seed: int, out: str, quick: bool) -> dict:
     from trainers.loop import run
 
     cfg = arm_config(claim, arm, seed, out, quick)
-    same_settings(cfg)
+    check_run_folder(cfg)
     result = run(cfg)
     samples = os.path.join(result.run_dir, "samples")
     scores = [torch.load(os.path.join(samples, f"scores_{s:06d}.pt"), weights_only=True) for s in (0, result.step)]
@@ -291,7 +291,7 @@ def train_arm(claim: Claim, arm: Arm, seed: int, out: str, quick: bool) -> dict:
     return record
 
 
-def same_settings(cfg) -> None:
+def check_run_folder(cfg) -> None:
     """Refuse a run folder holding a run with other settings (say, a ``--quick`` one), which would otherwise
     be resumed as if it were this one, as ``pipeline.train`` does; then record the settings in it."""
     from pipeline.config import ConfigError
@@ -300,7 +300,7 @@ def same_settings(cfg) -> None:
 
     problems = run_folder_problems(cfg)
     if problems:
-        raise ConfigError(problems + ["--out: or choose another folder for the report"], "the claims report")
+        raise ConfigError(problems, "a run folder of the claims report (choose another --out to start afresh)")
     write_run_config(cfg, run_folder(cfg))
 
 
@@ -491,34 +491,42 @@ def write_report(out: str, seeds: list[int], quick: bool, minutes: float, summar
         json.dump({"seeds": seeds, "quick": quick, "minutes": minutes, "verdicts": dict(summary), "runs": raw}, f)
 
 
+def lv_claim(seeds: list[int], out: str, quick: bool) -> tuple[str, list[str], list[str], dict]:
+    """Measure claim 3 and draw its figure: ``(verdict, table, evidence, raw result)``."""
+    result = lv_variance(seeds, quick)
+    verdict, evidence, ratio = judge_lv(result)
+    figure(os.path.join(out, f"{LV['key']}.png"), LV["title"],
+           [("var(DRaFT-LV) / var(DRaFT-1)", ["ratio"], [ratio], 1.0)], reference_label="equal variance")
+    table = ["| estimator | mean squared distance from the mean gradient [95% CI] | s per draw |", "|---|---|---|"]
+    table += [f"| {label} | {show(bootstrap_mean_ci(torch.tensor(spread)), 4)} | {result['s_per_draw'][label]:.2f} |"
+              for label, spread in result["spread"].items()]
+    return verdict, table, evidence, result
+
+
+def training_claim(claim: Claim, seeds: list[int], out: str, quick: bool) -> tuple[str, list[str], list[str], dict]:
+    """Train (or read back) every arm and seed of ``claim``, judge it and draw its figure:
+    ``(verdict, table, evidence, records)``."""
+    records = {arm.label: [train_arm(claim, arm, seed, out, quick) for seed in seeds] for arm in claim.arms}
+    verdict, evidence = claim.judge(records)
+    claim_figure(os.path.join(out, f"{claim.key}.png"), claim, records)
+    table = arm_table(records) + (teacher_rows(records) if "teacher" in records[claim.arms[0].label][0] else [])
+    return verdict, table, evidence, records
+
+
 def run_claims(keys: list[str], seeds: list[int], out: str, quick: bool) -> dict:
-    """Run the chosen claims and write ``claims.md``, ``claims.json`` and the figures under ``out``."""
+    """Run the chosen claims and write ``claims.md``, ``claims.json`` and the figures under ``out``, the
+    report rewritten after each claim."""
     os.makedirs(out, exist_ok=True)
     start = time.perf_counter()
     sections, summary, raw = [], [], {}
     for key in keys:
         began = time.perf_counter()
-        if key == LV["key"]:
-            result = lv_variance(seeds, quick)
-            verdict, evidence, ratio = judge_lv(result)
-            figure(os.path.join(out, f"{key}.png"), LV["title"],
-                   [("var(DRaFT-LV) / var(DRaFT-1)", ["ratio"], [ratio], 1.0)], reference_label="equal variance")
-            table = ["| estimator | mean squared distance from the mean gradient [95% CI] | s per draw |", "|---|---|---|"]
-            for label, spread in result["spread"].items():
-                table.append(f"| {label} | {show(bootstrap_mean_ci(torch.tensor(spread)), 4)} | "
-                             f"{result['s_per_draw'][label]:.2f} |")
-            raw[key] = result
-            sections += section(LV["title"], LV["paper"], LV["settings"], LV["rule"], verdict, table, evidence,
-                                f"{key}.png", time.perf_counter() - began)
-        else:
-            claim = CLAIMS[key]
-            records = {arm.label: [train_arm(claim, arm, seed, out, quick) for seed in seeds] for arm in claim.arms}
-            verdict, evidence = claim.judge(records)
-            claim_figure(os.path.join(out, f"{key}.png"), claim, records)
-            table = arm_table(records) + (teacher_rows(records) if key == "di_star" else [])
-            raw[key] = records
-            sections += section(claim.title, claim.paper, claim.settings, claim.rule, verdict, table, evidence,
-                                f"{key}.png", time.perf_counter() - began)
+        claim = CLAIMS.get(key)
+        verdict, table, evidence, raw[key] = training_claim(claim, seeds, out, quick) if claim else \
+            lv_claim(seeds, out, quick)
+        text = vars(claim) if claim else LV
+        sections += section(text["title"], text["paper"], text["settings"], text["rule"], verdict, table, evidence,
+                            f"{key}.png", time.perf_counter() - began)
         summary.append((key, verdict))
         print(f"{key}: {verdict}", flush=True)
         write_report(out, seeds, quick, (time.perf_counter() - start) / 60, summary, sections, raw)

@@ -37,9 +37,8 @@ def run_plan(line: str, config_path: str, out: str, overrides: list[str]) -> dic
     data = to_dict(load_config(Config, config_path, overrides))
     data["plan"] = yaml.safe_load(line)["plan"]
     plan = data["plan"]
-    data["train"]["run_name"] = plan["name"] + "".join(f"-{short}{plan[key]:g}" for key, short in
-                                                       (("kl_coeff", "kl"), ("diversity_coeff", "div"), ("diversity_floor", "floor"))
-                                                       if plan.get(key))
+    knobs = (("kl_coeff", "kl"), ("diversity_coeff", "div"), ("diversity_floor", "floor"))
+    data["train"]["run_name"] = plan["name"] + "".join(f"-{short}{plan[key]:g}" for key, short in knobs if plan.get(key))
     data["train"]["output_dir"] = out
     cfg = from_dict(Config, data)
     result = run(cfg)
