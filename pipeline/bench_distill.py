@@ -49,10 +49,15 @@ def run_variant(config: str, name: str, overrides: list[str], out: str) -> dict:
     run_dir = os.path.join(out, name)
     with open(os.path.join(run_dir, "summary.json"), encoding="utf-8") as f:
         summary = json.load(f)
-    with open(os.path.join(run_dir, "metrics.jsonl"), encoding="utf-8") as f:
-        steps = [m for m in map(json.loads, f) if "perf/step_seconds" in m][1:]  # the first step warms up
+    steps = timed_steps(run_dir)
     perf = {key: statistics.median(m[key] for m in steps) for key in ("perf/step_seconds", "perf/images_per_second")}
     return {**summary, **perf, "perf/peak_memory_mb": max(m["perf/peak_memory_mb"] for m in steps)}
+
+
+def timed_steps(run_dir: str) -> list[dict]:
+    """The metrics of a run's optimiser steps from its ``metrics.jsonl``, without the first (it warms up)."""
+    with open(os.path.join(run_dir, "metrics.jsonl"), encoding="utf-8") as f:
+        return [m for m in map(json.loads, f) if "perf/step_seconds" in m][1:]
 
 
 def row(name: str, result: dict, metric: str) -> dict:

@@ -23,7 +23,6 @@ them (noted per claim in ``settings``).
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import statistics
@@ -33,22 +32,25 @@ from dataclasses import dataclass
 
 import torch
 
+from pipeline.bench_distill import VARIANTS, timed_steps
 from trainers.stats import bootstrap_mean_ci, crossed_bootstrap_ci
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 QUICKSTART = os.path.join(HERE, "..", "configs", "quickstart.yaml")
 DISTAR = os.path.join(HERE, "..", "configs", "distar_toy.yaml")
-ALIGNMENT = [{"name": "clip_score", "arch_config": "pipeline/assets/toyworld/clip/toy-clip.json",
-              "checkpoint": "pipeline/assets/toyworld/clip/toy-clip.safetensors"}]
+CLIP_SCORE = ("{name: clip_score, arch_config: pipeline/assets/toyworld/clip/toy-clip.json, "
+              "checkpoint: pipeline/assets/toyworld/clip/toy-clip.safetensors}")  # the world's alignment reward
 HOLDS, FAILS, UNSURE = "holds", "does not hold", "inconclusive"
 
 
 @dataclass(frozen=True)
 class Arm:
-    """One training setting of a claim: a label and the config keys it changes."""
+    """One training setting of a claim: a label, the config overrides it makes, and those it makes for
+    ``--quick`` (a plan that fits its tiny T)."""
 
     label: str
-    patch: dict
+    overrides: tuple[str, ...]
+    quick: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -61,10 +63,10 @@ class Claim:
     settings: str
     rule: str
     config: str
-    patch: dict  # applied to every arm (then the arm's own patch, then the --quick patch)
+    overrides: tuple[str, ...]  # for every arm (then the arm's own, then with --quick FEW_STEPS and quick)
     arms: tuple[Arm, ...]
     judge: Callable[[dict], tuple[str, list[str]]]  # the claim's records -> (verdict, lines of evidence)
-    quick: dict
+    quick: tuple[str, ...]
 
 
 # ---------------------------------------------------------------------------------------------- verdicts
@@ -156,8 +158,8 @@ def judge_distill(records: dict) -> tuple[str, list[str]]:
 
 # ------------------------------------------------------------------------------------------------ claims
 
-FEW_STEPS = {"train": {"steps": 3, "batch_size": 2},
-             "eval": {"images_per_prompt": 2, "max_prompts": 3}}
+FEW_STEPS = ("train.steps=3", "train.batch_size=2", "eval.images_per_prompt=2", "eval.max_prompts=3")
+ON_CLIP_SCORE = (f"rewards=[{CLIP_SCORE}]", "train.steps=100")
 CLAIMS = {claim.key: claim for claim in (
     Claim("drtune_low_level",
           "DRTune beats shallow and late-only supervision on a low-level reward",
@@ -171,15 +173,13 @@ CLAIMS = {claim.key: claim for claim in (
           "Holds if the 95% interval of DRTune − X is above 0 for every X in {DRaFT-1, ReFL, DRaFT-K=5}; "
           "does not hold if any is below 0; otherwise inconclusive.",
           QUICKSTART,
-          {"sampler": {"num_steps": 20}, "rewards": [{"name": "symmetry"}],
-           "eval": {"rewards": ALIGNMENT + [{"name": "sharpness"}]}, "train": {"steps": 100}},
-          (Arm("DRTune", {"plan": {"name": "drtune", "k": 5}}),
-           Arm("DRaFT-1", {"plan": {"name": "draft_k", "k": 1}}),
-           Arm("ReFL", {"plan": {"name": "refl", "early_stop": 8}}),
-           Arm("DRaFT-K=5", {"plan": {"name": "draft_k", "k": 5}})),
-          judge_beats_all("DRTune"),
-          {"sampler": {"num_steps": 6}, "arms": {"DRTune": {"plan": {"k": 2}}, "ReFL": {"plan": {"early_stop": 2}},
-                                                 "DRaFT-K=5": {"plan": {"k": 2}}}}),
+          ("sampler.num_steps=20", "rewards=[{name: symmetry}]", f"eval.rewards=[{CLIP_SCORE}, {{name: sharpness}}]",
+           "train.steps=100"),
+          (Arm("DRTune", ("plan.name=drtune", "plan.k=5"), ("plan.k=2",)),
+           Arm("DRaFT-1", ("plan.name=draft_k", "plan.k=1")),
+           Arm("ReFL", ("plan.name=refl", "plan.early_stop=8"), ("plan.early_stop=2",)),
+           Arm("DRaFT-K=5", ("plan.name=draft_k", "plan.k=5"), ("plan.k=2",))),
+          judge_beats_all("DRTune"), ("sampler.num_steps=6",)),
     Claim("draft_truncation",
           "DRaFT-K with small K reaches full DRaFT's reward per step, at a fraction of the cost",
           "DRaFT (Clark et al., ICLR 2024): truncating backpropagation to the last K steps (K=1 or a few) "
@@ -189,11 +189,11 @@ CLAIMS = {claim.key: claim for claim in (
           "Holds if for DRaFT-1 or K=2 the interval of (small K − full) lies above −10% of the full chain's "
           "mean gain (non-inferior) and its s/step is lower in every seed. Does not hold if each small K is "
           "either inferior (interval below the margin) or not cheaper. Otherwise inconclusive.",
-          QUICKSTART, {"rewards": ALIGNMENT, "train": {"steps": 100}},
-          (Arm("DRaFT-1", {"plan": {"name": "draft_k", "k": 1}}),
-           Arm("DRaFT-K=2", {"plan": {"name": "draft_k", "k": 2}}),
-           Arm("full DRaFT", {"plan": {"name": "draft"}})),
-          judge_truncation, {"sampler": {"num_steps": 4}}),
+          QUICKSTART, ON_CLIP_SCORE,
+          (Arm("DRaFT-1", ("plan.name=draft_k", "plan.k=1")),
+           Arm("DRaFT-K=2", ("plan.name=draft_k", "plan.k=2")),
+           Arm("full DRaFT", ("plan.name=draft",))),
+          judge_truncation, ("sampler.num_steps=4",)),
     Claim("drtune_early_stop",
           "DRTune's early stop cuts the time per step without losing reward",
           "DRTune: stopping the chain at a random late step and scoring the one-step x0 prediction saves "
@@ -203,12 +203,11 @@ CLAIMS = {claim.key: claim for claim in (
           "Holds if s/step is lower with early stop in every seed and the paired interval of (with − without) "
           "held-out reward reaches 0 or above (no significant loss). Does not hold if that interval is below "
           "0, or no seed is faster. Otherwise inconclusive.",
-          QUICKSTART, {"rewards": ALIGNMENT, "train": {"steps": 100}},
-          (Arm("DRTune", {"plan": {"name": "drtune", "k": 3}}),
-           Arm("DRTune + early stop", {"plan": {"name": "drtune", "k": 3, "early_stop": 4}})),
-          judge_early_stop, {"sampler": {"num_steps": 6}, "arms": {"DRTune": {"plan": {"k": 2}},
-                                                                  "DRTune + early stop": {"plan": {"k": 2,
-                                                                                                   "early_stop": 2}}}}),
+          QUICKSTART, ON_CLIP_SCORE,
+          (Arm("DRTune", ("plan.name=drtune", "plan.k=3"), ("plan.k=2",)),
+           Arm("DRTune + early stop", ("plan.name=drtune", "plan.k=3", "plan.early_stop=4"),
+               ("plan.k=2", "plan.early_stop=2"))),
+          judge_early_stop, ("sampler.num_steps=6",)),
     Claim("di_star",
           "A one-step DI* generator beats the teacher's one step and nears its multi-step output",
           "Diff-Instruct* (Luo et al., 2024): a one-step generator distilled under a score divergence while "
@@ -220,11 +219,10 @@ CLAIMS = {claim.key: claim for claim in (
           "Holds if each interval is above 0: generator − teacher 1-step, generator − 0.9 × teacher "
           "multi-step, and generator feature diversity − 0.5 × the multi-step teacher's. Does not hold if "
           "any is below 0. Otherwise inconclusive.",
-          DISTAR, {},
-          (Arm("DI*", {}),
-           Arm("SIM", {"distill": {"alpha_rew": 0.0}}),
-           Arm("Diff-Instruct", {"distill": {"divergence": "kl", "alpha_rew": 0.0}})),
-          judge_distill, {"sampler": {"num_steps": 4}}),
+          DISTAR, (),
+          tuple(Arm(label, tuple(VARIANTS[name])) for label, name in
+                (("DI*", "di_star"), ("SIM", "sim"), ("Diff-Instruct", "diff_instruct"))),
+          judge_distill, ("sampler.num_steps=4",)),
 )}
 LV = {"key": "lv_variance",
       "title": "DRaFT-LV's gradient has lower variance than DRaFT-1's",
@@ -245,28 +243,18 @@ LV = {"key": "lv_variance",
 
 # ------------------------------------------------------------------------------------------------ runs
 
-def merge(base: dict, patch: dict) -> dict:
-    """``base`` with ``patch`` deep-merged in (lists and scalars replaced)."""
-    out = copy.deepcopy(base)
-    for key, value in patch.items():
-        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
-
-
 def arm_config(claim: Claim, arm: Arm, seed: int, out: str, quick: bool):
-    """The typed config of one arm and seed, its run folder under ``out``."""
-    from pipeline.config import from_dict, read_yaml
+    """The typed config of one arm and seed, its run folder under ``out``: evaluated at step 0 and at the
+    end only, one checkpoint at the end, no constraints."""
+    from pipeline.config import load_config
     from trainers.config import Config
 
-    data = merge(merge(read_yaml(claim.config), claim.patch), arm.patch)
-    if quick:
-        quick_patch = {k: v for k, v in claim.quick.items() if k != "arms"}
-        data = merge(merge(merge(data, FEW_STEPS), quick_patch), claim.quick.get("arms", {}).get(arm.label, {}))
-    steps = data["train"]["steps"]
-    data = merge(data, {"eval": {"every": steps, "require": []},
-                        "train": {"seed": seed, "checkpoint_every": steps, "output_dir": os.path.join(out, claim.key),
-                                  "run_name": f"{arm.label.replace(' ', '_').replace('*', 'star')}-seed{seed}"}})
-    return from_dict(Config, data, source=f"claim {claim.key}, arm {arm.label}")
+    overrides = [*claim.overrides, *arm.overrides, *((*FEW_STEPS, *claim.quick, *arm.quick) if quick else ())]
+    steps = load_config(Config, claim.config, overrides).train.steps
+    name = arm.label.replace(" ", "_").replace("*", "star")
+    return load_config(Config, claim.config, [
+        *overrides, f"eval.every={steps}", "eval.require=[]", f"train.seed={seed}", f"train.checkpoint_every={steps}",
+        f"train.output_dir={os.path.join(out, claim.key)}", f"train.run_name={name}-seed{seed}"])
 
 
 def train_arm(claim: Claim, arm: Arm, seed: int, out: str, quick: bool) -> dict:
@@ -285,9 +273,7 @@ def train_arm(claim: Claim, arm: Arm, seed: int, out: str, quick: bool) -> dict:
     if os.path.isfile(teacher_path):
         record["teacher"] = {name: per_prompt(s, prompts)
                              for name, s in torch.load(teacher_path, weights_only=True).items()}
-    with open(os.path.join(result.run_dir, "metrics.jsonl"), encoding="utf-8") as f:
-        seconds = [row["perf/step_seconds"] for row in map(json.loads, f) if "perf/step_seconds" in row]
-    record["s_per_step"] = statistics.median(seconds[1:] or seconds)  # the first step warms up
+    record["s_per_step"] = statistics.median(m["perf/step_seconds"] for m in timed_steps(result.run_dir))
     return record
 
 
@@ -329,24 +315,24 @@ def step_seconds(records: dict, label: str) -> list[float]:
 
 def lv_variance(seeds: list[int], quick: bool) -> dict:
     """Per-draw LoRA gradients of DRaFT-1 and DRaFT-LV (n=2) at the same fixed weights and draws."""
-    from pipeline.config import from_dict, read_yaml
+    from pipeline.config import load_config
     from trainers.config import Config
-    from trainers.loop import build_trainer, plan_loss
+    from trainers.loop import build_trainer
 
     draws = 4 if quick else 32
-    data = merge(read_yaml(QUICKSTART), {"rewards": ALIGNMENT, "sampler": {"num_steps": 4 if quick else 10}})
-    trainers = {label: build_trainer(from_dict(Config, merge(data, {"plan": plan})))
-                for label, plan in (("DRaFT-1", {"name": "draft_k", "k": 1}),
-                                    ("DRaFT-LV n=2", {"name": "draft_lv", "lv_copies": 2}))}
+    common = [f"rewards=[{CLIP_SCORE}]", f"sampler.num_steps={4 if quick else 10}"]
+    trainers = {label: build_trainer(load_config(Config, QUICKSTART, common + plan))
+                for label, plan in (("DRaFT-1", ["plan.name=draft_k", "plan.k=1"]),
+                                    ("DRaFT-LV n=2", ["plan.name=draft_lv", "plan.lv_copies=2"]))}
     grads = {label: [] for label in trainers}
     seconds = {label: 0.0 for label in trainers}
     for tr in trainers.values():  # warm-up, untimed and unrecorded
-        lora_gradient(tr, 10**9, plan_loss)
+        lora_gradient(tr, 10**9)
     for seed in seeds:
         for draw in range(draws):
             for label, tr in trainers.items():
                 start = time.perf_counter()
-                grads[label].append(lora_gradient(tr, seed * 100_003 + draw, plan_loss))
+                grads[label].append(lora_gradient(tr, seed * 100_003 + draw))
                 seconds[label] += time.perf_counter() - start
     stacked = {label: torch.stack(g) for label, g in grads.items()}  # (draws, params)
     means = {label: g.mean(dim=0) for label, g in stacked.items()}
@@ -358,9 +344,11 @@ def lv_variance(seeds: list[int], quick: bool) -> dict:
             "s_per_draw": {k: v / (len(seeds) * draws) for k, v in seconds.items()}}
 
 
-def lora_gradient(tr, draw_seed: int, plan_loss) -> torch.Tensor:
+def lora_gradient(tr, draw_seed: int) -> torch.Tensor:
     """The LoRA gradient ``(params,)`` of the mean reward over a batch of 4 drawn with ``draw_seed``
     (prompts, initial noise, plan flags and re-noising), averaged over the plan's final latents."""
+    from trainers.loop import plan_loss
+
     gen = torch.Generator().manual_seed(draw_seed)
     prompts = [tr.sampler.prompts[i] for i in torch.randint(len(tr.sampler.prompts), (4,), generator=gen)]
     x_T = torch.randn(4, *tr.model.latent_shape, generator=gen)
