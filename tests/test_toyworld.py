@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from pipeline.toyworld import shapes
-from pipeline.toyworld.measure import colour_adherence, read_colours
+from pipeline.toyworld.measure import (colour_adherence, distances_by_adherence, follows_prompt, read_colours,
+                                       read_shape)
 from pipeline.toyworld.shapes import (ASSETS_DIR, BACKGROUND_COLOURS, OBJECT_COLOURS, SHAPES, Combo, all_combos,
                                       caption, held_out_combos, parse_caption, render, sample_batch, train_combos)
 
@@ -51,6 +52,52 @@ def test_colour_adherence_detects_wrong_captions():
     images = torch.stack([render(c, _gen(i)) for i, c in enumerate(combos)]).float() / 255
     assert colour_adherence(images, combos) == {"object": 1.0, "background": 1.0, "both": 1.0}
     assert colour_adherence(images.flip(0), combos)["both"] < 0.2
+
+
+def test_read_shape_names_every_drawn_shape():
+    images = [(render(c, _gen(100 * i + seed)), c) for i, c in enumerate(all_combos()) for seed in range(3)]
+    assert [read_shape(image.float() / 255) for image, _ in images] == [c.shape for _, c in images]
+    assert read_shape(torch.full((3, 32, 32), 0.5)) is None
+
+
+def test_follows_prompt_needs_both_colours_and_the_shape():
+    combos = held_out_combos()
+    images = torch.stack([render(c, _gen(i)) for i, c in enumerate(combos)]).float() / 255
+    assert follows_prompt(images, combos).all()
+    other_shape = [Combo(c.colour, SHAPES[(SHAPES.index(c.shape) + 1) % 3], c.background) for c in combos]
+    other_colour = [Combo(c.background, c.shape, c.colour) for c in combos]
+    assert not follows_prompt(images, other_shape).any()
+    assert not follows_prompt(images, other_colour).any()
+
+
+def test_feature_distances_split_by_adherence():
+    # Two prompts x 3 samples; unit embeddings on the axes, so a pair's distance is 0 (same axis) or 1.
+    axes = torch.eye(4)
+    features = torch.stack([axes[0], axes[0], axes[1], axes[2], axes[3], axes[3]])
+    follows = torch.tensor([True, True, False, True, False, False])
+    split = distances_by_adherence(features, follows, 3)
+    # prompt 0: (0,1) both, d 0; (0,2), (1,2) one, d 1. prompt 1: (3,4), (3,5) one, d 1; (4,5) neither, d 0.
+    assert split == {"both": 0.0, "pairs_both": 1, "one": 1.0, "pairs_one": 4, "neither": 0.0, "pairs_neither": 1}
+    from trainers.loop import feature_diversity
+    pooled = sum(split[k] * split[f"pairs_{k}"] for k in ("both", "one", "neither")) / 6
+    assert pooled == pytest.approx(float(feature_diversity(features, 3).mean()))
+    assert distances_by_adherence(features, torch.ones(6, dtype=torch.bool), 3)["neither"] is None
+
+
+def test_report_splits_the_held_out_diversity_by_adherence(tmp_path):
+    from argparse import Namespace
+
+    from pipeline.toyworld import report
+
+    args = Namespace(sd=str(ASSETS_DIR / "sd"), weights=None, clip=str(ASSETS_DIR / "clip"), n=3, n_train=0,
+                     steps=4, guidance=7.5, one_step=None, seed=1234, threads=2, grid=str(tmp_path / "grid.png"))
+    metrics = report.run(args)["heldout"]
+    pairs = {k: metrics[f"feature_distance_pairs_{k}"] for k in ("both", "one", "neither")}
+    assert sum(pairs.values()) == 9 * 3
+    pooled = sum(metrics[f"feature_distance_{k}"] * n for k, n in pairs.items() if n) / 27
+    assert pooled == pytest.approx(metrics["feature_diversity"], rel=1e-5)
+    assert 0 < metrics["feature_diversity_real"] < metrics["feature_diversity"]
+    assert metrics["reward_following"] > metrics["reward_not_following"]
 
 
 def test_split_holds_out_combos_but_no_words():
@@ -131,3 +178,24 @@ def test_shipped_reward_prefers_matching_captions_on_held_out_images():
     assert matched.shape == (len(combos),)
     assert matched.mean() > mismatched.mean() + 5  # scores are 100 * cosine
     assert (matched > mismatched).float().mean() >= 0.85
+
+
+def test_audit_writes_table_plot_and_the_data_reference(tmp_path):
+    from pipeline.toyworld import audit
+
+    rows = audit.main(["--out", str(tmp_path), "--n", "3", "--steps", "4", "--target-gain", "5",
+                       "--target-diversity", "0.3"])
+    assert set(rows) == {"base", "data"}
+    assert rows["data"]["follows"] == 1.0 and rows["data"]["feature_distance_one"] is None
+    assert rows["data"]["feature_diversity"] < rows["base"]["feature_diversity"]
+    assert {p.name for p in tmp_path.iterdir()} == {"audit.json", "audit.md", "audit.png"}
+    assert (tmp_path / "audit.md").read_text().count("\n| ") == 2  # base and data under the header
+
+
+def test_audit_refuses_weights_that_are_not_a_folder(tmp_path, capsys):
+    from pipeline.toyworld import audit
+
+    with pytest.raises(SystemExit) as stop:
+        audit.parse_args(["tuned=" + str(tmp_path / "missing")])
+    assert stop.value.code == 2
+    assert "NAME=FOLDER" in capsys.readouterr().err

@@ -1,18 +1,24 @@
-"""Read the object and background colour back out of a shapes-world image, to score prompt adherence.
+"""Read the object and background colour, and the shape, back out of a shapes-world image, to score
+prompt adherence without the learned reward.
 
 Background colour ``b``: the per-channel median of the outer 2-px ring. Object colour ``o``: the
 per-channel median of the quarter of the central 16x16 window that lies farthest (in RGB) from ``b``;
 every shape covers well over a quarter of that window. If ``‖o - b‖ < 0.3`` the image shows no object.
 Each is then named by the nearest palette colour (object palette for ``o``, background palette for ``b``).
+
+Shape: each pixel's object coverage is its position between ``b`` and ``o`` (projected on that line,
+clipped to [0, 1]). Each of the three shapes is drawn with that coverage's area and centroid, and the
+one whose drawing differs least from the coverage (L1, relative to the area) is the shape read.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 
-from pipeline.toyworld.shapes import BACKGROUND_COLOURS, OBJECT_COLOURS, Combo
+from pipeline.toyworld.shapes import BACKGROUND_COLOURS, OBJECT_COLOURS, SHAPE_AREA, SHAPES, Combo, shape_coverage
 
 RING = 2  # border ring width in px
 MIN_CONTRAST = 0.3  # RGB distance in [0, 1] units below which no object is seen
@@ -57,6 +63,33 @@ def read_colours(image: torch.Tensor) -> SeenColours:
     return SeenColours(colour, _nearest(b, BACKGROUND_COLOURS))
 
 
+def object_coverage(image: torch.Tensor) -> torch.Tensor:
+    """``(H, W)`` in [0, 1]: how far each pixel of a ``(3, H, W)`` image lies from the background colour
+    towards the object colour."""
+    b = border_rgb(image)
+    towards = object_rgb(image, b) - b
+    return ((image - b[:, None, None]) * towards[:, None, None]).sum(0).div(towards.dot(towards)).clamp(0, 1)
+
+
+def read_shape(image: torch.Tensor) -> str | None:
+    """The shape of ``SHAPES`` whose drawing best matches a ``(3, H, W)`` image's object, or None when
+    no object stands out (as :func:`read_colours`)."""
+    image = image.float()
+    b = border_rgb(image)
+    if (object_rgb(image, b) - b).norm() < MIN_CONTRAST:
+        return None
+    cover = object_coverage(image)
+    area = cover.sum()
+    ys, xs = torch.meshgrid(*(torch.arange(n, dtype=torch.float32) + 0.5 for n in cover.shape), indexing="ij")
+    cx, cy = float((cover * xs).sum() / area), float((cover * ys).sum() / area)
+    mismatch = {}
+    for shape in SHAPES:
+        s = math.sqrt(float(area) / SHAPE_AREA[shape])
+        top = cy - 1.25 * s / 4 if shape == "triangle" else cy  # a triangle's centroid sits below its box centre
+        mismatch[shape] = float((shape_coverage(shape, cx, top, s) - cover).abs().sum())
+    return min(mismatch, key=mismatch.get)
+
+
 def colour_adherence(images: torch.Tensor, combos: list[Combo]) -> dict[str, float]:
     """Fractions of ``(B, 3, H, W)`` images whose colours match their combos.
 
@@ -68,3 +101,36 @@ def colour_adherence(images: torch.Tensor, combos: list[Combo]) -> dict[str, flo
     bg = [s.background == c.background for s, c in zip(seen, combos)]
     n = max(1, len(combos))
     return {"object": sum(obj) / n, "background": sum(bg) / n, "both": sum(a and b for a, b in zip(obj, bg)) / n}
+
+
+def follows_prompt(images: torch.Tensor, combos: list[Combo]) -> torch.Tensor:
+    """``(B,)`` bool: whether each image's object colour, background colour and shape are all read as
+    its combo's."""
+    seen = [read_colours(img) for img in images]
+    return torch.tensor([s.colour == c.colour and s.background == c.background and read_shape(img) == c.shape
+                         for img, s, c in zip(images, seen, combos)])
+
+
+def distances_by_adherence(features: torch.Tensor, follows: torch.Tensor, per_prompt: int
+                           ) -> dict[str, float | int | None]:
+    """Mean cosine distance between unit embeddings ``(N, D)`` over the pairs of one prompt's samples
+    (prompt-major, ``per_prompt`` each), split by how many of the two follow the prompt (``follows``, ``(N,)``).
+
+    Feature diversity is the mean over all these pairs; the split shows how much of it is samples that
+    differ because some of them are wrong.
+
+    Returns:
+        ``both``, ``one`` and ``neither``: the mean distance of those pairs (None where there are none),
+        and ``pairs_<kind>``: how many there are.
+    """
+    x = features.float().view(-1, per_prompt, features.shape[1])
+    first, second = torch.triu_indices(per_prompt, per_prompt, 1)
+    distance = (1 - x @ x.transpose(1, 2))[:, first, second].flatten()
+    ok = follows.view(-1, per_prompt)
+    following = (ok[:, first].int() + ok[:, second].int()).flatten()
+    out = {}
+    for kind, count in (("both", 2), ("one", 1), ("neither", 0)):
+        chosen = distance[following == count]
+        out[kind] = float(chosen.mean()) if len(chosen) else None
+        out[f"pairs_{kind}"] = len(chosen)
+    return out

@@ -8,12 +8,22 @@ per split:
   ``reward_real``, the same on rendered ground-truth images of those prompts (the ceiling);
 * ``reward_top1`` / ``reward_shape``: how often the reward's best caption among all 66 is the prompt,
   or names the prompt's shape;
-* colour adherence (``pipeline.toyworld.measure``): the fraction of samples whose object colour,
-  background colour, or both, are read back as the prompt's.
+* adherence read from the pixels (``pipeline.toyworld.measure``): the fraction of samples whose
+  object colour, background colour, or both, are read back as the prompt's (``colour_*``), whose
+  shape is (``shape``), and whose colours and shape all are (``follows``);
+* diversity: ``feature_diversity`` (mean pairwise cosine distance of the reward's image embeddings
+  among a prompt's samples) and ``pixel_diversity`` (32 px thumbnails), each beside the same on the
+  rendered images (``_real``); and the feature distances split by adherence (``feature_distance_both``,
+  ``_one``, ``_neither``: pairs where both samples, one, or neither follow the prompt), with the reward
+  of the samples that follow (``reward_following``) and of those that do not. Right images of one
+  prompt look much alike to the reward, so much of a model's feature diversity can be its mistakes;
+  the split says how much.
 
 A grid (one row per prompt: a rendered reference, then the samples) is written as a PNG.
 
     python -m pipeline.toyworld.report --n 8 --guidance 7.5
+    python -m pipeline.toyworld.report --steps 10 --seed 1234 --n-train 0 --weights runs/drtune-seed0/final
+        # the quickstart's held-out evaluation: same prompts, steps and noise
 """
 
 from __future__ import annotations
@@ -25,13 +35,15 @@ import os
 import torch
 
 from pipeline.toyworld.build_reward import load_shipped_reward, render_set, score_matrix
-from pipeline.toyworld.measure import colour_adherence
+from pipeline.toyworld.measure import colour_adherence, distances_by_adherence, follows_prompt, read_shape
 from pipeline.toyworld.shapes import ASSETS_DIR, Combo, all_combos, caption, held_out_combos, train_combos
 
 
 def pick_prompts(n_train: int) -> dict[str, list[Combo]]:
     """All held-out combos and ``n_train`` evenly spaced training combos."""
     train = train_combos()
+    if n_train <= 0:
+        return {"heldout": held_out_combos()}
     stride = max(1, len(train) // n_train)
     return {"heldout": held_out_combos(), "train": train[::stride][:n_train]}
 
@@ -52,21 +64,43 @@ def sample_images(model, combos: list[Combo], n: int, steps: int, guidance: floa
     return generate(model, prompts, x_T.to(model.device), model.family.schedule(model, steps), guidance=guidance)
 
 
-def split_metrics(reward, images: torch.Tensor, combos: list[Combo], n: int, seed: int) -> dict[str, float]:
-    """Reward and colour-adherence metrics of ``n`` samples per combo (``images`` combo-major)."""
+def split_metrics(reward, images: torch.Tensor, combos: list[Combo], n: int, seed: int) -> dict[str, float | None]:
+    """Reward, colour-adherence and diversity metrics of ``n`` samples per combo (``images`` combo-major)."""
     labels = [c for c in combos for _ in range(n)]
     candidates = all_combos()
     scores = score_matrix(reward, images, [caption(c) for c in candidates])  # (N, 66)
-    own = torch.tensor([candidates.index(c) for c in labels])
+    own = scores[torch.arange(len(labels)), torch.tensor([candidates.index(c) for c in labels])]  # (N,)
     best = [candidates[i] for i in scores.argmax(dim=1).tolist()]
     real, _ = render_set(combos, n, torch.Generator().manual_seed(seed))
     with torch.no_grad():
         real_scores = reward(real, [caption(c) for c in labels])
-    metrics = {"reward": scores[torch.arange(len(labels)), own].mean().item(),
+    follows = follows_prompt(images, labels)
+    metrics = {"reward": own.mean().item(),
                "reward_real": real_scores.mean().item(),
+               "reward_following": own[follows].mean().item() if follows.any() else None,
+               "reward_not_following": own[~follows].mean().item() if not follows.all() else None,
                "reward_top1": sum(b == c for b, c in zip(best, labels)) / len(labels),
                "reward_shape": sum(b.shape == c.shape for b, c in zip(best, labels)) / len(labels)}
-    return metrics | {f"colour_{k}": v for k, v in colour_adherence(images, labels).items()}
+    metrics |= {f"colour_{k}": v for k, v in colour_adherence(images, labels).items()}
+    metrics |= {"shape": sum(read_shape(i) == c.shape for i, c in zip(images, labels)) / len(labels),
+                "follows": follows.float().mean().item()}
+    return metrics | diversity_metrics(reward, images, real, follows, n)
+
+
+@torch.no_grad()
+def diversity_metrics(reward, images: torch.Tensor, real: torch.Tensor, follows: torch.Tensor, n: int
+                      ) -> dict[str, float | int | None]:
+    """Feature and pixel diversity of the samples and of the rendered images (``_real``), and the
+    samples' feature distances split by how many of each pair follow the prompt (``follows``)."""
+    from trainers.loop import diversity, feature_diversity
+
+    features = reward.image_features(images)
+    metrics = {"feature_diversity": feature_diversity(features, n).mean().item(),
+               "feature_diversity_real": feature_diversity(reward.image_features(real), n).mean().item(),
+               "pixel_diversity": diversity(images, n).mean().item(),
+               "pixel_diversity_real": diversity(real, n).mean().item()}
+    split = distances_by_adherence(features, follows, n)
+    return metrics | {f"feature_distance_{kind}": value for kind, value in split.items()}
 
 
 def save_grid(rows: list[torch.Tensor], path: str, zoom: int = 3) -> None:
@@ -108,7 +142,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--weights", default=None, help="trained weights to apply (a run's final/ folder)")
     parser.add_argument("--clip", default=str(ASSETS_DIR / "clip"), help="folder with toy-clip.json and weights")
     parser.add_argument("--n", type=int, default=8, help="samples per prompt")
-    parser.add_argument("--n-train", type=int, default=9, help="training prompts to include")
+    parser.add_argument("--n-train", type=int, default=9, help="training prompts to include (0: held-out only)")
     parser.add_argument("--steps", type=int, default=20, help="DDIM steps")
     parser.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale")
     parser.add_argument("--one-step", type=int, default=None, metavar="TIMESTEP",

@@ -122,6 +122,26 @@ def _outline(shape: str, cx: float, cy: float, s: float) -> list[tuple[float, fl
     return [(cx + r * math.sin(th), cy - r * math.cos(th)) for th in (0.0, 2 * math.pi / 3, 4 * math.pi / 3)]
 
 
+# Area of each shape of size ``s``, in units of ``s^2`` (see :func:`_outline`).
+SHAPE_AREA: dict[str, float] = {"circle": math.pi, "square": (2 * 0.89) ** 2,
+                                "triangle": 3 * math.sqrt(3) / 4 * 1.25**2}
+
+
+def shape_coverage(shape: str, cx: float, cy: float, s: float) -> torch.Tensor:
+    """``(32, 32)`` float in [0, 1]: the fraction of each pixel that a shape drawn as :func:`render`
+    draws it (same outline, supersampling and box filter) covers."""
+    k, big = SUPERSAMPLE, IMAGE_SIZE * SUPERSAMPLE
+    canvas = Image.new("L", (big, big), 0)
+    points = [(k * x, k * y) for x, y in _outline(shape, cx, cy, s)]
+    draw = ImageDraw.Draw(canvas)
+    if shape == "circle":
+        draw.ellipse(points, fill=255)
+    else:
+        draw.polygon(points, fill=255)
+    small = canvas.resize((IMAGE_SIZE, IMAGE_SIZE), Image.BOX)
+    return torch.from_numpy(np.asarray(small).copy()).float() / 255
+
+
 def _rgb255(rgb: tuple[float, float, float]) -> tuple[int, int, int]:
     return tuple(round(255 * v) for v in rgb)
 
