@@ -6,8 +6,7 @@ import pytest
 import torch
 
 from pipeline.toyworld import shapes
-from pipeline.toyworld.measure import (colour_adherence, distances_by_adherence, follows_prompt, read_colours,
-                                       read_shape)
+from pipeline.toyworld.measure import colour_adherence, distances_by_adherence, prompt_checks, read_colours, read_shape
 from pipeline.toyworld.shapes import (ASSETS_DIR, BACKGROUND_COLOURS, OBJECT_COLOURS, SHAPES, Combo, all_combos,
                                       caption, held_out_combos, parse_caption, render, sample_batch, train_combos)
 
@@ -60,14 +59,15 @@ def test_read_shape_names_every_drawn_shape():
     assert read_shape(torch.full((3, 32, 32), 0.5)) is None
 
 
-def test_follows_prompt_needs_both_colours_and_the_shape():
+def test_following_a_prompt_needs_both_colours_and_the_shape():
     combos = held_out_combos()
     images = torch.stack([render(c, _gen(i)) for i, c in enumerate(combos)]).float() / 255
-    assert follows_prompt(images, combos).all()
-    other_shape = [Combo(c.colour, SHAPES[(SHAPES.index(c.shape) + 1) % 3], c.background) for c in combos]
-    other_colour = [Combo(c.background, c.shape, c.colour) for c in combos]
-    assert not follows_prompt(images, other_shape).any()
-    assert not follows_prompt(images, other_colour).any()
+    assert prompt_checks(images, combos)["follows"].all()
+    other_shape = prompt_checks(images, [Combo(c.colour, SHAPES[(SHAPES.index(c.shape) + 1) % 3], c.background)
+                                         for c in combos])
+    assert other_shape["both"].all() and not other_shape["shape"].any() and not other_shape["follows"].any()
+    other_colour = prompt_checks(images, [Combo(c.background, c.shape, c.colour) for c in combos])
+    assert other_colour["shape"].all() and not other_colour["follows"].any()
 
 
 def test_feature_distances_split_by_adherence():

@@ -12,7 +12,7 @@ share of samples that follow the prompt (left) and against the ``clip_score`` ga
 (right), with a target region when ``--target-gain`` and ``--target-diversity`` are given.
 
     python -m pipeline.toyworld.audit --out runs/audit quickstart=runs/drtune-seed0/final \\
-        kl100=runs/drtune-kl100-seed0/final
+        other=runs/<another run>/final
 """
 
 from __future__ import annotations

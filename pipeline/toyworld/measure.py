@@ -90,25 +90,31 @@ def read_shape(image: torch.Tensor) -> str | None:
     return min(mismatch, key=mismatch.get)
 
 
+def colour_checks(images: torch.Tensor, combos: list[Combo]) -> dict[str, torch.Tensor]:
+    """Per image of ``(B, 3, H, W)``, whether its ``object`` colour, its ``background`` colour, and
+    ``both``, are read as its combo's: ``(B,)`` bool each."""
+    seen = [read_colours(img) for img in images]
+    obj = torch.tensor([s.colour == c.colour for s, c in zip(seen, combos)], dtype=torch.bool)
+    bg = torch.tensor([s.background == c.background for s, c in zip(seen, combos)], dtype=torch.bool)
+    return {"object": obj, "background": bg, "both": obj & bg}
+
+
 def colour_adherence(images: torch.Tensor, combos: list[Combo]) -> dict[str, float]:
     """Fractions of ``(B, 3, H, W)`` images whose colours match their combos.
 
     Returns:
         ``object``, ``background`` and ``both``: fractions in [0, 1] (chance is about 1/5, 1/5, 1/25).
     """
-    seen = [read_colours(img) for img in images]
-    obj = [s.colour == c.colour for s, c in zip(seen, combos)]
-    bg = [s.background == c.background for s, c in zip(seen, combos)]
-    n = max(1, len(combos))
-    return {"object": sum(obj) / n, "background": sum(bg) / n, "both": sum(a and b for a, b in zip(obj, bg)) / n}
+    return {k: float(v.float().mean()) if len(v) else 0.0 for k, v in colour_checks(images, combos).items()}
 
 
-def follows_prompt(images: torch.Tensor, combos: list[Combo]) -> torch.Tensor:
-    """``(B,)`` bool: whether each image's object colour, background colour and shape are all read as
-    its combo's."""
-    seen = [read_colours(img) for img in images]
-    return torch.tensor([s.colour == c.colour and s.background == c.background and read_shape(img) == c.shape
-                         for img, s, c in zip(images, seen, combos)])
+def prompt_checks(images: torch.Tensor, combos: list[Combo]) -> dict[str, torch.Tensor]:
+    """:func:`colour_checks` plus whether each image's ``shape`` is read as its combo's, and whether it
+    ``follows`` its prompt (both colours and the shape): ``(B,)`` bool each."""
+    checks = colour_checks(images, combos)
+    checks["shape"] = torch.tensor([read_shape(img) == c.shape for img, c in zip(images, combos)], dtype=torch.bool)
+    checks["follows"] = checks["both"] & checks["shape"]
+    return checks
 
 
 def distances_by_adherence(features: torch.Tensor, follows: torch.Tensor, per_prompt: int

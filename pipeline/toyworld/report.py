@@ -35,7 +35,7 @@ import os
 import torch
 
 from pipeline.toyworld.build_reward import load_shipped_reward, render_set, score_matrix
-from pipeline.toyworld.measure import colour_adherence, distances_by_adherence, follows_prompt, read_shape
+from pipeline.toyworld.measure import distances_by_adherence, prompt_checks
 from pipeline.toyworld.shapes import ASSETS_DIR, Combo, all_combos, caption, held_out_combos, train_combos
 
 
@@ -74,16 +74,16 @@ def split_metrics(reward, images: torch.Tensor, combos: list[Combo], n: int, see
     real, _ = render_set(combos, n, torch.Generator().manual_seed(seed))
     with torch.no_grad():
         real_scores = reward(real, [caption(c) for c in labels])
-    follows = follows_prompt(images, labels)
+    checks = prompt_checks(images, labels)
+    follows = checks["follows"]
     metrics = {"reward": own.mean().item(),
                "reward_real": real_scores.mean().item(),
                "reward_following": own[follows].mean().item() if follows.any() else None,
                "reward_not_following": own[~follows].mean().item() if not follows.all() else None,
                "reward_top1": sum(b == c for b, c in zip(best, labels)) / len(labels),
                "reward_shape": sum(b.shape == c.shape for b, c in zip(best, labels)) / len(labels)}
-    metrics |= {f"colour_{k}": v for k, v in colour_adherence(images, labels).items()}
-    metrics |= {"shape": sum(read_shape(i) == c.shape for i, c in zip(images, labels)) / len(labels),
-                "follows": follows.float().mean().item()}
+    metrics |= {("colour_" if k in ("object", "background", "both") else "") + k: v.float().mean().item()
+                for k, v in checks.items()}
     return metrics | diversity_metrics(reward, images, real, follows, n)
 
 
