@@ -63,12 +63,11 @@ def read_colours(image: torch.Tensor) -> SeenColours:
     return SeenColours(colour, _nearest(b, BACKGROUND_COLOURS))
 
 
-def object_coverage(image: torch.Tensor) -> torch.Tensor:
-    """``(H, W)`` in [0, 1]: how far each pixel of a ``(3, H, W)`` image lies from the background colour
-    towards the object colour."""
-    b = border_rgb(image)
-    towards = object_rgb(image, b) - b
-    return ((image - b[:, None, None]) * towards[:, None, None]).sum(0).div(towards.dot(towards)).clamp(0, 1)
+def object_coverage(image: torch.Tensor, background: torch.Tensor, obj: torch.Tensor) -> torch.Tensor:
+    """``(H, W)`` in [0, 1]: how far each pixel of a ``(3, H, W)`` image lies from the ``background``
+    colour towards the ``obj`` colour (each ``(3,)``)."""
+    towards = obj - background
+    return ((image - background[:, None, None]) * towards[:, None, None]).sum(0).div(towards.dot(towards)).clamp(0, 1)
 
 
 def read_shape(image: torch.Tensor) -> str | None:
@@ -76,9 +75,10 @@ def read_shape(image: torch.Tensor) -> str | None:
     no object stands out (as :func:`read_colours`)."""
     image = image.float()
     b = border_rgb(image)
-    if (object_rgb(image, b) - b).norm() < MIN_CONTRAST:
+    o = object_rgb(image, b)
+    if (o - b).norm() < MIN_CONTRAST:
         return None
-    cover = object_coverage(image)
+    cover = object_coverage(image, b, o)
     area = cover.sum()
     ys, xs = torch.meshgrid(*(torch.arange(n, dtype=torch.float32) + 0.5 for n in cover.shape), indexing="ij")
     cx, cy = float((cover * xs).sum() / area), float((cover * ys).sum() / area)

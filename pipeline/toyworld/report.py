@@ -82,8 +82,9 @@ def split_metrics(reward, images: torch.Tensor, combos: list[Combo], n: int, see
                "reward_not_following": own[~follows].mean().item() if not follows.all() else None,
                "reward_top1": sum(b == c for b, c in zip(best, labels)) / len(labels),
                "reward_shape": sum(b.shape == c.shape for b, c in zip(best, labels)) / len(labels)}
-    metrics |= {("colour_" if k in ("object", "background", "both") else "") + k: v.float().mean().item()
-                for k, v in checks.items()}
+    share = {k: v.float().mean().item() for k, v in checks.items()}
+    metrics |= {f"colour_{k}": share[k] for k in ("object", "background", "both")}
+    metrics |= {"shape": share["shape"], "follows": share["follows"]}
     return metrics | diversity_metrics(reward, images, real, follows, n)
 
 
