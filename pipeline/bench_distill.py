@@ -21,11 +21,13 @@ import tempfile
 from pipeline.config import run_cli
 
 CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "distar_toy.yaml")
-VARIANTS = {  # label -> overrides of the config (DI* as shipped)
+VARIANTS = {  # label -> overrides of the config (DI* as shipped: the papers' loss)
     "di_star": [],
     "sim": ["distill.alpha_rew=0"],
     "diff_instruct": ["distill.divergence=kl", "distill.alpha_rew=0"],
     "di_plus_plus": ["distill.divergence=kl"],
+    "di_star_sampling_law": ["distill.divergence=sim_sampling_law"],  # the objective trained before 2026-12
+    "sim_sampling_law": ["distill.divergence=sim_sampling_law", "distill.alpha_rew=0"],
 }
 
 

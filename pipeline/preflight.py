@@ -120,7 +120,15 @@ def write_run_config(cfg: Config, run_dir: str) -> None:
     from trainers.checkpoint import write_text_atomic
 
     os.makedirs(run_dir, exist_ok=True)
-    write_text_atomic(os.path.join(run_dir, RUN_CONFIG), dump_yaml(cfg))
+    write_text_atomic(os.path.join(run_dir, RUN_CONFIG), config_text(cfg))
+
+
+REWARD_SCALES = "# Reward scales in the loss: "  # the header line of shipped recipes and of a run's config.yaml
+
+
+def config_text(cfg: Config) -> str:
+    """The resolved config as YAML, after a comment line with each reward term's effective scale."""
+    return f"{REWARD_SCALES}{cfg.reward_scales()}\n{dump_yaml(cfg)}"
 
 
 def reward_problems(key: str, specs: list[RewardSpec]) -> list[str]:
@@ -134,6 +142,24 @@ LORA_FILES = (LORA_FILE, ADAPTER_WEIGHTS)  # diffusers' (SD, SDXL), peft's (PixA
 def lora_file(folder: str) -> str | None:
     """The LoRA weights file a trained-weights folder holds, or None (a full fine-tune, or nothing)."""
     return next((os.path.join(folder, f) for f in LORA_FILES if os.path.isfile(os.path.join(folder, f))), None)
+
+
+def generator_init_problems(cfg: Config) -> list[str]:
+    """``distill.generator_init``: a LoRA folder that fits ``model.path``, trained at the same generator timestep."""
+    from trainers.distill import generator_timestep
+
+    folder, key = cfg.distill.generator_init, "distill.generator_init"
+    if folder is None:
+        return []
+    if not os.path.isdir(folder) or lora_file(folder) is None:
+        return [f"{key}: {folder!r} holds no LoRA weights ({' or '.join(LORA_FILES)}); give a di_star run's final/ "
+                "folder, or set model.path to a full one-step model instead"]
+    problems = weights_problems(key, folder, cfg.model.path)
+    recorded = generator_timestep(folder)
+    if recorded is not None and recorded != cfg.distill.generator_timestep:
+        problems.append(f"{key}: {folder!r} is a one-step generator at timestep {recorded} (its one_step.json), but "
+                        f"distill.generator_timestep={cfg.distill.generator_timestep}; set it to {recorded}")
+    return problems
 
 
 def weights_problems(key: str, folder: str | None, base: str) -> list[str]:
@@ -189,6 +215,8 @@ def preflight(cfg: Config, source: str = "config", training: bool = False) -> No
     if cfg.plan.name == "di_star" and cfg.distill.teacher_path is not None:
         problems += model_problems("distill.teacher_path", cfg.distill.teacher_path)
         problems += pair_problems(cfg.model.path, cfg.distill.teacher_path)
+    if cfg.plan.name == "di_star":
+        problems += generator_init_problems(cfg)
     problems += prompt_problems("data.prompts", cfg.data.prompts)
     problems += prompt_problems("data.eval_prompts", cfg.data.eval_prompts)
     problems += run_folder_problems(cfg) if training else []

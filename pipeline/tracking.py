@@ -34,6 +34,7 @@ from importlib import metadata
 
 from pipeline.config import dump_yaml, flatten
 from pipeline.console import Emit, decimals, gain_text, note, print_event
+from pipeline.preflight import config_text
 from trainers.checkpoint import write_text_atomic
 from trainers.config import Config
 from trainers.constraints import broken, parse_constraints
@@ -293,7 +294,7 @@ class MlflowReporter:
         params = [Param(k, v) for k, v in params_of(self.cfg).items()]
         for i in range(0, len(params), 100):  # MLflow takes at most 100 params per batch
             self.client.log_batch(run.info.run_id, params=params[i:i + 100])
-        self.client.log_text(run.info.run_id, redact(dump_yaml(self.cfg)), "config.yaml")
+        self.client.log_text(run.info.run_id, redact(config_text(self.cfg)), "config.yaml")
         self.emit(note(f"mlflow: run {run.info.run_id} in experiment {self.cfg.tracking.experiment!r} at "
                        f"{redact(self.uri)}"))
         return run.info.run_id
@@ -400,7 +401,10 @@ def plan_text(cfg: Config) -> str:
     """The algorithm and its knobs in a few words, e.g. ``drtune k=3``."""
     p = cfg.plan
     knobs = {"draft_k": {"k": p.k}, "drtune": {"k": p.k, "early_stop": p.early_stop},
-             "draft_lv": {"lv_copies": p.lv_copies}, "refl": {"early_stop": p.early_stop}}.get(p.name, {})
+             "draft_lv": {"lv_copies": p.lv_copies, "lv_timestep": p.lv_timestep, "lv_include_chain": p.lv_include_chain},
+             "refl": {"early_stop": p.early_stop, "hinge_margin": p.hinge_margin},
+             "alignprop": {"alignprop_cuts": p.alignprop_cuts if p.alignprop_cuts != "per_step" else None},
+             "di_star": {"divergence": cfg.distill.divergence}}.get(p.name, {})
     knobs |= {"kl_coeff": f"{p.kl_coeff:g}" if p.kl_coeff else 0,
               "diversity_coeff": f"{p.diversity_coeff:g}" if p.diversity_coeff else 0}
     return " ".join([p.name] + [f"{k}={v}" for k, v in knobs.items() if v])

@@ -28,35 +28,37 @@ _OPTIONAL_FIELDS = ("checkpoint", "clip_checkpoint", "arch", "arch_config", "pro
 
 @dataclass(frozen=True, kw_only=True)
 class _FieldRules:
-    """Which optional fields one reward requires (with what they mean) or accepts; the rest are forbidden."""
+    """Which optional fields one reward requires (with what they mean) or accepts, the rest forbidden; and its
+    score as ``scale × unit`` (HPSv2 is the raw cosine; CLIP score 100 × it)."""
 
     required: dict[str, str]
     allowed: tuple[str, ...] = ()
+    scale: float = 1.0
+    unit: str = "score"
 
 
 _OPEN_CLIP_ARCH = ("arch", "arch_config")
-_PIXEL = _FieldRules(required={})
 _RULES: dict[str, _FieldRules] = {
     "hpsv2": _FieldRules(
         required={"checkpoint": "the HPS_v2.1_compressed.pt or HPS_v2_compressed.pt file"},
-        allowed=_OPEN_CLIP_ARCH),
+        allowed=_OPEN_CLIP_ARCH, unit="cosine (HPS; benchmarks print 100 × it)"),
     "clip_score": _FieldRules(
         required={"checkpoint": "an open_clip weights file (.pt, .bin or .safetensors)"},
-        allowed=_OPEN_CLIP_ARCH),
+        allowed=_OPEN_CLIP_ARCH, scale=100.0, unit="cosine"),
     "aesthetic": _FieldRules(
         required={"checkpoint": "the aesthetic MLP head, e.g. sac+logos+ava1-l14-linearMSE.pth",
                   "clip_checkpoint": "the OpenAI CLIP ViT-L/14 weights in open_clip format"},
-        allowed=_OPEN_CLIP_ARCH),
+        allowed=_OPEN_CLIP_ARCH, unit="aesthetic score (1-10)"),
     "pickscore": _FieldRules(
         required={"checkpoint": "the PickScore_v1 model folder (config.json + weights)"},
-        allowed=("processor",)),
+        allowed=("processor",), unit="PickScore (exp(logit_scale) × cosine; about 21-23)"),
     "image_reward": _FieldRules(
         required={"checkpoint": "the official ImageReward.pt", "processor": "a bert-base-uncased folder with vocab.txt"},
-        allowed=("arch_config",)),
-    "symmetry": _PIXEL,
-    "colourfulness": _PIXEL,
-    "sharpness": _PIXEL,
-    "brightness": _PIXEL,
+        allowed=("arch_config",), unit="ImageReward (standardised)"),
+    "symmetry": _FieldRules(required={}, unit="symmetry"),
+    "colourfulness": _FieldRules(required={}, unit="colourfulness"),
+    "sharpness": _FieldRules(required={}, unit="sharpness"),
+    "brightness": _FieldRules(required={}, unit="brightness"),
 }
 assert set(_RULES) == set(REWARD_NAMES)
 
@@ -83,6 +85,12 @@ class RewardSpec:
             return [f"name: unknown reward {self.name!r}; valid names: {', '.join(REWARD_NAMES)}"]
         problems = self._weight_problems() + self._field_problems(_RULES[self.name])
         return problems + self._arch_problems()
+
+    def scale_in_loss(self, coefficient: float) -> str:
+        """This term's effective scale when the loss multiplies the reward sum by ``coefficient``:
+        ``"hpsv2: 100 × cosine (HPS; ...)"``."""
+        rules = _RULES[self.name]
+        return f"{self.name}: {coefficient * self.weight * rules.scale:g} × {rules.unit}"
 
     def resolved_arch(self) -> str | None:
         """The open_clip architecture to build: ``arch``, else the ``arch_config`` file stem, else the default."""

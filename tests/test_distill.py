@@ -42,8 +42,10 @@ def float64_trainer(model_dir: str, cfg):
     return tr
 
 
-def direct_loss(tr, prompts, gen_state) -> torch.Tensor:
-    """``-α_rew r̄ + mean_b w_b D_b`` written out: UNet calls, the forward process and the distance inline."""
+def direct_loss(tr, prompts, gen_state) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(value, loss)`` written out (UNet calls, the forward process and the distance inline): the value
+    ``-α_rew r̄ + mean_b w_b d(y_b)`` (the KL surrogate's for kl) and the loss whose gradient in the generator's
+    weights the step must equal, ``-α_rew r̄ + mean_b w_b L_b`` with L the objective's surrogate."""
     d, c = tr.distill, tr.cfg.distill
     model = tr.model
     cond = model.family.encode_prompts(model, prompts).hidden_states
@@ -61,20 +63,30 @@ def direct_loss(tr, prompts, gen_state) -> torch.Tensor:
     e_u, e_c = both.chunk(2)
     eps_ref = e_u + c.alpha_cfg * (e_c - e_u)
     n = x_t[0].numel()
-    if c.divergence == "sim":  # d(y) + d'(y)·(ε̂_fake - ε), y = ε̂_ref - ε̂_fake, d(y) = sqrt(mean y² + C²) - C
-        y = eps_ref - eps_fake
-        root = (y.pow(2).flatten(1).mean(1) + c.huber_c**2).sqrt()
-        per_sample = root - c.huber_c + ((y / (n * root.view(-1, 1, 1, 1))) * (eps_fake - eps)).flatten(1).sum(1)
-    else:  # <sg(ε̂_ref - ε̂_fake), x_t> / n
+    if c.divergence == "kl":  # <sg(ε̂_ref - ε̂_fake), x_t> / n
         per_sample = ((eps_ref - eps_fake).detach() * x_t).flatten(1).sum(1) / n
+        value = per_sample
+    else:  # d(y) = sqrt(||y||² + C²) - C, y = ε̂_ref - ε̂_fake; the papers' loss d'(y)·(ε̂_fake - ε)
+        y = eps_ref - eps_fake
+        square = y.pow(2).flatten(1).sum(1) / (n if c.huber_norm == "rms" else 1)
+        root = (square + c.huber_c**2).sqrt()
+        per_element = 1 / n if c.huber_norm == "rms" else 1
+        value = root - c.huber_c
+        per_sample = ((y * per_element / root.view(-1, 1, 1, 1)) * (eps_fake - eps)).flatten(1).sum(1)
+        if c.divergence == "sim_sampling_law":
+            per_sample = per_sample + value
     snr = (abar[t] / (1 - abar[t])).clamp(max=5.0)
     w = torch.ones_like(snr) if c.weighting == "uniform" else snr
     images = model.family.decode(model, x0)
-    return -c.alpha_rew * tr.reward(images, prompts).mean() + (w * per_sample).mean()
+    reward = -c.alpha_rew * tr.reward(images, prompts).mean()
+    return reward + (w * value).mean(), reward + (w * per_sample).mean()
 
 
-@pytest.mark.parametrize("distill", [{"divergence": "sim"}, {"divergence": "sim", "weighting": "min_snr", "alpha_rew": 0.0},
-                                     {"divergence": "kl"}], ids=["di_star", "sim_min_snr", "di_plus_plus"])
+@pytest.mark.parametrize("distill", [{"divergence": "sim"}, {"divergence": "sim", "huber_norm": "rms"},
+                                     {"divergence": "sim_sampling_law", "huber_norm": "rms"},
+                                     {"divergence": "sim", "weighting": "min_snr", "alpha_rew": 0.0},
+                                     {"divergence": "kl"}],
+                         ids=["di_star", "di_star_rms", "di_star_sampling_law", "sim_min_snr", "di_plus_plus"])
 def test_generator_gradient_equals_the_divergence_differentiated_directly(tiny_sd_dir, tmp_path, distill):
     tr = float64_trainer(tiny_sd_dir, distill_config(tiny_sd_dir, str(tmp_path), **distill))
     model, d = tr.model, tr.distill
@@ -83,10 +95,10 @@ def test_generator_gradient_equals_the_divergence_differentiated_directly(tiny_s
     state = tr.gen.get_state()
     loss, scores, _ = d.generator_loss(cond, uncond, PROMPTS, tr.reward, tr.gen, tr.replicas)
     got = torch.autograd.grad(loss, tr.params)
-    want_loss = direct_loss(tr, PROMPTS, state)
+    want_value, want_loss = direct_loss(tr, PROMPTS, state)
     want = torch.autograd.grad(want_loss, tr.params)
     assert loss.dtype == torch.float64 and scores.shape == (3,)
-    torch.testing.assert_close(loss, want_loss, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(loss, want_value, rtol=1e-10, atol=1e-12)
     scale = max(float(g.abs().max()) for g in want)
     assert scale > 1e-6, "the comparison must be between gradients that are not zero"
     for a, b in zip(got, want):

@@ -12,6 +12,7 @@ from test_models import PROMPTS, _perturb, noise
 from trainers.adapters import adapters_off
 from trainers.config import ModelConfig, TrainableConfig
 from trainers.engine import generate
+from trainers.grad_plan import refinement
 from trainers.models import load_model, make_trainable
 
 
@@ -51,8 +52,8 @@ def test_every_plans_gradient_is_the_same_with_the_lora_folded(model64, name):
     try:
         plan = PLANS[name]
         flags = plan.flags(T, torch.Generator().manual_seed(11))
-        plain, _ = engine_grads(model64, flags, plan.refine_copies)
-        folded, _ = engine_grads(model64, flags, plan.refine_copies, fold_lora=True)
+        plain, _ = engine_grads(model64, flags, refinement(plan))
+        folded, _ = engine_grads(model64, flags, refinement(plan), fold_lora=True)
     finally:
         with torch.no_grad():
             for p, s in zip(ups, saved):

@@ -16,7 +16,7 @@ import torch
 from trainers.config import ModelConfig, TrainableConfig
 from trainers.engine import guided_output, sample
 from trainers.families.sd3 import LORA_TARGETS
-from trainers.grad_plan import AlignProp, Draft, DraftK, DRTune, ReFL, StepFlags
+from trainers.grad_plan import AlignProp, Draft, DraftK, DraftLV, DRTune, ReFL, Refinement, StepFlags, refinement
 from trainers.models import load_model, make_trainable
 
 T, GUIDANCE = 6, 3.0
@@ -66,11 +66,11 @@ def _params(model):
     return [p for p in model.denoiser.parameters() if p.requires_grad]
 
 
-def engine_grads(model, flags, refine_copies=0, eta=0.0, beta=0.0, fold_lora=False):
+def engine_grads(model, flags, refine=None, eta=0.0, beta=0.0, fold_lora=False):
     cond, uncond, x_T = _inputs(model)
     schedule = model.family.schedule(model, T)
     traj = sample(model, cond, uncond, x_T, schedule, flags, guidance=GUIDANCE, eta=eta,
-                  gen=torch.Generator().manual_seed(5), refine_copies=refine_copies, step_checkpointing=True,
+                  gen=torch.Generator().manual_seed(5), refine=refine, step_checkpointing=True,
                   drift=beta > 0, fold_lora=fold_lora)
     loss = -sum(reward(model.family.decode(model, x)).mean() for x in traj.finals)
     if beta:
@@ -104,10 +104,12 @@ class Drift:
         return beta * torch.stack(self.terms).mean() if beta else 0.0
 
 
-def reference_grads(model, flags, refine_copies=0, eta=0.0, beta=0.0):
-    """Unrolled DDIM with diffusers' scheduler; stop-gradients placed per flag, by hand."""
+def reference_grads(model, flags, refine=None, eta=0.0, beta=0.0):
+    """Unrolled DDIM with diffusers' scheduler; stop-gradients placed per flag, by hand. DRaFT-LV's copies are
+    re-noised with ``add_noise`` and stepped by ``DDIMScheduler.step`` told there is one inference step, so it
+    lands where the last step lands (the final alpha-bar)."""
     if model.family.sampler == "flow":
-        return flow_reference_grads(model, flags, refine_copies, beta)
+        return flow_reference_grads(model, flags, refine, beta)
     cond, uncond, x = _inputs(model)
     sched = model.scheduler
     sched.set_timesteps(T)
@@ -132,15 +134,20 @@ def reference_grads(model, flags, refine_copies=0, eta=0.0, beta=0.0):
             break
         x = out.prev_sample
     if finals is None:
-        finals, t_last = [x], sched.timesteps[-1]
-        for _ in range(refine_copies):
-            x1 = sched.add_noise(x.detach(), torch.randn(x.shape, generator=gen, dtype=x.dtype), t_last)
-            finals.append(sched.step(trained(x1, t_last), t_last, x1, eta=eta, generator=gen).prev_sample)
+        finals = [x]
+    if refine is not None:
+        finals = finals if refine.include_chain else []
+        t_r = sched.timesteps[-1] if refine.timestep is None else torch.tensor(refine.timestep)
+        steps, sched.num_inference_steps = sched.num_inference_steps, 1  # one step from t_r to the end
+        for _ in range(refine.copies):
+            x1 = sched.add_noise(x.detach(), torch.randn(x.shape, generator=gen, dtype=x.dtype), t_r)
+            finals.append(sched.step(trained(x1, t_r), t_r, x1, eta=eta, generator=gen).prev_sample)
+        sched.num_inference_steps = steps
     loss = -sum(reward(model.family.decode(model, x0)).mean() for x0 in finals) + trained.penalty(beta)
     return torch.autograd.grad(loss, _params(model))
 
 
-def flow_reference_grads(model, flags, refine_copies=0, beta=0.0):
+def flow_reference_grads(model, flags, refine=None, beta=0.0):
     """Unrolled flow-matching Euler, ``x + (sigma_next - sigma) v``, on the sigmas diffusers' scheduler sets;
     ``x0 = x - sigma v`` at an early stop; stop-gradients placed per flag, by hand."""
     cond, uncond, x = _inputs(model)
@@ -151,6 +158,9 @@ def flow_reference_grads(model, flags, refine_copies=0, beta=0.0):
 
     def velocity(x_in, i):
         return guided_output(model, x_in, timesteps[i], cond, uncond, GUIDANCE)
+
+    def velocity_at(x_in, timestep):
+        return guided_output(model, x_in, timestep, cond, uncond, GUIDANCE)
 
     trained = Drift(model, velocity)
     finals = None
@@ -163,11 +173,20 @@ def flow_reference_grads(model, flags, refine_copies=0, beta=0.0):
             break
         x = x + (sigmas[i + 1] - sigmas[i]) * v
     if finals is None:
-        finals, last = [x], T - 1
-        for _ in range(refine_copies):
+        finals = [x]
+    if refine is not None:
+        finals = finals if refine.include_chain else []
+        if refine.timestep is None:
+            sigma, timestep = sigmas[T - 1], timesteps[T - 1]
+        else:
+            sigma = torch.tensor(refine.timestep / 1000, dtype=torch.float32)  # float32, as diffusers keeps sigmas
+            sigma, timestep = sigma.double(), sigma * 1000
+        copy = Drift(model, velocity_at)
+        for _ in range(refine.copies):
             noise = torch.randn(x.shape, generator=gen, dtype=x.dtype)
-            x1 = (1 - sigmas[last]) * x.detach() + sigmas[last] * noise
-            finals.append(x1 - sigmas[last] * trained(x1, last))
+            x1 = (1 - sigma) * x.detach() + sigma * noise
+            finals.append(x1 - sigma * copy(x1, timestep))
+        trained.terms += copy.terms
     loss = -sum(reward(model.family.decode(model, x0)).mean() for x0 in finals) + trained.penalty(beta)
     return torch.autograd.grad(loss, _params(model))
 
@@ -175,7 +194,9 @@ def flow_reference_grads(model, flags, refine_copies=0, beta=0.0):
 PLANS = {
     "draft": Draft(),
     "draft_k": DraftK(k=2),
-    "draft_lv": DraftK(k=1, refine_copies=2),
+    "draft_lv": DraftLV(Refinement(2)),
+    "draft_lv_with_chain": DraftLV(Refinement(2, include_chain=True)),
+    "draft_lv_timestep_99": DraftLV(Refinement(2, timestep=99)),
     "drtune": DRTune(k=2),
     "drtune_early_stop": DRTune(k=2, early_stop=3),
     "refl": ReFL(early_stop=3),
@@ -187,9 +208,9 @@ PLANS = {
 def test_plan_gradient_matches_unrolled_autograd(family_model64, name):
     plan = PLANS[name]
     flags = plan.flags(T, torch.Generator().manual_seed(11))
-    got, traj = engine_grads(family_model64, flags, plan.refine_copies)
-    want = reference_grads(family_model64, flags, plan.refine_copies)
-    assert traj.grad_calls == sum(f.grad for f in flags) + plan.refine_copies
+    got, traj = engine_grads(family_model64, flags, refinement(plan))
+    want = reference_grads(family_model64, flags, refinement(plan))
+    assert traj.grad_calls == sum(f.grad for f in flags) + (refinement(plan).copies if refinement(plan) else 0)
     total = sum(w.abs().sum() for w in want)
     assert total > 0, "reference gradient is zero: the check would be vacuous"
     for g, w in zip(got, want):
@@ -209,9 +230,9 @@ def test_draft_plus_penalty_gradient_matches_unrolled_autograd(family_model64, n
         for p in ups:
             p.add_(0.05 * torch.randn(p.shape, generator=gen, dtype=p.dtype))
     try:
-        got, traj = engine_grads(family_model64, flags, plan.refine_copies, beta=beta)
-        want = reference_grads(family_model64, flags, plan.refine_copies, beta=beta)
-        without = reference_grads(family_model64, flags, plan.refine_copies)
+        got, traj = engine_grads(family_model64, flags, refinement(plan), beta=beta)
+        want = reference_grads(family_model64, flags, refinement(plan), beta=beta)
+        without = reference_grads(family_model64, flags, refinement(plan))
     finally:
         with torch.no_grad():
             for p, s in zip(ups, saved):
@@ -337,3 +358,40 @@ def test_step_checkpointing_keeps_memory_flat_in_trained_steps(model64):
             for ckpt in (True, False)}
     assert grow[True] <= 6 * 16 * latent_bytes
     assert grow[False] > 10 * grow[True], "without checkpointing the UNet's activations should dominate"
+
+
+def test_alignprop_cuts_train_each_step_as_the_original_code_and_per_call_trains_a_suffix():
+    """Per step (AlignProp's ``main.py``): ``c ~ U{0..T}`` drawn at every step, step i trained iff ``i >= c``, so
+    with probability ``(i + 1) / (T + 1)`` and independently; per call (its TRL-style code): one cut, a suffix."""
+    steps, draws = 5, 6000
+    per_step = [AlignProp().flags(steps, torch.Generator().manual_seed(s)) for s in range(draws)]
+    share = [sum(f[i].grad for f in per_step) / draws for i in range(steps)]
+    for i, p in enumerate(share):
+        assert abs(p - (i + 1) / (steps + 1)) < 0.02, (i, p)
+    suffixes = 0
+    for s in range(400):
+        flags = AlignProp(per_call=True).flags(steps, torch.Generator().manual_seed(s))
+        trained = [i for i, f in enumerate(flags) if f.grad]
+        assert trained == list(range(steps - len(trained), steps)) and all(f.chain for f in flags)
+        suffixes += 0 < len(trained) < steps
+    assert suffixes > 200
+    not_suffix = [f for f in per_step if [x.grad for x in f] not in ([False] * k + [True] * (steps - k) for k in range(steps + 1))]
+    assert len(not_suffix) > draws // 2, "per-step cuts train scattered steps, not only suffixes"
+
+
+@pytest.mark.parametrize("timestep", [None, 19, 99])
+def test_lv_copies_are_renoised_to_the_chosen_timestep(model64, timestep):
+    """DRaFT-LV's re-noise: ``sqrt(abar_t) x0 + sqrt(1 - abar_t) eps``, with t the last sampling step's timestep
+    by default (1 for SD's leading spacing at T=6: noise std 0.041) or ``plan.lv_timestep``; the copy's one step
+    lands where the chain's last step lands. Without the chain, no sampling step carries gradient."""
+    schedule = model64.family.schedule(model64, T)
+    one = schedule.refinement(timestep)
+    t = int(schedule.timesteps[-1]) if timestep is None else timestep
+    abar = model64.scheduler.alphas_cumprod.double()[t]
+    x0, eps = torch.randn(3, 4, 8, 8, dtype=torch.float64), torch.randn(3, 4, 8, 8, dtype=torch.float64)
+    torch.testing.assert_close(one.renoise(x0, eps), abar.sqrt() * x0 + (1 - abar).sqrt() * eps)
+    assert int(one.timesteps[0]) == t and one.abar_prev[0] == schedule.abar_prev[-1]
+    if timestep is None:
+        assert t == 1 and abs(float((1 - abar).sqrt()) - 0.041) < 0.001
+    assert not any(f.grad for f in DraftLV(Refinement(2, timestep)).flags(T))
+    assert [f.grad for f in DraftLV(Refinement(2, timestep, include_chain=True)).flags(T)] == [False] * (T - 1) + [True]

@@ -1,13 +1,15 @@
-"""The DI* / SIM surrogate's gradient equals the exact gradient of the score divergence, and the KL
-surrogate's equals the KL's, for Gaussian generators whose scores are known in closed form (float64)."""
+"""The DI* / SIM surrogate's gradient equals the exact gradient of the score divergence under a fixed sampling
+law (the papers' objective), the sampling-law variant's equals the gradient with the law differentiated too,
+and the KL surrogate's equals the KL's, for Gaussian generators whose scores are known in closed form (float64)."""
 
 from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
-from trainers.score_divergence import dsm_loss, kl_loss, pseudo_huber, pseudo_huber_grad, sim_loss
+from trainers.score_divergence import PseudoHuber, dsm_loss, kl_loss, sim_loss, sim_sampling_law_loss
 
 ALPHA, SIGMA = math.sqrt(0.6), math.sqrt(0.4)  # x_t = α x0 + σ ε at one t
 REF_MEAN = torch.tensor([0.7, -1.2, 0.3], dtype=torch.float64)
@@ -32,36 +34,87 @@ def draws(n: int):
             torch.randn(n, 3, generator=gen, dtype=torch.float64))
 
 
-def test_sim_surrogate_gradient_equals_the_exact_divergence_gradient():
-    c, (z, eps) = 0.05, draws(400_000)
+def scores_at(x_t, mean, log_std):
+    """``(ε̂_fake, ε̂_ref)`` at ``x_t``: the generator's exact noise prediction (its weights frozen) and the reference's."""
+    eps_fake = -SIGMA * gaussian_score(x_t, mean.detach(), log_std.detach().exp() ** 2)
+    return eps_fake, -SIGMA * gaussian_score(x_t, REF_MEAN, REF_VAR)
+
+
+@pytest.mark.parametrize("norm", ["l2", "rms"])
+def test_sim_surrogate_gradient_equals_the_divergence_gradient_under_a_fixed_sampling_law(norm):
+    distance, (z, eps) = PseudoHuber(0.05, norm), draws(400_000)
     mean, log_std = generator()
 
-    # D(θ) written out: d(σ (s_θ - s_ref)) at x_t ~ p_θ,t, with s_θ the generator's exact score
-    x_t = ALPHA * (mean + log_std.exp() * z) + SIGMA * eps
+    # D(θ) written out: d(σ (s_θ - s_ref)) at x_t ~ sg(p_θ,t): the samples do not move, the score does
+    x_t = (ALPHA * (mean + log_std.exp() * z) + SIGMA * eps).detach()
     y = SIGMA * (gaussian_score(x_t, mean, log_std.exp() ** 2) - gaussian_score(x_t, REF_MEAN, REF_VAR))
-    exact = torch.autograd.grad(pseudo_huber(y, c).mean(), (mean, log_std))
+    exact = torch.autograd.grad(distance.value(y).mean(), (mean, log_std))
 
-    # the surrogate: networks frozen (θ detached inside the scores), x_t carries the gradient
+    # the papers' surrogate: networks frozen (θ detached inside the scores), x_t carries the gradient
     x_t = ALPHA * (mean + log_std.exp() * z) + SIGMA * eps
-    eps_fake = -SIGMA * gaussian_score(x_t, mean.detach(), log_std.detach().exp() ** 2)
-    eps_ref = -SIGMA * gaussian_score(x_t, REF_MEAN, REF_VAR)
-    surrogate = torch.autograd.grad(sim_loss(eps_fake, eps_ref, eps, c).mean(), (mean, log_std))
+    surrogate = torch.autograd.grad(sim_loss(*scores_at(x_t, mean, log_std), eps, distance).mean(), (mean, log_std))
 
     for a, b in zip(exact, surrogate):  # two Monte-Carlo estimators of the same gradient
         assert a.abs().max() > 1e-3
         torch.testing.assert_close(b, a, rtol=0.03, atol=2e-4)
 
 
+def test_sampling_law_surrogate_gradient_equals_the_gradient_with_the_law_differentiated():
+    distance, (z, eps) = PseudoHuber(0.05, "rms"), draws(400_000)
+    mean, log_std = generator()
+
+    # E_{x_t ~ p_θ,t}[d(σ (s_θ - s_ref))]: the samples move with θ as well as the score
+    x_t = ALPHA * (mean + log_std.exp() * z) + SIGMA * eps
+    y = SIGMA * (gaussian_score(x_t, mean, log_std.exp() ** 2) - gaussian_score(x_t, REF_MEAN, REF_VAR))
+    exact = torch.autograd.grad(distance.value(y).mean(), (mean, log_std))
+
+    x_t = ALPHA * (mean + log_std.exp() * z) + SIGMA * eps
+    loss = sim_sampling_law_loss(*scores_at(x_t, mean, log_std), eps, distance).mean()
+    surrogate = torch.autograd.grad(loss, (mean, log_std))
+    for a, b in zip(exact, surrogate):
+        assert a.abs().max() > 1e-3
+        torch.testing.assert_close(b, a, rtol=0.03, atol=2e-4)
+
+
+class Squared:
+    """``d(y) = ||y||²``: SiD's distance, for which both objectives have closed-form gradients."""
+
+    def value(self, y):
+        return y.flatten(1).pow(2).sum(1)
+
+    def grad(self, y):
+        return 2 * y
+
+
+def test_the_two_objectives_match_their_analytic_gradients_on_a_1d_gaussian_and_differ():
+    """p_θ = N(θ, 1), q = N(0, τ²), d = y² at one noise level: with v_θ = α² + σ² and v_q = α² τ² + σ² the
+    marginal variances, the fixed-law gradient is 2σ²α²θ/(v_θ v_q) (2θ(1+a) with a = 1/τ² - 1 at σ → 0), the
+    differentiated-law one 2σ²α²θ/v_q² (2θ(1+a)²): they differ by v_θ/v_q."""
+    theta, tau = torch.tensor(0.8, dtype=torch.float64, requires_grad=True), 0.5
+    gen = torch.Generator().manual_seed(1)
+    z, eps = (torch.randn(1_000_000, 1, generator=gen, dtype=torch.float64) for _ in range(2))
+    v_theta, v_q = ALPHA**2 + SIGMA**2, ALPHA**2 * tau**2 + SIGMA**2
+    x_t = ALPHA * (theta + z) + SIGMA * eps
+    eps_fake = SIGMA * (x_t - ALPHA * theta.detach()) / v_theta
+    eps_ref = SIGMA * x_t / v_q
+    fixed = torch.autograd.grad(sim_loss(eps_fake, eps_ref, eps, Squared()).mean(), theta, retain_graph=True)[0]
+    moving = torch.autograd.grad(sim_sampling_law_loss(eps_fake, eps_ref, eps, Squared()).mean(), theta)[0]
+    want_fixed = 2 * SIGMA**2 * ALPHA**2 * 0.8 / (v_theta * v_q)
+    want_moving = 2 * SIGMA**2 * ALPHA**2 * 0.8 / v_q**2
+    assert abs(float(fixed) - want_fixed) < 0.01 * want_fixed
+    assert abs(float(moving) - want_moving) < 0.01 * want_moving
+    assert want_moving / want_fixed > 1.5  # the negative control: the two objectives are told apart
+
+
 def test_detaching_the_huber_weight_would_be_wrong():
     """With u = d'(y) detached the gradient misses the (∇log q - s_θ)ᵀ J_u x' term: not the divergence's."""
-    c, (z, eps) = 0.05, draws(400_000)
+    distance, (z, eps) = PseudoHuber(0.05, "rms"), draws(400_000)
     mean, log_std = generator()
     x_t = ALPHA * (mean + log_std.exp() * z) + SIGMA * eps
-    eps_fake = -SIGMA * gaussian_score(x_t, mean.detach(), log_std.detach().exp() ** 2)
-    eps_ref = -SIGMA * gaussian_score(x_t, REF_MEAN, REF_VAR)
-    u = pseudo_huber_grad(eps_ref - eps_fake, c).detach()
+    eps_fake, eps_ref = scores_at(x_t, mean, log_std)
+    u = distance.grad(eps_ref - eps_fake).detach()
     detached = torch.autograd.grad((u * (eps_fake - eps)).sum(dim=1).mean(), (mean, log_std), retain_graph=True)
-    full = torch.autograd.grad(sim_loss(eps_fake, eps_ref, eps, c).mean(), (mean, log_std))
+    full = torch.autograd.grad(sim_loss(eps_fake, eps_ref, eps, distance).mean(), (mean, log_std))
     assert (detached[1] - full[1]).abs().max() > 0.05 * full[1].abs().max()
 
 
@@ -81,9 +134,18 @@ def test_kl_surrogate_gradient_equals_the_kl_gradient():
         torch.testing.assert_close(b, a, rtol=0.03, atol=2e-4)
 
 
-def test_pseudo_huber_grad_is_the_gradient_and_dsm_is_zero_at_the_truth():
+@pytest.mark.parametrize("norm", ["l2", "rms"])
+def test_pseudo_huber_grad_is_the_gradient_and_dsm_is_zero_at_the_truth(norm):
     y = torch.randn(4, 2, 3, dtype=torch.float64, requires_grad=True)
-    (auto,) = torch.autograd.grad(pseudo_huber(y, 0.1).sum(), y)
-    torch.testing.assert_close(pseudo_huber_grad(y.detach(), 0.1), auto)
+    distance = PseudoHuber(0.1, norm)
+    (auto,) = torch.autograd.grad(distance.value(y).sum(), y)
+    torch.testing.assert_close(distance.grad(y.detach()), auto)
     eps = torch.randn(4, 3)
     assert torch.equal(dsm_loss(eps, eps), torch.zeros(4))
+
+
+def test_rms_form_is_the_l2_form_with_c_times_root_n_divided_by_root_n():
+    y, n = torch.randn(5, 4, 8, 8, dtype=torch.float64), 4 * 8 * 8
+    rms, l2 = PseudoHuber(0.03, "rms"), PseudoHuber(0.03 * n**0.5, "l2")
+    torch.testing.assert_close(rms.value(y), l2.value(y) / n**0.5)
+    torch.testing.assert_close(rms.grad(y), l2.grad(y) / n**0.5)

@@ -187,3 +187,16 @@ def test_bad_eval_constraints_are_refused_naming_the_key(tiny_sd_dir, tmp_path, 
     with pytest.raises(ConfigError) as err:
         make_config(tiny_sd_dir, str(tmp_path), eval=evaluation)
     assert message in str(err.value)
+
+
+def test_clip_frac_counts_the_steps_whose_gradient_was_clipped(tiny_sd_dir, tmp_path):
+    """``train/clip_frac``: the share of steps so far whose gradient norm exceeded ``optim.grad_clip``, saved
+    with the checkpoint so a resumed run counts on."""
+    tiny = build_trainer(make_config(tiny_sd_dir, str(tmp_path / "a"), optim={"grad_clip": 1e-9}))
+    first, second = train_step(tiny), train_step(tiny)
+    assert first["train/clip_frac"] == second["train/clip_frac"] == 1.0 and tiny.state_dict()["clipped"] == 2
+    loose = build_trainer(make_config(tiny_sd_dir, str(tmp_path / "b"), optim={"grad_clip": 1e9}))
+    assert train_step(loose)["train/clip_frac"] == 0.0
+    off = build_trainer(make_config(tiny_sd_dir, str(tmp_path / "c"), optim={"grad_clip": 0}))
+    metrics = train_step(off)
+    assert metrics["train/grad_norm"] > 0 and metrics["train/clip_frac"] == 0.0

@@ -91,3 +91,28 @@ def folded(denoiser: torch.nn.Module) -> Iterator[bool]:
         for layer, base, weight in originals:
             base.weight.data = weight
             layer._disable_adapters = False
+
+
+def copy_adapter(denoiser: torch.nn.Module, source: str, target: str) -> int:
+    """Give adapter ``target`` the LoRA delta of adapter ``source`` (A as is, B rescaled by the ratio of their
+    ``alpha / r`` scalings), then delete ``source``; the number of layers copied.
+
+    Raises:
+        ValueError: the two adapters' ranks differ in some layer, or they share no layer.
+    """
+    from peft.tuners.lora import LoraLayer
+
+    layers = [m for m in denoiser.modules() if isinstance(m, LoraLayer) and source in m.lora_A and target in m.lora_A]
+    if not layers:
+        raise ValueError(f"adapters {source!r} and {target!r} share no layer: were they trained on other modules?")
+    with torch.no_grad():
+        for layer in layers:
+            a, b = layer.lora_A[source].weight, layer.lora_B[source].weight
+            if a.shape != layer.lora_A[target].weight.shape:
+                raise ValueError(f"a LoRA of rank {a.shape[0]} cannot start an adapter of rank "
+                                 f"{layer.lora_A[target].weight.shape[0]}; give both the same rank")
+            layer.lora_A[target].weight.copy_(a)
+            layer.lora_B[target].weight.copy_(b * (layer.scaling[source] / layer.scaling[target]))
+    for layer in layers:
+        layer.delete_adapter(source)
+    return len(layers)

@@ -69,10 +69,18 @@ class SamplerConfig:
 
     num_steps: int = 20  # T, sampling steps
     guidance_scale: float = 7.5  # classifier-free guidance w (<= 1 turns guidance off)
-    eta: float = 0.0  # DDIM stochasticity: 0 deterministic, 1 DDPM-like (flow models: 0 only)
+    # w while training, when it differs from evaluation's (ReFL's official code trains without CFG: 1); null = guidance_scale
+    train_guidance_scale: float | None = None
+    eta: float = 0.0  # DDIM stochasticity: 0 deterministic, 1 DDPM ancestral sampling (flow models: 0 only)
+
+    @property
+    def training_guidance(self) -> float:
+        return self.guidance_scale if self.train_guidance_scale is None else self.train_guidance_scale
 
     def validate(self) -> list[str]:
         problems = _positive("num_steps", self.num_steps)
+        if self.train_guidance_scale is not None and not self.train_guidance_scale >= 0:
+            problems.append(f"train_guidance_scale: must be >= 0 or null, got {self.train_guidance_scale}")
         problems += [] if 0 <= self.eta <= 1 else [f"eta: must be in [0, 1], got {self.eta}"]
         if self.num_steps > 1000:
             problems.append(f"num_steps: must be <= 1000 (the schedulers' training timesteps), got {self.num_steps}")
@@ -87,8 +95,16 @@ class PlanConfig:
 
     name: Literal["draft", "draft_k", "draft_lv", "drtune", "refl", "alignprop", "di_star"] = "drtune"
     k: int = 1  # trained steps: last k (draft_k) or spread over the chain (drtune)
-    lv_copies: int = 2  # draft_lv: n re-noised copies of the final latent
+    lv_copies: int = 2  # draft_lv: n re-noised copies of sg(x0), each denoised once more with gradient
+    lv_include_chain: bool = False  # draft_lv: also train the chain's own last step (false: the copies only)
+    lv_timestep: int | None = None  # draft_lv: training timestep the copies are re-noised to; null = the last step's
     early_stop: int = 0  # m: stop at a step drawn from the last m (drtune: 0 = off; refl: required)
+    alignprop_cuts: Literal["per_step", "per_call"] = "per_step"  # alignprop: a cut drawn at every step (the
+    # original code), or one per sampling call, training a suffix of random length (its later TRL-style code)
+    # the loss on the reward r (the rewards section's weighted sum): loss_scale * -r, or with a hinge margin
+    # loss_scale * relu(margin - r) (ReFL's official code: margin 2 on ImageReward, loss_scale 1e-3)
+    hinge_margin: float | None = None
+    loss_scale: float = 1.0
     # DRaFT+: beta * mean ||f_theta(x_t) - f_base(x_t)||^2 over the trained steps, f the guided denoiser output
     # and f_base the same network with its LoRA adapters off (0: off, the plain objective)
     kl_coeff: float = 0.0
@@ -115,6 +131,24 @@ class PlanConfig:
             problems.append(f"kl_coeff: must be a finite number >= 0, got {self.kl_coeff}")
         if self.name == "refl" and self.early_stop < 1:
             problems.append("early_stop: refl draws its stop step from the last m steps; set early_stop >= 1")
+        if self.lv_timestep is not None and not 0 <= self.lv_timestep <= 999:
+            problems.append(f"lv_timestep: must be a training timestep in [0, 999] or null, got {self.lv_timestep}")
+        if not (math.isfinite(self.loss_scale) and self.loss_scale > 0):
+            problems.append(f"loss_scale: must be a finite number > 0, got {self.loss_scale}")
+        if self.hinge_margin is not None and not math.isfinite(self.hinge_margin):
+            problems.append(f"hinge_margin: must be a finite number or null, got {self.hinge_margin}")
+        problems += self._unused_problems()
+        return problems
+
+    def _unused_problems(self) -> list[str]:
+        """Settings of one plan given to another: refused, so a typo in plan.name is not silently ignored."""
+        owners = {"lv_include_chain": ("draft_lv", False), "lv_timestep": ("draft_lv", None),
+                  "alignprop_cuts": ("alignprop", "per_step")}
+        problems = [f"{key}: only {owner} reads it; remove it for {self.name} (got {getattr(self, key)!r})"
+                    for key, (owner, default) in owners.items() if self.name != owner and getattr(self, key) != default]
+        if self.name == "di_star" and (self.hinge_margin is not None or self.loss_scale != 1.0):
+            problems.append("hinge_margin: di_star weighs its reward with distill.alpha_rew; leave hinge_margin and "
+                            "loss_scale unset")
         return problems
 
 
@@ -127,10 +161,16 @@ class DistillConfig:
     DI++ = kl, alpha_rew > 0.
     """
 
-    divergence: Literal["sim", "kl"] = "sim"  # sim: pseudo-Huber score divergence (DI*, SIM); kl: Diff-Instruct / DMD / DI++
-    alpha_rew: float = 1.0  # reward weight: L = -alpha_rew * r + w(t) * D
+    # sim: SIM's / DI*'s pseudo-Huber score divergence under a fixed sampling law, their generator loss
+    # -d'(y)ᵀ(s_fake - ∇log q) (as published); sim_sampling_law: that loss plus d(y), the divergence's gradient
+    # with the sampling law differentiated too (this project's objective before 2026-12); kl: Diff-Instruct / DMD / DI++
+    divergence: Literal["sim", "sim_sampling_law", "kl"] = "sim"
+    alpha_rew: float = 1.0  # reward weight: L = -alpha_rew * r + w(t) * D (r as the rewards section sums it)
     alpha_cfg: float = 7.5  # CFG scale of the teacher inside the divergence (<= 1: conditional teacher only)
-    huber_c: float = 0.03  # pseudo-Huber C, per latent element in noise-prediction units
+    # pseudo-Huber d(y) = sqrt(||y||² + c²) - c on noise-prediction units: ||·|| the L2 norm over the latent (l2,
+    # the papers' form) or its root mean square (rms, c per element; l2's value with c·√n, divided by √n)
+    huber_norm: Literal["l2", "rms"] = "l2"
+    huber_c: float = 0.03
     generator_timestep: int = 999  # t_g: the generator is the UNet's x0 prediction from pure noise at this timestep
     t_min: int = 20  # noise levels of the divergence and of the fake score's training: t ~ U{t_min..t_max}
     t_max: int = 980
@@ -139,6 +179,9 @@ class DistillConfig:
     fake_lr: float = 1e-3  # fake-score learning rate (AdamW; betas, eps, decay, clipping as in optim)
     fake: TrainableConfig = field(default_factory=TrainableConfig)  # the fake score's trained weights
     teacher_path: str | None = None  # reference diffusers pipeline; None = model.path (the generator's initialisation)
+    # a one-step generator's LoRA folder (a di_star run's final/) to start the generator from: post-training an
+    # already distilled generator, as DI* post-trains DMD2 (a full distilled model: set model.path to it instead)
+    generator_init: str | None = None
     shared_base: bool = False  # one UNet: generator and fake score as two LoRA adapters, teacher = adapters off
 
     def validate(self) -> list[str]:
@@ -323,6 +366,15 @@ class Config:
     ray: RayConfig = field(default_factory=RayConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
+    def reward_scales(self) -> str:
+        """Each reward term's effective scale in the loss: its weight times the loss's coefficient on the reward
+        sum (``distill.alpha_rew`` for di_star, else ``plan.loss_scale``), in the reward's own unit, e.g.
+        ``"hpsv2: 100 × cosine (HPS; ...)"``; shipped recipes state it in their header, run folders in config.yaml."""
+        coefficient = self.distill.alpha_rew if self.plan.name == "di_star" else self.plan.loss_scale
+        terms = "; ".join(spec.scale_in_loss(coefficient) for spec in self.rewards)
+        hinge = self.plan.hinge_margin
+        return terms if hinge is None or self.plan.name == "di_star" else f"{terms} (while r < {hinge:g}: a hinge)"
+
     def validate(self) -> list[str]:
         """Cross-section checks: the plan must fit in the sampler's steps."""
         problems, steps, plan = [], self.sampler.num_steps, self.plan
@@ -379,6 +431,9 @@ class Config:
         if self.distill.shared_base and self.ray.teacher_actors:
             problems.append("ray.teacher_actors: with distill.shared_base the teacher is the worker's own UNet with "
                             "adapters off; set ray.teacher_actors=0 or distill.shared_base=false")
+        if self.distill.generator_init is not None and self.trainable.kind != "lora":
+            problems.append("distill.generator_init: starts the generator's LoRA from another one; set trainable.kind="
+                            "lora, or for a full fine-tune set model.path to the one-step model")
         if self.distill.fake.kind == "full" and self.model.dtype != "fp32":
             problems.append(f"distill.fake.kind: a full fake score trains in fp32; set model.dtype=fp32 (got "
                             f"{self.model.dtype}) or fake.kind=lora")

@@ -18,7 +18,7 @@ reproduces diffusers' pipelines.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -35,6 +35,7 @@ class DDIMSchedule:
         abar_prev: alpha-bar at the timestep each step lands on, shape ``(T,)``, float64.
         prediction_type: What the denoiser predicts: ``epsilon``, ``v_prediction`` or ``sample``.
         clip_sample_range: Clamp ``x0_hat`` to this range, or None for no clamp.
+        train_abar: alpha-bar at every training timestep, shape ``(num_train_timesteps,)``, float64.
     """
 
     timesteps: torch.Tensor
@@ -42,6 +43,7 @@ class DDIMSchedule:
     abar_prev: torch.Tensor
     prediction_type: str
     clip_sample_range: float | None
+    train_abar: torch.Tensor
 
     def __len__(self) -> int:
         return len(self.timesteps)
@@ -78,9 +80,18 @@ class DDIMSchedule:
             x_prev = x_prev + _coef(sigma, x_t) * noise
         return x_prev
 
-    def renoise_last(self, x0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        """The forward process ``sqrt(abar) x0 + sqrt(1 - abar) noise`` to the last timestep (DRaFT-LV)."""
-        abar = self.abar[-1]
+    def refinement(self, timestep: int | None = None) -> DDIMSchedule:
+        """One step from the last step's timestep (or from ``timestep``) to where the last step lands: where
+        DRaFT-LV's re-noised copies are denoised."""
+        if timestep is None:
+            return replace(self, timesteps=self.timesteps[-1:], abar=self.abar[-1:], abar_prev=self.abar_prev[-1:])
+        return replace(self, timesteps=torch.tensor([timestep]), abar=self.train_abar[[timestep]],
+                       abar_prev=self.abar_prev[-1:])
+
+    def renoise(self, x0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """The forward process ``sqrt(abar) x0 + sqrt(1 - abar) noise`` to the first step's timestep (DRaFT-LV's
+        copies, on a :meth:`refinement`)."""
+        abar = self.abar[0]
         return _coef(abar.sqrt(), x0) * x0 + _coef((1 - abar).sqrt(), x0) * noise
 
 
@@ -104,7 +115,7 @@ def ddim_schedule(scheduler, num_steps: int) -> DDIMSchedule:
     final = torch.as_tensor(scheduler.final_alpha_cumprod, dtype=torch.float64)
     abar_prev = torch.where(prev >= 0, alphas_cumprod[prev.clamp(min=0)], final)
     clip = float(cfg.clip_sample_range) if cfg.clip_sample else None
-    return DDIMSchedule(timesteps, alphas_cumprod[timesteps], abar_prev, cfg.prediction_type, clip)
+    return DDIMSchedule(timesteps, alphas_cumprod[timesteps], abar_prev, cfg.prediction_type, clip, alphas_cumprod)
 
 
 def one_step_schedule(scheduler, timestep: int) -> DDIMSchedule:
@@ -112,9 +123,9 @@ def one_step_schedule(scheduler, timestep: int) -> DDIMSchedule:
     the x0 prediction: the one-step generator of trainers/distill.py, and the teacher's one-step sample."""
     cfg = scheduler.config
     timesteps = torch.tensor([timestep])
-    abar = scheduler.alphas_cumprod.double()[timesteps]
+    table = scheduler.alphas_cumprod.double()
     clip = float(cfg.clip_sample_range) if cfg.clip_sample else None
-    return DDIMSchedule(timesteps, abar, torch.ones(1, dtype=torch.float64), cfg.prediction_type, clip)
+    return DDIMSchedule(timesteps, table[timesteps], torch.ones(1, dtype=torch.float64), cfg.prediction_type, clip, table)
 
 
 def _coef(value: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

@@ -18,8 +18,9 @@ One optimiser step on a batch of prompts ``c``:
    one AdamW step of ``ψ`` on ``||ε̂_ψ(x_t) - ε||²`` (denoising score matching on generator samples).
 2. Generator: fresh ``z, t, ε``, ``x0 = g(z, c)`` and ``x_t`` keep their graph;
    ``L = -α_rew r(decode(x0), c) + w(t) D(x_t)`` with D the score-divergence surrogate
-   (``score_divergence.sim_loss``, DI* / SIM) or the KL one (``kl_loss``, Diff-Instruct / DMD / DI++),
-   differentiated through both networks' input Jacobians with their weights frozen.
+   (``score_divergence.sim_loss``, DI* / SIM as published; ``sim_sampling_law_loss``, the sampling law
+   differentiated too) or the KL one (``kl_loss``, Diff-Instruct / DMD / DI++), differentiated through both
+   networks' input Jacobians with their weights frozen.
 
 The score networks run on a detached copy of ``x_t``: the teacher's side of D comes from
 ``score_divergence.divergence_terms`` (here, or in a Ray actor), the fake score's input Jacobian is
@@ -47,13 +48,13 @@ from typing import Protocol
 
 import torch
 
-from trainers.adapters import activate, adapters_off
+from trainers.adapters import activate, adapters_off, copy_adapter
 from trainers.config import Config, DistillConfig
 from trainers.ddim import one_step_schedule, split_prediction
 from trainers.engine import guided_output, sample
 from trainers.grad_plan import OneStep
 from trainers.models import Conditioning, DiffusionModel, load_denoiser, make_trainable, pair_problems
-from trainers.score_divergence import DivergenceSpec, DivergenceTerms, divergence_terms, dsm_loss
+from trainers.score_divergence import DivergenceSpec, DivergenceTerms, PseudoHuber, divergence_terms, dsm_loss
 
 FAKE = "fake"  # adapter name of the fake score under shared_base; the generator's is peft's "default"
 MIN_SNR = 5.0
@@ -135,7 +136,7 @@ def _score(reward, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
 
 
 def divergence_spec(cfg: DistillConfig) -> DivergenceSpec:
-    return DivergenceSpec(cfg.divergence, cfg.huber_c)
+    return DivergenceSpec(cfg.divergence, PseudoHuber(cfg.huber_c, cfg.huber_norm))
 
 
 class Networks:
@@ -199,12 +200,33 @@ class Networks:
                 params[n].copy_(t)
 
 
+def warm_start(model: DiffusionModel, folder: str) -> None:
+    """Start the generator's LoRA adapter (``default``) from the LoRA a one-step run saved in ``folder``
+    (``distill.generator_init``: post-training an already distilled generator, as DI* post-trains DMD2).
+
+    Raises:
+        ValueError: the LoRA's rank or target modules differ from ``trainable``'s.
+    """
+    try:
+        with warnings.catch_warnings():  # peft warns of a second adapter and of deleting the active one: both meant
+            warnings.filterwarnings("ignore", message="Already found a `peft_config`")
+            warnings.filterwarnings("ignore", message="Adapter init was active")
+            model.family.load_lora(model.denoiser, folder, "init")
+            copy_adapter(model.denoiser, "init", "default")
+    except ValueError as e:
+        raise ValueError(f"distill.generator_init: {folder!r}: {e}") from e
+    activate(model.denoiser, "default")
+
+
 def build_networks(cfg: Config, model: DiffusionModel, local_teacher: bool) -> tuple[Networks, object]:
-    """Give ``model.denoiser`` the generator's weights and build the fake score (and the teacher when
-    ``local_teacher``), initialised from the teacher; returns the networks and the teacher's scheduler."""
+    """Give ``model.denoiser`` the generator's weights (``distill.generator_init``'s LoRA when set) and build the
+    fake score (and the teacher when ``local_teacher``), initialised from the teacher; returns the networks and
+    the teacher's scheduler."""
     d = cfg.distill
     if d.shared_base:
         generator_params = make_trainable(model, cfg.trainable)
+        if d.generator_init:
+            warm_start(model, d.generator_init)
         with warnings.catch_warnings():  # peft warns that a second adapter is being added: here it is meant
             warnings.filterwarnings("ignore", message="Already found a `peft_config`")
             fake_params = make_trainable(model, d.fake, adapter_name=FAKE)
@@ -221,6 +243,8 @@ def build_networks(cfg: Config, model: DiffusionModel, local_teacher: bool) -> t
     fake = copy.deepcopy(teacher) if local_teacher else teacher  # actors serve the teacher: this copy is free
     fake_params = make_trainable(replace(model, denoiser=fake), d.fake)
     generator_params = make_trainable(model, cfg.trainable)
+    if d.generator_init:
+        warm_start(model, d.generator_init)
     return (Networks(model.denoiser, fake, teacher if local_teacher else None, generator_params, fake_params,
                      shared=False), scheduler)
 
@@ -320,7 +344,7 @@ class DiStar:
     def divergence_grad(self, x_t, t, cond, uncond, eps) -> tuple[torch.Tensor, torch.Tensor]:
         """``(∂D/∂x_t (B, C, h, w), D (B,))`` at detached ``x_t``, through both score networks: the fake
         score's input Jacobian here, the teacher's in ``teacher.terms`` (maybe in an actor)."""
-        sim = self.cfg.divergence == "sim"  # kl: the fake score is a constant
+        sim = divergence_spec(self.cfg).uses_fake_jacobian  # kl: the fake score is a constant
         x_in = x_t.requires_grad_(sim)
         with torch.set_grad_enabled(sim), self.nets.role("fake"):
             eps_fake = self.fake_eps(x_in, t, cond)

@@ -16,7 +16,7 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 from trainers.adapters import adapters_off, folded
-from trainers.grad_plan import StepFlags
+from trainers.grad_plan import Refinement, StepFlags
 from trainers.models import Conditioning, DiffusionModel
 from trainers.schedule import Schedule
 
@@ -26,7 +26,8 @@ class Trajectory:
     """What one sampling run produced.
 
     Attributes:
-        finals: Final latents, each ``(B, C, h, w)``: the sample, then DRaFT-LV's re-noised copies.
+        finals: Final latents, each ``(B, C, h, w)``: the sample, then DRaFT-LV's re-noised copies (the copies
+            alone when its refinement leaves the chain out).
         flags: The plan's flags for the steps that ran.
         grad_calls: Number of denoiser calls that carried parameter gradients.
         drift: With ``drift=True``, per call with gradient, ``mean((f_theta - sg(f_base))^2)`` of the guided
@@ -122,7 +123,7 @@ class _Folding:
 
 def sample(model: DiffusionModel, cond: Conditioning, uncond: Conditioning | None, x_T: torch.Tensor,
            schedule: Schedule, flags: list[StepFlags], *, guidance: float, eta: float = 0.0,
-           gen: torch.Generator | None = None, refine_copies: int = 0,
+           gen: torch.Generator | None = None, refine: Refinement | None = None,
            step_checkpointing: bool = True, drift: bool = False,
            tuned_weights: list[float] | None = None, fold_lora: bool = False) -> Trajectory:
     """Sample latents from ``x_T`` following a gradient plan.
@@ -137,8 +138,8 @@ def sample(model: DiffusionModel, cond: Conditioning, uncond: Conditioning | Non
         guidance: CFG weight w.
         eta: DDIM stochasticity; ``eta > 0`` draws noise from ``gen`` at every step (DDIM only).
         gen: Random generator for DDIM noise and DRaFT-LV re-noising.
-        refine_copies: DRaFT-LV's n: re-noise ``sg(x0)`` to the last timestep n times and denoise
-            each once more with gradient.
+        refine: DRaFT-LV's copies: re-noise ``sg(x0)`` to the refinement's timestep n times and denoise
+            each once with gradient (``grad_plan.Refinement``).
         step_checkpointing: Recompute trained steps during backward instead of storing activations.
         drift: Also run each call with gradient through the base network (LoRA adapters off, no graph) and
             record DRaFT+'s drift (``Trajectory.drift``).
@@ -148,9 +149,9 @@ def sample(model: DiffusionModel, cond: Conditioning, uncond: Conditioning | Non
             (``trainers.adapters.folded``): the same outputs to float rounding, without peft's per-layer work.
 
     Returns:
-        A :class:`Trajectory` whose ``finals[0]`` is ``x0`` (``(B, C, h, w)``).
+        A :class:`Trajectory` whose ``finals[0]`` is ``x0`` (``(B, C, h, w)``), or the first copy.
     """
-    x, grad_calls, last = x_T, 0, len(schedule) - 1
+    x, grad_calls = x_T, 0
     drifts = [] if drift else None
     with _Folding(model.denoiser, fold_lora and tuned_weights is None) as folding:
         for i, f in enumerate(flags):
@@ -163,14 +164,15 @@ def sample(model: DiffusionModel, cond: Conditioning, uncond: Conditioning | Non
             if f.stop:
                 return Trajectory([schedule.predict_x0(out, x, i)], flags, grad_calls, drifts or [])
             x = schedule.step(out, x, i, eta, _step_noise(x, eta, gen))
-    finals = [x]
-    t_last = schedule.timesteps[last].to(model.device)
-    for _ in range(refine_copies):
-        noise = _step_noise(x, 1.0, gen)
-        x1 = schedule.renoise_last(x.detach(), noise)
-        out = _call_denoiser(_Denoise(model, t_last, cond, uncond, guidance), x1, StepFlags(grad=True),
+    if refine is None:
+        return Trajectory([x], flags, grad_calls, drifts or [])
+    finals, one = [x] if refine.include_chain else [], schedule.refinement(refine.timestep)
+    t_r = one.timesteps[0].to(model.device)
+    for _ in range(refine.copies):
+        x_r = one.renoise(x.detach(), _step_noise(x, 1.0, gen))
+        out = _call_denoiser(_Denoise(model, t_r, cond, uncond, guidance), x_r, StepFlags(grad=True),
                              step_checkpointing, drifts)
-        finals.append(schedule.step(out, x1, last, eta, _step_noise(x1, eta, gen)))
+        finals.append(one.step(out, x_r, 0, eta, _step_noise(x_r, eta, gen)))
         grad_calls += 1
     return Trajectory(finals, flags, grad_calls, drifts or [])
 

@@ -19,7 +19,7 @@ training never calls ``scheduler.step``, which carries a step index.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -50,10 +50,12 @@ class FlowSchedule:
     Attributes:
         sigmas: Noise levels visited, then the terminal 0, shape ``(T + 1,)``, float32 as diffusers keeps them.
         timesteps: What the denoiser is given at each step, ``sigma * num_train_timesteps``, shape ``(T,)``, float32.
+        num_train_timesteps: The scheduler's ``num_train_timesteps``: a training timestep t is ``sigma = t / it``.
     """
 
     sigmas: torch.Tensor
     timesteps: torch.Tensor
+    num_train_timesteps: int = 1000
 
     def __len__(self) -> int:
         return len(self.timesteps)
@@ -77,9 +79,17 @@ class FlowSchedule:
             raise ValueError(f"sampler.eta={eta}: the flow-matching Euler sampler is deterministic; set sampler.eta=0")
         return x + (self._sigma(i + 1, x) - self._sigma(i, x)) * v.to(x.dtype)
 
-    def renoise_last(self, x0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        """``(1 - sigma) x0 + sigma eps`` at the last step's sigma (DRaFT-LV's re-noised copies)."""
-        sigma = self._sigma(len(self) - 1, x0)
+    def refinement(self, timestep: int | None = None) -> FlowSchedule:
+        """One Euler step from the last step's sigma (or from ``timestep / num_train_timesteps``) to 0: where
+        DRaFT-LV's re-noised copies are denoised."""
+        if timestep is None:
+            return replace(self, sigmas=self.sigmas[-2:], timesteps=self.timesteps[-1:])
+        sigma = torch.tensor([timestep / self.num_train_timesteps, 0.0], dtype=torch.float32)
+        return replace(self, sigmas=sigma, timesteps=sigma[:1] * self.num_train_timesteps)
+
+    def renoise(self, x0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """``(1 - sigma) x0 + sigma eps`` at the first step's sigma (DRaFT-LV's copies, on a :meth:`refinement`)."""
+        sigma = self._sigma(0, x0)
         return (1 - sigma) * x0 + sigma * noise
 
 
@@ -113,7 +123,7 @@ def flow_schedule(config, num_steps: int, image_seq_len: int) -> FlowSchedule:
         one_minus = 1 - sigmas
         sigmas = 1 - one_minus / (one_minus[-1] / (1 - config["shift_terminal"]))
     sigmas = torch.from_numpy(sigmas).to(torch.float32)
-    return FlowSchedule(torch.cat([sigmas, torch.zeros(1)]), sigmas * n_train)
+    return FlowSchedule(torch.cat([sigmas, torch.zeros(1)]), sigmas * n_train, n_train)
 
 
 def dynamic_shift_mu(config, image_seq_len: int) -> float:

@@ -16,11 +16,13 @@ With paper step numbers ``t = T - i`` (t = 1 is the last step):
 =============  ======================================================================
 DRaFT          all steps grad and chain (full backprop through the sampler)
 DRaFT-K        last K steps grad and chain; the first T-K run without a graph
-DRaFT-LV       DRaFT-1, then n copies ``x_1 = add_noise(sg(x0), t_last)`` denoised again with grad
+DRaFT-LV       the chain without gradient, then n copies ``x_1 = add_noise(sg(x0), t_r)`` each denoised once
+               with grad (t_r the last step's timestep unless set); optionally the chain's last step trained too
 DRTune         K steps ``o + j*floor(L/K)``, ``o ~ U{0..L-1-(K-1)floor(L/K)}``, inputs detached, chain on,
                optional early stop at ``t_min ~ U{1..m}``; L is the number of steps run
 ReFL           stop at ``t_min ~ U{1..m}``; only that step has grad; no chain
-AlignProp      chain everywhere; step i has grad iff ``i >= c_i``, ``c_i ~ U{0..T-1}`` drawn per step
+AlignProp      chain everywhere; step i has grad iff ``i >= c_i``, ``c_i ~ U{0..T}`` drawn per step (the
+               original code), or one ``c ~ U{0..T}`` per call (its later TRL-style code)
 OneStep        T = 1 (the one-step generator of Diff-Instruct*): that step has grad
 =============  ======================================================================
 """
@@ -48,10 +50,19 @@ def _randint(low: int, high: int, gen: torch.Generator | None) -> int:
 
 
 @dataclass(frozen=True)
+class Refinement:
+    """DRaFT-LV's re-noised copies: ``copies`` times, ``x_r = add_noise(sg(x0), timestep)`` (None: the last
+    step's timestep) denoised once with gradient to where the last step lands; ``include_chain`` keeps the
+    chain's own sample among the scored finals."""
+
+    copies: int
+    timestep: int | None = None
+    include_chain: bool = False
+
+
+@dataclass(frozen=True)
 class Draft:
     """DRaFT (Clark et al., 2024): backpropagate through the whole sampling chain."""
-
-    refine_copies: int = 0
 
     def flags(self, num_steps: int, gen: torch.Generator | None = None) -> list[StepFlags]:
         return [StepFlags(grad=True, chain=True) for _ in range(num_steps)]
@@ -59,19 +70,30 @@ class Draft:
 
 @dataclass(frozen=True)
 class DraftK:
-    """DRaFT-K: gradients through the last ``k`` steps only; DRaFT-LV when ``refine_copies > 0``.
+    """DRaFT-K: gradients through the last ``k`` steps only.
 
     Attributes:
         k: Number of trained steps at the end of the chain.
-        refine_copies: DRaFT-LV's n: re-noised copies of the final latent denoised again with grad.
     """
 
     k: int = 1
-    refine_copies: int = 0
 
     def flags(self, num_steps: int, gen: torch.Generator | None = None) -> list[StepFlags]:
         first = num_steps - self.k
         return [StepFlags(grad=i >= first, chain=i >= first) for i in range(num_steps)]
+
+
+@dataclass(frozen=True)
+class DraftLV:
+    """DRaFT-LV (Clark et al., 2024, Algorithm 2): sample ``sg(x0)``, re-noise it ``n`` times and denoise each
+    copy once with gradient (:class:`Refinement`); with ``include_chain`` the chain's last step is trained
+    too (DRaFT-1 plus the copies, as FlowBP's port does)."""
+
+    refine: Refinement
+
+    def flags(self, num_steps: int, gen: torch.Generator | None = None) -> list[StepFlags]:
+        last = num_steps - 1 if self.refine.include_chain else None
+        return [StepFlags(grad=i == last, chain=i == last) for i in range(num_steps)]
 
 
 @dataclass(frozen=True)
@@ -85,7 +107,6 @@ class DRTune:
 
     k: int = 5
     early_stop: int = 0
-    refine_copies: int = 0
 
     def flags(self, num_steps: int, gen: torch.Generator | None = None) -> list[StepFlags]:
         stop = num_steps - _randint(1, self.early_stop, gen) if self.early_stop else num_steps - 1
@@ -106,7 +127,6 @@ class ReFL:
     """
 
     early_stop: int = 10
-    refine_copies: int = 0
 
     def flags(self, num_steps: int, gen: torch.Generator | None = None) -> list[StepFlags]:
         stop = num_steps - _randint(1, self.early_stop, gen)
@@ -115,12 +135,16 @@ class ReFL:
 
 @dataclass(frozen=True)
 class AlignProp:
-    """AlignProp (Prabhudesai et al., 2023): randomised truncation, a fresh cut drawn per step."""
+    """AlignProp (Prabhudesai et al., 2023): randomised truncation. The original code (``main.py``) draws a
+    cut ``c ~ U{0..T}`` inside the step loop and detaches step i's prediction when ``i < c``, so each step
+    trains with probability ``(i + 1) / (T + 1)`` independently; ``per_call`` draws one cut per sampling call
+    (its later TRL-style ``sd_pipeline.py``), which trains a suffix of random length."""
 
-    refine_copies: int = 0
+    per_call: bool = False
 
     def flags(self, num_steps: int, gen: torch.Generator | None = None) -> list[StepFlags]:
-        cuts = torch.randint(0, num_steps, (num_steps,), generator=gen).tolist()
+        draws = 1 if self.per_call else num_steps
+        cuts = torch.randint(0, num_steps + 1, (draws,), generator=gen).expand(num_steps).tolist()
         return [StepFlags(grad=i >= cuts[i], chain=True) for i in range(num_steps)]
 
 
@@ -128,10 +152,13 @@ class AlignProp:
 class OneStep:
     """A one-step generator (Diff-Instruct*, trainers/distill.py): its single step carries gradient."""
 
-    refine_copies: int = 0
-
     def flags(self, num_steps: int, gen: torch.Generator | None = None) -> list[StepFlags]:
         return [StepFlags(grad=True) for _ in range(num_steps)]
 
 
-GradPlan = Draft | DraftK | DRTune | ReFL | AlignProp | OneStep
+GradPlan = Draft | DraftK | DraftLV | DRTune | ReFL | AlignProp | OneStep
+
+
+def refinement(plan: GradPlan) -> Refinement | None:
+    """The re-noised copies a plan adds after the chain (DRaFT-LV), or None."""
+    return plan.refine if isinstance(plan, DraftLV) else None

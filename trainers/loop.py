@@ -2,8 +2,9 @@
 
 One optimiser step (ALGORITHMS.md §1-2): draw prompts ``c`` and noise ``x_T``, draw the plan's
 step flags, sample ``x0`` with the engine, decode, and minimise
-``L = -sum_j mean_b r(decode(x0_j)_b, c_b)`` over the final latents ``x0_j`` (one, or 1 + n for
-DRaFT-LV), or for ``plan.name=di_star`` the one-step generator's Diff-Instruct* loss after its
+``L = -sum_j mean_b r(decode(x0_j)_b, c_b)`` over the final latents ``x0_j`` (one, or DRaFT-LV's n
+copies, plus the chain's sample with ``plan.lv_include_chain``; ``plan.hinge_margin`` and
+``plan.loss_scale`` reshape it as ReFL's official code does: :func:`reward_objective`), or for ``plan.name=di_star`` the one-step generator's Diff-Instruct* loss after its
 fake-score updates (``trainers.distill``). Non-finite losses or gradients skip the step;
 ``train.max_bad_steps`` in a row abort.
 Prompts, ``x_T`` and plan draws come from one checkpointed ``torch.Generator`` and per-step noise
@@ -27,12 +28,12 @@ import torch
 from rewards.base import Reward
 from rewards.build import build_reward
 from trainers.checkpoint import checkpoint_root, latest_checkpoint, load_checkpoint, save_checkpoint
-from trainers.config import Config, SamplerConfig
+from trainers.config import Config, PlanConfig, SamplerConfig
 from trainers.constraints import broken, parse_constraints
 from trainers.ddim import one_step_schedule
 from trainers.distill import DiStar, Teacher
 from trainers.engine import generate, sample
-from trainers.grad_plan import GradPlan
+from trainers.grad_plan import GradPlan, refinement
 from trainers.models import (DiffusionModel, load_model, load_trainable_state_dict, make_trainable,
                              save_denoiser_state, save_trained, trainable_state_dict)
 from trainers.prompts import BUILTIN_HELD_OUT, BUILTIN_TRAIN, PromptSampler, load_prompts
@@ -80,6 +81,7 @@ class Trainer:
     step: int = 0
     bad_in_a_row: int = 0
     skipped: int = 0
+    clipped: int = 0  # optimiser steps whose gradient norm exceeded optim.grad_clip
     extra: dict = field(default_factory=dict)
 
     def state_dict(self) -> dict:
@@ -92,7 +94,7 @@ class Trainer:
                 "optimizer": optimizer, "lr_schedule": self.lr_schedule.state_dict(),
                 "gen": self.gen.get_state(), "torch_rng": torch.get_rng_state(), "sampler": self.sampler.state_dict(),
                 "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-                "bad_in_a_row": self.bad_in_a_row, "skipped": self.skipped, "extra": self.extra,
+                "bad_in_a_row": self.bad_in_a_row, "skipped": self.skipped, "clipped": self.clipped, "extra": self.extra,
                 "distill": self.distill.state_dict() if self.distill else None}
 
     def load_state_dict(self, state: dict) -> None:
@@ -108,6 +110,7 @@ class Trainer:
             torch.cuda.set_rng_state_all(state["cuda_rng"])
         self.sampler.load_state_dict(state["sampler"])
         self.step, self.bad_in_a_row, self.skipped = state["step"], state["bad_in_a_row"], state["skipped"]
+        self.clipped = state.get("clipped", 0)
         self.extra = state.get("extra", {})
         if self.distill:
             self.distill.load_state_dict(state["distill"])
@@ -164,19 +167,19 @@ def plan_loss(tr: Trainer, prompts: list[str], x_T: torch.Tensor, flags: list, g
     ``plan.diversity_coeff`` = lambda > 0 it adds ``lambda *`` :func:`diversity_loss` of the feature
     diversity of each group of ``plan.samples_per_prompt`` consecutive prompts' images, summed over the J
     final latents as the reward is (``train/feature_diversity``: the mean)."""
-    model, s = tr.model, tr.cfg.sampler
+    model, s, guidance = tr.model, tr.cfg.sampler, tr.cfg.sampler.training_guidance
     cond = model.family.encode_prompts(model, prompts)
-    uncond = model.family.encode_negative(model, len(prompts)) if s.guidance_scale > 1 else None
+    uncond = model.family.encode_negative(model, len(prompts)) if guidance > 1 else None
     beta = tr.cfg.plan.kl_coeff
-    traj = sample(model, cond, uncond, x_T, tr.schedule, flags, guidance=s.guidance_scale, eta=s.eta, gen=gen,
-                  refine_copies=tr.plan.refine_copies, step_checkpointing=tr.cfg.model.step_checkpointing,
+    traj = sample(model, cond, uncond, x_T, tr.schedule, flags, guidance=guidance, eta=s.eta, gen=gen,
+                  refine=refinement(tr.plan), step_checkpointing=tr.cfg.model.step_checkpointing,
                   drift=beta > 0, fold_lora=tr.cfg.model.fold_lora)
     images = [model.family.decode(model, x0) for x0 in traj.finals]
     if not all(torch.isfinite(x).all() for x in images):  # rewards reject NaN images; skip the step instead
         nan = torch.full((len(images), len(prompts)), float("nan"))
         return nan.sum(), nan, prompts, {}
     scores = torch.stack([tr.reward(x, prompts) for x in images])
-    loss, metrics = -scores.mean(dim=1).sum(), {}
+    loss, metrics = reward_objective(scores, tr.cfg.plan), {}
     if traj.drift:
         drift = torch.stack(traj.drift).mean()
         loss, metrics["train/kl"] = loss + beta * drift, float(drift.detach())
@@ -184,6 +187,13 @@ def plan_loss(tr: Trainer, prompts: list[str], x_T: torch.Tensor, flags: list, g
         term, metrics["train/feature_diversity"] = diversity_term(tr, images)
         loss = loss + term
     return loss, scores, prompts, metrics
+
+
+def reward_objective(scores: torch.Tensor, plan: PlanConfig) -> torch.Tensor:
+    """The loss on the rewards ``(J, b)`` of the J final latents: ``loss_scale * sum_j mean_b -r``, or with
+    ``plan.hinge_margin`` m ``loss_scale * sum_j mean_b relu(m - r)`` (ReFL's official loss)."""
+    per_image = -scores if plan.hinge_margin is None else (plan.hinge_margin - scores).clamp(min=0)
+    return plan.loss_scale * per_image.mean(dim=1).sum()
 
 
 def diversity_term(tr: Trainer, images: list[torch.Tensor]) -> tuple[torch.Tensor, float]:
@@ -226,7 +236,7 @@ def train_step(tr: Trainer) -> dict[str, float]:
     loss_finite = bool(torch.isfinite(loss))
     if tr.sharded:  # FSDP's backward is a collective: every replica runs it, or none does
         loss_finite = tr.replicas.all_true(loss_finite)
-    if loss_finite:
+    if loss_finite and loss.requires_grad:  # AlignProp's cuts may leave no step with gradient: a zero gradient
         loss.backward()
     if not tr.sharded:  # FSDP averaged the gradients in backward
         tr.replicas.mean_grads_(tr.params, loss_finite)
@@ -235,6 +245,7 @@ def train_step(tr: Trainer) -> dict[str, float]:
     if finite:
         tr.optimizer.step()
         tr.bad_in_a_row = 0
+        tr.clipped += bool(tr.cfg.optim.grad_clip and grad_norm > tr.cfg.optim.grad_clip)
     else:
         tr.optimizer.zero_grad(set_to_none=True)
         tr.bad_in_a_row, tr.skipped = tr.bad_in_a_row + 1, tr.skipped + 1
@@ -244,6 +255,7 @@ def train_step(tr: Trainer) -> dict[str, float]:
     means = torch.stack([loss.detach(), scores[0].detach().mean()]).float().to(tr.model.device)
     tr.replicas.mean_([means])  # the global batch's loss and reward
     return {"train/loss": float(means[0]), "train/reward": float(means[1]), "train/grad_norm": float(grad_norm),
+            "train/clip_frac": tr.clipped / tr.step,  # share of the run's steps so far whose gradient was clipped
             "train/lr": tr.optimizer.param_groups[0]["lr"], "train/skipped_steps": tr.skipped,
             "perf/step_seconds": seconds, "perf/images_per_second": len(prompts) * tr.replicas.world_size / seconds,
             "perf/peak_memory_mb": peak_memory_mb(tr.model.device), **side}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from trainers.config import PLAN_NAMES, PlanConfig
-from trainers.grad_plan import AlignProp, Draft, DraftK, DRTune, GradPlan, OneStep, ReFL
+from trainers.grad_plan import AlignProp, Draft, DraftK, DraftLV, DRTune, GradPlan, OneStep, ReFL, Refinement
 
 
 def build_plan(cfg: PlanConfig) -> GradPlan:
@@ -15,10 +15,10 @@ def build_plan(cfg: PlanConfig) -> GradPlan:
     builders = {
         "draft": lambda: Draft(),
         "draft_k": lambda: DraftK(k=cfg.k),
-        "draft_lv": lambda: DraftK(k=1, refine_copies=cfg.lv_copies),
+        "draft_lv": lambda: DraftLV(Refinement(cfg.lv_copies, cfg.lv_timestep, cfg.lv_include_chain)),
         "drtune": lambda: DRTune(k=cfg.k, early_stop=cfg.early_stop),
         "refl": lambda: ReFL(early_stop=cfg.early_stop),
-        "alignprop": lambda: AlignProp(),
+        "alignprop": lambda: AlignProp(per_call=cfg.alignprop_cuts == "per_call"),
         "di_star": lambda: OneStep(),
     }
     assert set(builders) == set(PLAN_NAMES)

@@ -32,5 +32,9 @@ class Schedule(Protocol):
              noise: torch.Tensor | None = None) -> torch.Tensor:
         """The latent after step ``i``; ``noise`` is the fresh ``z`` a stochastic (``eta > 0``) step adds."""
 
-    def renoise_last(self, x0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        """``x0`` taken by the forward process to the last step's noise level (DRaFT-LV's copies)."""
+    def refinement(self, timestep: int | None = None) -> Schedule:
+        """A one-step schedule from the last step's noise level (or from training timestep ``timestep``) to
+        where the last step lands (DRaFT-LV's copies)."""
+
+    def renoise(self, x0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """``x0`` taken by the forward process to the first step's noise level."""
