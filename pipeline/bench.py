@@ -119,13 +119,14 @@ def same_work(model_dir: str, overrides: list[str]) -> dict:
 
     from pipeline.config import load_config
     from trainers.config import Config
-    from trainers.loop import build_trainer, plan_loss
+    from trainers.loop import build_trainer
+    from trainers.objectives import plan_loss
 
     cfg = load_config(Config, None, [f"model.path={model_dir}", "rewards=[{name: brightness}]", *overrides])
     tr = build_trainer(cfg)
     prompts = tr.sampler.next_batch(cfg.train.batch_size)
     x_T = torch.randn(len(prompts), *tr.model.latent_shape, generator=torch.Generator().manual_seed(0)).to(tr.model.device)
-    flags = tr.plan.flags(cfg.sampler.num_steps, torch.Generator().manual_seed(1))
+    flags = tr.objective.plan.flags(cfg.sampler.num_steps, torch.Generator().manual_seed(1))
     return {"tr": tr, "loss": {"engine": lambda: plan_loss(tr, prompts, x_T, flags, None)[0],
                                "naive": lambda: naive_loss(tr, prompts, x_T, flags)}}
 

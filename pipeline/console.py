@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterator
 from typing import TextIO
 
 from trainers.constraints import broken, parse_constraints
+from trainers.reporting import Reporter
 
 Event = dict
 Emit = Callable[[Event], None]
@@ -51,7 +52,7 @@ def model_text(event: Event) -> str:
     return f"{version} ({event['uri']})" if version else event["uri"]
 
 
-class ConsoleReporter:
+class ConsoleReporter(Reporter):
     """A reporter of the training core (rank 0) that sends what the console shows to ``emit``; with
     ``require`` (``eval.require``), each evaluation says whether it meets the constraints."""
 

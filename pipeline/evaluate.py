@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     if problems:
         raise ConfigError(problems, "command line")
     from rewards.build import build_reward
-    from trainers.loop import sample_and_score
+    from trainers.evaluation import sample_and_score
     from trainers.models import load_model, load_trained
     from trainers.prompts import BUILTIN_HELD_OUT, load_prompts
 
@@ -96,7 +96,7 @@ def sweep(model, args: argparse.Namespace, cfg, prompts: list[str], rewards: dic
     one row each, ``{"label", "scores": {name: per-image scores, diversity/feature_diversity: per prompt}}``."""
     from trainers.adapters import weigh
     from trainers.engine import annealed_weights
-    from trainers.loop import diversity_scores, image_encoder, sample_and_score
+    from trainers.evaluation import diversity_scores, image_encoder, sample_and_score
     from trainers.models import load_trained
 
     load_trained(model, args.weights)

@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
 def save_images(images, prompts: list[str], out: str, per_row: int) -> None:
     from torchvision.utils import save_image
 
-    from trainers.loop import save_grid
+    from trainers.evaluation import save_grid
 
     os.makedirs(out, exist_ok=True)
     for i, (image, prompt) in enumerate(zip(images, prompts)):

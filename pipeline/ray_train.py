@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pipeline.config import ConfigError, from_dict, to_dict
 from pipeline.console import note
 from trainers.config import Config
+from trainers.reporting import Reporter
 
 # Ray's token: its value, else a file holding it (PLATFORM.md §2); Ray's own default file is ~/.ray/auth_token
 TOKEN, TOKEN_PATH = "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"
@@ -25,7 +26,7 @@ TOKEN, TOKEN_PATH = "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"
 API_SERVER_ADDRESS = "RAY_API_SERVER_ADDRESS"
 
 
-class RayReporter:
+class RayReporter(Reporter):
     """Forwards the core's metrics to Ray Train at step 0, every ``ray.report_every`` steps, and at each
     evaluation, checkpoint and the last step; rank 0 attaches checkpoints.
 
@@ -418,7 +419,7 @@ def run_outputs(result, run_dir: str) -> tuple[dict[str, dict[str, float]], str]
     """
     import shutil
 
-    from trainers.loop import held_out_from_metrics
+    from trainers.evaluation import held_out_from_metrics
 
     if result.error is not None:
         raise result.error

@@ -38,6 +38,7 @@ from pipeline.preflight import config_text
 from trainers.checkpoint import write_text_atomic
 from trainers.config import Config
 from trainers.constraints import broken, parse_constraints
+from trainers.reporting import Reporter
 
 RUN_ID_KEY = "mlflow_run_id"  # in the checkpointed state
 RUN_FOLDER_TAG = "reward_tuning.run_folder"  # the run folder's name, to find a run from the command line
@@ -173,7 +174,7 @@ def base_model_reference(path: str) -> str:
     return os.path.abspath(path) if os.path.exists(path) else path
 
 
-class MlflowReporter:
+class MlflowReporter(Reporter):
     """Records one training run in MLflow (see the module docstring). Create it on rank 0 only.
 
     What it has to say (the run it records to, outages, each logged checkpoint model) goes to ``emit``
@@ -314,7 +315,7 @@ class MlflowReporter:
     def _queue_model(self, checkpoint_dir: str, step: int) -> None:
         """Copy the checkpoint's model folder to pending_models/, with the evaluation it is judged by: the
         latest one's metrics and, against the base model, the 95% intervals of the gains."""
-        from trainers.loop import held_out_summary
+        from trainers.evaluation import held_out_summary
 
         folder = os.path.join(self.pending_models, f"step_{step:06d}")
         if os.path.isdir(folder):

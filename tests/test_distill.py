@@ -37,7 +37,7 @@ def float64_trainer(model_dir: str, cfg):
         module.double()
     tr = build_trainer(cfg, model=replace(model, dtype=torch.float64))
     gen = torch.Generator().manual_seed(7)
-    for p in tr.params + tr.distill.nets.fake_params:
+    for p in tr.params + tr.objective.distill.nets.fake_params:
         p.data = p.data.double() + 0.2 * torch.randn(p.shape, generator=gen, dtype=torch.float64)
     return tr
 
@@ -46,7 +46,7 @@ def direct_loss(tr, prompts, gen_state) -> tuple[torch.Tensor, torch.Tensor]:
     """``(value, loss)`` written out (UNet calls, the forward process and the distance inline): the value
     ``-α_rew r̄ + mean_b w_b d(y_b)`` (the KL surrogate's for kl) and the loss whose gradient in the generator's
     weights the step must equal, ``-α_rew r̄ + mean_b w_b L_b`` with L the objective's surrogate."""
-    d, c = tr.distill, tr.cfg.distill
+    d, c = tr.objective.distill, tr.cfg.distill
     model = tr.model
     cond = model.family.encode_prompts(model, prompts).hidden_states
     uncond = model.family.encode_prompts(model, [""] * len(prompts)).hidden_states
@@ -89,7 +89,7 @@ def direct_loss(tr, prompts, gen_state) -> tuple[torch.Tensor, torch.Tensor]:
                          ids=["di_star", "di_star_rms", "di_star_sampling_law", "sim_min_snr", "di_plus_plus"])
 def test_generator_gradient_equals_the_divergence_differentiated_directly(tiny_sd_dir, tmp_path, distill):
     tr = float64_trainer(tiny_sd_dir, distill_config(tiny_sd_dir, str(tmp_path), **distill))
-    model, d = tr.model, tr.distill
+    model, d = tr.model, tr.objective.distill
     cond = model.family.encode_prompts(model, PROMPTS)
     uncond = model.family.encode_prompts(model, [""] * 3)
     state = tr.gen.get_state()
@@ -106,7 +106,7 @@ def test_generator_gradient_equals_the_divergence_differentiated_directly(tiny_s
 
 
 def _generator_grads_and_fake_step(tr) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    model, d = tr.model, tr.distill
+    model, d = tr.model, tr.objective.distill
     cond = model.family.encode_prompts(model, PROMPTS)
     uncond = model.family.encode_prompts(model, [""] * 3)
     d.fake_update(cond, tr.gen, tr.replicas)
@@ -126,10 +126,10 @@ def test_shared_base_equals_three_networks(request, tmp_path, family, checkpoint
     model = {"model": {"path": folder, "device": "cpu", "unet_checkpointing": checkpointing}}
     separate = float64_trainer(folder, distill_config(folder, str(tmp_path / "a"), model))
     shared = float64_trainer(folder, distill_config(folder, str(tmp_path / "b"), model, shared_base=True))
-    assert shared.distill.nets.teacher is shared.model.denoiser and separate.distill.nets.teacher is not None
+    assert shared.objective.distill.nets.teacher is shared.model.denoiser and separate.objective.distill.nets.teacher is not None
     with torch.no_grad():
-        for mine, theirs in zip(shared.params + shared.distill.nets.fake_params,
-                                separate.params + separate.distill.nets.fake_params, strict=True):
+        for mine, theirs in zip(shared.params + shared.objective.distill.nets.fake_params,
+                                separate.params + separate.objective.distill.nets.fake_params, strict=True):
             mine.copy_(theirs)
     grads_a, fake_a = _generator_grads_and_fake_step(separate)
     grads_b, fake_b = _generator_grads_and_fake_step(shared)
@@ -137,7 +137,7 @@ def test_shared_base_equals_three_networks(request, tmp_path, family, checkpoint
         torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-12)
     layers = [m for m in shared.model.denoiser.modules() if isinstance(m, BaseTunerLayer)]
     assert layers and all(m.active_adapters == ["default"] for m in layers), "the generator's adapter is active at rest"
-    assert all(p.requires_grad for p in shared.params) and not any(p.requires_grad for p in shared.distill.nets.fake_params)
+    assert all(p.requires_grad for p in shared.params) and not any(p.requires_grad for p in shared.objective.distill.nets.fake_params)
 
 
 @pytest.mark.parametrize("family", ["sdxl", "pixart"])
@@ -159,7 +159,7 @@ def test_di_star_trains_with_a_teacher_folder_of_each_family(request, tmp_path, 
     trained = _trained(result.run_dir)
     assert trained["step"] == 2
     assert any(float(t.abs().max()) > 0 for n, t in trained["trainable"].items() if "lora_B" in n), "generator trained"
-    assert any(float(t.abs().max()) > 0 for n, t in trained["distill"]["fake"].items() if "lora_B" in n), "fake trained"
+    assert any(float(t.abs().max()) > 0 for n, t in trained["objective"]["fake"].items() if "lora_B" in n), "fake trained"
 
 
 @pytest.mark.parametrize("shared", [False, True], ids=["three_networks", "shared_base"])
@@ -175,14 +175,14 @@ def test_resume_restores_generator_fake_score_and_both_optimisers(tiny_sd_dir, t
     for part in ("trainable",):
         for name, tensor in a[part].items():
             assert torch.equal(tensor, b[part][name]), name
-    for name, tensor in a["distill"]["fake"].items():
-        assert torch.equal(tensor, b["distill"]["fake"][name]), name
+    for name, tensor in a["objective"]["fake"].items():
+        assert torch.equal(tensor, b["objective"]["fake"][name]), name
     for key in ("optimizer",):
         assert _same_optimizer_state(a[key], b[key])
-    assert _same_optimizer_state(a["distill"]["fake_optimizer"], b["distill"]["fake_optimizer"])
-    assert a["distill"]["fake_optimizer"]["state"], "the fake score's optimiser must have taken steps"
-    initial = build_trainer(cfg).distill.nets.fake_state_dict()
-    assert any(not torch.equal(initial[n], t) for n, t in a["distill"]["fake"].items()), "the fake score must train"
+    assert _same_optimizer_state(a["objective"]["fake_optimizer"], b["objective"]["fake_optimizer"])
+    assert a["objective"]["fake_optimizer"]["state"], "the fake score's optimiser must have taken steps"
+    initial = build_trainer(cfg).objective.distill.nets.fake_state_dict()
+    assert any(not torch.equal(initial[n], t) for n, t in a["objective"]["fake"].items()), "the fake score must train"
     assert resumed.metrics["train/loss"] == straight.metrics["train/loss"]
 
 
@@ -211,11 +211,11 @@ def test_non_finite_fake_score_loss_skips_the_step_then_aborts(tiny_sd_dir, tmp_
     cfg = distill_config(tiny_sd_dir, str(tmp_path), {"train": {"max_bad_steps": 2}})
     tr = build_trainer(cfg)
     with torch.no_grad():
-        tr.distill.nets.fake_params[0].fill_(float("inf"))
-    before = [p.detach().clone() for p in tr.params + tr.distill.nets.fake_params[1:]]
+        tr.objective.distill.nets.fake_params[0].fill_(float("inf"))
+    before = [p.detach().clone() for p in tr.params + tr.objective.distill.nets.fake_params[1:]]
     metrics = train_step(tr)
     assert metrics["train/skipped_steps"] == 1 and tr.bad_in_a_row == 1
-    for p, old in zip(tr.params + tr.distill.nets.fake_params[1:], before):
+    for p, old in zip(tr.params + tr.objective.distill.nets.fake_params[1:], before):
         assert torch.equal(p, old), "a skipped step changes neither network"
     # a fake-score learning rate that blows its weights up: every later fake loss is non-finite
     with pytest.raises(TrainingAborted, match="2 steps in a row had a non-finite loss"):
@@ -268,7 +268,7 @@ def test_the_sd15_config_trains_on_a_tiny_model_with_its_own_settings(tiny_sd_di
     tr = build_trainer(cfg)
     metrics = train_step(tr)
     assert metrics["train/skipped_steps"] == 0 and metrics["train/grad_norm"] > 0
-    assert all(p.dtype == torch.float32 for p in tr.params + tr.distill.nets.fake_params)
+    assert all(p.dtype == torch.float32 for p in tr.params + tr.objective.distill.nets.fake_params)
 
 
 def test_train_and_generate_command_lines_run_a_one_step_generator(tiny_sd_dir, tmp_path, capsys):
@@ -293,7 +293,7 @@ def test_train_and_generate_command_lines_run_a_one_step_generator(tiny_sd_dir, 
 def test_diversity_of_pixels_and_of_image_features():
     from rewards.build import build_reward
     from rewards.config import RewardSpec
-    from trainers.loop import diversity, feature_diversity, image_encoder
+    from trainers.evaluation import diversity, feature_diversity, image_encoder
 
     same = torch.rand(1, 3, 16, 16).repeat(4, 1, 1, 1)
     assert diversity(same, 2).tolist() == [0.0, 0.0], "identical images per prompt: no diversity"

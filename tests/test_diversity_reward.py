@@ -12,7 +12,9 @@ from test_training import make_config
 from pipeline.config import ConfigError, from_dict, to_dict
 from trainers.config import Config
 from trainers.engine import sample
-from trainers.loop import build_trainer, evaluate, image_encoder, plan_loss, reward_loss, train_step
+from trainers.evaluation import image_encoder
+from trainers.loop import build_trainer, evaluate, train_step
+from trainers.objectives import plan_loss, reward_loss
 from trainers.prompts import PromptSampler
 
 
@@ -54,7 +56,7 @@ def test_the_loss_gains_exactly_the_groups_feature_diversity(tiny_sd_dir, tmp_pa
     tr = build_trainer(config(tiny_sd_dir, tmp_path, samples_per_prompt=2, diversity_coeff=lam, diversity_floor=floor))
     prompts = ["a red circle", "a red circle", "a blue square", "a blue square"]
     x_T = torch.randn(4, *tr.model.latent_shape, generator=torch.Generator().manual_seed(3))
-    flags = tr.plan.flags(tr.cfg.sampler.num_steps)
+    flags = tr.objective.plan.flags(tr.cfg.sampler.num_steps)
     with_term = torch.autograd.grad(plan_loss(tr, prompts, x_T, flags, None)[0], tr.params)
     without = torch.autograd.grad(plan_loss(plain, prompts, x_T, flags, None)[0], plain.params)
 

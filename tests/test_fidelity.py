@@ -18,7 +18,8 @@ from pipeline.config import ConfigError, from_dict, load_config, to_dict
 from pipeline.preflight import REWARD_SCALES, load_checked, write_run_config
 from trainers.config import Config
 from trainers.grad_plan import ReFL
-from trainers.loop import build_trainer, plan_loss, run
+from trainers.loop import build_trainer, run
+from trainers.objectives import plan_loss
 from trainers.models import load_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -123,7 +124,7 @@ def test_generator_starts_from_a_saved_one_step_lora(tiny_sd_dir, tmp_path):
     for name, p in got.items():
         torch.testing.assert_close(p, want[name], rtol=1e-6, atol=1e-8, msg=name)
     assert not any(".init." in n for n, _ in warm.model.denoiser.named_parameters())
-    assert all(float(p.detach().abs().sum()) == 0 for n, p in warm.distill.nets.fake.named_parameters() if "lora_B" in n)
+    assert all(float(p.detach().abs().sum()) == 0 for n, p in warm.objective.distill.nets.fake.named_parameters() if "lora_B" in n)
     with pytest.raises(ValueError, match="distill.generator_init: .*rank 2 cannot start an adapter of rank 4"):
         build_trainer(distill_config(tiny_sd_dir, str(tmp_path / "c"), {"trainable": {"rank": 4, "alpha": 4.0}},
                                      generator_init=final))
@@ -164,7 +165,7 @@ def test_an_alignprop_draw_with_no_trained_step_is_a_zero_gradient_step(tiny_sd_
     tr = build_trainer(make_config(tiny_sd_dir, str(tmp_path), plan={"name": "alignprop", "alignprop_cuts": "per_call"}))
     for seed in range(40):  # find a draw of the run's generator whose cut trains nothing
         gen = torch.Generator().manual_seed(seed)
-        if not any(f.grad for f in tr.plan.flags(tr.cfg.sampler.num_steps, gen)):
+        if not any(f.grad for f in tr.objective.plan.flags(tr.cfg.sampler.num_steps, gen)):
             break
     tr.gen.manual_seed(seed)
     metrics = train_step(tr)

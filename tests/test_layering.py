@@ -38,3 +38,26 @@ def test_core_does_not_import_edges(path):
 def test_every_module_imports(path):
     name = ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
     importlib.import_module(name)
+
+
+def test_the_scoring_and_sampling_commands_never_import_the_training_loop(tiny_sd_dir, tmp_path):
+    """``pipeline.generate``, ``pipeline.evaluate`` and ``pipeline.score`` score and sample through
+    ``trainers.evaluation``: run in a fresh interpreter, none of them loads ``trainers.loop``."""
+    import subprocess
+    import sys
+
+    script = f"""
+import sys
+from pipeline import evaluate, generate, score
+assert generate.main(["--model", {tiny_sd_dir!r}, "--prompt", "a red circle", "--num-images", "2", "--steps", "2",
+                      "--device", "cpu", "--out", {str(tmp_path / "gen")!r}]) == 0
+assert evaluate.main([f"model.path={tiny_sd_dir}", "model.device=cpu", "sampler.num_steps=2", "eval.max_prompts=1",
+                      "eval.images_per_prompt=2", "rewards=[{{name: brightness}}]"]) == 0
+assert score.main(["--reward", "brightness", "--prompt", "x", {str(tmp_path / "gen" / "grid.png")!r}]) == 0
+loaded = sorted(m for m in sys.modules if m.startswith("trainers."))
+assert "trainers.loop" not in loaded and "trainers.objectives" not in loaded, loaded
+assert "trainers.evaluation" in loaded, loaded
+"""
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                            env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]

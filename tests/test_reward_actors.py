@@ -21,7 +21,8 @@ from pipeline.ray_train import fit, resource_problems
 from pipeline.reward_actors import NAME_PREFIX, RemoteReward, start_reward_actors
 from rewards.config import RewardSpec
 from trainers.config import RayConfig
-from trainers.loop import build_trainer, reward_loss, run_folder
+from trainers.loop import build_trainer, run_folder
+from trainers.objectives import reward_loss
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLIP = os.path.join(ROOT, "pipeline", "assets", "toyworld", "clip")

@@ -14,7 +14,7 @@ from trainers.loop import build_trainer
 
 
 def _generator_grads(tr) -> list[torch.Tensor]:
-    model, d = tr.model, tr.distill
+    model, d = tr.model, tr.objective.distill
     cond = model.family.encode_prompts(model, PROMPTS)
     uncond = model.family.encode_prompts(model, [""] * len(PROMPTS))
     loss, _, _ = d.generator_loss(cond, uncond, PROMPTS, tr.reward, tr.gen, tr.replicas)
@@ -39,7 +39,7 @@ def test_remote_teacher_gives_the_same_generator_gradients(ray_session, tiny_sd_
             local = _moved_grads(cfg)
             pool = start_teacher_actors(cfg)
             try:
-                assert build_trainer(cfg, teacher=RemoteTeacher(pool)).distill.nets.teacher is None, \
+                assert build_trainer(cfg, teacher=RemoteTeacher(pool)).objective.distill.nets.teacher is None, \
                     "with actors the worker holds no teacher"
                 remote = _moved_grads(cfg, RemoteTeacher(pool))
             finally:

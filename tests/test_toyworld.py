@@ -78,7 +78,7 @@ def test_feature_distances_split_by_adherence():
     split = distances_by_adherence(features, follows, 3)
     # prompt 0: (0,1) both, d 0; (0,2), (1,2) one, d 1. prompt 1: (3,4), (3,5) one, d 1; (4,5) neither, d 0.
     assert split == {"both": 0.0, "pairs_both": 1, "one": 1.0, "pairs_one": 4, "neither": 0.0, "pairs_neither": 1}
-    from trainers.loop import feature_diversity
+    from trainers.evaluation import feature_diversity
     pooled = sum(split[k] * split[f"pairs_{k}"] for k in ("both", "one", "neither")) / 6
     assert pooled == pytest.approx(float(feature_diversity(features, 3).mean()))
     assert distances_by_adherence(features, torch.ones(6, dtype=torch.bool), 3)["neither"] is None

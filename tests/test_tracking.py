@@ -26,6 +26,7 @@ from trainers.constraints import parse_constraint
 from pipeline.tracking import RUN_FOLDER_TAG, MlflowReporter
 from pipeline.train import main as train_main
 from trainers.loop import run, run_folder
+from trainers.reporting import Reporter
 
 PASSWORD = "rt-uri-password-77"
 
@@ -265,7 +266,7 @@ class MlflowServer:
         assert not left, "the MLflow server did not stop"
 
 
-class Outage:
+class Outage(Reporter):
     """A reporter that stops the server once step ``down`` is reported and restarts it after step ``up``."""
 
     def __init__(self, server: MlflowServer, down: int, up: int):

@@ -13,6 +13,7 @@ from pipeline.config import from_dict
 from trainers.config import Config
 from trainers.loop import TrainingAborted, build_trainer, run, train_step
 from trainers.models import trainable_state_dict
+from trainers.reporting import Reporter
 
 
 def make_config(model_dir: str, out: str, **sections) -> Config:
@@ -28,7 +29,7 @@ def make_config(model_dir: str, out: str, **sections) -> Config:
     return from_dict(Config, data)
 
 
-class StopAt:
+class StopAt(Reporter):
     """A reporter that kills the run after a given step has been reported."""
 
     def __init__(self, step: int):

@@ -1,16 +1,14 @@
 """The Ray-free training core: ``run(cfg)`` samples, scores, backpropagates, evaluates and checkpoints.
 
-One optimiser step (ALGORITHMS.md §1-2): draw prompts ``c`` and noise ``x_T``, draw the plan's
-step flags, sample ``x0`` with the engine, decode, and minimise
-``L = -sum_j mean_b r(decode(x0_j)_b, c_b)`` over the final latents ``x0_j`` (one, or DRaFT-LV's n
-copies, plus the chain's sample with ``plan.lv_include_chain``; ``plan.hinge_margin`` and
-``plan.loss_scale`` reshape it as ReFL's official code does: :func:`reward_objective`), or for ``plan.name=di_star`` the one-step generator's Diff-Instruct* loss after its
-fake-score updates (``trainers.distill``). Non-finite losses or gradients skip the step;
-``train.max_bad_steps`` in a row abort.
-Prompts, ``x_T`` and plan draws come from one checkpointed ``torch.Generator`` and per-step noise
-from a generator seeded by (seed, rank, step), so a resumed run equals an uninterrupted one. Under
-data parallelism (``trainers.replicas``) gradients are averaged over replicas and rank 0 alone
-writes the run folder.
+The recipe of a run: build the trainer (model, the :class:`~trainers.objectives.Objective` the plan names,
+rewards, optimiser, prompts); evaluate the held-out prompts at step 0 (with the objective's baselines); then
+each step asks the objective for its loss, backpropagates, averages gradients over replicas, clips and
+steps; evaluates every ``eval.every`` steps, checkpoints every ``train.checkpoint_every``, and writes the
+final weights and the held-out summary. Non-finite losses or gradients skip the step;
+``train.max_bad_steps`` in a row abort. Prompts, noise and plan draws come from one checkpointed
+``torch.Generator`` and per-step noise from a generator seeded by (seed, rank, step), so a resumed run
+equals an uninterrupted one. Under data parallelism (``trainers.replicas``) gradients are averaged over
+replicas and rank 0 alone writes the run folder.
 """
 
 from __future__ import annotations
@@ -21,38 +19,25 @@ import os
 import resource
 import time
 from dataclasses import dataclass, field
-from typing import Protocol
 
 import torch
 
 from rewards.base import Reward
 from rewards.build import build_reward
 from trainers.checkpoint import checkpoint_root, latest_checkpoint, load_checkpoint, save_checkpoint
-from trainers.config import Config, PlanConfig, SamplerConfig
+from trainers.config import Config
 from trainers.constraints import broken, parse_constraints
-from trainers.ddim import one_step_schedule
-from trainers.distill import DiStar, Teacher
-from trainers.engine import generate, sample
-from trainers.grad_plan import GradPlan, refinement
-from trainers.models import (DiffusionModel, load_model, load_trainable_state_dict, make_trainable,
-                             save_denoiser_state, save_trained, trainable_state_dict)
+from trainers.distill import Teacher
+from trainers.evaluation import (diversity_scores, held_out_from_metrics, held_out_metrics, held_out_summary,
+                                 image_encoder, sample_and_score, save_grid)
+from trainers.models import (DiffusionModel, load_model, load_trainable_state_dict, save_denoiser_state,
+                             save_trained, trainable_state_dict)
+from trainers.objectives import Objective, build_objective
 from trainers.prompts import BUILTIN_HELD_OUT, BUILTIN_TRAIN, PromptSampler, load_prompts
-from trainers.registry import build_plan
 from trainers.replicas import Replicas
+from trainers.reporting import Reporter
 from trainers.schedule import Schedule
 from trainers.sharding import full_state, full_weights, load_full_state, local_fraction, shard_unet
-from trainers.stats import paired_difference_ci
-
-
-class Reporter(Protocol):
-    """Receives metrics (and, when one was written, a checkpoint folder) after each step.
-
-    A reporter may also have ``start(state)``, called once before the first report with the run's
-    ``extra`` dict, which it may read and write (it is saved in every checkpoint and restored on
-    resume), and ``close()``, called when the run has finished.
-    """
-
-    def report(self, step: int, metrics: dict[str, float], checkpoint_dir: str | None = None) -> None: ...
 
 
 class TrainingAborted(RuntimeError):
@@ -66,7 +51,7 @@ class Trainer:
     cfg: Config
     model: DiffusionModel
     params: list[torch.nn.Parameter]
-    plan: GradPlan
+    objective: Objective
     reward: Reward
     eval_rewards: dict[str, Reward]
     optimizer: torch.optim.Optimizer
@@ -76,7 +61,6 @@ class Trainer:
     schedule: Schedule
     gen: torch.Generator
     replicas: Replicas = field(default_factory=Replicas)
-    distill: DiStar | None = None  # plan di_star: the fake score and the teacher
     sharded: bool = False  # train.fsdp over several replicas: weights, gradients and AdamW state sharded
     step: int = 0
     bad_in_a_row: int = 0
@@ -95,7 +79,7 @@ class Trainer:
                 "gen": self.gen.get_state(), "torch_rng": torch.get_rng_state(), "sampler": self.sampler.state_dict(),
                 "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
                 "bad_in_a_row": self.bad_in_a_row, "skipped": self.skipped, "clipped": self.clipped, "extra": self.extra,
-                "distill": self.distill.state_dict() if self.distill else None}
+                "objective": self.objective.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         if self.sharded:
@@ -112,8 +96,7 @@ class Trainer:
         self.step, self.bad_in_a_row, self.skipped = state["step"], state["bad_in_a_row"], state["skipped"]
         self.clipped = state.get("clipped", 0)
         self.extra = state.get("extra", {})
-        if self.distill:
-            self.distill.load_state_dict(state["distill"])
+        self.objective.load_state_dict(state.get("objective", state.get("distill")))  # "distill": before 2026-12
 
 
 def build_trainer(cfg: Config, model: DiffusionModel | None = None, reward: Reward | None = None,
@@ -122,14 +105,10 @@ def build_trainer(cfg: Config, model: DiffusionModel | None = None, reward: Rewa
     ``di_star`` the fake score and the teacher, in process unless ``teacher`` serves it)."""
     model = model or load_model(cfg.model)
     cuda = [model.device] if model.device.type == "cuda" else []
-    distill = None
     with torch.random.fork_rng(devices=cuda):  # adapter init is seeded, and leaves global RNG alone
         torch.manual_seed(cfg.train.seed)
-        if cfg.plan.name == "di_star":
-            distill = DiStar(cfg, model, teacher)
-            params = distill.nets.generator_params
-        else:
-            params = make_trainable(model, cfg.trainable)
+        objective = build_objective(cfg, model, teacher)
+    params = objective.params
     replicas = Replicas.current()
     sharded = cfg.train.fsdp and replicas.world_size > 1
     if sharded:
@@ -140,91 +119,13 @@ def build_trainer(cfg: Config, model: DiffusionModel | None = None, reward: Rewa
     lr_schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
     eval_rewards = {spec.name: build_reward([spec], device=model.device) for spec in cfg.eval.rewards}
     return Trainer(
-        cfg=cfg, model=model, params=params, plan=build_plan(cfg.plan),
+        cfg=cfg, model=model, params=params, objective=objective,
         reward=reward or build_reward(cfg.rewards, device=model.device), eval_rewards=eval_rewards,
         optimizer=optimizer, lr_schedule=lr_schedule,
         sampler=PromptSampler(load_prompts(cfg.data.prompts, BUILTIN_TRAIN), cfg.train.seed),
         eval_prompts=load_prompts(cfg.data.eval_prompts, BUILTIN_HELD_OUT)[: cfg.eval.max_prompts],
-        schedule=distill.one_step if distill else model.family.schedule(model, cfg.sampler.num_steps),
-        gen=torch.Generator().manual_seed(cfg.train.seed), replicas=replicas, distill=distill, sharded=sharded)
-
-
-def reward_loss(tr: Trainer) -> tuple[torch.Tensor, torch.Tensor, list[str], dict[str, float]]:
-    """Draw this replica's batch and plan flags, then :func:`plan_loss` on them."""
-    model, s, b, rep = tr.model, tr.cfg.sampler, tr.cfg.train.batch_size, tr.replicas
-    m = tr.cfg.plan.samples_per_prompt  # whole groups per replica: b is a multiple of m
-    prompts = [p for p in tr.sampler.next_batch(b * rep.world_size // m) for _ in range(m)][rep.own_slice(b)]
-    flags = tr.plan.flags(s.num_steps, tr.gen)
-    x_T = torch.randn(b * rep.world_size, *model.latent_shape, generator=tr.gen)[rep.own_slice(b)].to(model.device)
-    return plan_loss(tr, prompts, x_T, flags, rep.step_generator(tr.cfg.train.seed, tr.step))
-
-
-def plan_loss(tr: Trainer, prompts: list[str], x_T: torch.Tensor, flags: list, gen: torch.Generator | None
-              ) -> tuple[torch.Tensor, torch.Tensor, list[str], dict[str, float]]:
-    """Sample from ``x_T`` with the plan's ``flags`` and return ``(loss, scores, prompts, metrics)``;
-    scores ``(J, b)`` for the J final latents of the b prompts. With ``plan.kl_coeff`` = beta > 0 the loss
-    adds DRaFT+'s ``beta * mean(drift)`` over the calls with gradient (``train/kl``: the mean drift). With
-    ``plan.diversity_coeff`` = lambda > 0 it adds ``lambda *`` :func:`diversity_loss` of the feature
-    diversity of each group of ``plan.samples_per_prompt`` consecutive prompts' images, summed over the J
-    final latents as the reward is (``train/feature_diversity``: the mean)."""
-    model, s, guidance = tr.model, tr.cfg.sampler, tr.cfg.sampler.training_guidance
-    cond = model.family.encode_prompts(model, prompts)
-    uncond = model.family.encode_negative(model, len(prompts)) if guidance > 1 else None
-    beta = tr.cfg.plan.kl_coeff
-    traj = sample(model, cond, uncond, x_T, tr.schedule, flags, guidance=guidance, eta=s.eta, gen=gen,
-                  refine=refinement(tr.plan), step_checkpointing=tr.cfg.model.step_checkpointing,
-                  drift=beta > 0, fold_lora=tr.cfg.model.fold_lora)
-    images = [model.family.decode(model, x0) for x0 in traj.finals]
-    if not all(torch.isfinite(x).all() for x in images):  # rewards reject NaN images; skip the step instead
-        nan = torch.full((len(images), len(prompts)), float("nan"))
-        return nan.sum(), nan, prompts, {}
-    scores = torch.stack([tr.reward(x, prompts) for x in images])
-    loss, metrics = reward_objective(scores, tr.cfg.plan), {}
-    if traj.drift:
-        drift = torch.stack(traj.drift).mean()
-        loss, metrics["train/kl"] = loss + beta * drift, float(drift.detach())
-    if tr.cfg.plan.diversity_coeff:
-        term, metrics["train/feature_diversity"] = diversity_term(tr, images)
-        loss = loss + term
-    return loss, scores, prompts, metrics
-
-
-def reward_objective(scores: torch.Tensor, plan: PlanConfig) -> torch.Tensor:
-    """The loss on the rewards ``(J, b)`` of the J final latents: ``loss_scale * sum_j mean_b -r``, or with
-    ``plan.hinge_margin`` m ``loss_scale * sum_j mean_b relu(m - r)`` (ReFL's official loss)."""
-    per_image = -scores if plan.hinge_margin is None else (plan.hinge_margin - scores).clamp(min=0)
-    return plan.loss_scale * per_image.mean(dim=1).sum()
-
-
-def diversity_term(tr: Trainer, images: list[torch.Tensor]) -> tuple[torch.Tensor, float]:
-    """``plan.diversity_coeff *`` :func:`diversity_loss`, summed over the final latents' images as the reward
-    is, and the mean feature diversity of the batch's groups of ``plan.samples_per_prompt`` samples."""
-    plan, encoder = tr.cfg.plan, image_encoder({"trained": tr.reward})
-    spreads = [feature_diversity(encoder(x), plan.samples_per_prompt) for x in images]  # each (groups,)
-    term = plan.diversity_coeff * sum(diversity_loss(d, plan.diversity_floor) for d in spreads)
-    return term, float(torch.stack(spreads).mean())
-
-
-def diversity_loss(spread: torch.Tensor, floor: float | None) -> torch.Tensor:
-    """The diversity term per unit coefficient from each group's feature diversity ``(groups,)``: ``-mean(d)``,
-    or with a floor ``mean(max(0, floor - d))``."""
-    return -spread.mean() if floor is None else (floor - spread).clamp(min=0).mean()
-
-
-def distill_loss(tr: Trainer) -> tuple[torch.Tensor, torch.Tensor, list[str], dict[str, float]]:
-    """DI*: this replica's prompts, ``distill.fake_updates`` fake-score steps, then the generator loss;
-    ``(loss, scores (1, b), prompts, metrics)``, the loss NaN (the step skipped) if a fake step was."""
-    d, b, rep = tr.distill, tr.cfg.train.batch_size, tr.replicas
-    prompts = tr.sampler.next_batch(b * rep.world_size)[rep.own_slice(b)]
-    cond = tr.model.family.encode_prompts(tr.model, prompts)
-    uncond = tr.model.family.encode_negative(tr.model, b) if tr.cfg.distill.alpha_cfg > 1 else None
-    fake = [d.fake_update(cond, tr.gen, rep) for _ in range(tr.cfg.distill.fake_updates)]
-    metrics = {"train/fake_loss": fake[-1][0], "train/fake_grad_norm": fake[-1][1]}
-    if not all(math.isfinite(value) for f in fake for value in f):
-        nan = torch.full((1, b), float("nan"))
-        return nan.sum(), nan, prompts, metrics
-    loss, scores, more = d.generator_loss(cond, uncond, prompts, tr.reward, tr.gen, rep)
-    return loss, scores[None], prompts, metrics | more
+        schedule=objective.schedule, gen=torch.Generator().manual_seed(cfg.train.seed), replicas=replicas,
+        sharded=sharded)
 
 
 def train_step(tr: Trainer) -> dict[str, float]:
@@ -232,7 +133,7 @@ def train_step(tr: Trainer) -> dict[str, float]:
     start = time.perf_counter()
     tr.model.denoiser.train()
     tr.optimizer.zero_grad(set_to_none=True)
-    loss, scores, prompts, side = distill_loss(tr) if tr.distill else reward_loss(tr)
+    loss, scores, prompts, side = tr.objective.loss(tr)
     loss_finite = bool(torch.isfinite(loss))
     if tr.sharded:  # FSDP's backward is a collective: every replica runs it, or none does
         loss_finite = tr.replicas.all_true(loss_finite)
@@ -268,71 +169,6 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-@torch.no_grad()
-def sample_and_score(model: DiffusionModel, prompts: list[str], rewards: dict[str, Reward], sampler: SamplerConfig,
-                     schedule: Schedule, seed: int, one_step: DiStar | None = None,
-                     tuned_weights: list[float] | None = None, fold_lora: bool = True
-                     ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """Sample ``prompts`` from noise seeded by ``seed`` (with the DDIM sampler, or the ``one_step``
-    generator; ``tuned_weights``: annealed importance guidance) and score the images with every reward.
-
-    Returns:
-        ``(scores, images)``: per-image scores ``(N,)`` by reward name, images ``(N, 3, H, W)``, on CPU.
-    """
-    model.denoiser.eval()
-    gen = torch.Generator().manual_seed(seed)
-    x_T = torch.randn(len(prompts), *model.latent_shape, generator=gen).to(model.device)
-    if one_step is not None:
-        images = one_step.generate(prompts, x_T)
-    else:
-        images = generate(model, prompts, x_T, schedule, guidance=sampler.guidance_scale, eta=sampler.eta, gen=gen,
-                          tuned_weights=tuned_weights, fold_lora=fold_lora)
-    scores = {}
-    for name, reward in rewards.items():
-        scores.update(_score_with_components(name, reward, images, prompts))
-    return scores, images.float().cpu()
-
-
-def diversity(images: torch.Tensor, per_prompt: int, side: int = 32) -> torch.Tensor:
-    """Mean pairwise RMS difference between the ``side``-pixel thumbnails of each prompt's images
-    (prompt-major, ``per_prompt`` each): ``(N, 3, H, W) -> (N / per_prompt,)``. Low means mode collapse."""
-    thumbs = torch.nn.functional.adaptive_avg_pool2d(images.float(), min(side, images.shape[-1])).flatten(1)
-    x = thumbs.view(-1, per_prompt, thumbs.shape[1])
-    return _mean_off_diagonal(torch.cdist(x, x) / thumbs.shape[1] ** 0.5)
-
-
-def feature_diversity(features: torch.Tensor, per_prompt: int) -> torch.Tensor:
-    """Mean pairwise cosine distance ``1 - cos`` between unit image embeddings ``(N, D)`` of each prompt's
-    images: ``(N / per_prompt,)``."""
-    x = features.float().view(-1, per_prompt, features.shape[1])
-    return _mean_off_diagonal(1 - x @ x.transpose(1, 2))
-
-
-def _mean_off_diagonal(dist: torch.Tensor) -> torch.Tensor:
-    """``(P, k, k)`` pairwise distances (zero diagonal) -> mean over the ``k(k-1)`` pairs, ``(P,)``."""
-    k = dist.shape[1]
-    return (dist.sum(dim=(1, 2)) - dist.diagonal(dim1=1, dim2=2).sum(dim=1)) / (k * (k - 1))
-
-
-def image_encoder(rewards: dict[str, Reward]):
-    """The image encoder of the first reward (or weighted-sum component) that has one, e.g. CLIP's, or None."""
-    for reward in rewards.values():
-        for part in (reward.parts().values() if hasattr(reward, "parts") else [reward]):
-            if hasattr(part, "image_features"):
-                return part.image_features
-    return None
-
-
-def _score_with_components(name: str, reward: Reward, images, prompts) -> dict[str, torch.Tensor]:
-    """``{name: scores}``, plus ``{name/part: scores}`` for each term of a weighted sum (a reward with
-    component ``weights`` and ``components``/``combine`` methods)."""
-    if not getattr(reward, "weights", None):
-        return {name: reward(images, prompts).float().cpu()}
-    parts = reward.components(images, prompts)
-    out = {f"{name}/{part}": value.float().cpu() for part, value in parts.items()}
-    return {name: reward.combine(parts).float().cpu(), **out}
-
-
 def evaluate(tr: Trainer, model: DiffusionModel | None = None, schedule: Schedule | None = None
              ) -> tuple[dict[str, float], dict[str, torch.Tensor], torch.Tensor]:
     """Score the held-out prompts (``images_per_prompt`` each, prompt-major) on fixed noise: the trained
@@ -346,7 +182,7 @@ def evaluate(tr: Trainer, model: DiffusionModel | None = None, schedule: Schedul
     k = tr.cfg.eval.images_per_prompt
     prompts = [p for p in tr.eval_prompts for _ in range(k)]
     rewards = {"trained": tr.reward, **tr.eval_rewards}
-    one_step = tr.distill if model is None else None
+    one_step = tr.objective.one_step if model is None else None
     scores, images = sample_and_score(model or tr.model, prompts, rewards, tr.cfg.sampler, schedule or tr.schedule,
                                       tr.cfg.eval.seed, one_step, fold_lora=tr.cfg.model.fold_lora)
     if k > 1:
@@ -354,38 +190,7 @@ def evaluate(tr: Trainer, model: DiffusionModel | None = None, schedule: Schedul
     return {f"eval/{name}": float(v.mean()) for name, v in scores.items()}, scores, images
 
 
-@torch.no_grad()
-def diversity_scores(images: torch.Tensor, per_prompt: int, encoder, device: torch.device) -> dict[str, torch.Tensor]:
-    """Per-prompt ``diversity`` of pixels and, given an image ``encoder`` (a reward's), ``feature_diversity``."""
-    scores = {"diversity": diversity(images, per_prompt)}
-    if encoder is not None:
-        scores["feature_diversity"] = feature_diversity(encoder(images.to(device)).cpu(), per_prompt)
-    return scores
-
-
-def teacher_baselines(tr: Trainer) -> tuple[dict[str, float], dict[str, dict[str, torch.Tensor]]]:
-    """DI*: the teacher's held-out scores with one step (from ``t_g``) and with ``sampler.num_steps``
-    DDIM steps, both guided as the sampler says: ``(teacher/{one_step,multi_step}/<reward> means,
-    {one_step, multi_step}: per-image scores)``."""
-    metrics, per_image = {}, {}
-    with tr.distill.teacher_model() as teacher:
-        schedules = {"one_step": one_step_schedule(teacher.scheduler, tr.cfg.distill.generator_timestep),
-                     "multi_step": teacher.family.schedule(teacher, tr.cfg.sampler.num_steps)}
-        for name, schedule in schedules.items():
-            means, per_image[name], _ = evaluate(tr, teacher, schedule)
-            metrics |= {f"teacher/{name}/{key[len('eval/'):]}": value for key, value in means.items()}
-    return metrics, per_image
-
-
-def save_grid(images: torch.Tensor, path: str, per_row: int) -> None:
-    """Save images ``(N, 3, H, W)`` in [0, 1] as one PNG grid, ``per_row`` images per row."""
-    from torchvision.utils import save_image
-
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    save_image(images, path, nrow=per_row, padding=1)
-
-
-class JsonlLog:
+class JsonlLog(Reporter):
     """Metrics as one JSON object per line in ``<run>/metrics.jsonl``; steps past a resume point are dropped."""
 
     def __init__(self, path: str, resume_step: int):
@@ -434,8 +239,7 @@ def _save_weights(tr: Trainer, folder: str, trainable: dict | None) -> None:
         save_denoiser_state(tr.model, trainable, folder)
     else:
         save_trained(tr.model, tr.cfg.trainable, folder)
-    if tr.distill:
-        tr.distill.save_info(folder)
+    tr.objective.save_info(folder)
 
 
 def _checkpoint(tr: Trainer, run_dir: str) -> str | None:
@@ -508,12 +312,12 @@ def run(cfg: Config, *, reporters: tuple[Reporter, ...] = (), reward: Reward | N
         del tr.extra["stopped"]
     sinks = ((JsonlLog(os.path.join(run_dir, "metrics.jsonl"), tr.step),) if lead else ()) + tuple(reporters)
     for sink in sinks:
-        if hasattr(sink, "start"):
-            sink.start(tr.extra)
+        sink.start(tr.extra)
     if tr.step == 0:
         tr.extra["eval_before"] = _evaluate_and_save(tr, run_dir) if evaluates else {}
-        if lead and tr.distill:
-            metrics, per_image = teacher_baselines(tr)
+        metrics, per_image = tr.objective.baselines(lambda model, schedule: evaluate(tr, model, schedule)) \
+            if lead else ({}, {})
+        if per_image:
             tr.extra["eval_before"] |= metrics
             torch.save(per_image, os.path.join(run_dir, "samples", "teacher_scores.pt"))
         for sink in sinks:
@@ -537,7 +341,7 @@ def run(cfg: Config, *, reporters: tuple[Reporter, ...] = (), reward: Reward | N
             last = True
         folder = None
         if last or tr.step % cfg.train.checkpoint_every == 0:
-            trained = tr.params + (tr.distill.nets.fake_params if tr.distill else [])
+            trained = tr.params + tr.objective.extra_params
             if tr.sharded:  # each replica holds its own shard: report how much
                 metrics["dp/local_weight_fraction"] = local_fraction(trained)
             else:
@@ -552,8 +356,7 @@ def run(cfg: Config, *, reporters: tuple[Reporter, ...] = (), reward: Reward | N
     if not lead:
         return RunResult(run_dir, tr.step, None, {}, metrics)
     for sink in sinks:
-        if hasattr(sink, "close"):
-            sink.close()
+        sink.close()
     return RunResult(run_dir, tr.step, os.path.join(run_dir, "final"), held_out, metrics)
 
 
@@ -580,33 +383,3 @@ def _write_final(tr: Trainer, run_dir: str) -> dict[str, dict[str, float]]:
 def _teacher_metrics(tr: Trainer) -> dict[str, float]:
     """DI*'s teacher baselines, measured at step 0 (``teacher/*``; empty for other plans)."""
     return {k: v for k, v in tr.extra.get("eval_before", {}).items() if k.startswith("teacher/")}
-
-
-def held_out_summary(run_dir: str, step: int) -> dict[str, dict[str, float]]:
-    """Base (step 0) versus tuned (``step``) held-out scores on the same prompts and noise, per reward,
-    with a 95% bootstrap interval of the mean paired difference."""
-    paths = [os.path.join(run_dir, "samples", f"scores_{s:06d}.pt") for s in (0, step)]
-    if not all(os.path.isfile(p) for p in paths):
-        return {}
-    before, after = (torch.load(p, weights_only=True) for p in paths)
-    summary = {}
-    for name in after:
-        diff, low, high = paired_difference_ci(after[name], before[name])
-        summary[name] = {"base": float(before[name].mean()), "tuned": float(after[name].mean()), "diff": diff,
-                         "diff_low": low, "diff_high": high}
-    return summary
-
-
-def held_out_metrics(summary: dict[str, dict[str, float]]) -> dict[str, float]:
-    """The held-out summary as flat metrics ``held_out/<reward>/<stat>``."""
-    return {f"held_out/{name}/{stat}": value for name, stats in summary.items() for stat, value in stats.items()}
-
-
-def held_out_from_metrics(metrics: dict[str, float]) -> dict[str, dict[str, float]]:
-    """Inverse of :func:`held_out_metrics` (other metrics are ignored)."""
-    summary: dict[str, dict[str, float]] = {}
-    for key, value in metrics.items():
-        if key.startswith("held_out/"):
-            name, stat = key[len("held_out/"):].rsplit("/", 1)
-            summary.setdefault(name, {})[stat] = value
-    return summary

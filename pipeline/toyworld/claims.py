@@ -347,12 +347,12 @@ def lv_variance(seeds: list[int], quick: bool) -> dict:
 def lora_gradient(tr, draw_seed: int) -> torch.Tensor:
     """The LoRA gradient ``(params,)`` of the mean reward over a batch of 4 drawn with ``draw_seed``
     (prompts, initial noise, plan flags and re-noising), averaged over the plan's final latents."""
-    from trainers.loop import plan_loss
+    from trainers.objectives import plan_loss
 
     gen = torch.Generator().manual_seed(draw_seed)
     prompts = [tr.sampler.prompts[i] for i in torch.randint(len(tr.sampler.prompts), (4,), generator=gen)]
     x_T = torch.randn(4, *tr.model.latent_shape, generator=gen)
-    loss, scores, _, _ = plan_loss(tr, prompts, x_T, tr.plan.flags(tr.cfg.sampler.num_steps, gen), gen)
+    loss, scores, _, _ = plan_loss(tr, prompts, x_T, tr.objective.plan.flags(tr.cfg.sampler.num_steps, gen), gen)
     grad = torch.autograd.grad(loss / scores.shape[0], tr.params)
     return torch.cat([g.flatten() for g in grad]).double()
 

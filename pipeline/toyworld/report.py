@@ -93,7 +93,7 @@ def diversity_metrics(reward, images: torch.Tensor, real: torch.Tensor, follows:
                       ) -> dict[str, float | int | None]:
     """Feature and pixel diversity of the samples and of the rendered images (``_real``), and the
     samples' feature distances split by how many of each pair follow the prompt (``follows``)."""
-    from trainers.loop import diversity, feature_diversity
+    from trainers.evaluation import diversity, feature_diversity
 
     features = reward.image_features(images)
     metrics = {"feature_diversity": feature_diversity(features, n).mean().item(),
