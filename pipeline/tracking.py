@@ -400,13 +400,11 @@ def held_out_set(cfg: Config) -> tuple[str, str]:
 
 def plan_text(cfg: Config) -> str:
     """The algorithm and its knobs in a few words, e.g. ``drtune k=3``."""
+    from trainers.registry import build_plan
+
     p = cfg.plan
-    knobs = {"draft_k": {"k": p.k}, "drtune": {"k": p.k, "early_stop": p.early_stop},
-             "draft_lv": {"lv_copies": p.lv_copies, "lv_timestep": p.lv_timestep, "lv_include_chain": p.lv_include_chain},
-             "refl": {"early_stop": p.early_stop, "hinge_margin": p.hinge_margin},
-             "alignprop": {"alignprop_cuts": p.alignprop_cuts if p.alignprop_cuts != "per_step" else None},
-             "di_star": {"divergence": cfg.distill.divergence}}.get(p.name, {})
-    knobs |= {"kl_coeff": f"{p.kl_coeff:g}" if p.kl_coeff else 0,
+    knobs = {"divergence": cfg.distill.divergence} if p.name == "di_star" else build_plan(p).knobs()
+    knobs |= {"hinge_margin": p.hinge_margin, "kl_coeff": f"{p.kl_coeff:g}" if p.kl_coeff else 0,
               "diversity_coeff": f"{p.diversity_coeff:g}" if p.diversity_coeff else 0}
     return " ".join([p.name] + [f"{k}={v}" for k, v in knobs.items() if v])
 

@@ -83,7 +83,7 @@ class SearchConfig:
         problems = [] if self.space else ["space: name at least one config key to search over"]
         problems += constraint_problems("require", self.require)
         problems += [] if self.num_samples >= 1 else [f"num_samples: must be >= 1, got {self.num_samples}"]
-        problems += [] if self.max_concurrent_trials >= 1 else [f"max_concurrent_trials: must be >= 1"]
+        problems += [] if self.max_concurrent_trials >= 1 else [f"max_concurrent_trials: must be >= 1, got {self.max_concurrent_trials}"]
         problems += [] if self.trial_cpus > 0 else [f"trial_cpus: must be > 0 (Ray refuses an empty trial), got {self.trial_cpus}"]
         return problems
 

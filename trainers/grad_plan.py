@@ -29,9 +29,13 @@ OneStep        T = 1 (the one-step generator of Diff-Instruct*): that step has g
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
+
+if TYPE_CHECKING:
+    from trainers.config import PlanConfig
 
 
 @dataclass(frozen=True)
@@ -60,23 +64,44 @@ class Refinement:
     include_chain: bool = False
 
 
+class _Named:
+    """A plan's ``plan.name``, how it reads its knobs from the config, and the knobs a run's tag shows."""
+
+    name: ClassVar[str]
+
+    @classmethod
+    def from_config(cls, cfg: PlanConfig) -> _Named:
+        return cls()
+
+    def knobs(self) -> dict[str, object]:
+        """The settings that tell two runs of this plan apart, e.g. ``{"k": 3}``."""
+        return asdict(self)
+
+
 @dataclass(frozen=True)
-class Draft:
+class Draft(_Named):
     """DRaFT (Clark et al., 2024): backpropagate through the whole sampling chain."""
+
+    name: ClassVar[str] = "draft"
 
     def flags(self, num_steps: int, gen: torch.Generator | None = None) -> list[StepFlags]:
         return [StepFlags(grad=True, chain=True) for _ in range(num_steps)]
 
 
 @dataclass(frozen=True)
-class DraftK:
+class DraftK(_Named):
     """DRaFT-K: gradients through the last ``k`` steps only.
 
     Attributes:
         k: Number of trained steps at the end of the chain.
     """
 
+    name: ClassVar[str] = "draft_k"
     k: int = 1
+
+    @classmethod
+    def from_config(cls, cfg: PlanConfig) -> DraftK:
+        return cls(k=cfg.k)
 
     def flags(self, num_steps: int, gen: torch.Generator | None = None) -> list[StepFlags]:
         first = num_steps - self.k
@@ -84,12 +109,21 @@ class DraftK:
 
 
 @dataclass(frozen=True)
-class DraftLV:
+class DraftLV(_Named):
     """DRaFT-LV (Clark et al., 2024, Algorithm 2): sample ``sg(x0)``, re-noise it ``n`` times and denoise each
     copy once with gradient (:class:`Refinement`); with ``include_chain`` the chain's last step is trained
     too (DRaFT-1 plus the copies, as FlowBP's port does)."""
 
+    name: ClassVar[str] = "draft_lv"
     refine: Refinement
+
+    @classmethod
+    def from_config(cls, cfg: PlanConfig) -> DraftLV:
+        return cls(Refinement(cfg.lv_copies, cfg.lv_timestep, cfg.lv_include_chain))
+
+    def knobs(self) -> dict[str, object]:
+        r = self.refine
+        return {"lv_copies": r.copies, "lv_timestep": r.timestep, "lv_include_chain": r.include_chain}
 
     def flags(self, num_steps: int, gen: torch.Generator | None = None) -> list[StepFlags]:
         last = num_steps - 1 if self.refine.include_chain else None
@@ -97,7 +131,7 @@ class DraftLV:
 
 
 @dataclass(frozen=True)
-class DRTune:
+class DRTune(_Named):
     """DRTune (Wu et al., 2024): K equally spaced trained steps, stop-gradient on every denoiser input.
 
     Attributes:
@@ -105,8 +139,13 @@ class DRTune:
         early_stop: m; stop at a step drawn from the last m (0 = run all steps).
     """
 
+    name: ClassVar[str] = "drtune"
     k: int = 5
     early_stop: int = 0
+
+    @classmethod
+    def from_config(cls, cfg: PlanConfig) -> DRTune:
+        return cls(k=cfg.k, early_stop=cfg.early_stop)
 
     def flags(self, num_steps: int, gen: torch.Generator | None = None) -> list[StepFlags]:
         stop = num_steps - _randint(1, self.early_stop, gen) if self.early_stop else num_steps - 1
@@ -119,14 +158,19 @@ class DRTune:
 
 
 @dataclass(frozen=True)
-class ReFL:
+class ReFL(_Named):
     """ReFL (Xu et al., 2023): one grad step at a random late step, scored on its x0 prediction.
 
     Attributes:
         early_stop: m; the stop step is drawn from the last m steps.
     """
 
+    name: ClassVar[str] = "refl"
     early_stop: int = 10
+
+    @classmethod
+    def from_config(cls, cfg: PlanConfig) -> ReFL:
+        return cls(early_stop=cfg.early_stop)
 
     def flags(self, num_steps: int, gen: torch.Generator | None = None) -> list[StepFlags]:
         stop = num_steps - _randint(1, self.early_stop, gen)
@@ -134,13 +178,21 @@ class ReFL:
 
 
 @dataclass(frozen=True)
-class AlignProp:
+class AlignProp(_Named):
     """AlignProp (Prabhudesai et al., 2023): randomised truncation. The original code (``main.py``) draws a
     cut ``c ~ U{0..T}`` inside the step loop and detaches step i's prediction when ``i < c``, so each step
     trains with probability ``(i + 1) / (T + 1)`` independently; ``per_call`` draws one cut per sampling call
     (its later TRL-style ``sd_pipeline.py``), which trains a suffix of random length."""
 
+    name: ClassVar[str] = "alignprop"
     per_call: bool = False
+
+    @classmethod
+    def from_config(cls, cfg: PlanConfig) -> AlignProp:
+        return cls(per_call=cfg.alignprop_cuts == "per_call")
+
+    def knobs(self) -> dict[str, object]:
+        return {"alignprop_cuts": "per_call"} if self.per_call else {}
 
     def flags(self, num_steps: int, gen: torch.Generator | None = None) -> list[StepFlags]:
         draws = 1 if self.per_call else num_steps
