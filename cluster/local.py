@@ -14,7 +14,7 @@ exactly the processes the state file names (each checked by PID *and* start time
 never signalled) plus the processes they started since (Ray workers, job drivers): SIGTERM, then
 SIGKILL after a grace period. It never runs ``ray stop``, which would stop every Ray on the machine.
 
-The Ray head follows PLATFORM.md §2: ``pipeline.ray_train.local_ray_env()`` keeps every listener on
+The Ray head follows docs/platform.md: ``pipeline.ray_train.local_ray_env()`` keeps every listener on
 127.0.0.1, turns on token authentication (a client needs ``RAY_AUTH_MODE=token`` and the token file
 that ``status`` names) and turns off usage stats; ``RAY_TMPDIR`` is a fresh short directory of its
 own (Unix socket paths must stay under 108 bytes); the directory holding the running Python is put
@@ -140,7 +140,7 @@ def s3_server(args: argparse.Namespace, workdir: str) -> Service:
 
 
 def mlflow_server(args: argparse.Namespace, workdir: str) -> Service:
-    """A slim MLflow tracking server (one worker, no job runner; PLATFORM.md §5): runs in sqlite in its
+    """A slim MLflow tracking server (one worker, no job runner; docs/platform.md): runs in sqlite in its
     folder, artifacts proxied to the S3 endpoint's bucket when the stack has one (else in its folder)."""
     ui = f"http://{HOST}:{args.port_mlflow}"
     artifacts = f"s3://{BUCKET}/mlflow" if "s3" in args.services else os.path.join(workdir, "artifacts")

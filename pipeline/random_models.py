@@ -2,7 +2,7 @@
 
 ``build_random_sd(folder, size)`` writes a diffusers pipeline folder that loads through the same
 ``from_pretrained`` code as a real model. Sizes: ``test`` (16 px, fast unit tests), ``tiny``
-(64 px, the shapes of PLATFORM.md's CPU measurements) and ``sd15`` (the real SD 1.5 UNet and VAE
+(64 px, for CPU benchmarks) and ``sd15`` (the real SD 1.5 UNet and VAE
 architecture at 512 px, random weights, for GPU benchmarks).
 """
 

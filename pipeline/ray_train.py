@@ -20,7 +20,7 @@ from pipeline.console import note
 from trainers.config import Config
 from trainers.reporting import Reporter
 
-# Ray's token: its value, else a file holding it (PLATFORM.md §2); Ray's own default file is ~/.ray/auth_token
+# Ray's token: its value, else a file holding it (docs/platform.md); Ray's own default file is ~/.ray/auth_token
 TOKEN, TOKEN_PATH = "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"
 # Where a cluster's processes look for its state API (the dashboard); each local cluster sets its own
 API_SERVER_ADDRESS = "RAY_API_SERVER_ADDRESS"
@@ -152,7 +152,7 @@ def init_ray(cfg: Config, say: Callable[..., None] = _print) -> None:
 
 
 def local_ray_env() -> dict[str, str]:
-    """The environment of a Ray that runs on this machine only (PLATFORM.md §2), set before ``import ray``:
+    """The environment of a Ray that runs on this machine only (docs/platform.md), set before ``import ray``:
     every Ray listener on 127.0.0.1, token authentication on (the token's file made if there is none),
     torch's gloo and NCCL data sockets on the loopback interface, and no usage statistics."""
     loopback = loopback_interface()

@@ -153,7 +153,7 @@ def _start_ray() -> tuple[dict, Callable[[], None]]:
 
 @pytest.fixture(scope="session")
 def ray_session(tmp_path_factory):
-    """One local two-node Ray for the whole test run, bound to 127.0.0.1 (PLATFORM.md §2, §7)."""
+    """One local two-node Ray for the whole test run, bound to 127.0.0.1 (docs/platform.md)."""
     import ray
 
     from pipeline.ray_train import API_SERVER_ADDRESS

@@ -1,4 +1,4 @@
-"""A tiny PixArt-α pipeline for tests (FAMILIES.md §5): a T5 encoder with an offline Unigram tokenizer, a
+"""A tiny PixArt-α pipeline for tests (docs/families.md): a T5 encoder with an offline Unigram tokenizer, a
 PixArt transformer with learned sigma (8 output channels) and the SD VAE layout, saved with
 ``save_pretrained`` and loaded back through the same code as a real PixArt."""
 

@@ -1,4 +1,4 @@
-"""A tiny SD3 pipeline for tests (FAMILIES.md §5): two CLIP encoders with projection (the offline CLIP
+"""A tiny SD3 pipeline for tests (docs/families.md): two CLIP encoders with projection (the offline CLIP
 tokenizer), T5 with the offline Unigram tokenizer, a two-block SD3.5-M-shaped transformer and a 16-channel VAE with a
 shift factor, saved with ``save_pretrained`` and loaded back through the same code as a real SD3."""
 

@@ -1,4 +1,4 @@
-"""A tiny SDXL pipeline for tests (FAMILIES.md §5): built from configs with the offline CLIP tokenizer,
+"""A tiny SDXL pipeline for tests (docs/families.md): built from configs with the offline CLIP tokenizer,
 saved with ``save_pretrained`` and loaded back through the same code as a real SDXL."""
 
 from __future__ import annotations

@@ -61,3 +61,30 @@ assert "trainers.evaluation" in loaded, loaded
     result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300,
                             env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
+
+
+def _text_files() -> list[pathlib.Path]:
+    files = [p for pkg in (*PACKAGES, "tests", "scripts", "docs") for p in (ROOT / pkg).rglob("*")
+             if p.suffix in (".py", ".md", ".yaml", ".sh") and ".venv" not in p.parts]
+    return files + [ROOT / "README.md", ROOT / "pyproject.toml"]
+
+
+def test_every_cited_doc_exists():
+    """Docstrings, comments and pages cite ``docs/<page>.md`` or an upper-case page such as the README: each must
+    be a file of the repository; markdown links in the README and docs/ must point at files that exist."""
+    import re
+
+    missing = []
+    for path in _text_files():
+        text = path.read_text(encoding="utf-8", errors="replace")
+        for cited in set(re.findall(r"\bdocs/[\w./-]+\.(?:md|png|json)", text)):
+            if not (ROOT / cited).exists():
+                missing.append(f"{path.relative_to(ROOT)}: {cited}")
+        for name in set(re.findall(r"\b[A-Z][A-Z_]+\.md\b", text)):
+            if not any(p.name == name for p in _text_files()):
+                missing.append(f"{path.relative_to(ROOT)}: {name}")
+        if path.suffix == ".md":
+            for link in set(re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", text)):
+                if "://" not in link and not (path.parent / link).exists():
+                    missing.append(f"{path.relative_to(ROOT)}: link {link}")
+    assert not missing, missing

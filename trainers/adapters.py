@@ -1,6 +1,6 @@
 """LoRA adapters on any denoiser (UNet or transformer), through peft's functional API: what diffusers'
 ``add_adapter``/``set_adapter``/``disable_adapters`` do for a UNet, also for a denoiser that has no such
-methods (PixArt's transformer, FAMILIES.md §4)."""
+methods (PixArt's transformer, docs/families.md)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Diff-Instruct* (DI*, Luo et al. 2024) and its baselines: a one-step generator distilled from a guided
 teacher while it maximises a reward.
 
-Three roles (ALGORITHMS.md §3), each a UNet predicting noise (or v, or x0: everything is converted
+Three roles (docs/methods.md), each a UNet predicting noise (or v, or x0: everything is converted
 to the noise prediction ``ε̂``):
 
 ============  ===============================================================================

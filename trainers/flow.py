@@ -1,5 +1,5 @@
 """Differentiable flow-matching Euler sampling (SD3, SD3.5), on the sigmas of a diffusers
-``FlowMatchEulerDiscreteScheduler`` config (FAMILIES.md §3).
+``FlowMatchEulerDiscreteScheduler`` config (docs/families.md).
 
 Notation (code name -> maths):
 

@@ -1,7 +1,7 @@
 """Gradient plans: which sampling steps carry gradient, and how.
 
 Every gradient-based reward-tuning method in this project is the same sampler with a different
-*plan* (ALGORITHMS.md §4). For each of the T sampling steps ``i = 0 .. T-1`` (0 is the noisiest) a
+*plan* (docs/methods.md). For each of the T sampling steps ``i = 0 .. T-1`` (0 is the noisiest) a
 plan gives :class:`StepFlags`:
 
 * ``grad``: the denoiser call carries parameter gradients (otherwise its output is a constant);

@@ -135,7 +135,7 @@ def tokenize(tokenizer, prompts: list[str], device: torch.device) -> torch.Tenso
 
 
 # DDIM's own defaults for keys absent from another scheduler's config (SDXL ships EulerDiscrete, PixArt
-# DPMSolver) would clip x0 and use alpha-bar 1 at the end; their pipelines do neither (FAMILIES.md §1, §7)
+# DPMSolver) would clip x0 and use alpha-bar 1 at the end; their pipelines do neither (docs/families.md)
 DDIM_DEFAULTS = {"clip_sample": False, "set_alpha_to_one": False}
 
 

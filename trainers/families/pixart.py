@@ -1,4 +1,4 @@
-"""PixArt-α (``PixArtAlphaPipeline``), as its pipeline conditions and denoises (FAMILIES.md §2):
+"""PixArt-α (``PixArtAlphaPipeline``), as its pipeline conditions and denoises (docs/families.md):
 
 - one T5 encoder, captions lowercased and stripped (the pipeline's ``clean_caption=False`` preprocessing),
   120 tokens, with the attention mask, which reaches the transformer as ``encoder_attention_mask``

@@ -1,5 +1,5 @@
 """Stable Diffusion 3 / 3.5 (``StableDiffusion3Pipeline``), a flow-matching model, as its pipeline conditions,
-samples and decodes (FAMILIES.md §3):
+samples and decodes (docs/families.md):
 
 - two CLIP encoders with projection (penultimate hidden states, pooled ``text_embeds``) and T5 at 256 tokens
   with no attention mask (zeros when the pipeline was saved without T5);

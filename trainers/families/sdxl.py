@@ -1,4 +1,4 @@
-"""SDXL (``StableDiffusionXLPipeline``), as its pipeline conditions and decodes (FAMILIES.md §1):
+"""SDXL (``StableDiffusionXLPipeline``), as its pipeline conditions and decodes (docs/families.md):
 
 - two CLIP text encoders; their penultimate hidden states are concatenated on the feature axis, and the
   pooled embedding is the second encoder's projected ``text_embeds``;
