@@ -260,8 +260,9 @@ class DiStar:
         self.cfg, self.model = d, model
         self.nets, self.teacher_scheduler = build_networks(cfg, model, local_teacher=teacher is None)
         self.noise, self.teacher_path = NoiseSchedule.of(self.teacher_scheduler), d.teacher_path or cfg.model.path
-        self.teacher = teacher or LocalTeacher(model, lambda: self.nets.role("teacher"), self.noise,
-                                               divergence_spec(d), d.alpha_cfg)
+        self.spec = divergence_spec(d)
+        self.teacher = teacher or LocalTeacher(model, lambda: self.nets.role("teacher"), self.noise, self.spec,
+                                               d.alpha_cfg)
         self.one_step = one_step_schedule(model.scheduler, d.generator_timestep)
         self.plan = OneStep()
         self.fake_optimizer = torch.optim.AdamW(self.nets.fake_params, lr=d.fake_lr, betas=tuple(o.betas), eps=o.eps,
@@ -344,7 +345,7 @@ class DiStar:
     def divergence_grad(self, x_t, t, cond, uncond, eps) -> tuple[torch.Tensor, torch.Tensor]:
         """``(∂D/∂x_t (B, C, h, w), D (B,))`` at detached ``x_t``, through both score networks: the fake
         score's input Jacobian here, the teacher's in ``teacher.terms`` (maybe in an actor)."""
-        sim = divergence_spec(self.cfg).uses_fake_jacobian  # kl: the fake score is a constant
+        sim = self.spec.uses_fake_jacobian  # kl: the fake score is a constant
         x_in = x_t.requires_grad_(sim)
         with torch.set_grad_enabled(sim), self.nets.role("fake"):
             eps_fake = self.fake_eps(x_in, t, cond)

@@ -58,7 +58,6 @@ class Trainer:
     lr_schedule: torch.optim.lr_scheduler.LRScheduler
     sampler: PromptSampler
     eval_prompts: list[str]
-    schedule: Schedule
     gen: torch.Generator
     replicas: Replicas = field(default_factory=Replicas)
     sharded: bool = False  # train.fsdp over several replicas: weights, gradients and AdamW state sharded
@@ -67,6 +66,11 @@ class Trainer:
     skipped: int = 0
     clipped: int = 0  # optimiser steps whose gradient norm exceeded optim.grad_clip
     extra: dict = field(default_factory=dict)
+
+    @property
+    def schedule(self) -> Schedule:
+        """What the model is sampled on, in training and evaluation: the objective's."""
+        return self.objective.schedule
 
     def state_dict(self) -> dict:
         """Everything resume needs; a collective under FSDP (every replica calls it, rank 0 gets the state)."""
@@ -124,8 +128,7 @@ def build_trainer(cfg: Config, model: DiffusionModel | None = None, reward: Rewa
         optimizer=optimizer, lr_schedule=lr_schedule,
         sampler=PromptSampler(load_prompts(cfg.data.prompts, BUILTIN_TRAIN), cfg.train.seed),
         eval_prompts=load_prompts(cfg.data.eval_prompts, BUILTIN_HELD_OUT)[: cfg.eval.max_prompts],
-        schedule=objective.schedule, gen=torch.Generator().manual_seed(cfg.train.seed), replicas=replicas,
-        sharded=sharded)
+        gen=torch.Generator().manual_seed(cfg.train.seed), replicas=replicas, sharded=sharded)
 
 
 def train_step(tr: Trainer) -> dict[str, float]:
