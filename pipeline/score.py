@@ -10,7 +10,8 @@ import argparse
 import os
 
 from pipeline.config import ConfigError, run_cli
-from rewards.config import REWARD_NAMES, RewardSpec
+from rewards.catalog import REWARD_NAMES
+from rewards.config import RewardSpec
 from rewards.files import file_problems
 
 FILE_FIELDS = ("checkpoint", "clip_checkpoint", "arch", "arch_config", "processor")  # RewardSpec's file options

@@ -15,16 +15,19 @@ from __future__ import annotations
 import os
 import pickle
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
-import open_clip
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from rewards.base import RewardLoadError, check_images, describe_state_dict_mismatch, freeze, model_device_dtype
-from rewards.config import RewardSpec
+from rewards.descriptor import OPEN_CLIP_ARCH, OPEN_CLIP_TENSORS, RewardDescriptor, WeightsFile
 from rewards.open_clip_loading import load_open_clip, open_clip_preprocess, register_arch_config
 from rewards.preprocess import ImagePreprocess
+
+if TYPE_CHECKING:
+    from rewards.config import RewardSpec
 
 
 class AestheticMLP(nn.Module):
@@ -85,6 +88,8 @@ def load_aesthetic(spec: RewardSpec) -> AestheticReward:
         RewardLoadError: If a file is missing or its tensors do not fit (including a head whose input
             size differs from the CLIP embedding size).
     """
+    import open_clip
+
     if spec.arch_config is not None:
         register_arch_config(spec.arch_config)
     arch = spec.resolved_arch()
@@ -139,3 +144,17 @@ def _unwrap(state: Mapping) -> dict[str, torch.Tensor]:
     if "state_dict" in state and isinstance(state["state_dict"], Mapping):
         state = state["state_dict"]
     return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+# The LAION head was trained on OpenAI CLIP ViT-L/14 features, and OpenAI's CLIP uses QuickGELU: the plain
+# "ViT-L-14" config has the same tensors but GELU, so it would load OpenAI weights without error and score wrongly.
+DESCRIPTOR = RewardDescriptor(
+    name="aesthetic", load=load_aesthetic, unit="aesthetic score (1-10)",
+    required={"checkpoint": "the aesthetic MLP head, e.g. sac+logos+ava1-l14-linearMSE.pth",
+              "clip_checkpoint": "the OpenAI CLIP ViT-L/14 weights in open_clip format"},
+    allowed=OPEN_CLIP_ARCH,
+    files={"checkpoint": WeightsFile(what="the aesthetic MLP head (sac+logos+ava1-l14-linearMSE.pth)",
+                                     prefixes=("layers.",)),
+           "clip_checkpoint": WeightsFile(what="the OpenAI CLIP ViT-L/14 weights in open_clip format",
+                                          prefixes=OPEN_CLIP_TENSORS)},
+    default_arch="ViT-L-14-quickgelu")

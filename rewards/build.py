@@ -1,38 +1,23 @@
 """Build the training reward ``r = Σ_i w_i r_i`` from :class:`~rewards.config.RewardSpec` entries.
 
 Every model is loaded from local files only (never a hub tag or download), moved to the requested
-device and dtype, frozen and put in eval mode.
+device and dtype, frozen and put in eval mode. Each reward's loader is its descriptor's (:mod:`rewards.catalog`);
+heavy libraries (open_clip, transformers) are imported only when a reward that needs them is loaded.
 """
 
 from __future__ import annotations
 
-import importlib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
 
 from rewards.base import Reward, freeze
+from rewards.catalog import BY_NAME, REWARD_NAMES
 from rewards.combine import WeightedSum
-from rewards.config import REWARD_NAMES, RewardSpec
+from rewards.config import RewardSpec
 
 __all__ = ["REWARD_NAMES", "build_reward", "load_reward"]
-
-# Explicit registry: reward name -> "module:loader", a callable taking the spec and returning a CPU fp32
-# module. Imported on first use, so that a process pays only for the rewards it builds (open_clip and
-# transformers' processors take seconds to import; a Ray worker on pixel rewards needs neither).
-_LOADERS: dict[str, str] = {
-    "hpsv2": "rewards.clip_similarity:load_hpsv2",
-    "pickscore": "rewards.pickscore:load_pickscore",
-    "image_reward": "rewards.image_reward:load_image_reward",
-    "aesthetic": "rewards.aesthetic:load_aesthetic",
-    "clip_score": "rewards.clip_similarity:load_clip_score",
-    "symmetry": "rewards.pixel:load_pixel_reward",
-    "colourfulness": "rewards.pixel:load_pixel_reward",
-    "sharpness": "rewards.pixel:load_pixel_reward",
-    "brightness": "rewards.pixel:load_pixel_reward",
-}
-assert set(_LOADERS) == set(REWARD_NAMES)
 
 
 def build_reward(
@@ -70,15 +55,10 @@ def load_reward(
         ValueError: If the name is unknown or the spec is invalid.
         RewardLoadError: If a checkpoint is missing or does not fit its architecture.
     """
-    if spec.name not in _LOADERS:
+    if spec.name not in BY_NAME:
         raise ValueError(f"unknown reward name {spec.name!r}; valid names: {', '.join(REWARD_NAMES)}")
     problems = spec.validate()
     if problems:
         raise ValueError(f"invalid RewardSpec for {spec.name!r}: " + "; ".join(problems))
-    reward = _loader(spec.name)(spec)
+    reward = BY_NAME[spec.name].load(spec)
     return freeze(reward.to(device=device, dtype=dtype))
-
-
-def _loader(name: str) -> Callable[[RewardSpec], nn.Module]:
-    module, attr = _LOADERS[name].split(":")
-    return getattr(importlib.import_module(module), attr)

@@ -13,19 +13,19 @@ package's ``img_score`` does (benchmarks report ×100). CLIP score (Hessel et al
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
-import open_clip
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from rewards.base import check_images, freeze, model_device_dtype
-from rewards.config import RewardSpec
+from rewards.descriptor import OPEN_CLIP_ARCH, OPEN_CLIP_TENSORS, RewardDescriptor, WeightsFile
 from rewards.open_clip_loading import load_open_clip, open_clip_preprocess, register_arch_config
 from rewards.preprocess import ImagePreprocess
 
-HPS_SCALE = 1.0
-CLIP_SCORE_SCALE = 100.0
+if TYPE_CHECKING:
+    from rewards.config import RewardSpec
 
 
 class ClipSimilarityReward(nn.Module):
@@ -73,8 +73,7 @@ def load_hpsv2(spec: RewardSpec) -> ClipSimilarityReward:
     Raises:
         RewardLoadError: If the checkpoint or architecture config is missing or does not match.
     """
-    what = "HPSv2 checkpoint file (HPS_v2.1_compressed.pt)"
-    return _load_similarity(spec, what, HPS_SCALE)
+    return _load_similarity(spec, "HPSv2 checkpoint file (HPS_v2.1_compressed.pt)", HPSV2.scale)
 
 
 def load_clip_score(spec: RewardSpec) -> ClipSimilarityReward:
@@ -83,10 +82,12 @@ def load_clip_score(spec: RewardSpec) -> ClipSimilarityReward:
     Raises:
         RewardLoadError: If the weights or architecture config are missing or do not match.
     """
-    return _load_similarity(spec, "open_clip weights file for clip_score", CLIP_SCORE_SCALE)
+    return _load_similarity(spec, "open_clip weights file for clip_score", CLIP_SCORE.scale)
 
 
 def _load_similarity(spec: RewardSpec, what: str, scale: float) -> ClipSimilarityReward:
+    import open_clip
+
     if spec.arch_config is not None:
         register_arch_config(spec.arch_config)
     arch = spec.resolved_arch()
@@ -96,3 +97,15 @@ def _load_similarity(spec: RewardSpec, what: str, scale: float) -> ClipSimilarit
     # tokenizer, which needs no network.
     tokenizer = open_clip.get_tokenizer(arch)
     return ClipSimilarityReward(model, tokenizer, open_clip_preprocess(model), scale, spec.name)
+
+
+HPSV2 = RewardDescriptor(
+    name="hpsv2", load=load_hpsv2, unit="cosine (HPS; benchmarks print 100 × it)",
+    required={"checkpoint": "the HPS_v2.1_compressed.pt or HPS_v2_compressed.pt file"}, allowed=OPEN_CLIP_ARCH,
+    files={"checkpoint": WeightsFile(what="the HPSv2 checkpoint (an open_clip state dict)", prefixes=OPEN_CLIP_TENSORS)},
+    default_arch="ViT-H-14", image_encoder=True)
+CLIP_SCORE = RewardDescriptor(
+    name="clip_score", load=load_clip_score, unit="cosine", scale=100.0,
+    required={"checkpoint": "an open_clip weights file (.pt, .bin or .safetensors)"}, allowed=OPEN_CLIP_ARCH,
+    files={"checkpoint": WeightsFile(what="the open_clip weights file", prefixes=OPEN_CLIP_TENSORS)},
+    image_encoder=True)

@@ -14,23 +14,8 @@ import zipfile
 from collections.abc import Mapping
 
 from rewards.config import RewardSpec
-from rewards.image_reward import CHECKPOINT_PREFIXES
+from rewards.descriptor import Folder, WeightsFile
 
-# (reward, field) -> what the file is, and the prefixes its tensor names must include (each at least once)
-_OPEN_CLIP = ("visual.",)
-_WEIGHTS: dict[tuple[str, str], tuple[str, tuple[str, ...]]] = {
-    ("hpsv2", "checkpoint"): ("the HPSv2 checkpoint (an open_clip state dict)", _OPEN_CLIP),
-    ("clip_score", "checkpoint"): ("the open_clip weights file", _OPEN_CLIP),
-    ("aesthetic", "checkpoint"): ("the aesthetic MLP head (sac+logos+ava1-l14-linearMSE.pth)", ("layers.",)),
-    ("aesthetic", "clip_checkpoint"): ("the OpenAI CLIP ViT-L/14 weights in open_clip format", _OPEN_CLIP),
-    ("image_reward", "checkpoint"): ("the official ImageReward.pt", CHECKPOINT_PREFIXES),
-}
-# (reward, field) -> what the folder is, and a file it must hold ("": any folder)
-_FOLDERS: dict[tuple[str, str], tuple[str, str]] = {
-    ("pickscore", "checkpoint"): ("the PickScore model folder (config.json + weights)", "config.json"),
-    ("pickscore", "processor"): ("the PickScore processor folder (tokenizer + image settings)", ""),
-    ("image_reward", "processor"): ("a bert-base-uncased tokeniser folder", "vocab.txt"),
-}
 _ARCH_CONFIG = "the open_clip model-config JSON"
 _FIX = "replace it with an intact copy of the original file"
 
@@ -39,21 +24,21 @@ def file_problems(spec: RewardSpec) -> list[str]:
     """``"field: message"`` for each file of ``spec`` that is missing, unreadable or of another kind."""
     problems = []
     for field in ("checkpoint", "clip_checkpoint", "arch_config", "processor"):
-        path, key = getattr(spec, field), (spec.name, field)
-        problem = path and _problem(key, path)
+        path, layout = getattr(spec, field), spec.descriptor.files.get(field)
+        problem = path and _problem(layout, path)
         if problem:
-            what = (_WEIGHTS.get(key) or _FOLDERS.get(key) or (_ARCH_CONFIG,))[0]
+            what = layout.what if layout else _ARCH_CONFIG
             problems.append(f"{field}: {path!r} {problem}; expected {what} for reward {spec.name!r}")
     return problems
 
 
-def _problem(key: tuple[str, str], path: str) -> str | None:
+def _problem(layout: WeightsFile | Folder | None, path: str) -> str | None:
     if not os.path.exists(path):
         return "does not exist"
-    if key in _WEIGHTS:
-        return _weights_problem(path, _WEIGHTS[key][1])
-    if key in _FOLDERS:
-        return _folder_problem(path, _FOLDERS[key][1])
+    if isinstance(layout, WeightsFile):
+        return _weights_problem(path, layout.prefixes)
+    if isinstance(layout, Folder):
+        return _folder_problem(path, layout.must_hold)
     return None
 
 

@@ -22,13 +22,17 @@ import json
 import os
 import re
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from rewards.base import RewardLoadError, check_images, describe_state_dict_mismatch, freeze, model_device_dtype
-from rewards.config import RewardSpec
+from rewards.descriptor import Folder, RewardDescriptor, WeightsFile
 from rewards.preprocess import ImagePreprocess
+
+if TYPE_CHECKING:
+    from rewards.config import RewardSpec
 
 SCORE_MEAN, SCORE_STD = 0.16717362830052426, 1.0333394966054072
 MAX_LENGTH = 35
@@ -198,3 +202,11 @@ def _load_tokenizer(folder: str):
         raise RewardLoadError(f"ImageReward tokeniser folder {folder!r} has no vocab.txt; point processor at a "
                               "bert-base-uncased folder (it holds vocab.txt)")
     return BertTokenizer(vocab_file=vocab, do_lower_case=True)
+
+
+DESCRIPTOR = RewardDescriptor(
+    name="image_reward", load=load_image_reward, unit="ImageReward (standardised)",
+    required={"checkpoint": "the official ImageReward.pt", "processor": "a bert-base-uncased folder with vocab.txt"},
+    allowed=("arch_config",),
+    files={"checkpoint": WeightsFile(what="the official ImageReward.pt", prefixes=CHECKPOINT_PREFIXES),
+           "processor": Folder(what="a bert-base-uncased tokeniser folder", must_hold="vocab.txt")})

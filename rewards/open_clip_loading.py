@@ -6,6 +6,9 @@ HPSv2 layout) and a ``module.`` prefix, ``torch.load``s with ``weights_only=True
 tensors, and a ``pretrained`` string that is not an existing file is looked up as a hub tag (a
 download). So we check the file first, pass an absolute path (never a tag), and translate failures
 into :class:`~rewards.base.RewardLoadError` naming the keys.
+
+open_clip is imported where it is used: it takes seconds, and a process that only checks a config or scores
+with pixel rewards never needs it.
 """
 
 from __future__ import annotations
@@ -14,8 +17,6 @@ import json
 import os
 import pickle
 
-import open_clip
-from open_clip.factory import load_state_dict as load_open_clip_state_dict
 from torch import nn
 
 from rewards.base import RewardLoadError, describe_state_dict_mismatch
@@ -37,6 +38,8 @@ def register_arch_config(path: str) -> str:
         RewardLoadError: If the file is missing, is not JSON, or lacks the keys open_clip needs
             (open_clip silently skips such files).
     """
+    import open_clip
+
     config = _read_arch_config(path)
     arch = os.path.splitext(os.path.basename(path))[0]
     # Re-adding moves this file to the end of open_clip's search list, so the latest wins when two
@@ -78,6 +81,8 @@ def load_open_clip(arch: str, weights: str, what: str) -> nn.Module:
         RewardLoadError: If the architecture is unknown, the file is missing or unreadable, or its
             tensors do not match the architecture.
     """
+    import open_clip
+
     if open_clip.get_model_config(arch) is None:
         raise RewardLoadError(
             f"unknown open_clip architecture {arch!r}; use a built-in name (open_clip.list_models()) "
@@ -100,6 +105,9 @@ def load_open_clip(arch: str, weights: str, what: str) -> nn.Module:
 
 def _mismatch_message(arch: str, path: str, what: str, error: RuntimeError) -> str:
     # Rebuild an empty model and compare keys/shapes ourselves: torch's message is long and unordered.
+    import open_clip
+    from open_clip.factory import load_state_dict as load_open_clip_state_dict
+
     try:
         found = load_open_clip_state_dict(path)
     except Exception:  # noqa: BLE001 - any failure here means the file itself is unreadable

@@ -13,15 +13,18 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import AutoModel, AutoProcessor
 
 from rewards.base import RewardLoadError, check_images, freeze, model_device_dtype, summarise_keys
-from rewards.config import RewardSpec
+from rewards.descriptor import Folder, RewardDescriptor
 from rewards.preprocess import ImagePreprocess
+
+if TYPE_CHECKING:
+    from rewards.config import RewardSpec
 
 
 class PickScoreReward(nn.Module):
@@ -81,6 +84,8 @@ def load_pickscore(spec: RewardSpec) -> PickScoreReward:
 
 
 def _load_model(folder: str) -> nn.Module:
+    from transformers import AutoModel
+
     if not os.path.isfile(os.path.join(folder, "config.json")):
         raise RewardLoadError(
             f"PickScore model folder {folder!r} has no config.json (or does not exist); expected a "
@@ -113,6 +118,8 @@ def _check_loading_info(folder: str, arch: str, info: dict) -> None:
 
 
 def _load_processor(folder: str):
+    from transformers import AutoProcessor
+
     if not os.path.isdir(folder):
         raise RewardLoadError(f"PickScore processor folder {folder!r} does not exist; expected a CLIPProcessor "
                               "folder (tokenizer + image-processor config), e.g. laion/CLIP-ViT-H-14-laion2B-s32B-b79K")
@@ -154,3 +161,10 @@ def image_preprocess_from(image_processor, folder: str) -> ImagePreprocess:
     raise RewardLoadError(
         f"image processor in {folder!r} has size={dict(p.size)} and do_center_crop={p.do_center_crop}; "
         "supported: shortest_edge with a centre crop, or height/width without one")
+
+
+DESCRIPTOR = RewardDescriptor(
+    name="pickscore", load=load_pickscore, unit="PickScore (exp(logit_scale) × cosine; about 21-23)",
+    required={"checkpoint": "the PickScore_v1 model folder (config.json + weights)"}, allowed=("processor",),
+    files={"checkpoint": Folder(what="the PickScore model folder (config.json + weights)", must_hold="config.json"),
+           "processor": Folder(what="the PickScore processor folder (tokenizer + image settings)")})

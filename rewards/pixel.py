@@ -8,13 +8,17 @@ at full resolution, ignore the prompts, and return ``(B,)`` float32 scores.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from rewards.base import check_images
-from rewards.config import RewardSpec
+from rewards.descriptor import RewardDescriptor
+
+if TYPE_CHECKING:
+    from rewards.config import RewardSpec
 
 # Rec. 601 luma weights: Y = 0.299 R + 0.587 G + 0.114 B.
 REC601_LUMA = (0.299, 0.587, 0.114)
@@ -116,3 +120,6 @@ PIXEL_REWARDS: dict[str, type[nn.Module]] = {"symmetry": Symmetry, "colourfulnes
 def load_pixel_reward(spec: RewardSpec) -> nn.Module:
     """The pixel reward ``spec`` names; it has no weights."""
     return PIXEL_REWARDS[spec.name]()
+
+
+DESCRIPTORS = tuple(RewardDescriptor(name=name, load=load_pixel_reward, unit=name) for name in PIXEL_REWARDS)

@@ -385,3 +385,21 @@ def test_valid_specs_have_no_problems(specs):
     assert all(spec.validate() == [] for spec in specs.values())
     assert RewardSpec(name="hpsv2", checkpoint="HPS_v2.1_compressed.pt").resolved_arch() == "ViT-H-14"
     assert RewardSpec(name="aesthetic", checkpoint="h", clip_checkpoint="c").resolved_arch() == "ViT-L-14-quickgelu"
+
+
+def test_catalog_lists_every_descriptor_the_reward_modules_export():
+    """A reward is one module with a descriptor plus one catalog line: a descriptor left out of the catalog
+    would be a reward no config can name."""
+    import importlib
+    import pkgutil
+
+    import rewards
+    from rewards.catalog import DESCRIPTORS
+    from rewards.descriptor import RewardDescriptor
+
+    exported = set()
+    for info in pkgutil.iter_modules(rewards.__path__):
+        for value in vars(importlib.import_module(f"rewards.{info.name}")).values():
+            values = value if isinstance(value, tuple) else (value,)
+            exported |= {v.name for v in values if isinstance(v, RewardDescriptor)}
+    assert exported == {d.name for d in DESCRIPTORS} == set(REWARD_NAMES)

@@ -12,7 +12,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Literal
 
-from rewards.config import IMAGE_ENCODER_REWARDS, RewardSpec
+from rewards.catalog import IMAGE_ENCODER_REWARDS
+from rewards.config import RewardSpec
 from trainers.constraints import constraint_problems
 
 PLAN_NAMES = ("draft", "draft_k", "draft_lv", "drtune", "refl", "alignprop", "di_star")
