@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 import torch
 
-from rewards.base import check_images
+from rewards.base import check_images, weighted_terms
 from rewards.config import RewardSpec
 from trainers.config import RayConfig
 
@@ -41,7 +41,8 @@ class RewardServer:
 
     def weights(self) -> dict[str, float] | None:
         """Component weights of a weighted sum, or None for a single reward."""
-        return dict(self.reward.weights) if hasattr(self.reward, "weights") else None
+        weighted = weighted_terms(self.reward)
+        return dict(weighted.weights) if weighted is not None else None
 
     def score(self, images: torch.Tensor, prompts: list[str], with_grad: bool):
         """``(total (B,), parts {name: (B,)} or None, ∂Σ total/∂images or None)``, all on CPU.
@@ -52,8 +53,9 @@ class RewardServer:
         check_images(images, prompts)
         x = images.to(self.device).requires_grad_(with_grad)
         with torch.set_grad_enabled(with_grad):
-            parts = self.reward.components(x, prompts) if hasattr(self.reward, "components") else None
-            total = self.reward.combine(parts) if parts is not None else self.reward(x, prompts)
+            weighted = weighted_terms(self.reward)
+            parts = weighted.components(x, prompts) if weighted is not None else None
+            total = weighted.combine(parts) if weighted is not None else self.reward(x, prompts)
             grad = torch.autograd.grad(total.sum(), x)[0].cpu() if with_grad else None
         parts = {k: v.detach().float().cpu() for k, v in parts.items()} if parts is not None else None
         return total.detach().float().cpu(), parts, grad

@@ -40,6 +40,41 @@ class Reward(Protocol):
         ...
 
 
+@runtime_checkable
+class WeightedReward(Reward, Protocol):
+    """A reward ``Σ_k w_k r_k`` that also reports its terms: :class:`~rewards.combine.WeightedSum` in one process,
+    ``pipeline.reward_actors.RemoteReward`` over a pool of actors. The loop logs each term as ``reward/<k>``.
+
+    Attributes:
+        weights: ``{k: w_k}``; empty or None when the reward is a single term.
+    """
+
+    weights: dict[str, float] | None
+
+    def components(self, images: torch.Tensor, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
+        """Each term's unweighted ``(B,)`` scores ``r_k``, keyed by term name."""
+        ...
+
+    def combine(self, components: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``Σ_k w_k r_k`` of the scores from :meth:`components`, ``(B,)``."""
+        ...
+
+
+@runtime_checkable
+class ImageEncoder(Protocol):
+    """A reward built on an image encoder whose embeddings can be read out (the CLIP-type rewards); the
+    ``feature_diversity`` metric and the diversity term use them."""
+
+    def image_features(self, images: torch.Tensor) -> torch.Tensor:
+        """``(B, D)`` unit-norm embeddings of images in [0, 1]."""
+        ...
+
+
+def weighted_terms(reward: Reward) -> WeightedReward | None:
+    """``reward`` as a weighted sum when it reports more than its total, else None."""
+    return reward if isinstance(reward, WeightedReward) and reward.weights else None
+
+
 class RewardLoadError(ValueError):
     """A reward checkpoint is missing, unreadable, or does not fit the architecture it is loaded into."""
 

@@ -60,6 +60,11 @@ class WeightedSum(nn.Module):
         return self.reward_modules[key] if key in self.reward_modules else self.others[key]
 
 
+def terms_of(reward: Reward) -> list[Reward]:
+    """The rewards a reward is made of: a weighted sum's components, else the reward itself."""
+    return list(reward.parts().values()) if isinstance(reward, WeightedSum) else [reward]
+
+
 def _unique_names(names: Sequence[str]) -> list[str]:
     seen: dict[str, int] = {}
     unique = []

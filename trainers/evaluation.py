@@ -12,7 +12,8 @@ from typing import Protocol
 
 import torch
 
-from rewards.base import Reward
+from rewards.base import ImageEncoder, Reward, weighted_terms
+from rewards.combine import terms_of
 from trainers.config import SamplerConfig
 from trainers.engine import generate
 from trainers.models import DiffusionModel
@@ -74,21 +75,19 @@ def _mean_off_diagonal(dist: torch.Tensor) -> torch.Tensor:
 
 def image_encoder(rewards: dict[str, Reward]):
     """The image encoder of the first reward (or weighted-sum component) that has one, e.g. CLIP's, or None."""
-    for reward in rewards.values():
-        for part in (reward.parts().values() if hasattr(reward, "parts") else [reward]):
-            if hasattr(part, "image_features"):
-                return part.image_features
-    return None
+    encoders = [part for reward in rewards.values() for part in terms_of(reward) if isinstance(part, ImageEncoder)]
+    return encoders[0].image_features if encoders else None
 
 
 def _score_with_components(name: str, reward: Reward, images, prompts) -> dict[str, torch.Tensor]:
     """``{name: scores}``, plus ``{name/part: scores}`` for each term of a weighted sum (a reward with
-    component ``weights`` and ``components``/``combine`` methods)."""
-    if not getattr(reward, "weights", None):
+    :class:`~rewards.base.WeightedReward`)."""
+    weighted = weighted_terms(reward)
+    if weighted is None:
         return {name: reward(images, prompts).float().cpu()}
-    parts = reward.components(images, prompts)
+    parts = weighted.components(images, prompts)
     out = {f"{name}/{part}": value.float().cpu() for part, value in parts.items()}
-    return {name: reward.combine(parts).float().cpu(), **out}
+    return {name: weighted.combine(parts).float().cpu(), **out}
 
 @torch.no_grad()
 def diversity_scores(images: torch.Tensor, per_prompt: int, encoder, device: torch.device) -> dict[str, torch.Tensor]:
