@@ -14,7 +14,7 @@ exactly the processes the state file names (each checked by PID *and* start time
 never signalled) plus the processes they started since (Ray workers, job drivers): SIGTERM, then
 SIGKILL after a grace period. It never runs ``ray stop``, which would stop every Ray on the machine.
 
-The Ray head follows docs/platform.md: ``pipeline.ray_train.local_ray_env()`` keeps every listener on
+The Ray head follows docs/platform.md: ``pipeline.ray_env.local_ray_env()`` keeps every listener on
 127.0.0.1, turns on token authentication (a client needs ``RAY_AUTH_MODE=token`` and the token file
 that ``status`` names) and turns off usage stats; ``RAY_TMPDIR`` is a fresh short directory of its
 own (Unix socket paths must stay under 108 bytes); the directory holding the running Python is put
@@ -49,7 +49,7 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 
-from pipeline.ray_train import API_SERVER_ADDRESS, TOKEN, TOKEN_PATH, free_port, local_ray_env, token_header
+from pipeline.ray_env import API_SERVER_ADDRESS, TOKEN, TOKEN_PATH, free_port, local_ray_env, token_header
 
 STATE_FILE = "local-stack.json"
 STATE_DIR_ENV = "REWARD_TUNING_STACK_DIR"

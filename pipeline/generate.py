@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from trainers.config import ModelConfig
-    from trainers.ddim import one_step_schedule
+    from trainers.samplers.ddim import one_step_schedule
     from trainers.distill import generator_timestep
     from trainers.engine import annealed_weights, generate
     from trainers.models import load_model, load_trained, load_weighted

@@ -16,7 +16,7 @@ from trainers.families import family_problem
 from trainers.families.pixart import ADAPTER_WEIGHTS
 from trainers.families.sd import LORA_FILE
 from trainers.models import denoiser_dir, denoiser_skeleton, model_path_problem, pair_problems
-from trainers.module_checks import architecture_problems, lora_file_problems, lora_target_problems
+from pipeline.model_checks import architecture_problems, lora_file_problems, lora_target_problems
 from trainers.prompts import read_prompts
 
 def model_problems(key: str, path: str, family: str = "auto") -> list[str]:
@@ -41,7 +41,7 @@ def flow_scheduler_problems(key: str, path: str) -> list[str]:
     """The flow sampler rebuilds the sigmas from the scheduler config: no option it does not reproduce."""
     import json
 
-    from trainers.flow import option_fix, unsupported_options
+    from trainers.samplers.flow import option_fix, unsupported_options
 
     config_file = os.path.join(path, "scheduler", "scheduler_config.json")
     if not os.path.isfile(config_file):

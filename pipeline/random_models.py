@@ -44,7 +44,7 @@ def build_random_sd(folder: str, size: str = "test", tokenizer=None, seed: int =
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from trainers.clip_tokenizer import build_clip_tokenizer
+    from pipeline.clip_tokenizer import build_clip_tokenizer
 
     spec = SIZES[size]
     tokenizer = tokenizer or build_clip_tokenizer()

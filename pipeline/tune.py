@@ -330,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
                               args.config) from None
     folder = search_folder(base, search, args.config)
     os.makedirs(folder, exist_ok=True)
-    from pipeline.ray_train import init_ray
+    from pipeline.ray_env import init_ray
     from pipeline.tracking import SearchRecord
 
     init_ray(base)

@@ -21,7 +21,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 from shared_services import shared  # noqa: E402
 
-from pipeline.ray_train import TOKEN_PATH, local_ray_env  # noqa: E402  (imports no Ray)
+from pipeline.ray_env import TOKEN_PATH, local_ray_env  # noqa: E402  (imports no Ray)
 
 # before any test module imports ray, which reads them at import; the session's token file, not ~/.ray's
 os.environ.setdefault(TOKEN_PATH, os.path.join(tempfile.mkdtemp(prefix="rt-token-"), "auth_token"))
@@ -39,7 +39,7 @@ def shell_env(**extra: str) -> dict[str, str]:
     """The environment for a command run as from a shell on this machine: without the session cluster's
     address variables, which ``ray.init`` and the ``ray_session`` fixture export (a subprocess would
     otherwise join or query that cluster)."""
-    from pipeline.ray_train import API_SERVER_ADDRESS
+    from pipeline.ray_env import API_SERVER_ADDRESS
 
     return {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", API_SERVER_ADDRESS)} | extra
 
@@ -139,7 +139,7 @@ REWARD_NODE = {"num_cpus": 2, "resources": {"reward_node": 2}}
 def _start_ray() -> tuple[dict, Callable[[], None]]:
     from ray.cluster_utils import Cluster
 
-    from pipeline.ray_train import own_dashboard_port
+    from pipeline.ray_env import own_dashboard_port
 
     os.environ["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="ray", dir="/tmp")
     port = own_dashboard_port()
@@ -156,7 +156,7 @@ def ray_session(tmp_path_factory):
     """One local two-node Ray for the whole test run, bound to 127.0.0.1 (docs/platform.md)."""
     import ray
 
-    from pipeline.ray_train import API_SERVER_ADDRESS
+    from pipeline.ray_env import API_SERVER_ADDRESS
 
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
     with shared("ray", _shared_folder(tmp_path_factory), _start_ray) as cluster:
@@ -172,7 +172,7 @@ def _start_tracking_stack(state: str) -> tuple[dict, Callable[[], None]]:
     import json
     import subprocess
 
-    from pipeline.ray_train import free_port
+    from pipeline.ray_env import free_port
 
     ports = {"--port-s3": free_port(), "--port-mlflow": free_port()}
     command = [sys.executable, "-m", "cluster.local"]

@@ -117,13 +117,13 @@ def make_pickscore_spec(folder: str, *, tokenizer=None, seed: int = 0, weight: f
     Args:
         folder: Where to write the model and processor.
         tokenizer: A CLIP tokenizer to ship (building the real one takes seconds; pass one to reuse it).
-            Default: ``trainers.clip_tokenizer.build_clip_tokenizer()``.
+            Default: ``pipeline.clip_tokenizer.build_clip_tokenizer()``.
         seed: Seed of the random weights.
         weight: The spec's weight.
     """
     from transformers import CLIPImageProcessor, CLIPModel, CLIPProcessor
 
-    from trainers.clip_tokenizer import build_clip_tokenizer
+    from pipeline.clip_tokenizer import build_clip_tokenizer
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

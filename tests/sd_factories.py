@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pipeline.random_models import build_random_sd
-from trainers.clip_tokenizer import build_clip_tokenizer
+from pipeline.clip_tokenizer import build_clip_tokenizer
 
 
 def save_clip_tokenizer(folder: str) -> str:

@@ -28,7 +28,7 @@ import yaml
 
 from cluster.local import alive, free_port, proc_table
 from pipeline.config import load_config, to_dict
-from pipeline.ray_train import token_header
+from pipeline.ray_env import token_header
 from pipeline.train import parse_args
 from trainers.config import Config
 

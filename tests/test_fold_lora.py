@@ -84,7 +84,7 @@ def test_folding_adds_the_delta_and_is_skipped_when_the_adapters_are_off(lora_mo
 def test_the_naive_baseline_of_the_bench_gives_the_engines_gradient(tiny_sd_dir, plan):
     """``pipeline.bench --baseline naive``: the straightforward loop it times the engine against computes
     the same first-step gradient (and both loops run their optimiser steps)."""
-    from pipeline.bench import side_by_side
+    from pipeline.bench.plans import side_by_side
 
     row = side_by_side(tiny_sd_dir, [*plan, "sampler.num_steps=5", "trainable.init=gaussian"], iters=1)
     assert row["grad_gap"] < 1e-5 and row["engine_s"] > 0 and row["naive_s"] > 0

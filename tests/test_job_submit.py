@@ -95,7 +95,7 @@ def test_toy_world_job_trains_and_writes_checkpoint_and_lora(local_head, tmp_pat
 def test_the_heads_job_api_answers_only_with_the_token(local_head):
     from test_security import job_api_answers
 
-    from pipeline.ray_train import TOKEN_PATH
+    from pipeline.ray_env import TOKEN_PATH
 
     address, _ = local_head
     with open(os.environ[TOKEN_PATH], encoding="utf-8") as f:

@@ -1,4 +1,5 @@
-"""Architecture rules checked on the source: the core never imports the edges, and every module imports."""
+"""Architecture rules checked on the source: the core never imports the edges, imports point down the rooms, and
+every module imports."""
 
 from __future__ import annotations
 
@@ -32,6 +33,46 @@ def test_core_does_not_import_edges(path):
     rel = str(path.relative_to(ROOT))
     forbidden = imported_roots(path) & EDGE_ONLY
     assert not forbidden, f"{rel} imports {sorted(forbidden)}; keep Ray/MLflow/boto3 and pipeline/ at the edges"
+
+
+# The rooms and what each may import: every arrow points down. Samplers and rewards are the ground floor
+# (they import nothing else of the project), the training core stands on them, the edges (Ray, MLflow, CLIs) on
+# the core, the benches and the toy world on the edges; the cluster launcher imports only Ray's start-up helpers.
+_CORE = {"rewards", "trainers.samplers", "trainers"}
+ALLOWED: dict[str, set[str]] = {
+    "rewards": {"rewards"},
+    "trainers.samplers": {"trainers.samplers"},
+    "trainers": _CORE,
+    "pipeline": _CORE | {"pipeline"},
+    "pipeline.bench": _CORE | {"pipeline", "pipeline.bench"},
+    "pipeline.toyworld": _CORE | {"pipeline", "pipeline.bench", "pipeline.toyworld"},
+    "cluster": {"cluster", "pipeline.ray_env"},  # a module, not the pipeline room
+}
+
+
+def room(module: str) -> str:
+    parts = module.split(".")
+    if parts[:2] in (["trainers", "samplers"], ["pipeline", "bench"], ["pipeline", "toyworld"]):
+        return ".".join(parts[:2])
+    return parts[0]
+
+
+def project_imports(path: pathlib.Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+    return {name for name in names if name.split(".")[0] in PACKAGES}
+
+
+@pytest.mark.parametrize("path", [p for pkg in PACKAGES for p in modules(pkg)], ids=str)
+def test_imports_point_down_the_rooms(path):
+    module = ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+    home, allowed = room(module), ALLOWED[room(module)]
+    upward = sorted(name for name in project_imports(path) if room(name) not in allowed and name not in allowed)
+    assert not upward, f"{module} (room {home}) imports {upward}; it may import only {sorted(ALLOWED[home])}"
 
 
 @pytest.mark.parametrize("path", [p for pkg in PACKAGES for p in modules(pkg)], ids=str)

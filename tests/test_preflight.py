@@ -100,7 +100,7 @@ def test_a_full_unet_must_have_the_base_models_architecture(tmp_path, tiny_sd_di
 def test_lora_shapes_are_checked_per_module(toy_lora, tmp_path):
     from safetensors.torch import load_file, save_file
 
-    from trainers.module_checks import lora_file_problems
+    from pipeline.model_checks import lora_file_problems
 
     path = os.path.join(toy_lora, "pytorch_lora_weights.safetensors")
     state = load_file(path)

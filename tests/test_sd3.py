@@ -16,7 +16,7 @@ from torchvision.io import read_image
 
 from trainers.config import ModelConfig
 from trainers.families.sd3 import LORA_TARGETS
-from trainers.flow import flow_schedule
+from trainers.samplers.flow import flow_schedule
 from trainers.models import load_model
 
 

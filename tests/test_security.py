@@ -18,7 +18,7 @@ import psutil
 import pytest
 from conftest import shell_env
 
-from pipeline.ray_train import TOKEN_PATH, token_file
+from pipeline.ray_env import TOKEN_PATH, token_file
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHORT = ["train.steps=6", "train.checkpoint_every=3", "eval.max_prompts=2", "eval.images_per_prompt=1"]

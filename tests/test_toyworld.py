@@ -131,7 +131,7 @@ def test_prompt_files_on_disk_equal_the_generator(tmp_path):
 
 def test_shipped_pipeline_loads_and_generates_32px_images():
     from trainers.config import ModelConfig
-    from trainers.ddim import ddim_schedule
+    from trainers.samplers.ddim import ddim_schedule
     from trainers.engine import generate
     from trainers.models import load_model
 

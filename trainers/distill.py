@@ -50,7 +50,7 @@ import torch
 
 from trainers.adapters import activate, adapters_off, copy_adapter
 from trainers.config import Config, DistillConfig
-from trainers.ddim import one_step_schedule, split_prediction
+from trainers.samplers.ddim import one_step_schedule, split_prediction
 from trainers.engine import guided_output, sample
 from trainers.grad_plan import OneStep
 from trainers.models import Conditioning, DiffusionModel, load_denoiser, make_trainable, pair_problems

@@ -1,6 +1,6 @@
 """The one sampling engine: a differentiable sampling loop driven by a gradient plan.
 
-``sample`` runs T steps of a :class:`~trainers.schedule.Schedule` (DDIM, or flow-matching Euler) from
+``sample`` runs T steps of a :class:`~trainers.samplers.schedule.Schedule` (DDIM, or flow-matching Euler) from
 ``x_T`` with classifier-free guidance. At step ``i`` the plan's :class:`~trainers.grad_plan.StepFlags`
 decide whether the denoiser call carries parameter gradients, whether it sees ``sg(x_t)``, whether
 ``x_t`` keeps its graph, and whether sampling stops with the one-step prediction ``x0_hat``. A trained step is checkpointed as a whole (both CFG branches) when
@@ -18,7 +18,7 @@ from torch.utils.checkpoint import checkpoint
 from trainers.adapters import adapters_off, folded
 from trainers.grad_plan import Refinement, StepFlags
 from trainers.models import Conditioning, DiffusionModel
-from trainers.schedule import Schedule
+from trainers.samplers.schedule import Schedule
 
 
 @dataclass

@@ -17,7 +17,7 @@ from rewards.combine import terms_of
 from trainers.config import SamplerConfig
 from trainers.engine import generate
 from trainers.models import DiffusionModel
-from trainers.schedule import Schedule
+from trainers.samplers.schedule import Schedule
 from trainers.stats import paired_difference_ci
 
 

@@ -36,7 +36,7 @@ from trainers.objectives import Objective, build_objective
 from trainers.prompts import BUILTIN_HELD_OUT, BUILTIN_TRAIN, PromptSampler, load_prompts
 from trainers.replicas import Replicas
 from trainers.reporting import Reporter
-from trainers.schedule import Schedule
+from trainers.samplers.schedule import Schedule
 from trainers.sharding import full_state, full_weights, load_full_state, local_fraction, shard_unet
 
 

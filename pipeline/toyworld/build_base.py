@@ -326,7 +326,7 @@ def build(cfg: BaseConfig, out: str) -> dict:
     """Run both stages, save the pipeline to ``out`` and return a summary (losses, scale, sizes, times)."""
     from diffusers import DDIMScheduler
 
-    from trainers.clip_tokenizer import build_clip_tokenizer
+    from pipeline.clip_tokenizer import build_clip_tokenizer
 
     torch.set_num_threads(cfg.threads)
     gen = torch.Generator().manual_seed(cfg.seed)

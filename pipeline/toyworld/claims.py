@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 import torch
 
-from pipeline.bench_distill import VARIANTS, timed_steps
+from pipeline.bench.distill import VARIANTS, timed_steps
 from trainers.stats import bootstrap_mean_ci, crossed_bootstrap_ci
 
 HERE = os.path.dirname(os.path.abspath(__file__))

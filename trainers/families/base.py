@@ -76,7 +76,7 @@ class ModelFamily(Protocol):
     pipeline_class: str  # the diffusers pipeline class of the family's model_index.json
     denoiser_folder: str  # the denoiser's component folder in the pipeline ("unet", "transformer")
     trained_files: tuple[str, ...]  # the files a saved LoRA folder holds
-    sampler: str  # "ddim" (trainers/ddim.py) or "flow" (trainers/flow.py)
+    sampler: str  # "ddim" (trainers/samplers/ddim.py) or "flow" (trainers/samplers/flow.py)
 
     def load_denoiser(self, path: str, dtype: torch.dtype, offline: bool) -> torch.nn.Module:
         """The pipeline's denoiser alone (a distillation teacher), as stored."""
@@ -85,7 +85,7 @@ class ModelFamily(Protocol):
         """The diffusers scheduler whose maths sampling follows, from the pipeline's scheduler config."""
 
     def schedule(self, model: DiffusionModel, num_steps: int) -> Any:
-        """The :class:`~trainers.schedule.Schedule` of a ``num_steps`` sampling run of ``model``."""
+        """The :class:`~trainers.samplers.schedule.Schedule` of a ``num_steps`` sampling run of ``model``."""
 
     def load(self, path: str, dtype: torch.dtype, device: torch.device, offline: bool) -> DiffusionModel:
         """The pipeline folder's (or hub id's) components, frozen, in eval mode, on ``device``;
@@ -150,7 +150,7 @@ def ddim_scheduler(config, **defaults) -> Any:
 
 def ddim_sampling(model: DiffusionModel, num_steps: int) -> Any:
     """The DDIM schedule of ``num_steps`` steps on the model's (DDIM) scheduler."""
-    from trainers.ddim import ddim_schedule
+    from trainers.samplers.ddim import ddim_schedule
 
     return ddim_schedule(model.scheduler, num_steps)
 

@@ -7,7 +7,7 @@ samples and decodes (docs/families.md):
   before the T5 tokens on the sequence axis; the pooled vector is both encoders' ``text_embeds`` side by side;
 - the unconditional branch is the encoding of "";
 - the transformer predicts the flow velocity at the timestep ``sigma * 1000``, sampled by
-  :mod:`trainers.flow` on the sigmas of the pipeline's ``FlowMatchEulerDiscreteScheduler``;
+  :mod:`trainers.samplers.flow` on the sigmas of the pipeline's ``FlowMatchEulerDiscreteScheduler``;
 - decoding ``vae.decode(z / scaling_factor + shift_factor)``;
 - a LoRA is saved with ``StableDiffusion3Pipeline.save_lora_weights``, so ``pipe.load_lora_weights`` loads it.
 """
@@ -57,7 +57,7 @@ class StableDiffusion3:
 
     def schedule(self, model: DiffusionModel, num_steps: int):
         """Flow-matching Euler sigmas; under dynamic shifting ``mu`` follows the latent's patch count."""
-        from trainers.flow import flow_schedule
+        from trainers.samplers.flow import flow_schedule
 
         _, h, w = model.latent_shape
         patch = model.denoiser.config.patch_size

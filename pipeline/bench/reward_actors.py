@@ -1,6 +1,6 @@
 """Benchmark the trained reward in-process versus served by Ray actors: seconds per optimiser step.
 
-``python -m pipeline.bench_reward_actors`` trains the quickstart config (toy world, DRTune) twice side
+``python -m pipeline.bench.reward_actors`` trains the quickstart config (toy world, DRTune) twice side
 by side, steps interleaved: once with the reward in the training process, once through a pool of
 ``--actors`` :mod:`pipeline.reward_actors` servers on a local Ray, and prints the median step time of
 each and the overhead. Any training config works (``--config``, dotted overrides).
@@ -17,7 +17,7 @@ from pipeline.train import QUICKSTART
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m pipeline.bench_reward_actors", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m pipeline.bench.reward_actors", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default=QUICKSTART, help="training config (default: the toy-world quickstart)")
     p.add_argument("--actors", type=int, default=1, help="reward actor replicas")
@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_checked(args.config, [*args.overrides, f"ray.reward_actors={args.actors}"])
     import ray
 
-    from pipeline.ray_train import init_ray
+    from pipeline.ray_env import init_ray
     from pipeline.reward_actors import RemoteReward, start_reward_actors
     from trainers.loop import build_trainer
 

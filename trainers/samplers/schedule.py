@@ -2,8 +2,8 @@
 
 Two implementations, both plain differentiable tensor maths:
 
-- :class:`trainers.ddim.DDIMSchedule`: DDIM over epsilon, v or sample predictions (SD, SDXL, PixArt-α);
-- :class:`trainers.flow.FlowSchedule`: flow-matching Euler over velocities (SD3, SD3.5).
+- :class:`trainers.samplers.ddim.DDIMSchedule`: DDIM over epsilon, v or sample predictions (SD, SDXL, PixArt-α);
+- :class:`trainers.samplers.flow.FlowSchedule`: flow-matching Euler over velocities (SD3, SD3.5).
 
 A model's family builds the schedule for its scheduler (``model.family.schedule(model, num_steps)``).
 """

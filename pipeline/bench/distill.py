@@ -1,7 +1,7 @@
 """Benchmark Diff-Instruct* and its baselines on the toy world: held-out reward and diversity of the one-step
 generator against the teacher's one-step and multi-step samples, seconds per step, images per second, memory.
 
-``python -m pipeline.bench_distill`` trains ``pipeline/configs/distar_toy.yaml`` once per variant, each in
+``python -m pipeline.bench.distill`` trains ``pipeline/configs/distar_toy.yaml`` once per variant, each in
 its own process (so peak memory is its own, and without Ray or MLflow so the timings are the algorithm's),
 and prints one row per variant. The target (issue 6): DI*'s held-out reward beats the teacher's one-step
 output, comes within 10% of (or beats) its multi-step output, and its diversity (of the first reward's image
@@ -32,7 +32,7 @@ VARIANTS = {  # label -> overrides of the config (DI* as shipped: the papers' lo
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m pipeline.bench_distill", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m pipeline.bench.distill", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default=CONFIG, help="DI* training config (default: the toy world's)")
     p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS), metavar="VARIANT")

@@ -1,0 +1,7 @@
+"""Benchmarks, each a command that runs its baseline side by side and prints the ratio:
+
+- ``python -m pipeline.bench`` (:mod:`pipeline.bench.plans`): every gradient plan's step time and memory, and
+  the engine against a naive loop;
+- ``python -m pipeline.bench.distill``: Diff-Instruct* and its baselines on the toy world;
+- ``python -m pipeline.bench.reward_actors``: a step with the reward in-process against reward actors.
+"""
