@@ -189,7 +189,9 @@ def target_module_problems(cfg: Config) -> list[str]:
     if cfg.trainable.kind != "lora":
         return []
     skeleton = denoiser_skeleton(cfg.model.path)
-    problems = lora_target_problems(skeleton, cfg.trainable.target_modules) if skeleton else []
+    if skeleton is None or cfg.trainable.target_modules is None:  # unset: the family's, which fit its models
+        return []
+    problems = lora_target_problems(skeleton, cfg.trainable.target_modules)
     if not problems:
         return []
     return [f"trainable.target_modules: {'; '.join(problems)} (model.path={cfg.model.path!r}); name Linear or Conv "

@@ -172,3 +172,17 @@ def test_preflight_reads_sd3_folders(tiny_sd3_dir, tiny_sd_dir, tmp_path):
     assert weights_problems("generate.weights", str(tmp_path / "lora"), tiny_sd3_dir) == []
     (problem,) = weights_problems("generate.weights", str(tmp_path / "lora"), tiny_sd_dir)
     assert "does not fit the base model" in problem
+
+
+def test_unset_target_modules_give_adapters_to_the_familys_modules(tiny_sd3_dir, tiny_sd_dir):
+    """``trainable.target_modules`` unset: SD3 gets adapters on both streams of its joint blocks, SD on its
+    attention projections only."""
+    from trainers.config import TrainableConfig
+    from trainers.models import make_trainable
+
+    for folder, expected in ((tiny_sd3_dir, LORA_TARGETS), (tiny_sd_dir, ("to_q", "to_k", "to_v", "to_out.0"))):
+        model = load_model(ModelConfig(path=folder, device="cpu"))
+        make_trainable(model, TrainableConfig(rank=2))
+        adapted = {name for name, module in model.denoiser.named_modules() if hasattr(module, "lora_A")}
+        assert {target for target in expected if any(n.endswith("." + target) for n in adapted)} == set(expected)
+        assert all(any(n.endswith("." + target) for target in expected) for n in adapted), sorted(adapted)[:5]

@@ -52,7 +52,8 @@ class TrainableConfig:
     kind: Literal["lora", "full"] = "lora"  # lora = peft adapters; full = every UNet weight
     rank: int = 4  # LoRA rank r
     alpha: float = 4.0  # LoRA alpha; the update is scaled by alpha / r
-    target_modules: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")  # UNet module names given adapters
+    # denoiser module names given adapters; null = the family's (attention projections; SD3 adds the text stream's)
+    target_modules: tuple[str, ...] | None = None
     init: Literal["kaiming", "gaussian"] = "kaiming"  # init of A; B starts at 0 either way, so tuning starts at the base
     dropout: float = 0.0  # LoRA dropout probability
 
@@ -60,7 +61,8 @@ class TrainableConfig:
         problems = _positive("rank", self.rank)
         problems += [] if self.alpha > 0 else [f"alpha: must be > 0, got {self.alpha}"]
         problems += [] if 0 <= self.dropout < 1 else [f"dropout: must be in [0, 1), got {self.dropout}"]
-        problems += [] if self.target_modules else ["target_modules: must name at least one module"]
+        if self.target_modules is not None and not self.target_modules:
+            problems.append("target_modules: must name at least one module, or be null for the family's; got []")
         return problems
 
 

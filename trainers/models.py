@@ -84,11 +84,12 @@ def make_trainable(model: DiffusionModel, cfg: TrainableConfig, adapter_name: st
         from peft import LoraConfig
 
         init = True if cfg.init == "kaiming" else "gaussian"
+        targets = list(cfg.target_modules or model.family.lora_targets)
         try:
             add_lora(unet, LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
-                                      target_modules=list(cfg.target_modules), init_lora_weights=init), adapter_name)
+                                      target_modules=targets, init_lora_weights=init), adapter_name)
         except ValueError as err:  # peft: "Target modules {...} not found in the base model"
-            raise ValueError(f"trainable.target_modules={list(cfg.target_modules)} does not fit this denoiser ({err}); "
+            raise ValueError(f"trainable.target_modules={targets} does not fit this denoiser ({err}); "
                              "use attention projection names such as to_q, to_k, to_v, to_out.0") from None
     params = [p for p in unet.parameters() if p.requires_grad]
     for p in params:

@@ -9,6 +9,9 @@ from typing import Any, Protocol
 import torch
 
 
+ATTENTION_PROJECTIONS = ("to_q", "to_k", "to_v", "to_out.0")  # diffusers' attention, in UNets and transformers
+
+
 @dataclass
 class Conditioning:
     """What the denoiser is conditioned on, batch-first.
@@ -77,6 +80,7 @@ class ModelFamily(Protocol):
     denoiser_folder: str  # the denoiser's component folder in the pipeline ("unet", "transformer")
     trained_files: tuple[str, ...]  # the files a saved LoRA folder holds
     sampler: str  # "ddim" (trainers/samplers/ddim.py) or "flow" (trainers/samplers/flow.py)
+    lora_targets: tuple[str, ...]  # the denoiser modules given LoRA adapters when trainable.target_modules is unset
 
     def load_denoiser(self, path: str, dtype: torch.dtype, offline: bool) -> torch.nn.Module:
         """The pipeline's denoiser alone (a distillation teacher), as stored."""

@@ -18,7 +18,7 @@ import os
 
 import torch
 
-from trainers.families.base import (Conditioning, DiffusionModel, ddim_sampling, ddim_scheduler, decode_images, frozen,
+from trainers.families.base import (ATTENTION_PROJECTIONS, Conditioning, DiffusionModel, ddim_sampling, ddim_scheduler, decode_images, frozen,
                                     native_resolution)
 
 MAX_TOKENS = 120  # the pipeline's max_sequence_length
@@ -33,6 +33,7 @@ class PixArtAlpha:
     denoiser_folder = "transformer"
     trained_files = (ADAPTER_CONFIG, ADAPTER_WEIGHTS)
     sampler = "ddim"
+    lora_targets = ATTENTION_PROJECTIONS
     schedule = staticmethod(ddim_sampling)
 
     def load(self, path: str, dtype: torch.dtype, device: torch.device, offline: bool) -> DiffusionModel:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from trainers.families.base import (Conditioning, DiffusionModel, ddim_sampling, decode_images, diffusers_lora_layers,
+from trainers.families.base import (ATTENTION_PROJECTIONS, Conditioning, DiffusionModel, ddim_sampling, decode_images, diffusers_lora_layers,
                                     frozen, native_resolution, tokenize)
 
 
@@ -18,6 +18,7 @@ class StableDiffusion:
     denoiser_folder = "unet"
     trained_files = (LORA_FILE,)
     sampler = "ddim"
+    lora_targets = ATTENTION_PROJECTIONS
     schedule = staticmethod(ddim_sampling)
 
     def load(self, path: str, dtype: torch.dtype, device: torch.device, offline: bool) -> DiffusionModel:

@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import torch
 
-from trainers.families.base import Conditioning, DiffusionModel, decode_images, frozen, native_resolution
+from trainers.families.base import (ATTENTION_PROJECTIONS, Conditioning, DiffusionModel, decode_images, frozen,
+                                    native_resolution)
 from trainers.families.sd import LORA_FILE
 
 T5_TOKENS = 256  # the pipeline's max_sequence_length
 POOLED = "pooled_projections"
-# the joint blocks' image stream and text stream
-LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out")
+# the joint blocks' image stream (to_*, also SD3.5-M's attn2) and text stream (add_*_proj, to_add_out)
+LORA_TARGETS = (*ATTENTION_PROJECTIONS, "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out")
 
 
 class StableDiffusion3:
@@ -31,6 +32,7 @@ class StableDiffusion3:
     denoiser_folder = "transformer"
     trained_files = (LORA_FILE,)
     sampler = "flow"
+    lora_targets = LORA_TARGETS
 
     def load(self, path: str, dtype: torch.dtype, device: torch.device, offline: bool) -> DiffusionModel:
         from diffusers import StableDiffusion3Pipeline
