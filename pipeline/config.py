@@ -8,7 +8,8 @@ type and ``Literal`` errors, each section's ``validate()``) into one ``ConfigErr
 
 Supported annotations: ``bool``, ``int``, ``float``, ``str``, ``Literal[...]``, ``X | None``,
 ``list[X]``, ``tuple[X, ...]``, ``dict[str, X]``, dataclasses, and unions of dataclasses tagged by
-a ``name: Literal[...]`` field (the ``algorithm:`` section). Nothing is coerced except that an
+a ``name: Literal[...]`` field (no schema of the project has one today: plans are one dataclass with a
+``name`` and per-plan knobs that ``validate()`` checks). Nothing is coerced except that an
 int fits a float field and, because YAML 1.1 ``safe_load`` reads ``1e-4`` as a string, a float
 field also accepts a string that is a number with an exponent.
 """

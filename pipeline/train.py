@@ -20,7 +20,7 @@ QUICKSTART = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs",
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m pipeline.train", description=__doc__,
-        epilog="Example: python -m pipeline.train --config pipeline/configs/draft_k_sd15.yaml plan.k=5 train.steps=200")
+        epilog="Example: python -m pipeline.train --config pipeline/configs/sd15_draft_k_aesthetic.yaml plan.k=5 train.steps=200")
     parser.add_argument("--config", default=QUICKSTART,
                         help="YAML config file; defaults apply to keys it leaves out (default: the toy-world quickstart)")
     parser.add_argument("overrides", nargs="*", help="dotted overrides such as plan.name=drtune plan.k=5")

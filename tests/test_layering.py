@@ -111,14 +111,15 @@ def _text_files() -> list[pathlib.Path]:
 
 
 def test_every_cited_doc_exists():
-    """Docstrings, comments and pages cite ``docs/<page>.md`` or an upper-case page such as the README: each must
-    be a file of the repository; markdown links in the README and docs/ must point at files that exist."""
+    """Docstrings, comments and pages cite ``docs/<page>.md``, a recipe ``pipeline/configs/<name>.yaml`` or an
+    upper-case page such as the README: each must be a file of the repository; markdown links in the README and docs/ must point at files that exist."""
     import re
 
     missing = []
     for path in _text_files():
         text = path.read_text(encoding="utf-8", errors="replace")
-        for cited in set(re.findall(r"\bdocs/[\w./-]+\.(?:md|png|json)", text)):
+        cited_files = re.findall(r"\bdocs/[\w./-]+\.(?:md|png|json)|\bpipeline/configs/\w+\.yaml", text)
+        for cited in set(cited_files):
             if not (ROOT / cited).exists():
                 missing.append(f"{path.relative_to(ROOT)}: {cited}")
         for name in set(re.findall(r"\b[A-Z][A-Z_]+\.md\b", text)):
