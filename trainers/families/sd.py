@@ -1,13 +1,16 @@
 """Stable Diffusion 1.x / 2.x (``StableDiffusionPipeline``): one CLIP text encoder whose last hidden
-state conditions a UNet; images are ``vae.decode(z / scaling_factor)``."""
+state conditions a UNet; images are ``vae.decode(z / scaling_factor)``.
+
+The UNet functions (load, denoise, LoRA loading) are module functions that SDXL's family also uses: the two
+families share functions, not a class, so that each family's file lists everything it does.
+"""
 
 from __future__ import annotations
 
 import torch
 
-from trainers.families.base import (ATTENTION_PROJECTIONS, Conditioning, DiffusionModel, ddim_sampling, decode_images, diffusers_lora_layers,
-                                    frozen, native_resolution, tokenize)
-
+from trainers.families.base import (ATTENTION_PROJECTIONS, Conditioning, DiffusionModel, ddim_sampling, decode_images,
+                                    diffusers_lora_layers, frozen, native_resolution, tokenize)
 
 LORA_FILE = "pytorch_lora_weights.safetensors"  # what save_lora_weights writes
 
@@ -32,9 +35,7 @@ class StableDiffusion:
                               native_resolution(pipe.unet, pipe.vae))
 
     def load_denoiser(self, path: str, dtype: torch.dtype, offline: bool) -> torch.nn.Module:
-        from diffusers import UNet2DConditionModel
-
-        return UNet2DConditionModel.from_pretrained(path, subfolder="unet", dtype=dtype, local_files_only=offline)
+        return load_unet(path, dtype, offline)
 
     def scheduler(self, scheduler_config):
         """DDIM on the config as it stands (SD's configs carry ``clip_sample`` and ``set_alpha_to_one``)."""
@@ -54,9 +55,7 @@ class StableDiffusion:
         return self.encode_prompts(model, [""] * n)
 
     def denoise(self, model: DiffusionModel, x_t: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
-        added = cond.added or None
-        return model.denoiser(x_t, t, encoder_hidden_states=cond.hidden_states, added_cond_kwargs=added,
-                              return_dict=False)[0]
+        return unet_denoise(model, x_t, t, cond)
 
     def decode(self, model: DiffusionModel, latents: torch.Tensor) -> torch.Tensor:
         return decode_images(model.vae, latents.to(model.dtype) / model.vae.config.scaling_factor)
@@ -68,5 +67,23 @@ class StableDiffusion:
         StableDiffusionPipeline.save_lora_weights(folder, unet_lora_layers=layers, unet_lora_adapter_metadata=metadata)
 
     def load_lora(self, denoiser: torch.nn.Module, folder: str, adapter_name: str) -> None:
-        denoiser.load_lora_adapter(folder, weight_name=LORA_FILE, prefix="unet", adapter_name=adapter_name)
+        load_unet_lora(denoiser, folder, adapter_name)
+
+
+def load_unet(path: str, dtype: torch.dtype, offline: bool) -> torch.nn.Module:
+    """The pipeline's ``unet/`` alone, as stored."""
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel.from_pretrained(path, subfolder="unet", dtype=dtype, local_files_only=offline)
+
+
+def unet_denoise(model: DiffusionModel, x_t: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+    """The UNet's output, with SDXL's pooled embedding and time ids when the conditioning has them."""
+    return model.denoiser(x_t, t, encoder_hidden_states=cond.hidden_states, added_cond_kwargs=cond.added or None,
+                          return_dict=False)[0]
+
+
+def load_unet_lora(denoiser: torch.nn.Module, folder: str, adapter_name: str) -> None:
+    """Add the LoRA that ``save_lora_weights`` wrote (``unet.*`` keys) as the active adapter ``adapter_name``."""
+    denoiser.load_lora_adapter(folder, weight_name=LORA_FILE, prefix="unet", adapter_name=adapter_name)
 

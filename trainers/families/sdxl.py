@@ -13,13 +13,19 @@ from __future__ import annotations
 
 import torch
 
-from trainers.families.base import (Conditioning, DiffusionModel, ddim_scheduler, decode_images, diffusers_lora_layers,
-                                    frozen, native_resolution, tokenize)
-from trainers.families.sd import StableDiffusion
+from trainers.families.base import (ATTENTION_PROJECTIONS, Conditioning, DiffusionModel, ddim_sampling, ddim_scheduler,
+                                    decode_images, diffusers_lora_layers, frozen, native_resolution, tokenize)
+from trainers.families.sd import LORA_FILE, load_unet, load_unet_lora, unet_denoise
 
-class StableDiffusionXL(StableDiffusion):
+
+class StableDiffusionXL:
     name = "sdxl"
     pipeline_class = "StableDiffusionXLPipeline"
+    denoiser_folder = "unet"
+    trained_files = (LORA_FILE,)
+    sampler = "ddim"
+    lora_targets = ATTENTION_PROJECTIONS
+    schedule = staticmethod(ddim_sampling)
 
     def load(self, path: str, dtype: torch.dtype, device: torch.device, offline: bool) -> DiffusionModel:
         from diffusers import StableDiffusionXLPipeline
@@ -31,6 +37,9 @@ class StableDiffusionXL(StableDiffusion):
                               (pipe.tokenizer, pipe.tokenizer_2), self.scheduler(pipe.scheduler.config), device, dtype,
                               native_resolution(pipe.unet, pipe.vae),
                               {"force_zeros_for_empty_prompt": bool(pipe.config.force_zeros_for_empty_prompt)})
+
+    def load_denoiser(self, path: str, dtype: torch.dtype, offline: bool) -> torch.nn.Module:
+        return load_unet(path, dtype, offline)
 
     def scheduler(self, scheduler_config):
         return ddim_scheduler(scheduler_config)
@@ -55,6 +64,9 @@ class StableDiffusionXL(StableDiffusion):
         return Conditioning(torch.zeros_like(empty.hidden_states),
                             {**empty.added, "text_embeds": torch.zeros_like(empty.added["text_embeds"])})
 
+    def denoise(self, model: DiffusionModel, x_t: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+        return unet_denoise(model, x_t, t, cond)
+
     def decode(self, model: DiffusionModel, latents: torch.Tensor) -> torch.Tensor:
         vae = model.vae
         mean, std = vae.config.get("latents_mean"), vae.config.get("latents_std")
@@ -72,3 +84,6 @@ class StableDiffusionXL(StableDiffusion):
         layers, metadata = diffusers_lora_layers(denoiser)
         StableDiffusionXLPipeline.save_lora_weights(folder, unet_lora_layers=layers,
                                                     unet_lora_adapter_metadata=metadata)
+
+    def load_lora(self, denoiser: torch.nn.Module, folder: str, adapter_name: str) -> None:
+        load_unet_lora(denoiser, folder, adapter_name)
