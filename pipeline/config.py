@@ -252,7 +252,7 @@ def _build_union(args: tuple, value: Any, path: str, problems: list[str]) -> Any
     allowed = ", ".join(map(repr, tags))
     if not isinstance(value, Mapping) or "name" not in value:
         hint = f" (needs name: one of {allowed})"
-        return _fail(problems, path, Union[tuple(options)], value, hint)
+        return _fail(problems, path, Union[tuple(options)], value, hint)  # noqa: UP007 - built at run time
     cls = next((c for t, c in tags.items() if t == value["name"]), None)
     if cls is None:
         tag = value["name"]

@@ -6,8 +6,14 @@ import argparse
 import os
 
 from pipeline.config import ConfigError, run_cli
-from pipeline.preflight import (device_problems, flow_family, flow_scheduler_problems, model_problems, prompt_problems,
-                               weights_problems)
+from pipeline.preflight import (
+    device_problems,
+    flow_family,
+    flow_scheduler_problems,
+    model_problems,
+    prompt_problems,
+    weights_problems,
+)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -131,11 +137,11 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from trainers.config import ModelConfig
-    from trainers.samplers.ddim import one_step_schedule
     from trainers.distill import generator_timestep
     from trainers.engine import annealed_weights, generate
     from trainers.models import load_model, load_trained, load_weighted
     from trainers.prompts import read_prompts
+    from trainers.samplers.ddim import one_step_schedule
 
     model = load_model(ModelConfig(path=args.model, device=args.device))
     if blended(args):  # AIG alone (one weight of 1) loads one adapter at scale 1, as load_trained would

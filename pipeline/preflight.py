@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 
 from pipeline.config import ConfigError, dump_yaml, flatten, load_config
+from pipeline.model_checks import architecture_problems, lora_file_problems, lora_target_problems
 from rewards.config import RewardSpec
 from rewards.files import file_problems
 from trainers.config import Config
@@ -16,8 +17,8 @@ from trainers.families import family_problem
 from trainers.families.pixart import ADAPTER_WEIGHTS
 from trainers.families.sd import LORA_FILE
 from trainers.models import denoiser_dir, denoiser_skeleton, model_path_problem, pair_problems
-from pipeline.model_checks import architecture_problems, lora_file_problems, lora_target_problems
 from trainers.prompts import read_prompts
+
 
 def model_problems(key: str, path: str, family: str = "auto") -> list[str]:
     """A local model path must be a diffusers pipeline folder of a supported family; hub ids need the

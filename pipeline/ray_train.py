@@ -53,11 +53,10 @@ def train_fn_per_worker(config: dict) -> None:
     run folder. The worker's own output (Ray's reports, the libraries' logs) goes to the run folder's
     ``train.log``; rank 0 sends what the console shows to the driver's ``events`` queue, when it has one.
     """
-    from trainers.loop import run
-
     import ray.train
 
     from pipeline.console import LOG_NAME, output_to
+    from trainers.loop import run
 
     cfg = from_dict(Config, config["cfg"], "train_loop_config")
     context = ray.train.get_context()

@@ -51,7 +51,9 @@ class TeacherServer:
 
     def terms(self, x_t, t, cond: dict, uncond: dict | None, eps_fake, eps) -> tuple[torch.Tensor, ...]:
         """``(value (B,), grad_x, grad_fake)`` on CPU for one chunk."""
-        put = lambda v: v.to(self.device)
+        def put(v):
+            return v.to(self.device)
+
         out = self.teacher.terms(put(x_t), t, _conditioning(cond, put), _conditioning(uncond, put) if uncond else None,
                                  put(eps_fake), put(eps))
         return out.value.cpu(), out.grad_x.cpu(), out.grad_fake.cpu()

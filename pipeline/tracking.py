@@ -257,12 +257,12 @@ class MlflowReporter(Reporter):
         if time.monotonic() < self.retry_at and not force:
             return
         for folder in self._pending_folders():
-            if not self._try("checkpoint model", lambda: self._log_model(folder)):
+            if not self._try("checkpoint model", lambda: self._log_model(folder)):  # noqa: B023 - called at once
                 return
             shutil.rmtree(folder)
         while self.pending_metrics:
             batch = self.pending_metrics[0]
-            if not self._try("metrics", lambda: self.client.log_batch(self.run_id, metrics=batch)):
+            if not self._try("metrics", lambda: self.client.log_batch(self.run_id, metrics=batch)):  # noqa: B023
                 return
             self.pending_metrics.pop(0)
 

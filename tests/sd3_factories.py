@@ -13,7 +13,12 @@ def build_tiny_sd3(folder: str, tokenizer_folder: str, seed: int = 0, dynamic_sh
                    **scheduler_options) -> str:
     """``dynamic_shifting`` gives the resolution-dependent shift (``mu`` from the latent size); the
     ``scheduler_options`` go into the scheduler config as they are."""
-    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+    from diffusers import (
+        AutoencoderKL,
+        FlowMatchEulerDiscreteScheduler,
+        SD3Transformer2DModel,
+        StableDiffusion3Pipeline,
+    )
     from pixart_factories import t5_tokenizer
     from transformers import CLIPTextConfig, CLIPTextModelWithProjection, CLIPTokenizer, T5Config, T5EncoderModel
 

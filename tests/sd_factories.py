@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from pipeline.random_models import build_random_sd
 from pipeline.clip_tokenizer import build_clip_tokenizer
+from pipeline.random_models import build_random_sd
 
 
 def save_clip_tokenizer(folder: str) -> str:

@@ -72,5 +72,5 @@ def test_two_distill_workers_equal_one_worker_with_the_doubled_batch(ray_session
     a, b = _trained(run_folder(one)), _trained(run_folder(two))
     for mine, theirs in ((a["trainable"], b["trainable"]), (a["objective"]["fake"], b["objective"]["fake"])):
         for name, tensor in mine.items():
-            torch.testing.assert_close(theirs[name], tensor, rtol=1e-5, atol=1e-6, msg=lambda m: f"{name}: {m}")
+            torch.testing.assert_close(theirs[name], tensor, rtol=1e-5, atol=1e-6, msg=lambda m: f"{name}: {m}")  # noqa: B023
     assert any(float(t.abs().max()) > 0 for n, t in a["objective"]["fake"].items() if "lora_B" in n), "fake trained"

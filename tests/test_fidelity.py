@@ -19,8 +19,8 @@ from pipeline.preflight import REWARD_SCALES, load_checked, write_run_config
 from trainers.config import Config
 from trainers.grad_plan import ReFL
 from trainers.loop import build_trainer, run
-from trainers.objectives import plan_loss
 from trainers.models import load_model
+from trainers.objectives import plan_loss
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECIPES = sorted(f for f in glob.glob(os.path.join(ROOT, "pipeline", "configs", "*.yaml")) if "tune" not in f)

@@ -45,7 +45,7 @@ def test_folded_sampling_equals_the_plain_path_and_restores_the_weights(lora_mod
 
 
 @pytest.mark.parametrize("name", list(PLANS))
-def test_every_plans_gradient_is_the_same_with_the_lora_folded(model64, name):
+def test_every_plans_gradient_is_the_same_with_the_lora_folded(model64, name):  # noqa: F811 - the fixture
     ups = [p for n, p in model64.denoiser.named_parameters() if "lora_B" in n]
     saved = [p.detach().clone() for p in ups]
     _perturb(ups, seed=3, scale=0.05)  # a non-zero delta to fold

@@ -16,7 +16,7 @@ import torch
 from trainers.config import ModelConfig, TrainableConfig
 from trainers.engine import guided_output, sample
 from trainers.families.sd3 import LORA_TARGETS
-from trainers.grad_plan import AlignProp, Draft, DraftK, DraftLV, DRTune, ReFL, Refinement, StepFlags, refinement
+from trainers.grad_plan import AlignProp, Draft, DraftK, DraftLV, DRTune, Refinement, ReFL, StepFlags, refinement
 from trainers.models import load_model, make_trainable
 
 T, GUIDANCE = 6, 3.0
@@ -298,7 +298,7 @@ def test_draft_k_makes_exactly_k_gradient_calls(model64):
     """Counted at the UNet: calls made with grad enabled (checkpoint replays excluded)."""
     for k in (1, 3, T):
         calls = []
-        hook = model64.denoiser.register_forward_pre_hook(lambda m, a: calls.append(torch.is_grad_enabled()))
+        hook = model64.denoiser.register_forward_pre_hook(lambda m, a: calls.append(torch.is_grad_enabled()))  # noqa: B023
         try:
             flags = DraftK(k=k).flags(T)
             cond, uncond, x_T = _inputs(model64)

@@ -12,12 +12,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # any accidental hub access fails 
 import pytest
 import torch
 from PIL import Image
-
-from rewards.base import Reward, RewardLoadError, check_images
-from rewards.build import REWARD_NAMES, build_reward
-from rewards.combine import WeightedSum
-from rewards.config import RewardSpec
-from rewards.preprocess import resize_and_crop
 from reward_factories import (
     TINY_AESTHETIC_ARCH,
     TINY_HPS_ARCH,
@@ -31,6 +25,12 @@ from reward_factories import (
     write_open_clip_config,
     write_open_clip_weights,
 )
+
+from rewards.base import Reward, RewardLoadError, check_images
+from rewards.build import REWARD_NAMES, build_reward
+from rewards.combine import WeightedSum
+from rewards.config import RewardSpec
+from rewards.preprocess import resize_and_crop
 
 PROMPTS = ["a red cube on a table", "a photo of a dog"]
 PIXEL_NAMES = ("symmetry", "colourfulness", "sharpness", "brightness")

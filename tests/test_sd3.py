@@ -16,8 +16,8 @@ from torchvision.io import read_image
 
 from trainers.config import ModelConfig
 from trainers.families.sd3 import LORA_TARGETS
-from trainers.samplers.flow import flow_schedule
 from trainers.models import load_model
+from trainers.samplers.flow import flow_schedule
 
 
 def pipeline_images(folder, x_T, steps, guidance, lora_dir=None):

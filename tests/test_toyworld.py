@@ -7,8 +7,20 @@ import torch
 
 from pipeline.toyworld import shapes
 from pipeline.toyworld.measure import colour_adherence, distances_by_adherence, prompt_checks, read_colours, read_shape
-from pipeline.toyworld.shapes import (ASSETS_DIR, BACKGROUND_COLOURS, OBJECT_COLOURS, SHAPES, Combo, all_combos,
-                                      caption, held_out_combos, parse_caption, render, sample_batch, train_combos)
+from pipeline.toyworld.shapes import (
+    ASSETS_DIR,
+    BACKGROUND_COLOURS,
+    OBJECT_COLOURS,
+    SHAPES,
+    Combo,
+    all_combos,
+    caption,
+    held_out_combos,
+    parse_caption,
+    render,
+    sample_batch,
+    train_combos,
+)
 
 
 def _gen(seed: int) -> torch.Generator:
@@ -131,9 +143,9 @@ def test_prompt_files_on_disk_equal_the_generator(tmp_path):
 
 def test_shipped_pipeline_loads_and_generates_32px_images():
     from trainers.config import ModelConfig
-    from trainers.samplers.ddim import ddim_schedule
     from trainers.engine import generate
     from trainers.models import load_model
+    from trainers.samplers.ddim import ddim_schedule
 
     model = load_model(ModelConfig(path=str(ASSETS_DIR / "sd"), device="cpu"))
     assert {p.dtype for p in model.denoiser.parameters()} == {torch.float32}

@@ -22,9 +22,9 @@ from test_training import StopAt, make_config
 
 from pipeline import generate, promote
 from pipeline.config import ConfigError, dump_yaml
-from trainers.constraints import parse_constraint
 from pipeline.tracking import RUN_FOLDER_TAG, MlflowReporter
 from pipeline.train import main as train_main
+from trainers.constraints import parse_constraint
 from trainers.loop import run, run_folder
 from trainers.reporting import Reporter
 

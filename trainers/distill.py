@@ -50,10 +50,10 @@ import torch
 
 from trainers.adapters import activate, adapters_off, copy_adapter
 from trainers.config import Config, DistillConfig
-from trainers.samplers.ddim import one_step_schedule, split_prediction
 from trainers.engine import guided_output, sample
 from trainers.grad_plan import OneStep
 from trainers.models import Conditioning, DiffusionModel, load_denoiser, make_trainable, pair_problems
+from trainers.samplers.ddim import one_step_schedule, split_prediction
 from trainers.score_divergence import DivergenceSpec, DivergenceTerms, PseudoHuber, divergence_terms, dsm_loss
 
 FAKE = "fake"  # adapter name of the fake score under shared_base; the generator's is peft's "default"

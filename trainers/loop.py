@@ -28,10 +28,23 @@ from trainers.checkpoint import checkpoint_root, latest_checkpoint, load_checkpo
 from trainers.config import Config
 from trainers.constraints import broken, parse_constraints
 from trainers.distill import Teacher
-from trainers.evaluation import (diversity_scores, held_out_from_metrics, held_out_metrics, held_out_summary,
-                                 image_encoder, sample_and_score, save_grid)
-from trainers.models import (DiffusionModel, load_model, load_trainable_state_dict, save_denoiser_state,
-                             save_trained, trainable_state_dict)
+from trainers.evaluation import (
+    diversity_scores,
+    held_out_from_metrics,
+    held_out_metrics,
+    held_out_summary,
+    image_encoder,
+    sample_and_score,
+    save_grid,
+)
+from trainers.models import (
+    DiffusionModel,
+    load_model,
+    load_trainable_state_dict,
+    save_denoiser_state,
+    save_trained,
+    trainable_state_dict,
+)
 from trainers.objectives import Objective, build_objective
 from trainers.prompts import BUILTIN_HELD_OUT, BUILTIN_TRAIN, PromptSampler, load_prompts
 from trainers.replicas import Replicas

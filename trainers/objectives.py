@@ -24,13 +24,13 @@ from typing import TYPE_CHECKING, Protocol
 import torch
 
 from trainers.config import Config, PlanConfig
-from trainers.samplers.ddim import one_step_schedule
 from trainers.distill import DiStar, Teacher
 from trainers.engine import sample
 from trainers.evaluation import OneStepGenerator, feature_diversity, image_encoder
 from trainers.grad_plan import GradPlan, refinement
 from trainers.models import DiffusionModel, make_trainable
 from trainers.registry import build_plan
+from trainers.samplers.ddim import one_step_schedule
 from trainers.samplers.schedule import Schedule
 
 if TYPE_CHECKING:

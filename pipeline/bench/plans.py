@@ -97,7 +97,7 @@ def naive_loss(tr, prompts: list[str], x_T, flags):
     uncond = model.family.encode_negative(model, len(prompts))
     both = type(cond).cat([uncond, cond])
     x = x_T
-    for i, (t, f) in enumerate(zip(scheduler.timesteps, flags)):
+    for t, f in zip(scheduler.timesteps, flags):
         x = x if f.chain else x.detach()
         x_in = x.detach() if f.detach_input else x
         with torch.set_grad_enabled(f.grad):

@@ -6,7 +6,8 @@ import argparse
 import dataclasses
 import json
 import os
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 
 def build_main(config_cls: type, build: Callable[[Any, str], dict], description: str, default_out: str,

@@ -53,8 +53,8 @@ def sample_images(model, combos: list[Combo], n: int, steps: int, guidance: floa
                   one_step: int | None = None) -> torch.Tensor:
     """``n`` samples per combo, ``(len(combos) * n, 3, H, W)`` in [0, 1], combo-major, from seeded noise:
     ``steps`` DDIM steps, or a one-step generator's x0 prediction at timestep ``one_step`` (no guidance)."""
-    from trainers.samplers.ddim import one_step_schedule
     from trainers.engine import generate
+    from trainers.samplers.ddim import one_step_schedule
 
     prompts = [caption(c) for c in combos for _ in range(n)]
     gen = torch.Generator().manual_seed(seed)

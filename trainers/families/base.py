@@ -8,7 +8,6 @@ from typing import Any, Protocol
 
 import torch
 
-
 ATTENTION_PROJECTIONS = ("to_q", "to_k", "to_v", "to_out.0")  # diffusers' attention, in UNets and transformers
 
 

@@ -18,8 +18,16 @@ import os
 
 import torch
 
-from trainers.families.base import (ATTENTION_PROJECTIONS, Conditioning, DiffusionModel, ddim_sampling, ddim_scheduler, decode_images, frozen,
-                                    native_resolution)
+from trainers.families.base import (
+    ATTENTION_PROJECTIONS,
+    Conditioning,
+    DiffusionModel,
+    ddim_sampling,
+    ddim_scheduler,
+    decode_images,
+    frozen,
+    native_resolution,
+)
 
 MAX_TOKENS = 120  # the pipeline's max_sequence_length
 MASK = "encoder_attention_mask"

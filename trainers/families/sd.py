@@ -9,8 +9,17 @@ from __future__ import annotations
 
 import torch
 
-from trainers.families.base import (ATTENTION_PROJECTIONS, Conditioning, DiffusionModel, ddim_sampling, decode_images,
-                                    diffusers_lora_layers, frozen, native_resolution, tokenize)
+from trainers.families.base import (
+    ATTENTION_PROJECTIONS,
+    Conditioning,
+    DiffusionModel,
+    ddim_sampling,
+    decode_images,
+    diffusers_lora_layers,
+    frozen,
+    native_resolution,
+    tokenize,
+)
 
 LORA_FILE = "pytorch_lora_weights.safetensors"  # what save_lora_weights writes
 

@@ -16,8 +16,14 @@ from __future__ import annotations
 
 import torch
 
-from trainers.families.base import (ATTENTION_PROJECTIONS, Conditioning, DiffusionModel, decode_images, frozen,
-                                    native_resolution)
+from trainers.families.base import (
+    ATTENTION_PROJECTIONS,
+    Conditioning,
+    DiffusionModel,
+    decode_images,
+    frozen,
+    native_resolution,
+)
 from trainers.families.sd import LORA_FILE
 
 T5_TOKENS = 256  # the pipeline's max_sequence_length

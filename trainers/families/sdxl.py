@@ -13,8 +13,18 @@ from __future__ import annotations
 
 import torch
 
-from trainers.families.base import (ATTENTION_PROJECTIONS, Conditioning, DiffusionModel, ddim_sampling, ddim_scheduler,
-                                    decode_images, diffusers_lora_layers, frozen, native_resolution, tokenize)
+from trainers.families.base import (
+    ATTENTION_PROJECTIONS,
+    Conditioning,
+    DiffusionModel,
+    ddim_sampling,
+    ddim_scheduler,
+    decode_images,
+    diffusers_lora_layers,
+    frozen,
+    native_resolution,
+    tokenize,
+)
 from trainers.families.sd import LORA_FILE, load_unet, load_unet_lora, unet_denoise
 
 
