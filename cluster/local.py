@@ -92,27 +92,59 @@ def ray_head(args: argparse.Namespace, workdir: str) -> Service:
     """The Ray head: GCS, raylet, dashboard (job API) and Ray client server, all on 127.0.0.1."""
     if args.object_store_mib < 75:
         raise UsageError(f"--object-store-mib {args.object_store_mib}: Ray needs at least 75")
-    ports = {"--port-gcs": args.port_gcs, "--port-dashboard": args.port_dashboard,
-             "--port-client": args.port_client, "--port-agent": args.port_agent}
+    ports = {
+        "--port-gcs": args.port_gcs,
+        "--port-dashboard": args.port_dashboard,
+        "--port-client": args.port_client,
+        "--port-agent": args.port_agent,
+    }
     bindir = os.path.dirname(sys.executable)  # not resolved: .venv/bin/python is a symlink out of the venv
     ray = _tool("ray")
-    command = [ray, "start", "--head", "--block", f"--node-ip-address={HOST}", f"--dashboard-host={HOST}",
-               "--include-dashboard=true", "--disable-usage-stats", f"--port={args.port_gcs}",
-               f"--dashboard-port={args.port_dashboard}", f"--ray-client-server-port={args.port_client}",
-               f"--dashboard-agent-listen-port={args.port_agent}",
-               f"--object-store-memory={args.object_store_mib << 20}"]
+    command = [
+        ray,
+        "start",
+        "--head",
+        "--block",
+        f"--node-ip-address={HOST}",
+        f"--dashboard-host={HOST}",
+        "--include-dashboard=true",
+        "--disable-usage-stats",
+        f"--port={args.port_gcs}",
+        f"--dashboard-port={args.port_dashboard}",
+        f"--ray-client-server-port={args.port_client}",
+        f"--dashboard-agent-listen-port={args.port_agent}",
+        f"--object-store-memory={args.object_store_mib << 20}",
+    ]
     command += [f"--num-cpus={args.num_cpus}"] if args.num_cpus is not None else []
     command += [f"--resources={json.dumps(args.resources)}"] if args.resources else []
     dashboard = f"http://{HOST}:{args.port_dashboard}"
     ray_env = local_ray_env()
-    env = {**ray_env, "RAY_TMPDIR": workdir, "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0",
-           API_SERVER_ADDRESS: dashboard, "PATH": bindir + os.pathsep + os.environ.get("PATH", ""), **client_env(args)}
-    addresses = {"gcs": f"{HOST}:{args.port_gcs}", "dashboard": dashboard, "jobs": dashboard,
-                 "client": f"ray://{HOST}:{args.port_client}",
-                 "token": ray_env.get(TOKEN_PATH, f"${TOKEN} (this shell's)")}
+    env = {
+        **ray_env,
+        "RAY_TMPDIR": workdir,
+        "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0",
+        API_SERVER_ADDRESS: dashboard,
+        "PATH": bindir + os.pathsep + os.environ.get("PATH", ""),
+        **client_env(args),
+    }
+    addresses = {
+        "gcs": f"{HOST}:{args.port_gcs}",
+        "dashboard": dashboard,
+        "jobs": dashboard,
+        "client": f"ray://{HOST}:{args.port_client}",
+        "token": ray_env.get(TOKEN_PATH, f"${TOKEN} (this shell's)"),
+    }
     # the job API answers only once the dashboard's job module is up, later than /api/version
-    return Service(name="ray", command=command, env=env, ports=ports, addresses=addresses,
-                   probe=f"{dashboard}/api/jobs/", workdir=workdir, drop_env=("RAY_ADDRESS",))
+    return Service(
+        name="ray",
+        command=command,
+        env=env,
+        ports=ports,
+        addresses=addresses,
+        probe=f"{dashboard}/api/jobs/",
+        workdir=workdir,
+        drop_env=("RAY_ADDRESS",),
+    )
 
 
 def client_env(args: argparse.Namespace) -> dict[str, str]:
@@ -134,9 +166,16 @@ def s3_server(args: argparse.Namespace, workdir: str) -> Service:
     """An S3-compatible endpoint: moto's server, in memory (what it stores is gone after ``down``)."""
     endpoint = f"http://{HOST}:{args.port_s3}"
     command = [_tool("moto_server"), "-H", HOST, "-p", str(args.port_s3)]
-    return Service(name="s3", command=command, env={}, ports={"--port-s3": args.port_s3},
-                   addresses={"endpoint": endpoint, "bucket": f"s3://{BUCKET}"}, probe=f"{endpoint}/moto-api/",
-                   workdir=workdir, after_ready=(("create_bucket", endpoint, BUCKET),))
+    return Service(
+        name="s3",
+        command=command,
+        env={},
+        ports={"--port-s3": args.port_s3},
+        addresses={"endpoint": endpoint, "bucket": f"s3://{BUCKET}"},
+        probe=f"{endpoint}/moto-api/",
+        workdir=workdir,
+        after_ready=(("create_bucket", endpoint, BUCKET),),
+    )
 
 
 def mlflow_server(args: argparse.Namespace, workdir: str) -> Service:
@@ -144,15 +183,33 @@ def mlflow_server(args: argparse.Namespace, workdir: str) -> Service:
     folder, artifacts proxied to the S3 endpoint's bucket when the stack has one (else in its folder)."""
     ui = f"http://{HOST}:{args.port_mlflow}"
     artifacts = f"s3://{BUCKET}/mlflow" if "s3" in args.services else os.path.join(workdir, "artifacts")
-    command = [_tool("mlflow"), "server", "--host", HOST, "--port", str(args.port_mlflow), "--workers", "1",
-               "--backend-store-uri", f"sqlite:///{os.path.join(workdir, 'mlflow.db')}",
-               "--artifacts-destination", artifacts]
+    command = [
+        _tool("mlflow"),
+        "server",
+        "--host",
+        HOST,
+        "--port",
+        str(args.port_mlflow),
+        "--workers",
+        "1",
+        "--backend-store-uri",
+        f"sqlite:///{os.path.join(workdir, 'mlflow.db')}",
+        "--artifacts-destination",
+        artifacts,
+    ]
     env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true"}
     if "s3" in args.services:
         env |= {**S3_CLIENT_ENV, "MLFLOW_S3_ENDPOINT_URL": f"http://{HOST}:{args.port_s3}"}
-    return Service(name="mlflow", command=command, env=env, ports={"--port-mlflow": args.port_mlflow},
-                   addresses={"ui": ui, "tracking": ui, "artifacts": artifacts}, probe=f"{ui}/health",
-                   workdir=workdir, drop_env=("MLFLOW_TRACKING_URI",))
+    return Service(
+        name="mlflow",
+        command=command,
+        env=env,
+        ports={"--port-mlflow": args.port_mlflow},
+        addresses={"ui": ui, "tracking": ui, "artifacts": artifacts},
+        probe=f"{ui}/health",
+        workdir=workdir,
+        drop_env=("MLFLOW_TRACKING_URI",),
+    )
 
 
 def _tool(name: str) -> str:
@@ -164,17 +221,25 @@ def _tool(name: str) -> str:
 def create_bucket(endpoint: str, name: str) -> None:
     import boto3
 
-    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
-                 aws_access_key_id=S3_CREDENTIALS["AWS_ACCESS_KEY_ID"],
-                 aws_secret_access_key=S3_CREDENTIALS["AWS_SECRET_ACCESS_KEY"]).create_bucket(Bucket=name)
+    boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id=S3_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=S3_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+    ).create_bucket(Bucket=name)
 
 
 AFTER_READY = {"create_bucket": create_bucket}
 SERVICES: dict[str, Callable[[argparse.Namespace, str], Service]] = {  # started in this order
-    "s3": s3_server, "mlflow": mlflow_server, "ray": ray_head}
+    "s3": s3_server,
+    "mlflow": mlflow_server,
+    "ray": ray_head,
+}
 
 
 # ---------------------------------------------------------------- processes (Linux /proc; no macOS yet)
+
 
 @dataclass(frozen=True)
 class Proc:
@@ -197,7 +262,7 @@ def proc_table() -> dict[int, Proc]:
                 stat = f.read()
         except OSError:  # exited meanwhile
             continue
-        fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) "; comm may hold spaces
+        fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) "; comm may hold spaces
         table[int(entry)] = Proc(int(fields[1]), int(fields[3]), int(fields[19]), fields[0] == "Z")
     return table
 
@@ -246,6 +311,7 @@ def wait_gone(pids: set[tuple[int, int]], timeout: float) -> set[tuple[int, int]
 
 # ---------------------------------------------------------------- ports and probes
 
+
 def port_is_free(port: int) -> bool:
     """True if nothing listens on ``port`` on 127.0.0.1 (or on all addresses)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -266,16 +332,20 @@ def check_ports(services: list[Service]) -> None:
         if not 1024 <= port <= 65535:
             raise UsageError(f"{option} {port}: must be in 1024-65535")
         if port in RAY_WORKER_PORTS:
-            raise UsageError(f"{option} {port}: Ray gives ports {RAY_WORKER_PORTS.start}-{RAY_WORKER_PORTS.stop - 1} "
-                             f"to its workers; pick one outside, e.g. {option} {free_port()}")
+            raise UsageError(
+                f"{option} {port}: Ray gives ports {RAY_WORKER_PORTS.start}-{RAY_WORKER_PORTS.stop - 1} "
+                f"to its workers; pick one outside, e.g. {option} {free_port()}"
+            )
         if port in seen:
             raise UsageError(f"{option} {port}: already used for {seen[port]}; give each service port its own number")
         seen[port] = option
     for option, port in ports:
         if not port_is_free(port):
-            raise UsageError(f"port {port} ({option}) is already in use on {HOST}; stop what listens there "
-                             f"(`ss -ltnp 'sport = :{port}'` shows it) or pick another port, "
-                             f"e.g. {option} {free_port()}")
+            raise UsageError(
+                f"port {port} ({option}) is already in use on {HOST}; stop what listens there "
+                f"(`ss -ltnp 'sport = :{port}'` shows it) or pick another port, "
+                f"e.g. {option} {free_port()}"
+            )
 
 
 def healthy(url: str, timeout: float = 2.0) -> bool:
@@ -289,6 +359,7 @@ def healthy(url: str, timeout: float = 2.0) -> bool:
 
 
 # ---------------------------------------------------------------- state file
+
 
 def state_path(args: argparse.Namespace) -> str:
     """``<state dir>/local-stack.json``."""
@@ -329,14 +400,21 @@ def live_processes(record: dict) -> set[tuple[int, int]]:
 
 # ---------------------------------------------------------------- up / status / down
 
+
 def start(svc: Service) -> dict:
     """Start ``svc`` in its own session; return its state record (not yet ready)."""
     log = os.path.join(svc.workdir, f"{svc.name}.log")
     env = {k: v for k, v in os.environ.items() if k not in svc.drop_env} | svc.env
     try:
         with open(log, "ab") as out:
-            proc = subprocess.Popen(svc.command, env=env, stdin=subprocess.DEVNULL, stdout=out,
-                                    stderr=subprocess.STDOUT, start_new_session=True)
+            proc = subprocess.Popen(
+                svc.command,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
     except OSError as err:
         shutil.rmtree(svc.workdir, ignore_errors=True)
         raise RuntimeError(f"cannot run {svc.command[0]}: {err}") from None
@@ -352,8 +430,10 @@ def wait_ready(record: dict, timeout: float) -> None:
         if not alive(record["pid"], record["start"], proc_table()):
             raise RuntimeError(f"{record['name']} exited while starting:\n{log_tail(record['log'])}")
         if time.monotonic() > deadline:
-            raise RuntimeError(f"{record['name']} did not answer {record['probe']} within {timeout:.0f} s "
-                               f"(--timeout):\n{log_tail(record['log'])}")
+            raise RuntimeError(
+                f"{record['name']} did not answer {record['probe']} within {timeout:.0f} s "
+                f"(--timeout):\n{log_tail(record['log'])}"
+            )
         time.sleep(0.5)
     record["pids"] = sorted(process_tree(record["pid"], record["start"], proc_table()))
 
@@ -432,8 +512,11 @@ def print_status(state: dict) -> bool:
         n, good = len(live_processes(r)), healthy(r["probe"])
         ok &= bool(n) and good
         health = "healthy" if good else f"NOT answering {r['probe']}"
-        print(f"{r['name']}: {n} processes (pid {r['pid']}), {health}; logs in {r['workdir']}" if n
-              else f"{r['name']}: not running (pid {r['pid']} is gone); `python -m cluster.local down` cleans up")
+        print(
+            f"{r['name']}: {n} processes (pid {r['pid']}), {health}; logs in {r['workdir']}"
+            if n
+            else f"{r['name']}: not running (pid {r['pid']} is gone); `python -m cluster.local down` cleans up"
+        )
         for role, address in r["addresses"].items():
             print(f"  {role:<10} {address}")
     by_name = {r["name"]: r for r in state["services"]}
@@ -443,16 +526,23 @@ def print_status(state: dict) -> bool:
         ray = by_name["ray"]
         token = ray["addresses"]["token"]
         auth = f"RAY_AUTH_MODE=token {TOKEN_PATH}={token}" if not token.startswith("$") else "RAY_AUTH_MODE=token"
-        print(f"submit a job:  {auth} ray job submit --address {ray['addresses']['jobs']} --working-dir . "
-              "-- python -m pipeline.train")
+        print(
+            f"submit a job:  {auth} ray job submit --address {ray['addresses']['jobs']} --working-dir . "
+            "-- python -m pipeline.train"
+        )
         print(f"join directly: python -m pipeline.train ray.address={ray['addresses']['gcs']}")
     if "s3" in by_name or "mlflow" in by_name:
         overrides = [f"tracking.uri={by_name['mlflow']['addresses']['tracking']}"] if "mlflow" in by_name else []
         if "s3" in by_name:
-            overrides += [f"ray.storage_path=s3://{BUCKET}/ray", f"ray.s3_endpoint={by_name['s3']['addresses']['endpoint']}"]
+            overrides += [
+                f"ray.storage_path=s3://{BUCKET}/ray",
+                f"ray.s3_endpoint={by_name['s3']['addresses']['endpoint']}",
+            ]
             print("S3 credentials (moto takes any): " + " ".join(f"export {k}={v}" for k, v in S3_CREDENTIALS.items()))
-        print(f"track and store: python -m pipeline.train {' '.join(overrides)}"
-              + ("  (jobs on this Ray head get these settings' environment already)" if "ray" in by_name else ""))
+        print(
+            f"track and store: python -m pipeline.train {' '.join(overrides)}"
+            + ("  (jobs on this Ray head get these settings' environment already)" if "ray" in by_name else "")
+        )
     return ok
 
 
@@ -479,9 +569,11 @@ def stack_down(args: argparse.Namespace, quiet: bool = False, keep_logs: bool | 
         if left:
             print(f"{record['name']}: could not stop pids {sorted(p for p, _ in left)}", file=sys.stderr)
         elif not quiet:
-            print(f"{record['name']}: stopped {n} processes in {time.monotonic() - t0:.1f} s"
-                  + (f" ({killed} needed SIGKILL after {STOP_GRACE_S:.0f} s)" if killed else "")
-                  + (f"; logs kept in {record['workdir']}" if keep_logs else ""))
+            print(
+                f"{record['name']}: stopped {n} processes in {time.monotonic() - t0:.1f} s"
+                + (f" ({killed} needed SIGKILL after {STOP_GRACE_S:.0f} s)" if killed else "")
+                + (f"; logs kept in {record['workdir']}" if keep_logs else "")
+            )
     if failed:
         return 1
     os.remove(path)
@@ -494,6 +586,7 @@ def short_tmp() -> str:
 
 
 # ---------------------------------------------------------------- command line
+
 
 def resources_arg(text: str) -> dict[str, float]:
     """``--resources``: a JSON object of resource names to non-negative numbers."""
@@ -509,9 +602,12 @@ def resources_arg(text: str) -> dict[str, float]:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """The command line: ``up|status|down`` with their options (bad values exit 2, from argparse)."""
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--state-dir", default=os.environ.get(STATE_DIR_ENV) or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "reward-tuning"),
-        help=f"where {STATE_FILE} lives (default: ${STATE_DIR_ENV}, else ~/.cache/reward-tuning)")
+    common.add_argument(
+        "--state-dir",
+        default=os.environ.get(STATE_DIR_ENV)
+        or os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "reward-tuning"),
+        help=f"where {STATE_FILE} lives (default: ${STATE_DIR_ENV}, else ~/.cache/reward-tuning)",
+    )
     parser = argparse.ArgumentParser(prog="python -m cluster.local", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", parents=[common], help="start the stack")
@@ -521,12 +617,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     up.add_argument("--port-agent", type=int, default=6382, help="dashboard agent HTTP port (default 6382)")
     up.add_argument("--num-cpus", type=non_negative, default=None, help="CPUs Ray may use (default: all)")
     up.add_argument("--object-store-mib", type=non_negative, default=1024, help="object store size (default 1024)")
-    up.add_argument("--resources", type=resources_arg, default=None,
-                    help='custom resources of the head, e.g. \'{"reward_node": 1}\'')
+    up.add_argument(
+        "--resources",
+        type=resources_arg,
+        default=None,
+        help="custom resources of the head, e.g. '{\"reward_node\": 1}'",
+    )
     up.add_argument("--port-s3", type=int, default=9050, help="S3 endpoint (moto, in memory; default 9050)")
     up.add_argument("--port-mlflow", type=int, default=5050, help="MLflow tracking server and UI (default 5050)")
-    up.add_argument("--services", type=services_arg, default=tuple(SERVICES),
-                    help=f"comma-separated subset of {','.join(SERVICES)} (default: all)")
+    up.add_argument(
+        "--services",
+        type=services_arg,
+        default=tuple(SERVICES),
+        help=f"comma-separated subset of {','.join(SERVICES)} (default: all)",
+    )
     up.add_argument("--timeout", type=positive, default=120.0, help="seconds to wait for readiness (default 120)")
     sub.add_parser("status", parents=[common], help="show what runs and where")
     down = sub.add_parser("down", parents=[common], help="stop what `up` started")

@@ -256,8 +256,9 @@ def _build_union(args: tuple, value: Any, path: str, problems: list[str]) -> Any
     cls = next((c for t, c in tags.items() if t == value["name"]), None)
     if cls is None:
         tag = value["name"]
-        problems.append(f"{_join(path, 'name')}: expected one of {allowed}, got {_show(tag)}"
-                        + _suggest(tag, list(tags)))
+        problems.append(
+            f"{_join(path, 'name')}: expected one of {allowed}, got {_show(tag)}" + _suggest(tag, list(tags))
+        )
         return _FAIL
     return _build_dataclass(cls, value, path, problems)
 

@@ -66,8 +66,15 @@ class ConsoleReporter(Reporter):
 
     def report(self, step: int, metrics: dict[str, float], checkpoint_dir: str | None = None) -> None:
         if "train/loss" in metrics:
-            self.emit({"kind": "step", "step": step, "reward": metrics["train/reward"], "loss": metrics["train/loss"],
-                       "seconds": metrics["perf/step_seconds"]})
+            self.emit(
+                {
+                    "kind": "step",
+                    "step": step,
+                    "reward": metrics["train/reward"],
+                    "loss": metrics["train/loss"],
+                    "seconds": metrics["perf/step_seconds"],
+                }
+            )
         evals = _evals(metrics)
         if evals:
             self.base = self.base or evals
@@ -84,8 +91,14 @@ def _evals(metrics: dict[str, float]) -> dict[str, float]:
 class Console:
     """Renders events on ``out`` (``err`` for error notes); call it with each event, then :meth:`close`."""
 
-    def __init__(self, total_steps: int, out: TextIO | None = None, err: TextIO | None = None,
-                 every: int | None = None, tty: bool | None = None):
+    def __init__(
+        self,
+        total_steps: int,
+        out: TextIO | None = None,
+        err: TextIO | None = None,
+        every: int | None = None,
+        tty: bool | None = None,
+    ):
         self.out, self.err = out or sys.stdout, err or sys.stderr
         self.total = total_steps
         self.every = every or max(1, math.ceil(total_steps / 10))
@@ -126,8 +139,10 @@ class Console:
             self.started = (now - event["seconds"], step - 1)
         since, first = self.started
         per_step = (now - since) / max(step - first, 1)
-        text = (f"step {step}/{self.total} | reward {event['reward']:.4g} | loss {event['loss']:.4g} | "
-                f"{per_step:.2f} s/step | ETA {_clock(per_step * (self.total - step))}")
+        text = (
+            f"step {step}/{self.total} | reward {event['reward']:.4g} | loss {event['loss']:.4g} | "
+            f"{per_step:.2f} s/step | ETA {_clock(per_step * (self.total - step))}"
+        )
         if self.tty:
             done = int(20 * step / self.total)
             self.bar = f"\r\033[K[{'#' * done}{'.' * (20 - done)}] {text}"
@@ -142,7 +157,7 @@ class Console:
         for key, value in event["metrics"].items():
             d = decimals(base.get(key, value))
             gain = f" ({value - base[key]:+.{d}f})" if step and key in base else ""
-            parts.append(f"{key[len('eval/'):]} {value:.{d}f}{gain}")
+            parts.append(f"{key[len('eval/') :]} {value:.{d}f}{gain}")
         breaks = event.get("broken")
         require = "" if breaks is None else (" | breaks " + "; ".join(breaks) if breaks else " | meets eval.require")
         self.line(f"eval step {step}{' (base)' if step == 0 else ''}: " + ", ".join(parts) + require)
@@ -165,14 +180,18 @@ def held_out_table(held_out: dict[str, dict[str, float]], metrics: dict[str, flo
     metrics = metrics or {}
     teacher = any(k.startswith("teacher/") for k in metrics)
     width = max([len(name) for name in held_out] + [8])
-    rows = [f"{'held-out':<{width}}  {'base':>9}  {'tuned':>9}  gain [95% CI]" + (
-        f"{'':16}teacher 1-step / multi-step" if teacher else "")]
+    rows = [
+        f"{'held-out':<{width}}  {'base':>9}  {'tuned':>9}  gain [95% CI]"
+        + (f"{'':16}teacher 1-step / multi-step" if teacher else "")
+    ]
     for name, r in held_out.items():
         d = decimals(r["base"])
         row = f"{name:<{width}}  {r['base']:>9.{d}f}  {r['tuned']:>9.{d}f}  {gain_text(r):<29}"
         if teacher:
-            row += "/".join(f" {metrics[k]:.{d}f} " if (k := f"teacher/{kind}/{name}") in metrics else " - "
-                            for kind in ("one_step", "multi_step"))
+            row += "/".join(
+                f" {metrics[k]:.{d}f} " if (k := f"teacher/{kind}/{name}") in metrics else " - "
+                for kind in ("one_step", "multi_step")
+            )
         rows.append(row.rstrip())
     return "\n".join(rows)
 
@@ -192,8 +211,11 @@ def decimals(reference: float) -> int:
 
 def _clock(seconds: float) -> str:
     seconds = int(round(seconds))
-    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}" if seconds >= 3600 \
+    return (
+        f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+        if seconds >= 3600
         else f"{seconds // 60}:{seconds % 60:02d}"
+    )
 
 
 def _short(path: str) -> str:

@@ -20,18 +20,31 @@ from pipeline.preflight import load_checked, weights_problems
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m pipeline.evaluate", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m pipeline.evaluate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--config", help="training config YAML (model, sampler, rewards, data.eval_prompts)")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. data.eval_prompts=prompts.txt")
     p.add_argument("--weights", help="trained weights: a run's final/ folder or a checkpoint's model/ folder")
     p.add_argument("--compare-base", action="store_true", help="also score the base model and the difference")
-    p.add_argument("--lora-scales", type=_floats, metavar="S,S,...",
-                   help="score the LoRA of --weights at each scale (0: base, 1: as trained), with diversity")
-    p.add_argument("--aig-powers", type=_floats, default=[], metavar="P,P,...",
-                   help="with --lora-scales: also score annealed importance guidance at each power")
-    p.add_argument("--plot", default="reward_diversity.png",
-                   help="with --lora-scales: where to write the reward/diversity plot (default reward_diversity.png)")
+    p.add_argument(
+        "--lora-scales",
+        type=_floats,
+        metavar="S,S,...",
+        help="score the LoRA of --weights at each scale (0: base, 1: as trained), with diversity",
+    )
+    p.add_argument(
+        "--aig-powers",
+        type=_floats,
+        default=[],
+        metavar="P,P,...",
+        help="with --lora-scales: also score annealed importance guidance at each power",
+    )
+    p.add_argument(
+        "--plot",
+        default="reward_diversity.png",
+        help="with --lora-scales: where to write the reward/diversity plot (default reward_diversity.png)",
+    )
     return p.parse_args(argv)
 
 
@@ -54,8 +67,12 @@ def main(argv: list[str] | None = None) -> int:
 
     model = load_model(cfg.model)
     specs = [*cfg.rewards, *cfg.eval.rewards]
-    rewards = {f"{s.name}" if [x.name for x in specs].count(s.name) == 1 else f"{s.name}_{i}": build_reward(
-        [s], device=model.device) for i, s in enumerate(specs)}
+    rewards = {
+        f"{s.name}" if [x.name for x in specs].count(s.name) == 1 else f"{s.name}_{i}": build_reward(
+            [s], device=model.device
+        )
+        for i, s in enumerate(specs)
+    }
     prompts = load_prompts(cfg.data.eval_prompts, BUILTIN_HELD_OUT)[: cfg.eval.max_prompts]
     prompts = [p for p in prompts for _ in range(cfg.eval.images_per_prompt)]
     schedule = model.family.schedule(model, cfg.sampler.num_steps)
@@ -65,8 +82,11 @@ def main(argv: list[str] | None = None) -> int:
         plot_sweep(rows, next(iter(rewards)), args.plot)
         print(f"plot: {os.path.abspath(args.plot)}")
         return 0
-    base = sample_and_score(model, prompts, rewards, cfg.sampler, schedule, cfg.eval.seed)[0] \
-        if args.compare_base or not args.weights else None
+    base = (
+        sample_and_score(model, prompts, rewards, cfg.sampler, schedule, cfg.eval.seed)[0]
+        if args.compare_base or not args.weights
+        else None
+    )
     tuned = None
     if args.weights:
         load_trained(model, args.weights)
@@ -86,8 +106,9 @@ def sweep_problems(args: argparse.Namespace, cfg) -> list[str]:
     if any(not p > 0 for p in args.aig_powers):
         problems.append(f"--aig-powers: powers must be > 0, got {args.aig_powers}")
     if cfg.eval.images_per_prompt < 2:
-        problems.append(f"eval.images_per_prompt: diversity needs at least 2 images per prompt, got "
-                        f"{cfg.eval.images_per_prompt}")
+        problems.append(
+            f"eval.images_per_prompt: diversity needs at least 2 images per prompt, got {cfg.eval.images_per_prompt}"
+        )
     return problems
 
 
@@ -106,8 +127,9 @@ def sweep(model, args: argparse.Namespace, cfg, prompts: list[str], rewards: dic
     rows = []
     for label, scale, tuned_weights in settings:
         weigh(model.denoiser, {"tuned": scale})
-        scores, images = sample_and_score(model, prompts, rewards, cfg.sampler, schedule, cfg.eval.seed,
-                                          tuned_weights=tuned_weights)
+        scores, images = sample_and_score(
+            model, prompts, rewards, cfg.sampler, schedule, cfg.eval.seed, tuned_weights=tuned_weights
+        )
         scores |= diversity_scores(images, k, encoder, model.device)
         rows.append({"label": label, "scores": scores})
     return rows
@@ -146,13 +168,23 @@ def plot_sweep(rows: list[dict], reward: str, path: str) -> None:
             continue
         x = [bootstrap_mean_ci(r["scores"][measure]) for r in chosen]
         y = [bootstrap_mean_ci(r["scores"][reward]) for r in chosen]
-        ax.errorbar([m for m, _, _ in x], [m for m, _, _ in y], fmt=marker,
-                    xerr=[[m - lo for m, lo, _ in x], [hi - m for m, _, hi in x]],
-                    yerr=[[m - lo for m, lo, _ in y], [hi - m for m, _, hi in y]], capsize=3,
-                    label="LoRA scale" if group == "scale" else "annealed importance guidance")
+        ax.errorbar(
+            [m for m, _, _ in x],
+            [m for m, _, _ in y],
+            fmt=marker,
+            xerr=[[m - lo for m, lo, _ in x], [hi - m for m, _, hi in x]],
+            yerr=[[m - lo for m, lo, _ in y], [hi - m for m, _, hi in y]],
+            capsize=3,
+            label="LoRA scale" if group == "scale" else "annealed importance guidance",
+        )
         for r, (xm, _, _), (ym, _, _) in zip(chosen, x, y):
-            ax.annotate(r["label"].replace("scale ", "").replace("AIG power ", "AIG p="), (xm, ym),
-                        textcoords="offset points", xytext=(5, 5), fontsize=8)
+            ax.annotate(
+                r["label"].replace("scale ", "").replace("AIG power ", "AIG p="),
+                (xm, ym),
+                textcoords="offset points",
+                xytext=(5, 5),
+                fontsize=8,
+            )
     ax.set_xlabel(f"held-out {measure.replace('_', ' ')} (higher: more varied samples)")
     ax.set_ylabel(f"held-out {reward}")
     ax.grid(alpha=0.3)
@@ -175,7 +207,7 @@ def format_table(base, tuned, n: int) -> str:
     if base is not None and tuned is not None:
         columns.append("tuned - base")
     rows = [f"{'reward':<16}" + "".join(f"{c:>32}" for c in columns) + f"   (n={n} images)"]
-    for name in (tuned or base):
+    for name in tuned or base:
         cells = [cell(s[name]) for s in (base, tuned) if s is not None]
         if base is not None and tuned is not None:
             cells.append(cell(tuned[name] - base[name]))

@@ -18,27 +18,50 @@ from pipeline.preflight import (
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m pipeline.generate", description=__doc__)
-    p.add_argument("--model", required=True,
-                   help="base diffusers pipeline folder (or hub id when online), or an MLflow model such as "
-                        "models:/NAME@champion, models:/NAME/3 or runs:/RUN_ID/checkpoint-000100 (base + LoRA)")
-    p.add_argument("--weights", action="append", default=[], metavar="FOLDER[:W]",
-                   help="trained weights: a run's final/ folder or a checkpoint's model/ folder; repeat with "
-                        "weights to mix LoRAs trained on different rewards, e.g. --weights A:0.6 --weights B:0.4 "
-                        "(the weighted sum of their deltas)")
-    p.add_argument("--lora-scale", type=float, default=1.0, metavar="S",
-                   help="scale the LoRA delta(s): 0 is the base model, 1 the tuned one (default 1)")
-    p.add_argument("--aig", type=float, metavar="POWER",
-                   help="annealed importance guidance: at step i of T, mix the tuned and base outputs with weight "
-                        "(i/(T-1))**POWER on the tuned one, base alone first, tuned alone last (LoRA weights)")
-    p.add_argument("--tracking-uri", help="MLflow tracking URI for an MLflow --model (default: $MLFLOW_TRACKING_URI, "
-                                          "else ./runs/mlflow.db)")
+    p.add_argument(
+        "--model",
+        required=True,
+        help="base diffusers pipeline folder (or hub id when online), or an MLflow model such as "
+        "models:/NAME@champion, models:/NAME/3 or runs:/RUN_ID/checkpoint-000100 (base + LoRA)",
+    )
+    p.add_argument(
+        "--weights",
+        action="append",
+        default=[],
+        metavar="FOLDER[:W]",
+        help="trained weights: a run's final/ folder or a checkpoint's model/ folder; repeat with "
+        "weights to mix LoRAs trained on different rewards, e.g. --weights A:0.6 --weights B:0.4 "
+        "(the weighted sum of their deltas)",
+    )
+    p.add_argument(
+        "--lora-scale",
+        type=float,
+        default=1.0,
+        metavar="S",
+        help="scale the LoRA delta(s): 0 is the base model, 1 the tuned one (default 1)",
+    )
+    p.add_argument(
+        "--aig",
+        type=float,
+        metavar="POWER",
+        help="annealed importance guidance: at step i of T, mix the tuned and base outputs with weight "
+        "(i/(T-1))**POWER on the tuned one, base alone first, tuned alone last (LoRA weights)",
+    )
+    p.add_argument(
+        "--tracking-uri",
+        help="MLflow tracking URI for an MLflow --model (default: $MLFLOW_TRACKING_URI, else ./runs/mlflow.db)",
+    )
     p.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable)")
     p.add_argument("--prompts", help="prompt file (.txt or .jsonl)")
     p.add_argument("--num-images", type=int, default=4, help="images per prompt")
     p.add_argument("--steps", type=int, default=20, help="sampling steps (DDIM, or flow-matching Euler for SD3)")
-    p.add_argument("--one-step", type=int, metavar="TIMESTEP",
-                   help="sample a one-step generator (Diff-Instruct*): the x0 prediction from pure noise at this "
-                        "timestep, no guidance (default: the weights' one_step.json when they have one)")
+    p.add_argument(
+        "--one-step",
+        type=int,
+        metavar="TIMESTEP",
+        help="sample a one-step generator (Diff-Instruct*): the x0 prediction from pure noise at this "
+        "timestep, no guidance (default: the weights' one_step.json when they have one)",
+    )
     p.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale")
     p.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0 for flow models)")
     p.add_argument("--seed", type=int, default=0, help="noise seed")
@@ -59,14 +82,21 @@ def resolve_mlflow_model(args: argparse.Namespace) -> None:
     from pipeline.tracking import fluent_tracking, redact
 
     if args.weights:
-        raise ConfigError(["--weights: an MLflow --model already holds its weights; leave --weights out"], "command line")
+        raise ConfigError(
+            ["--weights: an MLflow --model already holds its weights; leave --weights out"], "command line"
+        )
     uri = default_tracking_uri(args.tracking_uri)
     try:
         with fluent_tracking(uri):
             model = mlflow.diffusers.load_model(args.model)
     except (MlflowException, OSError) as err:
-        raise ConfigError([f"--model: cannot load {args.model} from {redact(uri)}: {str(err).splitlines()[0][:300]}; "
-                           "list versions with `mlflow ui` or set --tracking-uri"], "command line") from None
+        raise ConfigError(
+            [
+                f"--model: cannot load {args.model} from {redact(uri)}: {str(err).splitlines()[0][:300]}; "
+                "list versions with `mlflow ui` or set --tracking-uri"
+            ],
+            "command line",
+        ) from None
     print(f"{args.model}: base {model.base_model} + LoRA {model.adapter_path}")
     args.model, args.weights = model.base_model, [model.adapter_path]
 
@@ -99,10 +129,19 @@ def check(args: argparse.Namespace) -> None:
         problems.append(f"--one-step: must be a training timestep in [0, 999], got {args.one_step}")
     if not problems and flow_family(args.model):
         problems += flow_scheduler_problems("--model", args.model)
-        problems += [f"--eta: {args.eta} but {args.model!r} is a flow-matching model, sampled deterministically; "
-                     "use --eta 0"] if args.eta > 0 else []
-        problems += ["--one-step: one-step generators are Diff-Instruct*'s, which flow-matching models do not "
-                     "have; leave it out"] if args.one_step is not None else []
+        problems += (
+            [f"--eta: {args.eta} but {args.model!r} is a flow-matching model, sampled deterministically; use --eta 0"]
+            if args.eta > 0
+            else []
+        )
+        problems += (
+            [
+                "--one-step: one-step generators are Diff-Instruct*'s, which flow-matching models do not "
+                "have; leave it out"
+            ]
+            if args.one_step is not None
+            else []
+        )
     if args.num_images < 1 or not 1 <= args.steps <= 1000:
         problems.append(f"--num-images/--steps: need >= 1 and 1..1000, got {args.num_images}/{args.steps}")
     if problems:
@@ -111,8 +150,9 @@ def check(args: argparse.Namespace) -> None:
 
 def blended(args: argparse.Namespace) -> bool:
     """Scaled or mixed weights, or annealed guidance, rather than one set of trained weights as they are."""
-    return len(args.weighted) > 1 or args.lora_scale != 1 or args.aig is not None or \
-        any(w != 1 for _, w in args.weighted)
+    return (
+        len(args.weighted) > 1 or args.lora_scale != 1 or args.aig is not None or any(w != 1 for _, w in args.weighted)
+    )
 
 
 def blend_problems(args: argparse.Namespace) -> list[str]:
@@ -124,8 +164,9 @@ def blend_problems(args: argparse.Namespace) -> list[str]:
     from pipeline.preflight import lora_file
 
     full = [f for f, _ in args.weighted if not lora_file(f)]
-    problems = [f"--weights: {f!r} is a full fine-tune; only LoRA weights can be scaled, mixed or annealed"
-                for f in full]
+    problems = [
+        f"--weights: {f!r} is a full fine-tune; only LoRA weights can be scaled, mixed or annealed" for f in full
+    ]
     if args.aig is not None and not args.aig > 0:
         problems.append(f"--aig: the power must be > 0, got {args.aig}")
     return problems
@@ -148,12 +189,16 @@ def main(argv: list[str] | None = None) -> int:
         load_weighted(model, [(folder, w * args.lora_scale) for folder, w in args.weighted])
     elif args.weighted:
         load_trained(model, args.weighted[0][0])
-    prompts = [p for p in args.prompt + (read_prompts(args.prompts) if args.prompts else [])
-               for _ in range(args.num_images)]
+    prompts = [
+        p for p in args.prompt + (read_prompts(args.prompts) if args.prompts else []) for _ in range(args.num_images)
+    ]
     gen = torch.Generator().manual_seed(args.seed)
     x_T = torch.randn(len(prompts), *model.latent_shape, generator=gen).to(model.device)
-    one_step = args.one_step if args.one_step is not None else generator_timestep(
-        args.weighted[0][0] if args.weighted else None)
+    one_step = (
+        args.one_step
+        if args.one_step is not None
+        else generator_timestep(args.weighted[0][0] if args.weighted else None)
+    )
     if one_step is None:
         schedule, guidance = model.family.schedule(model, args.steps), args.guidance
     else:

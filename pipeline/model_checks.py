@@ -16,8 +16,10 @@ LORA_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Embedding)
 # a diffusers (lora.down/up) or peft (lora_A/B) key of a UNet adapter: unet.<module>.<part>[.<adapter>].weight
 # diffusers' LoRA files name the UNet's modules "unet.<module>", peft adapter files (PixArt's transformer)
 # "base_model.model.<module>"
-_LORA_KEY = re.compile(r"^(unet|transformer|base_model\.model)\.(?P<module>.+)\.(?P<part>lora\.down|lora\.up|lora_A|lora_B)"
-                       r"(\.[^.]+)?\.weight$")
+_LORA_KEY = re.compile(
+    r"^(unet|transformer|base_model\.model)\.(?P<module>.+)\.(?P<part>lora\.down|lora\.up|lora_A|lora_B)"
+    r"(\.[^.]+)?\.weight$"
+)
 
 
 def lora_target_problems(denoiser: nn.Module, targets: tuple[str, ...]) -> list[str]:
@@ -60,11 +62,14 @@ def lora_file_problems(denoiser: nn.Module, path: str) -> list[str]:
         expected = _features(module, down)
         got = shape[1] if down else shape[0]
         if expected is not None and got != expected:
-            problems.append(f"{key} has shape {list(shape)} but {name} has {expected} "
-                            f"{'input' if down else 'output'} features")
+            problems.append(
+                f"{key} has shape {list(shape)} but {name} has {expected} {'input' if down else 'output'} features"
+            )
     if not seen:
-        problems.append(f"{os.path.basename(path)} holds no denoiser LoRA tensors (unet.*, transformer.* or "
-                        "base_model.model.*.lora_A/B.weight)")
+        problems.append(
+            f"{os.path.basename(path)} holds no denoiser LoRA tensors (unet.*, transformer.* or "
+            "base_model.model.*.lora_A/B.weight)"
+        )
     return problems
 
 
@@ -83,8 +88,11 @@ def architecture_problems(base: nn.Module, trained: nn.Module) -> list[str]:
     """Tensors whose name or shape differ between two denoisers (at most three are named)."""
     mine = {k: tuple(v.shape) for k, v in base.state_dict().items()}
     theirs = {k: tuple(v.shape) for k, v in trained.state_dict().items()}
-    differing = [f"{k}: {list(theirs[k]) if k in theirs else 'missing'} vs {list(mine[k]) if k in mine else 'absent'}"
-                 for k in sorted(mine.keys() | theirs.keys()) if mine.get(k) != theirs.get(k)]
+    differing = [
+        f"{k}: {list(theirs[k]) if k in theirs else 'missing'} vs {list(mine[k]) if k in mine else 'absent'}"
+        for k in sorted(mine.keys() | theirs.keys())
+        if mine.get(k) != theirs.get(k)
+    ]
     if not differing:
         return []
     return [f"{len(differing)} tensors differ from the base model's (trained vs base: {'; '.join(differing[:3])})"]

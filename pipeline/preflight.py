@@ -52,8 +52,10 @@ def flow_scheduler_problems(key: str, path: str) -> list[str]:
     if not found:
         return []
     options = ", ".join(f"{k}={json.dumps(v)}" for k, v in found.items())
-    return [f"{key}: {config_file} sets {options}, which the flow sampler does not reproduce; set {option_fix(found)} "
-            "in that file"]
+    return [
+        f"{key}: {config_file} sets {options}, which the flow sampler does not reproduce; set {option_fix(found)} "
+        "in that file"
+    ]
 
 
 def sampler_problems(cfg: Config) -> list[str]:
@@ -62,12 +64,16 @@ def sampler_problems(cfg: Config) -> list[str]:
     family = flow_family(cfg.model.path, cfg.model.family)
     if family is None:
         return []
-    what = (f"model.path={cfg.model.path!r} is a {family.pipeline_class}, sampled by the deterministic flow-matching "
-            "Euler sampler")
+    what = (
+        f"model.path={cfg.model.path!r} is a {family.pipeline_class}, sampled by the deterministic flow-matching "
+        "Euler sampler"
+    )
     problems = [f"sampler.eta: {cfg.sampler.eta} but {what}; set sampler.eta=0"] if cfg.sampler.eta > 0 else []
     if cfg.plan.name == "di_star":
-        problems.append(f"plan.name: di_star needs a DDIM teacher, but {what}; use draft_k, draft_lv, drtune, refl or "
-                        "alignprop, or a DDIM family (sd, sdxl, pixart) for di_star")
+        problems.append(
+            f"plan.name: di_star needs a DDIM teacher, but {what}; use draft_k, draft_lv, drtune, refl or "
+            "alignprop, or a DDIM family (sd, sdxl, pixart) for di_star"
+        )
     return problems + flow_scheduler_problems("model.path", cfg.model.path)
 
 
@@ -84,8 +90,15 @@ def prompt_problems(key: str, path: str | None) -> list[str]:
 
 RUN_CONFIG = "config.yaml"  # the resolved config, written into the run folder when a run starts
 # keys a resumed run may change: how long it runs and how it is evaluated and placed, not what it trains
-RESUMABLE_CHANGES = ("train.steps", "train.checkpoint_every", "train.max_bad_steps", "eval.", "ray.", "model.device",
-                     "tracking.")
+RESUMABLE_CHANGES = (
+    "train.steps",
+    "train.checkpoint_every",
+    "train.max_bad_steps",
+    "eval.",
+    "ray.",
+    "model.device",
+    "tracking.",
+)
 
 
 def run_folder_problems(cfg: Config) -> list[str]:
@@ -97,16 +110,20 @@ def run_folder_problems(cfg: Config) -> list[str]:
     if not os.path.isdir(folder) or latest_checkpoint(folder) is None:
         return []
     if not cfg.train.resume:
-        return [f"train.resume: false, but {folder} already holds checkpoints; set train.run_name to a new name, "
-                "delete the folder, or set train.resume=true to continue it"]
+        return [
+            f"train.resume: false, but {folder} already holds checkpoints; set train.run_name to a new name, "
+            "delete the folder, or set train.resume=true to continue it"
+        ]
     saved = os.path.join(folder, RUN_CONFIG)
     if not os.path.isfile(saved):
         return []
     changed = config_changes(load_config(Config, saved, []), cfg)
     if not changed:
         return []
-    return [f"train.resume: {folder} was started with a different config ({'; '.join(changed)}); resume it with "
-            f"the values in {saved}, or set train.run_name to a new name to start a new run"]
+    return [
+        f"train.resume: {folder} was started with a different config ({'; '.join(changed)}); resume it with "
+        f"the values in {saved}, or set train.run_name to a new name to start a new run"
+    ]
 
 
 def config_changes(before: Config, after: Config) -> list[str]:
@@ -153,13 +170,17 @@ def generator_init_problems(cfg: Config) -> list[str]:
     if folder is None:
         return []
     if not os.path.isdir(folder) or lora_file(folder) is None:
-        return [f"{key}: {folder!r} holds no LoRA weights ({' or '.join(LORA_FILES)}); give a di_star run's final/ "
-                "folder, or set model.path to a full one-step model instead"]
+        return [
+            f"{key}: {folder!r} holds no LoRA weights ({' or '.join(LORA_FILES)}); give a di_star run's final/ "
+            "folder, or set model.path to a full one-step model instead"
+        ]
     problems = weights_problems(key, folder, cfg.model.path)
     recorded = generator_timestep(folder)
     if recorded is not None and recorded != cfg.distill.generator_timestep:
-        problems.append(f"{key}: {folder!r} is a one-step generator at timestep {recorded} (its one_step.json), but "
-                        f"distill.generator_timestep={cfg.distill.generator_timestep}; set it to {recorded}")
+        problems.append(
+            f"{key}: {folder!r} is a one-step generator at timestep {recorded} (its one_step.json), but "
+            f"distill.generator_timestep={cfg.distill.generator_timestep}; set it to {recorded}"
+        )
     return problems
 
 
@@ -171,8 +192,10 @@ def weights_problems(key: str, folder: str | None, base: str) -> list[str]:
     lora = lora_file(folder)
     full = denoiser_dir(folder)
     if not (lora or full):
-        return [f"{key}: {folder!r} holds no trained weights; expected {' or '.join(LORA_FILES)}, or a unet/ "
-                "(transformer/) folder, as in a run's final/ folder or a checkpoint's model/ folder"]
+        return [
+            f"{key}: {folder!r} holds no trained weights; expected {' or '.join(LORA_FILES)}, or a unet/ "
+            "(transformer/) folder, as in a run's final/ folder or a checkpoint's model/ folder"
+        ]
     skeleton = denoiser_skeleton(base)
     if skeleton is None:
         return []
@@ -180,9 +203,15 @@ def weights_problems(key: str, folder: str | None, base: str) -> list[str]:
         problems = lora_file_problems(skeleton, lora)
     else:
         problems = architecture_problems(skeleton, denoiser_skeleton(folder))
-    return [f"{key}: {folder!r} does not fit the base model {base!r}: {'; '.join(problems[:3])}"
+    return (
+        [
+            f"{key}: {folder!r} does not fit the base model {base!r}: {'; '.join(problems[:3])}"
             f"{f' (and {len(problems) - 3} more)' if len(problems) > 3 else ''}; give the base model the weights were "
-            "trained on (the run's model.path), or weights trained on this base"] if problems else []
+            "trained on (the run's model.path), or weights trained on this base"
+        ]
+        if problems
+        else []
+    )
 
 
 def target_module_problems(cfg: Config) -> list[str]:
@@ -195,8 +224,10 @@ def target_module_problems(cfg: Config) -> list[str]:
     problems = lora_target_problems(skeleton, cfg.trainable.target_modules)
     if not problems:
         return []
-    return [f"trainable.target_modules: {'; '.join(problems)} (model.path={cfg.model.path!r}); name Linear or Conv "
-            "layers of the UNet, such as the attention projections to_q, to_k, to_v, to_out.0 (the default)"]
+    return [
+        f"trainable.target_modules: {'; '.join(problems)} (model.path={cfg.model.path!r}); name Linear or Conv "
+        "layers of the UNet, such as the attention projections to_q, to_k, to_v, to_out.0 (the default)"
+    ]
 
 
 def device_problems(key: str, device: str) -> list[str]:
@@ -252,8 +283,10 @@ def tracking_problems(cfg: Config) -> list[str]:
     from pipeline.tracking import is_server, redact, strip_userinfo, tracking_uri
 
     uri = tracking_uri(cfg)
-    fix = ("start it (`python -m cluster.local up` runs one on 127.0.0.1), fix tracking.uri or MLFLOW_TRACKING_URI, "
-           "or set tracking.enabled=false")
+    fix = (
+        "start it (`python -m cluster.local up` runs one on 127.0.0.1), fix tracking.uri or MLFLOW_TRACKING_URI, "
+        "or set tracking.enabled=false"
+    )
     if is_server(uri):
         health = strip_userinfo(uri).rstrip("/") + "/health"
         try:
@@ -265,7 +298,7 @@ def tracking_problems(cfg: Config) -> list[str]:
             reason = redact(str(getattr(err, "reason", err)))
         return [f"tracking.uri: the MLflow server {redact(uri)} does not answer {redact(health)} ({reason}); {fix}"]
     if uri.startswith("sqlite:///"):
-        folder = os.path.dirname(uri[len("sqlite:///"):])  # sqlite:////abs/x.db -> /abs, sqlite:///rel/x.db -> rel
+        folder = os.path.dirname(uri[len("sqlite:///") :])  # sqlite:////abs/x.db -> /abs, sqlite:///rel/x.db -> rel
         if not _writable_folder(folder or "."):
             return [f"tracking.uri: cannot create the MLflow database in {folder!r} ({uri}); pick a writable folder"]
     return []
@@ -288,10 +321,14 @@ def storage_problems(cfg: Config) -> list[str]:
     from botocore.config import Config as BotoConfig
     from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
-    bucket, _, prefix = r.storage_path[len("s3://"):].partition("/")
+    bucket, _, prefix = r.storage_path[len("s3://") :].partition("/")
     where = f"bucket {bucket!r} at {r.s3_endpoint or 'AWS S3'} (ray.storage_path={r.storage_path})"
-    client = boto3.client("s3", endpoint_url=r.s3_endpoint, region_name=os.environ.get("AWS_DEFAULT_REGION", "us-east-1"),
-                          config=BotoConfig(connect_timeout=5, read_timeout=15, retries={"max_attempts": 2}))
+    client = boto3.client(
+        "s3",
+        endpoint_url=r.s3_endpoint,
+        region_name=os.environ.get("AWS_DEFAULT_REGION", "us-east-1"),
+        config=BotoConfig(connect_timeout=5, read_timeout=15, retries={"max_attempts": 2}),
+    )
     marker = f"{prefix.strip('/') + '/' if prefix.strip('/') else ''}.preflight-{uuid.uuid4().hex}"
     step = "reach"
     try:
@@ -304,8 +341,11 @@ def storage_problems(cfg: Config) -> list[str]:
         reason = "no AWS credentials found; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE"
     except ClientError as err:
         code = err.response.get("Error", {}).get("Code", "")
-        reason = {"404": "the bucket does not exist; create it first", "NoSuchBucket": "the bucket does not exist",
-                  "403": "access denied; check the credentials and the bucket policy"}.get(code, f"error {code}")
+        reason = {
+            "404": "the bucket does not exist; create it first",
+            "NoSuchBucket": "the bucket does not exist",
+            "403": "access denied; check the credentials and the bucket policy",
+        }.get(code, f"error {code}")
     except BotoCoreError as err:
         reason = f"{err}; check ray.s3_endpoint and that the server runs"
     return [f"ray.storage_path: cannot {step} {where}: {reason}"]

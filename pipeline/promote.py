@@ -26,9 +26,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--metric", default="eval/trained", help="held-out metric to rank by (default eval/trained)")
     p.add_argument("--alias", default="champion", help="alias to set on the best version (default champion)")
     p.add_argument("--lowest", action="store_true", help="lower is better")
-    p.add_argument("--require", action="append", default=[], metavar="CONSTRAINT",
-                   help="a held-out constraint the version must meet, e.g. 'eval/feature_diversity>=0.3' "
-                        "(repeat for several)")
+    p.add_argument(
+        "--require",
+        action="append",
+        default=[],
+        metavar="CONSTRAINT",
+        help="a held-out constraint the version must meet, e.g. 'eval/feature_diversity>=0.3' (repeat for several)",
+    )
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else ./runs/mlflow.db)")
     return p.parse_args(argv)
 
@@ -93,22 +97,33 @@ def main(argv: list[str] | None = None) -> int:
         client.get_registered_model(args.model)
     except MlflowException:
         names = sorted(m.name for m in client.search_registered_models())
-        raise ConfigError([f"--model: no registered model {args.model!r} in {redact(uri)}; registered: {names or 'none'} "
-                           "(set tracking.registered_model in the training config to register checkpoints)"],
-                          "command line") from None
+        raise ConfigError(
+            [
+                f"--model: no registered model {args.model!r} in {redact(uri)}; registered: {names or 'none'} "
+                "(set tracking.registered_model in the training config to register checkpoints)"
+            ],
+            "command line",
+        ) from None
     ranked, seen = ranked_versions(client, args.model, args.metric, args.lowest)
     if not ranked:
         held_out = sorted(m for m in seen if m.startswith(("eval/", "held_out/"))) or sorted(seen)
-        raise ConfigError([f"--metric: no version of {args.model!r} has {args.metric!r}; its held-out metrics: "
-                           f"{held_out or 'none'}"], "command line")
+        raise ConfigError(
+            [f"--metric: no version of {args.model!r} has {args.metric!r}; its held-out metrics: {held_out or 'none'}"],
+            "command line",
+        )
     broken = rejections(ranked, constraints)
     for constraint in constraints:
         rejected = [str(v.version) for _, v, _ in ranked if str(constraint) in broken[v.version]]
         print(f"{constraint}: rejects {'versions ' + ', '.join(rejected) if rejected else 'no version'}")
     qualified = [(value, version) for value, version, _ in ranked if not broken[version.version]]
     if not qualified:
-        raise ConfigError([f"--require: no version of {args.model!r} meets {' and '.join(args.require)}; "
-                           "relax a constraint, or train with a regulariser (plan.kl_coeff)"], "command line")
+        raise ConfigError(
+            [
+                f"--require: no version of {args.model!r} meets {' and '.join(args.require)}; "
+                "relax a constraint, or train with a regulariser (plan.kl_coeff)"
+            ],
+            "command line",
+        )
     best_value, best = qualified[0]
     client.set_registered_model_alias(args.model, args.alias, best.version)
     print(f"{'version':>7}  {args.metric:>20}  step  run")
@@ -116,8 +131,10 @@ def main(argv: list[str] | None = None) -> int:
         mark = f"  <- {args.alias}" if version.version == best.version else ""
         note = f"  (breaks {', '.join(broken[version.version])})" if broken[version.version] else ""
         print(f"{version.version:>7}  {value:>20.6g}  {version.tags.get('step', '?'):>4}  {version.run_id}{mark}{note}")
-    print(f"set alias {args.alias!r} on {args.model} version {best.version} ({args.metric} = {best_value:.6g}); "
-          f"generate with: python -m pipeline.generate --model models:/{args.model}@{args.alias} --prompt ...")
+    print(
+        f"set alias {args.alias!r} on {args.model} version {best.version} ({args.metric} = {best_value:.6g}); "
+        f"generate with: python -m pipeline.generate --model models:/{args.model}@{args.alias} --prompt ..."
+    )
     return 0
 
 

@@ -38,8 +38,11 @@ def init_ray(cfg: Config, say: Callable[..., None] = say_on_console) -> None:
             os.environ.setdefault(key, value)
         os.environ.setdefault("RAY_TMPDIR", os.path.join(tempfile.gettempdir(), "rt-ray"))
         if os.environ["RAY_AUTH_MODE"] != "token":
-            say(f"warning: RAY_AUTH_MODE={os.environ['RAY_AUTH_MODE']} turns off Ray's token authentication; "
-                "anyone who reaches this machine's Ray ports can run code in the job", error=True)
+            say(
+                f"warning: RAY_AUTH_MODE={os.environ['RAY_AUTH_MODE']} turns off Ray's token authentication; "
+                "anyone who reaches this machine's Ray ports can run code in the job",
+                error=True,
+            )
     import ray
 
     if ray.is_initialized():
@@ -47,9 +50,17 @@ def init_ray(cfg: Config, say: Callable[..., None] = say_on_console) -> None:
     if address:
         ray.init(address=address, log_to_driver=False)
         return
-    context = ray.init(address="local", num_cpus=cfg.ray.num_cpus, include_dashboard=True,
-                       dashboard_host="127.0.0.1", dashboard_port=own_dashboard_port(), object_store_memory=1 << 30,
-                       log_to_driver=False, configure_logging=False, _node_ip_address="127.0.0.1")
+    context = ray.init(
+        address="local",
+        num_cpus=cfg.ray.num_cpus,
+        include_dashboard=True,
+        dashboard_host="127.0.0.1",
+        dashboard_port=own_dashboard_port(),
+        object_store_memory=1 << 30,
+        log_to_driver=False,
+        configure_logging=False,
+        _node_ip_address="127.0.0.1",
+    )
     token = f"{TOKEN_PATH}={os.environ[TOKEN_PATH]}" if TOKEN_PATH in os.environ else f"{TOKEN} from this shell"
     auth = f"a client needs RAY_AUTH_MODE=token and {token}" if os.environ["RAY_AUTH_MODE"] == "token" else "no token"
     say(f"Ray dashboard: http://{context.dashboard_url} ({auth})")
@@ -60,9 +71,13 @@ def local_ray_env() -> dict[str, str]:
     every Ray listener on 127.0.0.1, token authentication on (the token's file made if there is none),
     torch's gloo and NCCL data sockets on the loopback interface, and no usage statistics."""
     loopback = loopback_interface()
-    return {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token",
-            **({} if os.environ.get(TOKEN) else {TOKEN_PATH: token_file()}),
-            **({"GLOO_SOCKET_IFNAME": loopback, "NCCL_SOCKET_IFNAME": loopback} if loopback else {})}
+    return {
+        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "RAY_AUTH_MODE": "token",
+        **({} if os.environ.get(TOKEN) else {TOKEN_PATH: token_file()}),
+        **({"GLOO_SOCKET_IFNAME": loopback, "NCCL_SOCKET_IFNAME": loopback} if loopback else {}),
+    }
 
 
 def token_file() -> str:
@@ -95,8 +110,10 @@ def loopback_interface() -> str | None:
     """The name of the network interface holding 127.0.0.1 (``lo`` on Linux), if any."""
     import psutil
 
-    return next((name for name, addresses in psutil.net_if_addrs().items()
-                 if any(a.address == "127.0.0.1" for a in addresses)), None)
+    return next(
+        (name for name, addresses in psutil.net_if_addrs().items() if any(a.address == "127.0.0.1" for a in addresses)),
+        None,
+    )
 
 
 def own_dashboard_port() -> int:

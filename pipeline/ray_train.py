@@ -61,8 +61,12 @@ def train_fn_per_worker(config: dict) -> None:
     cfg = from_dict(Config, config["cfg"], "train_loop_config")
     context = ray.train.get_context()
     with output_to(os.path.join(config["run_dir"], LOG_NAME)):
-        kwargs = {"reporters": worker_reporters(cfg, config, context.get_world_rank(), context.get_world_size()),
-                  "reward": None, "teacher": None, "run_dir": config["run_dir"]}
+        kwargs = {
+            "reporters": worker_reporters(cfg, config, context.get_world_rank(), context.get_world_size()),
+            "reward": None,
+            "teacher": None,
+            "run_dir": config["run_dir"],
+        }
         if config["reward_actors"]:
             from pipeline.reward_actors import RemoteReward
 
@@ -110,21 +114,31 @@ def queue_emitter(queue):
     return emit
 
 
-
 def resource_problems(cfg: Config, nodes: list[dict[str, float]]) -> list[str]:
     """What the training workers and reward actors ask for that the cluster's ``nodes`` (each node's
     total resources) cannot give: a bundle no single node holds, too few places for all of them, or
     more than the cluster has in total. Ray would leave such a request pending forever."""
     r = cfg.ray
-    kinds = [("training worker", r.num_workers, {"CPU": r.cpus_per_worker, "GPU": float(r.use_gpu),
-                                                  **r.worker_resources},
-              "ray.num_workers, ray.cpus_per_worker, ray.use_gpu, ray.worker_resources"),
-             ("reward actor", r.reward_actors, {"CPU": r.reward_num_cpus, "GPU": r.reward_num_gpus,
-                                               **r.reward_resources},
-              "ray.reward_actors, ray.reward_num_cpus, ray.reward_num_gpus, ray.reward_resources"),
-             ("teacher actor", r.teacher_actors, {"CPU": r.teacher_num_cpus, "GPU": r.teacher_num_gpus,
-                                                 **r.teacher_resources},
-              "ray.teacher_actors, ray.teacher_num_cpus, ray.teacher_num_gpus, ray.teacher_resources")]
+    kinds = [
+        (
+            "training worker",
+            r.num_workers,
+            {"CPU": r.cpus_per_worker, "GPU": float(r.use_gpu), **r.worker_resources},
+            "ray.num_workers, ray.cpus_per_worker, ray.use_gpu, ray.worker_resources",
+        ),
+        (
+            "reward actor",
+            r.reward_actors,
+            {"CPU": r.reward_num_cpus, "GPU": r.reward_num_gpus, **r.reward_resources},
+            "ray.reward_actors, ray.reward_num_cpus, ray.reward_num_gpus, ray.reward_resources",
+        ),
+        (
+            "teacher actor",
+            r.teacher_actors,
+            {"CPU": r.teacher_num_cpus, "GPU": r.teacher_num_gpus, **r.teacher_resources},
+            "ray.teacher_actors, ray.teacher_num_cpus, ray.teacher_num_gpus, ray.teacher_resources",
+        ),
+    ]
     offered = "; ".join(_show(n) for n in nodes) or "no nodes"
     problems, total_need = [], {}
     for what, count, bundle, keys in kinds:
@@ -133,15 +147,20 @@ def resource_problems(cfg: Config, nodes: list[dict[str, float]]) -> list[str]:
             continue
         fits = sum(_fits(node, bundle) for node in nodes)
         if fits < count:
-            problems.append(f"ray: {count} {what}(s) each needing {_show(bundle)} fit only {fits} time(s) on the "
-                            f"cluster's nodes ({offered}); lower {keys}, or add nodes with what is missing")
+            problems.append(
+                f"ray: {count} {what}(s) each needing {_show(bundle)} fit only {fits} time(s) on the "
+                f"cluster's nodes ({offered}); lower {keys}, or add nodes with what is missing"
+            )
         for k, v in bundle.items():
             total_need[k] = total_need.get(k, 0.0) + count * v
     if not problems:
         total = {k: sum(n.get(k, 0.0) for n in nodes) for k in total_need}
-        problems += [f"ray: the training workers and actors together need {need:g} {k} but the cluster "
-                     f"has {total[k]:g}; lower ray.num_workers, ray.reward_actors or ray.teacher_actors, or add nodes with {k}"
-                     for k, need in total_need.items() if need > total[k] + 1e-9]
+        problems += [
+            f"ray: the training workers and actors together need {need:g} {k} but the cluster "
+            f"has {total[k]:g}; lower ray.num_workers, ray.reward_actors or ray.teacher_actors, or add nodes with {k}"
+            for k, need in total_need.items()
+            if need > total[k] + 1e-9
+        ]
     return problems
 
 
@@ -169,9 +188,13 @@ def fit(cfg: Config, run_dir: str, callbacks: list | None = None, events: Callab
     r = cfg.ray
     storage, filesystem = run_storage(cfg)
     if not cfg.train.resume and stored_run_exists(storage, filesystem, os.path.basename(run_dir)):
-        raise ConfigError([f"train.resume: false, but Ray's run storage {r.storage_path or storage} already holds "
-                           f"run {os.path.basename(run_dir)!r}, which the workers would resume; set train.run_name "
-                           "to a new name or delete it there"])
+        raise ConfigError(
+            [
+                f"train.resume: false, but Ray's run storage {r.storage_path or storage} already holds "
+                f"run {os.path.basename(run_dir)!r}, which the workers would resume; set train.run_name "
+                "to a new name or delete it there"
+            ]
+        )
     say = say_on_console if events is None else (lambda text, error=False: events(note(text, error)))
     init_ray(cfg, say)  # before anything imports Ray, which reads the local settings at import
     import ray
@@ -193,17 +216,31 @@ def fit(cfg: Config, run_dir: str, callbacks: list | None = None, events: Callab
     pump = EventPump(events) if events else None
     trainer = TorchTrainer(
         train_fn_per_worker,
-        train_loop_config={"cfg": to_dict(cfg), "run_dir": run_dir, "reward_actors": actors,
-                           "teacher_actors": teachers, "events": pump and pump.queue},
+        train_loop_config={
+            "cfg": to_dict(cfg),
+            "run_dir": run_dir,
+            "reward_actors": actors,
+            "teacher_actors": teachers,
+            "events": pump and pump.queue,
+        },
         torch_config=TorchConfig(backend="nccl" if r.use_gpu else "gloo"),
-        scaling_config=ScalingConfig(num_workers=r.num_workers, use_gpu=r.use_gpu,
-                                     resources_per_worker={"CPU": r.cpus_per_worker, **r.worker_resources}),
-        run_config=RunConfig(name=os.path.basename(run_dir), storage_path=storage, storage_filesystem=filesystem,
-                             failure_config=FailureConfig(max_failures=r.max_failures), callbacks=callbacks,
-                             checkpoint_config=CheckpointConfig(num_to_keep=2),
-                             # Ray Train's own console lines (a failed worker's traceback is printed by the worker,
-                             # then by the controller): Ray's session logs keep them all; WorkerFailed says it once
-                             logging_config=LoggingConfig(log_level="CRITICAL")))
+        scaling_config=ScalingConfig(
+            num_workers=r.num_workers,
+            use_gpu=r.use_gpu,
+            resources_per_worker={"CPU": r.cpus_per_worker, **r.worker_resources},
+        ),
+        run_config=RunConfig(
+            name=os.path.basename(run_dir),
+            storage_path=storage,
+            storage_filesystem=filesystem,
+            failure_config=FailureConfig(max_failures=r.max_failures),
+            callbacks=callbacks,
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+            # Ray Train's own console lines (a failed worker's traceback is printed by the worker,
+            # then by the controller): Ray's session logs keep them all; WorkerFailed says it once
+            logging_config=LoggingConfig(log_level="CRITICAL"),
+        ),
+    )
     try:
         return trainer.fit()
     except TrainingFailedError as err:
@@ -295,7 +332,7 @@ def run_storage(cfg: Config):
         scheme, _, host = r.s3_endpoint.rstrip("/").partition("://")
         options = {"endpoint_override": host, "scheme": scheme}
     region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
-    return path[len("s3://"):].rstrip("/"), S3FileSystem(region=region or "us-east-1", **options)
+    return path[len("s3://") :].rstrip("/"), S3FileSystem(region=region or "us-east-1", **options)
 
 
 def stored_run_exists(storage: str, filesystem, name: str) -> bool:

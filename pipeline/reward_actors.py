@@ -100,8 +100,10 @@ class RemoteReward:
         import ray
 
         x = images.detach().float().cpu()
-        calls = [actor.score.remote(x[part], list(prompts[part]), with_grad)
-                 for actor, part in split_over(self.actors, len(prompts), next(self._turn))]
+        calls = [
+            actor.score.remote(x[part], list(prompts[part]), with_grad)
+            for actor, part in split_over(self.actors, len(prompts), next(self._turn))
+        ]
         answers = ray.get(calls)
         total = torch.cat([a[0] for a in answers])
         parts = {k: torch.cat([a[1][k] for a in answers]) for k in answers[0][1]} if answers[0][1] else None
@@ -129,9 +131,16 @@ def start_reward_actors(specs: Sequence[RewardSpec], ray_cfg: RayConfig) -> list
     from pipeline.config import to_dict
 
     server, pool = ray.remote(RewardServer), uuid.uuid4().hex[:8]
-    options = dict(num_cpus=ray_cfg.reward_num_cpus, num_gpus=ray_cfg.reward_num_gpus,
-                   resources=dict(ray_cfg.reward_resources), max_restarts=ACTOR_RESTARTS, max_task_retries=-1)
-    actors = [server.options(name=f"{NAME_PREFIX}{pool}-{i}", **options).remote([to_dict(s) for s in specs])
-              for i in range(ray_cfg.reward_actors)]
+    options = dict(
+        num_cpus=ray_cfg.reward_num_cpus,
+        num_gpus=ray_cfg.reward_num_gpus,
+        resources=dict(ray_cfg.reward_resources),
+        max_restarts=ACTOR_RESTARTS,
+        max_task_retries=-1,
+    )
+    actors = [
+        server.options(name=f"{NAME_PREFIX}{pool}-{i}", **options).remote([to_dict(s) for s in specs])
+        for i in range(ray_cfg.reward_actors)
+    ]
     ray.get([a.pid.remote() for a in actors])  # surface load errors here, before training starts
     return actors

@@ -19,12 +19,16 @@ FILE_FIELDS = ("checkpoint", "clip_checkpoint", "arch", "arch_config", "processo
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        prog="python -m pipeline.score", description=__doc__,
+        prog="python -m pipeline.score",
+        description=__doc__,
         epilog="Example: python -m pipeline.score --reward image_reward --checkpoint ImageReward.pt "
-               "--processor bert-base-uncased --prompt 'a painting of an ocean' 1.webp 2.webp")
+        "--processor bert-base-uncased --prompt 'a painting of an ocean' 1.webp 2.webp",
+    )
     p.add_argument("--reward", required=True, choices=REWARD_NAMES, help="which reward")
     for field in FILE_FIELDS:
-        p.add_argument(f"--{field.replace('_', '-')}", dest=field, help=f"the reward's {field} (as in a config's rewards)")
+        p.add_argument(
+            f"--{field.replace('_', '-')}", dest=field, help=f"the reward's {field} (as in a config's rewards)"
+        )
     p.add_argument("--prompt", required=True, help="the prompt every image is scored against")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     p.add_argument("images", nargs="+", help="image files (anything Pillow reads: PNG, JPEG, WebP)")

@@ -43,19 +43,27 @@ class TeacherServer:
         unet, scheduler = load_denoiser(c.distill.teacher_path or c.model.path, family, DTYPES[c.model.dtype], device)
         model = DiffusionModel(family, unet, None, (), (), scheduler, device, DTYPES[c.model.dtype], 0)
         self.device = device
-        self.teacher = LocalTeacher(model, _unet_of(unet), NoiseSchedule.of(scheduler),
-                                    divergence_spec(c.distill), c.distill.alpha_cfg)
+        self.teacher = LocalTeacher(
+            model, _unet_of(unet), NoiseSchedule.of(scheduler), divergence_spec(c.distill), c.distill.alpha_cfg
+        )
 
     def pid(self) -> int:
         return os.getpid()
 
     def terms(self, x_t, t, cond: dict, uncond: dict | None, eps_fake, eps) -> tuple[torch.Tensor, ...]:
         """``(value (B,), grad_x, grad_fake)`` on CPU for one chunk."""
+
         def put(v):
             return v.to(self.device)
 
-        out = self.teacher.terms(put(x_t), t, _conditioning(cond, put), _conditioning(uncond, put) if uncond else None,
-                                 put(eps_fake), put(eps))
+        out = self.teacher.terms(
+            put(x_t),
+            t,
+            _conditioning(cond, put),
+            _conditioning(uncond, put) if uncond else None,
+            put(eps_fake),
+            put(eps),
+        )
         return out.value.cpu(), out.grad_x.cpu(), out.grad_fake.cpu()
 
 
@@ -84,10 +92,17 @@ class RemoteTeacher:
     def terms(self, x_t, t, cond: Conditioning, uncond: Conditioning | None, eps_fake, eps) -> DivergenceTerms:
         import ray
 
-        calls = [actor.terms.remote(x_t[part].detach().cpu(), t[part].cpu(), _plain(cond, part),
-                                    _plain(uncond, part) if uncond else None, eps_fake[part].detach().cpu(),
-                                    eps[part].cpu())
-                 for actor, part in split_over(self.actors, len(x_t), next(self._turn))]
+        calls = [
+            actor.terms.remote(
+                x_t[part].detach().cpu(),
+                t[part].cpu(),
+                _plain(cond, part),
+                _plain(uncond, part) if uncond else None,
+                eps_fake[part].detach().cpu(),
+                eps[part].cpu(),
+            )
+            for actor, part in split_over(self.actors, len(x_t), next(self._turn))
+        ]
         value, grad_x, grad_fake = (torch.cat(parts).to(x_t.device) for parts in zip(*ray.get(calls)))
         return DivergenceTerms(value, grad_x, grad_fake)
 
@@ -99,9 +114,15 @@ def start_teacher_actors(cfg: Config) -> list:
     from pipeline.config import to_dict
 
     r, server, pool = cfg.ray, ray.remote(TeacherServer), uuid.uuid4().hex[:8]
-    options = dict(num_cpus=r.teacher_num_cpus, num_gpus=r.teacher_num_gpus, resources=dict(r.teacher_resources),
-                   max_restarts=ACTOR_RESTARTS, max_task_retries=-1)
-    actors = [server.options(name=f"{NAME_PREFIX}{pool}-{i}", **options).remote(to_dict(cfg))
-              for i in range(r.teacher_actors)]
+    options = dict(
+        num_cpus=r.teacher_num_cpus,
+        num_gpus=r.teacher_num_gpus,
+        resources=dict(r.teacher_resources),
+        max_restarts=ACTOR_RESTARTS,
+        max_task_retries=-1,
+    )
+    actors = [
+        server.options(name=f"{NAME_PREFIX}{pool}-{i}", **options).remote(to_dict(cfg)) for i in range(r.teacher_actors)
+    ]
     ray.get([a.pid.remote() for a in actors])  # surface load errors here, before training starts
     return actors

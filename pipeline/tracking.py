@@ -107,8 +107,10 @@ def ui_command(cfg: Config) -> str:
     page = f"#/experiments/{found.experiment_id}/models?workflowType=machine_learning" if found else ""
     if is_server(uri):
         return f"MLflow UI: {strip_userinfo(uri).rstrip('/')}/{page} (experiment {cfg.tracking.experiment!r})"
-    return (f"MLflow UI: mlflow ui --backend-store-uri {uri}, then open http://127.0.0.1:5000/{page} "
-            f"(experiment {cfg.tracking.experiment!r})")
+    return (
+        f"MLflow UI: mlflow ui --backend-store-uri {uri}, then open http://127.0.0.1:5000/{page} "
+        f"(experiment {cfg.tracking.experiment!r})"
+    )
 
 
 def quick_requests() -> None:
@@ -162,8 +164,13 @@ def _version(package: str) -> str:
 
 def _git_commit() -> str | None:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
-                             cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+        )
     except (OSError, subprocess.TimeoutExpired):
         return None
     return out.stdout.strip() if out.returncode == 0 else None
@@ -212,8 +219,12 @@ class MlflowReporter(Reporter):
                 self.client.update_run(run_id, status="RUNNING")
                 self.emit(note(f"mlflow: continuing run {run_id} after step {self.logged_through}"))
             except MlflowException:
-                self.emit(note(f"mlflow: run {run_id} from the checkpoint is not in {redact(self.uri)}; "
-                               "starting a new one", error=True))
+                self.emit(
+                    note(
+                        f"mlflow: run {run_id} from the checkpoint is not in {redact(self.uri)}; starting a new one",
+                        error=True,
+                    )
+                )
         if self.run_id is None:
             self.run_id = self._create_run()
         state[RUN_ID_KEY] = self.run_id
@@ -223,9 +234,13 @@ class MlflowReporter(Reporter):
         self.closing = True  # a model logged now comes after its checkpoint line
         self._flush(force=True)
         if self.pending_metrics or self._pending_folders():
-            self.emit(note(f"mlflow: {len(self.pending_metrics)} metric batches and {len(self._pending_folders())} "
-                           f"checkpoint models could not be logged; the models stay in {self.pending_models}",
-                           error=True))
+            self.emit(
+                note(
+                    f"mlflow: {len(self.pending_metrics)} metric batches and {len(self._pending_folders())} "
+                    f"checkpoint models could not be logged; the models stay in {self.pending_models}",
+                    error=True,
+                )
+            )
             return
         self.client.set_terminated(self.run_id, "FINISHED")
 
@@ -240,8 +255,11 @@ class MlflowReporter(Reporter):
         numbers = {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)}
         self.pending_metrics.append([Metric(k, v, now, step) for k, v in numbers.items()])
         if any(k.startswith("eval/") for k in numbers):
-            self.evaluation = {"step": step, "time": now,
-                               "metrics": {k: v for k, v in numbers.items() if k.startswith("eval/")}}
+            self.evaluation = {
+                "step": step,
+                "time": now,
+                "metrics": {k: v for k, v in numbers.items() if k.startswith("eval/")},
+            }
         grid = os.path.join(self.run_dir, "samples", f"step_{step:06d}.png")
         if self.evaluation.get("step") == step and os.path.isfile(grid):
             self._try("sample grid", lambda: self._log_grid(grid, step))
@@ -271,8 +289,13 @@ class MlflowReporter(Reporter):
         try:
             call()
         except Exception as err:  # noqa: BLE001 - MLflow raises many types; none may stop training
-            self.emit(note(f"mlflow: could not log {what} to {redact(self.uri)} ({redact(str(err))[:300]}); "
-                           f"retrying in {self.backoff:.0f} s, training goes on", error=True))
+            self.emit(
+                note(
+                    f"mlflow: could not log {what} to {redact(self.uri)} ({redact(str(err))[:300]}); "
+                    f"retrying in {self.backoff:.0f} s, training goes on",
+                    error=True,
+                )
+            )
             self.retry_at = time.monotonic() + self.backoff
             self.backoff = min(2 * self.backoff, RETRY_MAX_S)
             return False
@@ -294,10 +317,11 @@ class MlflowReporter(Reporter):
         run = self.client.create_run(exp, run_name=name, tags=tags)
         params = [Param(k, v) for k, v in params_of(self.cfg).items()]
         for i in range(0, len(params), 100):  # MLflow takes at most 100 params per batch
-            self.client.log_batch(run.info.run_id, params=params[i:i + 100])
+            self.client.log_batch(run.info.run_id, params=params[i : i + 100])
         self.client.log_text(run.info.run_id, redact(config_text(self.cfg)), "config.yaml")
-        self.emit(note(f"mlflow: run {run.info.run_id} in experiment {self.cfg.tracking.experiment!r} at "
-                       f"{redact(self.uri)}"))
+        self.emit(
+            note(f"mlflow: run {run.info.run_id} in experiment {self.cfg.tracking.experiment!r} at {redact(self.uri)}")
+        )
         return run.info.run_id
 
     def _last_logged_step(self) -> int:
@@ -321,8 +345,10 @@ class MlflowReporter(Reporter):
         if os.path.isdir(folder):
             shutil.rmtree(folder)
         shutil.copytree(os.path.join(checkpoint_dir, "model"), os.path.join(folder, "model"))
-        evaluation = self.evaluation and {**self.evaluation,
-                                          "summary": held_out_summary(self.run_dir, self.evaluation["step"])}
+        evaluation = self.evaluation and {
+            **self.evaluation,
+            "summary": held_out_summary(self.run_dir, self.evaluation["step"]),
+        }
         with open(os.path.join(folder, "metrics.json"), "w", encoding="utf-8") as f:
             json.dump({"step": step, "evaluation": evaluation}, f)
 
@@ -353,10 +379,21 @@ class MlflowReporter(Reporter):
         if t.registered_model and version is not None:
             for key, value in version_tags(self.cfg, step, evaluation).items():
                 self.client.set_model_version_tag(t.registered_model, str(version), key, value)
-            self.client.update_model_version(t.registered_model, str(version),
-                                             description=version_description(self.cfg, self.run_id, step, evaluation))
-        self.emit({"kind": "model", "step": step, "uri": uri, "name": t.registered_model,
-                   "version": version, "late": self.closing or step < self.step})
+            self.client.update_model_version(
+                t.registered_model,
+                str(version),
+                description=version_description(self.cfg, self.run_id, step, evaluation),
+            )
+        self.emit(
+            {
+                "kind": "model",
+                "step": step,
+                "uri": uri,
+                "name": t.registered_model,
+                "version": version,
+                "late": self.closing or step < self.step,
+            }
+        )
 
     def _log_lora_model(self, weights: str, step: int) -> dict:
         """Log a checkpoint's LoRA folder as an MLflow model (registered as a version when the config names a
@@ -367,11 +404,20 @@ class MlflowReporter(Reporter):
             # the logged model goes to the active experiment, not its run's: make that the run's
             mlflow.set_experiment(experiment_id=self.client.get_run(self.run_id).info.experiment_id)
             model = mlflow.diffusers.log_model(
-                weights, base_model=base_model_reference(self.cfg.model.path), name=f"checkpoint-{step:06d}",
-                step=step, run_id=self.run_id, registered_model_name=self.cfg.tracking.registered_model,
+                weights,
+                base_model=base_model_reference(self.cfg.model.path),
+                name=f"checkpoint-{step:06d}",
+                step=step,
+                run_id=self.run_id,
+                registered_model_name=self.cfg.tracking.registered_model,
                 pip_requirements=[f"reward-tuning=={_version('reward-tuning')}"],
-                tags={"step": str(step), RUN_FOLDER_TAG: os.path.basename(self.run_dir),
-                      "mlflow.source.name": "pipeline.train", "mlflow.source.type": "JOB"})
+                tags={
+                    "step": str(step),
+                    RUN_FOLDER_TAG: os.path.basename(self.run_dir),
+                    "mlflow.source.name": "pipeline.train",
+                    "mlflow.source.type": "JOB",
+                },
+            )
         return {"model_id": model.model_id, "uri": model.model_uri, "version": model.registered_model_version}
 
 
@@ -381,8 +427,12 @@ def model_metrics(evaluation: dict, model_id: str, dataset: tuple[str, str]) -> 
     from mlflow.entities import Metric
 
     name, digest = dataset
-    return [Metric(k, v, evaluation["time"], evaluation["step"], model_id=model_id, dataset_name=name,
-                   dataset_digest=digest) for k, v in evaluation["metrics"].items()]
+    return [
+        Metric(
+            k, v, evaluation["time"], evaluation["step"], model_id=model_id, dataset_name=name, dataset_digest=digest
+        )
+        for k, v in evaluation["metrics"].items()
+    ]
 
 
 def held_out_set(cfg: Config) -> tuple[str, str]:
@@ -404,8 +454,11 @@ def plan_text(cfg: Config) -> str:
 
     p = cfg.plan
     knobs = {"divergence": cfg.distill.divergence} if p.name == "di_star" else build_plan(p).knobs()
-    knobs |= {"hinge_margin": p.hinge_margin, "kl_coeff": f"{p.kl_coeff:g}" if p.kl_coeff else 0,
-              "diversity_coeff": f"{p.diversity_coeff:g}" if p.diversity_coeff else 0}
+    knobs |= {
+        "hinge_margin": p.hinge_margin,
+        "kl_coeff": f"{p.kl_coeff:g}" if p.kl_coeff else 0,
+        "diversity_coeff": f"{p.diversity_coeff:g}" if p.diversity_coeff else 0,
+    }
     return " ".join([p.name] + [f"{k}={v}" for k, v in knobs.items() if v])
 
 
@@ -421,8 +474,11 @@ def version_tags(cfg: Config, step: int, evaluation: dict) -> dict[str, str]:
     if HEADLINE in summary:
         stats = summary[HEADLINE]
         tags[f"held_out/{HEADLINE}"] = f"{stats['tuned']:.{decimals(stats['base'])}f}, gain {gain_text(stats)} (95% CI)"
-    diversity = [f"{label} {summary[key]['tuned']:.3f} (base {summary[key]['base']:.3f})"
-                 for key, label in (("feature_diversity", "feature"), ("diversity", "pixel")) if key in summary]
+    diversity = [
+        f"{label} {summary[key]['tuned']:.3f} (base {summary[key]['base']:.3f})"
+        for key, label in (("feature_diversity", "feature"), ("diversity", "pixel"))
+        if key in summary
+    ]
     if diversity:
         tags["diversity"] = ", ".join(diversity)
     if cfg.eval.require:
@@ -438,11 +494,18 @@ def version_description(cfg: Config, run_id: str, step: int, evaluation: dict) -
     summary = evaluation.get("summary", {}) if evaluation else {}
     if summary:
         at = evaluation["step"]
-        text += ["", f"Held-out prompts ({e.max_prompts} prompts x {e.images_per_prompt} images, fixed noise), "
-                     f"evaluated at step {at}; the gain is paired with the base model, with a 95% bootstrap interval.",
-                 "", f"| held-out | base | step {at} | gain [95% CI] |", "|---|---|---|---|"]
-        text += [f"| {name} | {s['base']:.{decimals(s['base'])}f} | {s['tuned']:.{decimals(s['base'])}f} | "
-                 f"{gain_text(s)} |" for name, s in summary.items()]
+        text += [
+            "",
+            f"Held-out prompts ({e.max_prompts} prompts x {e.images_per_prompt} images, fixed noise), "
+            f"evaluated at step {at}; the gain is paired with the base model, with a 95% bootstrap interval.",
+            "",
+            f"| held-out | base | step {at} | gain [95% CI] |",
+            "|---|---|---|---|",
+        ]
+        text += [
+            f"| {name} | {s['base']:.{decimals(s['base'])}f} | {s['tuned']:.{decimals(s['base'])}f} | {gain_text(s)} |"
+            for name, s in summary.items()
+        ]
         text += ["", f"![held-out samples at step {at}](get-artifact?path=samples/step_{at:06d}.png&run_uuid={run_id})"]
     return "\n".join(text)
 
@@ -477,12 +540,16 @@ class SearchRecord:
 
     def child_run(self, trial_id: str):
         """The trial's MLflow run."""
-        runs = self.client.search_runs([self.experiment], f"tags.`mlflow.parentRunId` = '{self.run_id}' and "
-                                                           f"tags.`{RUN_FOLDER_TAG}` = '{trial_id}'", max_results=1)
+        runs = self.client.search_runs(
+            [self.experiment],
+            f"tags.`mlflow.parentRunId` = '{self.run_id}' and tags.`{RUN_FOLDER_TAG}` = '{trial_id}'",
+            max_results=1,
+        )
         return runs[0] if runs else None
 
-    def finish(self, table: str, rows: list[dict], best_trial: str | None, best_metrics: dict[str, float] | None
-               ) -> None:
+    def finish(
+        self, table: str, rows: list[dict], best_trial: str | None, best_metrics: dict[str, float] | None
+    ) -> None:
         """Log the summary, close the trials' runs (Tune stops trials without letting them end their run),
         register the best trial's last model (none when no trial met ``search.require``), mark the search
         finished."""
@@ -498,19 +565,26 @@ class SearchRecord:
         child = self.child_run(best_trial) if best_trial else None
         if name and child is not None:
             models = self.client.search_logged_models(
-                [self.experiment], filter_string=f"source_run_id = '{child.info.run_id}'",
-                order_by=[{"field_name": "creation_timestamp", "ascending": False}], max_results=1)
+                [self.experiment],
+                filter_string=f"source_run_id = '{child.info.run_id}'",
+                order_by=[{"field_name": "creation_timestamp", "ascending": False}],
+                max_results=1,
+            )
             if models:
                 model = models[0]
                 if not self.client.search_registered_models(f"name = '{name}'"):
                     self.client.create_registered_model(name)
                 with fluent_tracking(self.client.tracking_uri):  # the registry looks the model up through it
-                    version = self.client.create_model_version(name, f"models:/{model.model_id}",
-                                                               run_id=child.info.run_id, model_id=model.model_id)
+                    version = self.client.create_model_version(
+                        name, f"models:/{model.model_id}", run_id=child.info.run_id, model_id=model.model_id
+                    )
                 tags = {"trial": best_trial, "search": os.path.basename(self.folder), **best_metrics}
                 for key, value in tags.items():
                     self.client.set_model_version_tag(name, version.version, key, str(value))
                 self.client.set_registered_model_alias(name, self.search.alias, version.version)
-                print(f"mlflow: best trial {best_trial} registered as {name} version {version.version} "
-                      f"(alias {self.search.alias!r})", flush=True)
+                print(
+                    f"mlflow: best trial {best_trial} registered as {name} version {version.version} "
+                    f"(alias {self.search.alias!r})",
+                    flush=True,
+                )
         self.client.set_terminated(self.run_id, "FINISHED")

@@ -19,14 +19,23 @@ QUICKSTART = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs",
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m pipeline.train", description=__doc__,
-        epilog="Example: python -m pipeline.train --config pipeline/configs/sd15_draft_k_aesthetic.yaml plan.k=5 train.steps=200")
-    parser.add_argument("--config", default=QUICKSTART,
-                        help="YAML config file; defaults apply to keys it leaves out (default: the toy-world quickstart)")
+        prog="python -m pipeline.train",
+        description=__doc__,
+        epilog="Example: python -m pipeline.train --config pipeline/configs/sd15_draft_k_aesthetic.yaml plan.k=5 train.steps=200",
+    )
+    parser.add_argument(
+        "--config",
+        default=QUICKSTART,
+        help="YAML config file; defaults apply to keys it leaves out (default: the toy-world quickstart)",
+    )
     parser.add_argument("overrides", nargs="*", help="dotted overrides such as plan.name=drtune plan.k=5")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-    parser.add_argument("--progress-every", type=int, metavar="N",
-                        help="off a terminal (job logs), print progress every N steps (default: a tenth of the run)")
+    parser.add_argument(
+        "--progress-every",
+        type=int,
+        metavar="N",
+        help="off a terminal (job logs), print progress every N steps (default: a tenth of the run)",
+    )
     return parser.parse_args(argv)
 
 
@@ -47,7 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     with output_to(log) as (out, err):  # everything but the console goes to the log
         console = Console(cfg.train.steps, out, err, every=args.progress_every)
         if resume_from:
-            console.line(f"resuming {run_dir} from {os.path.basename(resume_from)} (train.run_name=NEW starts a new run)")
+            console.line(
+                f"resuming {run_dir} from {os.path.basename(resume_from)} (train.run_name=NEW starts a new run)"
+            )
         console.line(f"log of Ray and the libraries: {log}")
         try:
             held_out, final_dir, metrics = train(cfg, run_dir, console)

@@ -60,7 +60,9 @@ class SchedulerConfig:
 
     def validate(self) -> list[str]:
         problems = [] if self.grace_period >= 1 else [f"grace_period: must be >= 1, got {self.grace_period}"]
-        return problems + ([] if self.reduction_factor > 1 else [f"reduction_factor: must be > 1, got {self.reduction_factor}"])
+        return problems + (
+            [] if self.reduction_factor > 1 else [f"reduction_factor: must be > 1, got {self.reduction_factor}"]
+        )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -83,19 +85,30 @@ class SearchConfig:
         problems = [] if self.space else ["space: name at least one config key to search over"]
         problems += constraint_problems("require", self.require)
         problems += [] if self.num_samples >= 1 else [f"num_samples: must be >= 1, got {self.num_samples}"]
-        problems += [] if self.max_concurrent_trials >= 1 else [f"max_concurrent_trials: must be >= 1, got {self.max_concurrent_trials}"]
-        problems += [] if self.trial_cpus > 0 else [f"trial_cpus: must be > 0 (Ray refuses an empty trial), got {self.trial_cpus}"]
+        problems += (
+            []
+            if self.max_concurrent_trials >= 1
+            else [f"max_concurrent_trials: must be >= 1, got {self.max_concurrent_trials}"]
+        )
+        problems += (
+            []
+            if self.trial_cpus > 0
+            else [f"trial_cpus: must be > 0 (Ray refuses an empty trial), got {self.trial_cpus}"]
+        )
         return problems
 
 
 # ---------------------------------------------------------------- loading and validation
+
 
 def load_search(path: str, overrides: list[str]) -> tuple[Config, SearchConfig]:
     """The base training config and the search, both checked; one ``ConfigError`` with every problem."""
     data = read_yaml(path)
     search_data = data.pop("search", None)
     if not isinstance(search_data, dict):
-        raise ConfigError(["search: missing; add a search: section with a space (python -m pipeline.tune --help)"], path)
+        raise ConfigError(
+            ["search: missing; add a search: section with a space (python -m pipeline.tune --help)"], path
+        )
     ours = [o.removeprefix("search.") for o in overrides if o.startswith("search.")]
     base = load_config(Config, path, [o for o in overrides if not o.startswith("search.")], data=data)
     search = load_config(SearchConfig, f"{path} (search:)", ours, data=search_data)
@@ -120,8 +133,9 @@ def set_dotted(data: dict, key: str, value: Any) -> None:
 def candidate_values(key: str, dist: dict[str, list[Any]]) -> tuple[list[Any], list[str]]:
     """The values a distribution can produce that must each be valid (choices, range ends), or problems."""
     if len(dist) != 1 or next(iter(dist)) not in DISTRIBUTIONS:
-        return [], [f"search.space.{key}: expected one of {', '.join(DISTRIBUTIONS)}, e.g. {{choice: [1, 2]}}, "
-                    f"got {dist!r}"]
+        return [], [
+            f"search.space.{key}: expected one of {', '.join(DISTRIBUTIONS)}, e.g. {{choice: [1, 2]}}, got {dist!r}"
+        ]
     kind, args = next(iter(dist.items()))
     if kind in ("choice", "grid"):
         return (list(args), []) if args else ([], [f"search.space.{key}.{kind}: list at least one value"])
@@ -130,11 +144,15 @@ def candidate_values(key: str, dist: dict[str, list[Any]]) -> tuple[list[Any], l
     low, high = args
     if kind == "randint":
         ok = isinstance(low, int) and isinstance(high, int) and high > low
-        return ([low, high - 1], []) if ok else ([], [f"search.space.{key}.randint: expected whole numbers low < high "
-                                                      f"(high excluded), got {args!r}"])
+        return (
+            ([low, high - 1], [])
+            if ok
+            else ([], [f"search.space.{key}.randint: expected whole numbers low < high (high excluded), got {args!r}"])
+        )
     if not low < high or (kind == "loguniform" and low <= 0):
-        return [], [f"search.space.{key}.{kind}: expected 0 < low < high for loguniform, low < high for uniform, "
-                    f"got {args!r}"]
+        return [], [
+            f"search.space.{key}.{kind}: expected 0 < low < high for loguniform, low < high for uniform, got {args!r}"
+        ]
     return [low, high], []
 
 
@@ -179,16 +197,21 @@ def metric_name(base: Config, search: SearchConfig) -> str:
 
 
 def metric_problems(base: Config, search: SearchConfig) -> list[str]:
-    names = {"eval/trained", *(f"eval/{r.name}" for r in base.eval.rewards),
-             *(f"eval/trained/{r.name}" for r in base.rewards if len(base.rewards) > 1)}
+    names = {
+        "eval/trained",
+        *(f"eval/{r.name}" for r in base.eval.rewards),
+        *(f"eval/trained/{r.name}" for r in base.rewards if len(base.rewards) > 1),
+    }
     metric = metric_name(base, search)
     return [] if metric in names else [f"search.metric: {metric!r} is not evaluated; choose one of {sorted(names)}"]
 
 
 # ---------------------------------------------------------------- the trial (runs inside Ray Tune)
 
-def trial_config(base: dict, params: dict[str, Any], trial_id: str, trials_dir: str, parent_run: str | None,
-                 tracking_uri: str | None) -> Config:
+
+def trial_config(
+    base: dict, params: dict[str, Any], trial_id: str, trials_dir: str, parent_run: str | None, tracking_uri: str | None
+) -> Config:
     """The training config of one trial: the base with the sampled values, its own run folder, reports at
     every evaluation (so each Tune result carries the held-out metric), a child MLflow run in the
     search's store."""
@@ -205,8 +228,9 @@ def trial_config(base: dict, params: dict[str, Any], trial_id: str, trials_dir: 
     return from_dict(Config, data, f"trial {trial_id}")
 
 
-def run_trial(params: dict[str, Any], *, base: dict, trials_dir: str, parent_run: str | None,
-              tracking_uri: str | None) -> None:
+def run_trial(
+    params: dict[str, Any], *, base: dict, trials_dir: str, parent_run: str | None, tracking_uri: str | None
+) -> None:
     """Tune's function trainable: one Ray Train run whose reports become this trial's results."""
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
@@ -225,11 +249,17 @@ def run_trial(params: dict[str, Any], *, base: dict, trials_dir: str, parent_run
 
 # ---------------------------------------------------------------- the driver
 
+
 def tune_space(search: SearchConfig) -> dict[str, Any]:
     from ray import tune
 
-    make = {"choice": tune.choice, "grid": tune.grid_search, "randint": lambda a: tune.randint(*a),
-            "uniform": lambda a: tune.uniform(*a), "loguniform": lambda a: tune.loguniform(*a)}
+    make = {
+        "choice": tune.choice,
+        "grid": tune.grid_search,
+        "randint": lambda a: tune.randint(*a),
+        "uniform": lambda a: tune.uniform(*a),
+        "loguniform": lambda a: tune.loguniform(*a),
+    }
     return {key: make[kind](args) for key, dist in search.space.items() for kind, args in dist.items()}
 
 
@@ -247,25 +277,44 @@ def make_tuner(base: Config, search: SearchConfig, folder: str, parent_run: str 
 
     metric, s = metric_name(base, search), search.scheduler
     trainable = tune.with_resources(
-        tune.with_parameters(run_trial, base=to_dict(base), trials_dir=os.path.join(folder, "trials"),
-                             parent_run=parent_run, tracking_uri=tracking_uri(base) if parent_run else None),
-        {"cpu": search.trial_cpus})
+        tune.with_parameters(
+            run_trial,
+            base=to_dict(base),
+            trials_dir=os.path.join(folder, "trials"),
+            parent_run=parent_run,
+            tracking_uri=tracking_uri(base) if parent_run else None,
+        ),
+        {"cpu": search.trial_cpus},
+    )
     experiment = os.path.join(folder, "tune")
     if tune.Tuner.can_restore(experiment):
         print(f"tune: continuing the search in {experiment}", flush=True)
         return tune.Tuner.restore(experiment, trainable, resume_unfinished=True, resume_errored=True)
-    scheduler = (ASHAScheduler(time_attr="step", max_t=base.train.steps, grace_period=s.grace_period,
-                               reduction_factor=s.reduction_factor) if s.name == "asha" else FIFOScheduler())
+    scheduler = (
+        ASHAScheduler(
+            time_attr="step", max_t=base.train.steps, grace_period=s.grace_period, reduction_factor=s.reduction_factor
+        )
+        if s.name == "asha"
+        else FIFOScheduler()
+    )
     search_alg = None
     if search.algorithm == "optuna":
         from ray.tune.search.optuna import OptunaSearch
 
         search_alg = OptunaSearch(seed=base.train.seed)
     return tune.Tuner(
-        trainable, param_space=tune_space(search),
-        tune_config=tune.TuneConfig(metric=metric, mode=search.mode, scheduler=scheduler, search_alg=search_alg,
-                                    num_samples=search.num_samples, max_concurrent_trials=search.max_concurrent_trials),
-        run_config=tune.RunConfig(name="tune", storage_path=folder))
+        trainable,
+        param_space=tune_space(search),
+        tune_config=tune.TuneConfig(
+            metric=metric,
+            mode=search.mode,
+            scheduler=scheduler,
+            search_alg=search_alg,
+            num_samples=search.num_samples,
+            max_concurrent_trials=search.max_concurrent_trials,
+        ),
+        run_config=tune.RunConfig(name="tune", storage_path=folder),
+    )
 
 
 def summary_rows(results, base: Config, search: SearchConfig) -> list[dict[str, Any]]:
@@ -274,11 +323,19 @@ def summary_rows(results, base: Config, search: SearchConfig) -> list[dict[str, 
     for result in results:
         metrics = result.metrics or {}
         step = int(metrics.get("step", 0))
-        rows.append({"trial": metrics.get("trial_id", "?"), **{k: result.config.get(k) for k in search.space},
-                     metric: metrics.get(metric, math.nan), "eval/trained": metrics.get("eval/trained", math.nan),
-                     "steps": step, "stopped early": "yes" if step < base.train.steps and result.error is None else
-                     ("error" if result.error is not None else "no"),
-                     **({"require": "; ".join(breaks(search, metrics)) or "met"} if search.require else {})})
+        rows.append(
+            {
+                "trial": metrics.get("trial_id", "?"),
+                **{k: result.config.get(k) for k in search.space},
+                metric: metrics.get(metric, math.nan),
+                "eval/trained": metrics.get("eval/trained", math.nan),
+                "steps": step,
+                "stopped early": "yes"
+                if step < base.train.steps and result.error is None
+                else ("error" if result.error is not None else "no"),
+                **({"require": "; ".join(breaks(search, metrics)) or "met"} if search.require else {}),
+            }
+        )
     return sorted(rows, key=lambda r: (math.isnan(r[metric]), -r[metric] if search.mode == "max" else r[metric]))
 
 
@@ -289,8 +346,11 @@ def breaks(search: SearchConfig, metrics: dict[str, float]) -> list[str]:
 
 def best_result(results, metric: str, search: SearchConfig):
     """The trial with the best last ``metric`` among those that meet every ``search.require``; None if none does."""
-    qualified = [r for r in results if r.error is None and math.isfinite((r.metrics or {}).get(metric, math.nan))
-                 and not breaks(search, r.metrics)]
+    qualified = [
+        r
+        for r in results
+        if r.error is None and math.isfinite((r.metrics or {}).get(metric, math.nan)) and not breaks(search, r.metrics)
+    ]
     if not qualified:
         return None
     sign = 1 if search.mode == "max" else -1
@@ -308,8 +368,11 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m pipeline.tune", description=__doc__.split("\n\n")[0],
-                                epilog="Example: python -m pipeline.tune --config pipeline/configs/tune_toy.yaml")
+    p = argparse.ArgumentParser(
+        prog="python -m pipeline.tune",
+        description=__doc__.split("\n\n")[0],
+        epilog="Example: python -m pipeline.tune --config pipeline/configs/tune_toy.yaml",
+    )
     p.add_argument("--config", required=True, help="training config with a search: section")
     p.add_argument("overrides", nargs="*", help="dotted overrides, also of search.* (search.num_samples=2)")
     return p.parse_args(argv)
@@ -326,8 +389,9 @@ def main(argv: list[str] | None = None) -> int:
         try:
             import optuna  # noqa: F401
         except ImportError:
-            raise ConfigError(["search.algorithm: optuna is not installed; pip install optuna, or use random"],
-                              args.config) from None
+            raise ConfigError(
+                ["search.algorithm: optuna is not installed; pip install optuna, or use random"], args.config
+            ) from None
     folder = search_folder(base, search, args.config)
     os.makedirs(folder, exist_ok=True)
     from pipeline.ray_env import init_ray
@@ -344,11 +408,15 @@ def main(argv: list[str] | None = None) -> int:
     metric = metric_name(base, search)
     best = best_result(results, metric, search)
     if best is None:
-        print(f"no trial meets {' and '.join(search.require) or 'the search'} with a finite {metric}; "
-              "nothing is registered")
+        print(
+            f"no trial meets {' and '.join(search.require) or 'the search'} with a finite {metric}; "
+            "nothing is registered"
+        )
     else:
-        print(f"best trial: {best.metrics['trial_id']} {dict((k, best.config.get(k)) for k in search.space)} "
-              f"(run folder {os.path.join(folder, 'trials', best.metrics['trial_id'])})")
+        print(
+            f"best trial: {best.metrics['trial_id']} {dict((k, best.config.get(k)) for k in search.space)} "
+            f"(run folder {os.path.join(folder, 'trials', best.metrics['trial_id'])})"
+        )
     if record:
         record.finish(table, rows, best and best.metrics["trial_id"], best and {metric: best.metrics[metric]})
     print(f"search folder: {folder}")

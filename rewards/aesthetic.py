@@ -40,9 +40,12 @@ class AestheticMLP(nn.Module):
     def __init__(self, embed_dim: int) -> None:
         super().__init__()
         self.layers = nn.Sequential(
-            nn.Linear(embed_dim, 1024), nn.Dropout(0.2),
-            nn.Linear(1024, 128), nn.Dropout(0.2),
-            nn.Linear(128, 64), nn.Dropout(0.1),
+            nn.Linear(embed_dim, 1024),
+            nn.Dropout(0.2),
+            nn.Linear(1024, 128),
+            nn.Dropout(0.2),
+            nn.Linear(128, 64),
+            nn.Dropout(0.1),
             nn.Linear(64, 16),
             nn.Linear(16, 1),
         )
@@ -111,15 +114,18 @@ def load_aesthetic_head(path: str, embed_dim: int) -> AestheticMLP:
             ``AestheticMLP(embed_dim)``.
     """
     if not os.path.isfile(path):
-        raise RewardLoadError(f"aesthetic head file not found at {path!r}; expected the MLP state dict "
-                              "such as sac+logos+ava1-l14-linearMSE.pth")
+        raise RewardLoadError(
+            f"aesthetic head file not found at {path!r}; expected the MLP state dict "
+            "such as sac+logos+ava1-l14-linearMSE.pth"
+        )
     state = _unwrap(_read_tensors(path))
     head = AestheticMLP(embed_dim)
     mismatch = describe_state_dict_mismatch(head.state_dict(), state)
     if mismatch:
         raise RewardLoadError(
             f"aesthetic head file {path!r} does not match AestheticMLP(embed_dim={embed_dim}) "
-            f"(the CLIP image-embedding size): {mismatch}")
+            f"(the CLIP image-embedding size): {mismatch}"
+        )
     head.load_state_dict(state, strict=True)
     return head
 
@@ -132,8 +138,10 @@ def _read_tensors(path: str) -> Mapping[str, torch.Tensor]:
             return load_file(path)
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        raise RewardLoadError(f"aesthetic head file {path!r} holds non-tensor objects; if you trust it, "
-                              "re-save its state_dict() with torch.save") from e
+        raise RewardLoadError(
+            f"aesthetic head file {path!r} holds non-tensor objects; if you trust it, "
+            "re-save its state_dict() with torch.save"
+        ) from e
     except Exception as e:  # noqa: BLE001 - torch/safetensors raise several types for corrupt files
         raise RewardLoadError(f"aesthetic head file {path!r} could not be read: {e}") from e
 
@@ -149,12 +157,21 @@ def _unwrap(state: Mapping) -> dict[str, torch.Tensor]:
 # The LAION head was trained on OpenAI CLIP ViT-L/14 features, and OpenAI's CLIP uses QuickGELU: the plain
 # "ViT-L-14" config has the same tensors but GELU, so it would load OpenAI weights without error and score wrongly.
 DESCRIPTOR = RewardDescriptor(
-    name="aesthetic", load=load_aesthetic, unit="aesthetic score (1-10)",
-    required={"checkpoint": "the aesthetic MLP head, e.g. sac+logos+ava1-l14-linearMSE.pth",
-              "clip_checkpoint": "the OpenAI CLIP ViT-L/14 weights in open_clip format"},
+    name="aesthetic",
+    load=load_aesthetic,
+    unit="aesthetic score (1-10)",
+    required={
+        "checkpoint": "the aesthetic MLP head, e.g. sac+logos+ava1-l14-linearMSE.pth",
+        "clip_checkpoint": "the OpenAI CLIP ViT-L/14 weights in open_clip format",
+    },
     allowed=OPEN_CLIP_ARCH,
-    files={"checkpoint": WeightsFile(what="the aesthetic MLP head (sac+logos+ava1-l14-linearMSE.pth)",
-                                     prefixes=("layers.",)),
-           "clip_checkpoint": WeightsFile(what="the OpenAI CLIP ViT-L/14 weights in open_clip format",
-                                          prefixes=OPEN_CLIP_TENSORS)},
-    default_arch="ViT-L-14-quickgelu")
+    files={
+        "checkpoint": WeightsFile(
+            what="the aesthetic MLP head (sac+logos+ava1-l14-linearMSE.pth)", prefixes=("layers.",)
+        ),
+        "clip_checkpoint": WeightsFile(
+            what="the OpenAI CLIP ViT-L/14 weights in open_clip format", prefixes=OPEN_CLIP_TENSORS
+        ),
+    },
+    default_arch="ViT-L-14-quickgelu",
+)

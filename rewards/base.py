@@ -95,13 +95,15 @@ def check_images(images: object, prompts: Sequence[str]) -> None:
     if images.ndim != 4 or images.shape[1] != 3:
         raise ValueError(
             f"images must have shape (B, 3, H, W) (RGB, channels first), got {tuple(images.shape)}; "
-            "for a single image use images[None], for channels-last use images.permute(0, 3, 1, 2)")
+            "for a single image use images[None], for channels-last use images.permute(0, 3, 1, 2)"
+        )
     if images.shape[0] == 0 or images.shape[2] == 0 or images.shape[3] == 0:
         raise ValueError(f"images must be a non-empty batch, got shape {tuple(images.shape)}")
     if not images.is_floating_point():
         raise ValueError(
             f"images must be a floating tensor with values in [0, 1], got dtype {images.dtype}; "
-            "for uint8 images use images.float() / 255")
+            "for uint8 images use images.float() / 255"
+        )
     _check_range(images)
     _check_prompts(prompts, images.shape[0])
 
@@ -113,17 +115,18 @@ def _check_range(images: torch.Tensor) -> None:
     if not (lo >= 0.0 and hi <= 1.0):
         raise ValueError(
             f"images must have values in [0, 1], got min {lo:.4g} and max {hi:.4g}; "
-            "decoded VAE output in [-1, 1] maps to [0, 1] with (x / 2 + 0.5).clamp(0, 1)")
+            "decoded VAE output in [-1, 1] maps to [0, 1] with (x / 2 + 0.5).clamp(0, 1)"
+        )
 
 
 def _check_prompts(prompts: Sequence[str], batch_size: int) -> None:
     if isinstance(prompts, str) or not isinstance(prompts, Sequence):
         raise ValueError(
             f"prompts must be a sequence of {batch_size} strings (one per image), got {type(prompts).__name__}; "
-            "for one prompt use [prompt] * B")
+            "for one prompt use [prompt] * B"
+        )
     if len(prompts) != batch_size:
-        raise ValueError(
-            f"got {len(prompts)} prompts for {batch_size} images; pass exactly one prompt per image")
+        raise ValueError(f"got {len(prompts)} prompts for {batch_size} images; pass exactly one prompt per image")
     bad = [type(p).__name__ for p in prompts if not isinstance(p, str)]
     if bad:
         raise ValueError(f"prompts must all be str, got elements of type {sorted(set(bad))}")
@@ -135,9 +138,7 @@ def freeze(module: nn.Module) -> nn.Module:
     return module.eval()
 
 
-def describe_state_dict_mismatch(
-    expected: Mapping[str, torch.Tensor], found: Mapping[str, torch.Tensor]
-) -> str:
+def describe_state_dict_mismatch(expected: Mapping[str, torch.Tensor], found: Mapping[str, torch.Tensor]) -> str:
     """Summarise how a checkpoint's tensors differ from a model's, naming the first few keys.
 
     Args:

@@ -46,9 +46,7 @@ def build_reward(
     return WeightedSum([(spec.weight, reward) for spec, reward in zip(specs, rewards)])
 
 
-def load_reward(
-    spec: RewardSpec, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
-) -> nn.Module:
+def load_reward(spec: RewardSpec, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> nn.Module:
     """Load one reward (ignoring its weight), frozen, in eval mode, on ``device`` in ``dtype``.
 
     Raises:

@@ -39,8 +39,14 @@ class ClipSimilarityReward(nn.Module):
         name: Reward name for logging.
     """
 
-    def __init__(self, model: nn.Module, tokenizer: Callable[[list[str]], torch.Tensor],
-                 preprocess: ImagePreprocess, scale: float, name: str) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer: Callable[[list[str]], torch.Tensor],
+        preprocess: ImagePreprocess,
+        scale: float,
+        name: str,
+    ) -> None:
         super().__init__()
         self.model = freeze(model)
         self.tokenizer = tokenizer
@@ -100,12 +106,24 @@ def _load_similarity(spec: RewardSpec, what: str, scale: float) -> ClipSimilarit
 
 
 HPSV2 = RewardDescriptor(
-    name="hpsv2", load=load_hpsv2, unit="cosine (HPS; benchmarks print 100 × it)",
-    required={"checkpoint": "the HPS_v2.1_compressed.pt or HPS_v2_compressed.pt file"}, allowed=OPEN_CLIP_ARCH,
-    files={"checkpoint": WeightsFile(what="the HPSv2 checkpoint (an open_clip state dict)", prefixes=OPEN_CLIP_TENSORS)},
-    default_arch="ViT-H-14", image_encoder=True)
+    name="hpsv2",
+    load=load_hpsv2,
+    unit="cosine (HPS; benchmarks print 100 × it)",
+    required={"checkpoint": "the HPS_v2.1_compressed.pt or HPS_v2_compressed.pt file"},
+    allowed=OPEN_CLIP_ARCH,
+    files={
+        "checkpoint": WeightsFile(what="the HPSv2 checkpoint (an open_clip state dict)", prefixes=OPEN_CLIP_TENSORS)
+    },
+    default_arch="ViT-H-14",
+    image_encoder=True,
+)
 CLIP_SCORE = RewardDescriptor(
-    name="clip_score", load=load_clip_score, unit="cosine", scale=100.0,
-    required={"checkpoint": "an open_clip weights file (.pt, .bin or .safetensors)"}, allowed=OPEN_CLIP_ARCH,
+    name="clip_score",
+    load=load_clip_score,
+    unit="cosine",
+    scale=100.0,
+    required={"checkpoint": "an open_clip weights file (.pt, .bin or .safetensors)"},
+    allowed=OPEN_CLIP_ARCH,
     files={"checkpoint": WeightsFile(what="the open_clip weights file", prefixes=OPEN_CLIP_TENSORS)},
-    image_encoder=True)
+    image_encoder=True,
+)

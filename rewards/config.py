@@ -26,7 +26,9 @@ class RewardSpec:
 
     name: RewardName  # which reward: one of REWARD_NAMES (rewards.catalog)
     weight: float = 1.0  # w_i, multiplies this reward's score in the weighted sum
-    checkpoint: str | None = None  # HPS .pt, open_clip weights (clip_score), aesthetic head, PickScore folder, ImageReward.pt
+    checkpoint: str | None = (
+        None  # HPS .pt, open_clip weights (clip_score), aesthetic head, PickScore folder, ImageReward.pt
+    )
     clip_checkpoint: str | None = None  # aesthetic only: open_clip weights of the ViT-L/14 image encoder
     arch: str | None = None  # open_clip architecture; default ViT-H-14 (hpsv2), ViT-L-14-quickgelu (aesthetic)
     arch_config: str | None = None  # open_clip model-config JSON (its stem is the arch); image_reward: BLIP sizes JSON
@@ -81,17 +83,20 @@ class RewardSpec:
 
     def _arch_problems(self) -> list[str]:
         if self.arch is not None and ":" in self.arch:
-            return [f"arch: schema prefixes such as hf-hub: or local-dir: are not supported (they download "
-                    f"or read their own weights), got {self.arch!r}; name a built-in architecture or use arch_config"]
+            return [
+                f"arch: schema prefixes such as hf-hub: or local-dir: are not supported (they download "
+                f"or read their own weights), got {self.arch!r}; name a built-in architecture or use arch_config"
+            ]
         if self.name == "clip_score" and self.arch is None and self.arch_config is None:
-            return ["arch: clip_score needs arch (an open_clip architecture such as ViT-L-14) "
-                    "or arch_config; got None"]
+            return ["arch: clip_score needs arch (an open_clip architecture such as ViT-L-14) or arch_config; got None"]
         if self.arch_config is None:
             return []
         if not self.arch_config.endswith(".json"):
             return [f"arch_config: must be an open_clip model-config .json file, got {self.arch_config!r}"]
         stem = Path(self.arch_config).stem
         if self.arch is not None and self.arch != stem:
-            return [f"arch: {self.arch!r} differs from the architecture {stem!r} that arch_config "
-                    f"registers (its file stem); set arch to {stem!r} or leave it unset"]
+            return [
+                f"arch: {self.arch!r} differs from the architecture {stem!r} that arch_config "
+                f"registers (its file stem); set arch to {stem!r} or leave it unset"
+            ]
         return []

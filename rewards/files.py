@@ -60,8 +60,10 @@ def _weights_problem(path: str, prefixes: tuple[str, ...]) -> str | None:
     absent = [prefix for prefix in prefixes if not any(name.startswith(prefix) for name in names)]
     if absent:
         shown = ", ".join(sorted(names)[:4]) or "none"
-        return (f"holds no {' or '.join(p + '*' for p in absent)} tensors (it has {len(names)}: {shown}, ...), "
-                "so it is another model's file")
+        return (
+            f"holds no {' or '.join(p + '*' for p in absent)} tensors (it has {len(names)}: {shown}, ...), "
+            "so it is another model's file"
+        )
     return None
 
 

@@ -41,10 +41,22 @@ HEAD_WIDTHS = (1024, 128, 64, 16, 1)
 
 # The released model: BLIP ViT-L/16 at 224 px and BERT-base with cross-attention (med_config.json)
 OFFICIAL_ARCH = {
-    "vision": {"hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 24, "num_attention_heads": 16,
-               "image_size": 224, "patch_size": 16},
-    "text": {"vocab_size": 30524, "hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12,
-             "num_attention_heads": 12, "max_position_embeddings": 512},
+    "vision": {
+        "hidden_size": 1024,
+        "intermediate_size": 4096,
+        "num_hidden_layers": 24,
+        "num_attention_heads": 16,
+        "image_size": 224,
+        "patch_size": 16,
+    },
+    "text": {
+        "vocab_size": 30524,
+        "hidden_size": 768,
+        "intermediate_size": 3072,
+        "num_hidden_layers": 12,
+        "num_attention_heads": 12,
+        "max_position_embeddings": 512,
+    },
 }
 
 # Official key (a regular expression) -> key in ImageRewardModel; None drops a tensor the score does not use
@@ -55,8 +67,10 @@ CHECKPOINT_KEYS: tuple[tuple[str, str | None], ...] = (
     (r"blip\.visual_encoder\.blocks\.(\d+)\.norm1\.(weight|bias)", r"vision.encoder.layers.\1.layer_norm1.\2"),
     (r"blip\.visual_encoder\.blocks\.(\d+)\.norm2\.(weight|bias)", r"vision.encoder.layers.\1.layer_norm2.\2"),
     (r"blip\.visual_encoder\.blocks\.(\d+)\.attn\.qkv\.(weight|bias)", r"vision.encoder.layers.\1.self_attn.qkv.\2"),
-    (r"blip\.visual_encoder\.blocks\.(\d+)\.attn\.proj\.(weight|bias)",
-     r"vision.encoder.layers.\1.self_attn.projection.\2"),
+    (
+        r"blip\.visual_encoder\.blocks\.(\d+)\.attn\.proj\.(weight|bias)",
+        r"vision.encoder.layers.\1.self_attn.projection.\2",
+    ),
     (r"blip\.visual_encoder\.blocks\.(\d+)\.mlp\.(fc1|fc2)\.(weight|bias)", r"vision.encoder.layers.\1.mlp.\2.\3"),
     (r"blip\.visual_encoder\.norm\.(weight|bias)", r"vision.post_layernorm.\1"),
     (r"blip\.text_encoder\.embeddings\.position_ids", None),  # a buffer transformers rebuilds
@@ -84,9 +98,16 @@ class ImageRewardModel(nn.Module):
         vision = BlipVisionConfig(**{**arch["vision"], "layer_norm_eps": 1e-6, "attention_dropout": 0.0})
         # transformers builds the cross-attention layers only when is_decoder is set; forward() then runs
         # the encoder bidirectionally (is_decoder=False), BLIP's multimodal mode
-        text = BlipTextConfig(**{**arch["text"], "layer_norm_eps": 1e-12, "hidden_dropout_prob": 0.0,
-                                 "attention_probs_dropout_prob": 0.0, "is_decoder": True,
-                                 "encoder_hidden_size": vision.hidden_size})
+        text = BlipTextConfig(
+            **{
+                **arch["text"],
+                "layer_norm_eps": 1e-12,
+                "hidden_dropout_prob": 0.0,
+                "attention_probs_dropout_prob": 0.0,
+                "is_decoder": True,
+                "encoder_hidden_size": vision.hidden_size,
+            }
+        )
         self.vision = BlipVisionModel(vision)
         self.text = BlipTextModel(text, add_pooling_layer=False)
         widths = (text.hidden_size, *HEAD_WIDTHS)
@@ -99,8 +120,12 @@ class ImageRewardModel(nn.Module):
         """ImageReward's score ``(B,)`` of normalised pixels ``(B, 3, S, S)`` and tokenised prompts."""
         image = self.vision(pixel_values=pixels).last_hidden_state  # (B, 1 + patches, D_v), after the final LN
         image_mask = torch.ones(image.shape[:2], dtype=torch.long, device=image.device)
-        text = self.text(input_ids=input_ids, attention_mask=attention_mask, encoder_hidden_states=image,
-                         encoder_attention_mask=image_mask).last_hidden_state  # (B, L, D_t)
+        text = self.text(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            encoder_hidden_states=image,
+            encoder_attention_mask=image_mask,
+        ).last_hidden_state  # (B, L, D_t)
         return ((self.head(text[:, 0, :]) - SCORE_MEAN) / SCORE_STD).squeeze(-1)
 
 
@@ -117,8 +142,9 @@ class ImageReward(nn.Module):
         self.model = freeze(model)
         self.tokenizer = tokenizer
         size = model.vision.config.image_size
-        self.preprocess = ImagePreprocess(size=(size, size), mean=CLIP_MEAN, std=CLIP_STD, crop=True,
-                                          resize_shortest=size)
+        self.preprocess = ImagePreprocess(
+            size=(size, size), mean=CLIP_MEAN, std=CLIP_STD, crop=True, resize_shortest=size
+        )
         self.name = "image_reward"
 
     def train(self, mode: bool = True) -> ImageReward:
@@ -129,8 +155,9 @@ class ImageReward(nn.Module):
         """Score ``(B, 3, H, W)`` images in [0, 1] against ``B`` prompts; returns ``(B,)`` float32."""
         check_images(images, prompts)
         device, dtype = model_device_dtype(self.model)
-        text = self.tokenizer(list(prompts), padding="max_length", truncation=True, max_length=MAX_LENGTH,
-                              return_tensors="pt").to(device)
+        text = self.tokenizer(
+            list(prompts), padding="max_length", truncation=True, max_length=MAX_LENGTH, return_tensors="pt"
+        ).to(device)
         pixels = self.preprocess(images.to(device=device, dtype=dtype))
         return self.model(pixels, text["input_ids"], text["attention_mask"]).float()
 
@@ -148,9 +175,11 @@ def load_image_reward(spec: RewardSpec) -> ImageReward:
     state = map_checkpoint(_read_checkpoint(spec.checkpoint))
     mismatch = describe_state_dict_mismatch(model.state_dict(), state)
     if mismatch:
-        raise RewardLoadError(f"ImageReward checkpoint {spec.checkpoint!r} does not fit the architecture "
-                              f"{'in ' + repr(spec.arch_config) if spec.arch_config else 'of the released model'}: "
-                              f"{mismatch}")
+        raise RewardLoadError(
+            f"ImageReward checkpoint {spec.checkpoint!r} does not fit the architecture "
+            f"{'in ' + repr(spec.arch_config) if spec.arch_config else 'of the released model'}: "
+            f"{mismatch}"
+        )
     model.load_state_dict(state, strict=True)
     return ImageReward(model.eval(), _load_tokenizer(spec.processor))
 
@@ -189,8 +218,10 @@ def _read_arch(path: str) -> dict:
     except (OSError, json.JSONDecodeError) as e:
         raise RewardLoadError(f"ImageReward arch_config {path!r} could not be read as JSON: {e}") from e
     if not (isinstance(arch, dict) and isinstance(arch.get("vision"), dict) and isinstance(arch.get("text"), dict)):
-        raise RewardLoadError(f"ImageReward arch_config {path!r} must hold a 'vision' and a 'text' object "
-                              "(BlipVisionConfig and BlipTextConfig settings)")
+        raise RewardLoadError(
+            f"ImageReward arch_config {path!r} must hold a 'vision' and a 'text' object "
+            "(BlipVisionConfig and BlipTextConfig settings)"
+        )
     return arch
 
 
@@ -199,14 +230,21 @@ def _load_tokenizer(folder: str):
 
     vocab = os.path.join(folder, "vocab.txt")
     if not os.path.isfile(vocab):
-        raise RewardLoadError(f"ImageReward tokeniser folder {folder!r} has no vocab.txt; point processor at a "
-                              "bert-base-uncased folder (it holds vocab.txt)")
+        raise RewardLoadError(
+            f"ImageReward tokeniser folder {folder!r} has no vocab.txt; point processor at a "
+            "bert-base-uncased folder (it holds vocab.txt)"
+        )
     return BertTokenizer(vocab_file=vocab, do_lower_case=True)
 
 
 DESCRIPTOR = RewardDescriptor(
-    name="image_reward", load=load_image_reward, unit="ImageReward (standardised)",
+    name="image_reward",
+    load=load_image_reward,
+    unit="ImageReward (standardised)",
     required={"checkpoint": "the official ImageReward.pt", "processor": "a bert-base-uncased folder with vocab.txt"},
     allowed=("arch_config",),
-    files={"checkpoint": WeightsFile(what="the official ImageReward.pt", prefixes=CHECKPOINT_PREFIXES),
-           "processor": Folder(what="a bert-base-uncased tokeniser folder", must_hold="vocab.txt")})
+    files={
+        "checkpoint": WeightsFile(what="the official ImageReward.pt", prefixes=CHECKPOINT_PREFIXES),
+        "processor": Folder(what="a bert-base-uncased tokeniser folder", must_hold="vocab.txt"),
+    },
+)

@@ -52,8 +52,10 @@ def register_arch_config(path: str) -> str:
 
 def _read_arch_config(path: str) -> dict:
     if not os.path.isfile(path):
-        raise RewardLoadError(f"open_clip model-config file {path!r} does not exist; "
-                              "arch_config must point to a JSON file with embed_dim, vision_cfg and text_cfg")
+        raise RewardLoadError(
+            f"open_clip model-config file {path!r} does not exist; "
+            "arch_config must point to a JSON file with embed_dim, vision_cfg and text_cfg"
+        )
     try:
         with open(path, encoding="utf-8") as f:
             config = json.load(f)
@@ -61,8 +63,10 @@ def _read_arch_config(path: str) -> dict:
         raise RewardLoadError(f"open_clip model-config file {path!r} is not valid JSON: {e}") from e
     missing = [k for k in _REQUIRED_CONFIG_KEYS if not isinstance(config, dict) or k not in config]
     if missing:
-        raise RewardLoadError(f"open_clip model-config file {path!r} lacks {missing}; "
-                              f"an open_clip model config needs {list(_REQUIRED_CONFIG_KEYS)}")
+        raise RewardLoadError(
+            f"open_clip model-config file {path!r} lacks {missing}; "
+            f"an open_clip model config needs {list(_REQUIRED_CONFIG_KEYS)}"
+        )
     return config
 
 
@@ -86,10 +90,13 @@ def load_open_clip(arch: str, weights: str, what: str) -> nn.Module:
     if open_clip.get_model_config(arch) is None:
         raise RewardLoadError(
             f"unknown open_clip architecture {arch!r}; use a built-in name (open_clip.list_models()) "
-            "or register a model-config JSON with arch_config")
+            "or register a model-config JSON with arch_config"
+        )
     if not os.path.isfile(weights):
-        raise RewardLoadError(f"{what} not found at {weights!r}; expected a file (state dict, "
-                              "{'state_dict': ...} checkpoint, or .safetensors)")
+        raise RewardLoadError(
+            f"{what} not found at {weights!r}; expected a file (state dict, "
+            "{'state_dict': ...} checkpoint, or .safetensors)"
+        )
     path = os.path.abspath(weights)  # an absolute path can never be mistaken for a hub tag
     try:
         model = open_clip.create_model(arch, pretrained=path, device="cpu", precision="fp32")
@@ -97,7 +104,8 @@ def load_open_clip(arch: str, weights: str, what: str) -> nn.Module:
         raise RewardLoadError(
             f"{what} {weights!r} holds non-tensor objects, which torch.load(weights_only=True) refuses; "
             "if you trust it, re-save only its tensors: torch.save(torch.load(path, weights_only=False)"
-            "['state_dict'], new_path)") from e
+            "['state_dict'], new_path)"
+        ) from e
     except RuntimeError as e:
         raise RewardLoadError(_mismatch_message(arch, path, what, e)) from e
     return model.eval()
@@ -114,8 +122,10 @@ def _mismatch_message(arch: str, path: str, what: str, error: RuntimeError) -> s
         return f"{what} {path!r} could not be read as a torch or safetensors file: {error}"
     expected = open_clip.create_model(arch, device="cpu").state_dict()
     detail = describe_state_dict_mismatch(expected, found) or str(error)
-    return (f"{what} {path!r} does not match open_clip architecture {arch!r}: {detail}; "
-            "check that arch/arch_config name the architecture the weights were trained with")
+    return (
+        f"{what} {path!r} does not match open_clip architecture {arch!r}: {detail}; "
+        "check that arch/arch_config name the architecture the weights were trained with"
+    )
 
 
 def open_clip_preprocess(model: nn.Module) -> ImagePreprocess:
@@ -126,9 +136,12 @@ def open_clip_preprocess(model: nn.Module) -> ImagePreprocess:
     """
     cfg = model.visual.preprocess_cfg
     if cfg.get("resize_mode", "shortest") not in ("shortest", "squash"):
-        raise RewardLoadError(f"open_clip resize_mode {cfg['resize_mode']!r} is not supported; "
-                              "use an architecture with resize_mode 'shortest' or 'squash'")
+        raise RewardLoadError(
+            f"open_clip resize_mode {cfg['resize_mode']!r} is not supported; "
+            "use an architecture with resize_mode 'shortest' or 'squash'"
+        )
     size = cfg["size"]
     size = (size, size) if isinstance(size, int) else tuple(size)
-    return ImagePreprocess(size=size, mean=tuple(cfg["mean"]), std=tuple(cfg["std"]),
-                           crop=cfg.get("resize_mode", "shortest") == "shortest")
+    return ImagePreprocess(
+        size=size, mean=tuple(cfg["mean"]), std=tuple(cfg["std"]), crop=cfg.get("resize_mode", "shortest") == "shortest"
+    )

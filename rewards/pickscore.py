@@ -53,11 +53,13 @@ class PickScoreReward(nn.Module):
         check_images(images, prompts)
         device, dtype = model_device_dtype(self.model)
         x_hat = self.preprocess(images.to(device=device, dtype=dtype))  # (B, 3, h, w)
-        text = self.tokenizer(list(prompts), padding=True, truncation=True, max_length=self.max_length,
-                              return_tensors="pt").to(device)
+        text = self.tokenizer(
+            list(prompts), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+        ).to(device)
         image_emb = _projected(self.model.get_image_features(pixel_values=x_hat))  # (B, D)
-        text_emb = _projected(self.model.get_text_features(
-            input_ids=text["input_ids"], attention_mask=text["attention_mask"]))  # (B, D)
+        text_emb = _projected(
+            self.model.get_text_features(input_ids=text["input_ids"], attention_mask=text["attention_mask"])
+        )  # (B, D)
         cosine = (F.normalize(image_emb, dim=-1) * F.normalize(text_emb, dim=-1)).sum(dim=-1)
         return (self.model.logit_scale.exp() * cosine).float()
 
@@ -89,15 +91,19 @@ def _load_model(folder: str) -> nn.Module:
     if not os.path.isfile(os.path.join(folder, "config.json")):
         raise RewardLoadError(
             f"PickScore model folder {folder!r} has no config.json (or does not exist); expected a "
-            "transformers CLIPModel folder (config.json + model.safetensors), e.g. yuvalkirstain/PickScore_v1")
+            "transformers CLIPModel folder (config.json + model.safetensors), e.g. yuvalkirstain/PickScore_v1"
+        )
     try:
         model, info = AutoModel.from_pretrained(
-            folder, local_files_only=True, output_loading_info=True, ignore_mismatched_sizes=True)
+            folder, local_files_only=True, output_loading_info=True, ignore_mismatched_sizes=True
+        )
     except (OSError, ValueError) as e:
         raise RewardLoadError(f"could not load the PickScore model from {folder!r}: {e}") from e
     if not all(hasattr(model, a) for a in ("get_image_features", "get_text_features", "logit_scale")):
-        raise RewardLoadError(f"PickScore model folder {folder!r} holds a {type(model).__name__}; "
-                              "expected a CLIP model (CLIPModel) with image and text towers")
+        raise RewardLoadError(
+            f"PickScore model folder {folder!r} holds a {type(model).__name__}; "
+            "expected a CLIP model (CLIPModel) with image and text towers"
+        )
     _check_loading_info(folder, type(model).__name__, info)
     return model.eval()
 
@@ -107,29 +113,39 @@ def _check_loading_info(folder: str, arch: str, info: dict) -> None:
     problems = [
         summarise_keys("missing keys", sorted(info.get("missing_keys", ()))),
         summarise_keys("unexpected keys", sorted(info.get("unexpected_keys", ()))),
-        summarise_keys("shape mismatches", sorted(
-            f"{k} (checkpoint {tuple(found)}, model {tuple(expected)})"
-            for k, found, expected in info.get("mismatched_keys", ()))),
+        summarise_keys(
+            "shape mismatches",
+            sorted(
+                f"{k} (checkpoint {tuple(found)}, model {tuple(expected)})"
+                for k, found, expected in info.get("mismatched_keys", ())
+            ),
+        ),
     ]
     detail = "; ".join(p for p in problems if p)
     if detail:
-        raise RewardLoadError(f"PickScore weights in {folder!r} do not match the {arch} described by its "
-                              f"config.json: {detail}; re-export the folder with save_pretrained")
+        raise RewardLoadError(
+            f"PickScore weights in {folder!r} do not match the {arch} described by its "
+            f"config.json: {detail}; re-export the folder with save_pretrained"
+        )
 
 
 def _load_processor(folder: str):
     from transformers import AutoProcessor
 
     if not os.path.isdir(folder):
-        raise RewardLoadError(f"PickScore processor folder {folder!r} does not exist; expected a CLIPProcessor "
-                              "folder (tokenizer + image-processor config), e.g. laion/CLIP-ViT-H-14-laion2B-s32B-b79K")
+        raise RewardLoadError(
+            f"PickScore processor folder {folder!r} does not exist; expected a CLIPProcessor "
+            "folder (tokenizer + image-processor config), e.g. laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
+        )
     try:
         processor = AutoProcessor.from_pretrained(folder, local_files_only=True)
     except (OSError, ValueError) as e:
         raise RewardLoadError(f"could not load the PickScore processor from {folder!r}: {e}") from e
     if not (hasattr(processor, "tokenizer") and hasattr(processor, "image_processor")):
-        raise RewardLoadError(f"processor in {folder!r} is a {type(processor).__name__}; expected a "
-                              "CLIPProcessor with both a tokenizer and an image processor")
+        raise RewardLoadError(
+            f"processor in {folder!r} is a {type(processor).__name__}; expected a "
+            "CLIPProcessor with both a tokenizer and an image processor"
+        )
     return processor
 
 
@@ -150,7 +166,8 @@ def image_preprocess_from(image_processor, folder: str) -> ImagePreprocess:
     if not p.do_resize or not p.do_rescale or abs(p.rescale_factor - 1 / 255) > 1e-9:
         raise RewardLoadError(
             f"image processor in {folder!r} has do_resize={p.do_resize}, do_rescale={p.do_rescale}, "
-            f"rescale_factor={p.rescale_factor}; expected resizing and rescaling by 1/255 (CLIP's settings)")
+            f"rescale_factor={p.rescale_factor}; expected resizing and rescaling by 1/255 (CLIP's settings)"
+        )
     mean, std = (tuple(p.image_mean), tuple(p.image_std)) if p.do_normalize else ((0.0,) * 3, (1.0,) * 3)
     shortest, height, width = (p.size.get(k) for k in ("shortest_edge", "height", "width"))
     if shortest and p.do_center_crop:
@@ -160,11 +177,18 @@ def image_preprocess_from(image_processor, folder: str) -> ImagePreprocess:
         return ImagePreprocess(size=(height, width), mean=mean, std=std, crop=False)
     raise RewardLoadError(
         f"image processor in {folder!r} has size={dict(p.size)} and do_center_crop={p.do_center_crop}; "
-        "supported: shortest_edge with a centre crop, or height/width without one")
+        "supported: shortest_edge with a centre crop, or height/width without one"
+    )
 
 
 DESCRIPTOR = RewardDescriptor(
-    name="pickscore", load=load_pickscore, unit="PickScore (exp(logit_scale) × cosine; about 21-23)",
-    required={"checkpoint": "the PickScore_v1 model folder (config.json + weights)"}, allowed=("processor",),
-    files={"checkpoint": Folder(what="the PickScore model folder (config.json + weights)", must_hold="config.json"),
-           "processor": Folder(what="the PickScore processor folder (tokenizer + image settings)")})
+    name="pickscore",
+    load=load_pickscore,
+    unit="PickScore (exp(logit_scale) × cosine; about 21-23)",
+    required={"checkpoint": "the PickScore_v1 model folder (config.json + weights)"},
+    allowed=("processor",),
+    files={
+        "checkpoint": Folder(what="the PickScore model folder (config.json + weights)", must_hold="config.json"),
+        "processor": Folder(what="the PickScore processor folder (tokenizer + image settings)"),
+    },
+)

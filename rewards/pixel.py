@@ -93,8 +93,9 @@ class Sharpness(nn.Module):
         check_images(images, prompts)
         if min(images.shape[-2:]) < 3:
             raise ValueError(f"sharpness needs images of at least 3x3 pixels, got shape {tuple(images.shape)}")
-        kernel = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]],
-                              device=images.device, dtype=images.dtype)
+        kernel = torch.tensor(
+            [[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]], device=images.device, dtype=images.dtype
+        )
         kernel = kernel.expand(3, 1, 3, 3)  # one filter per channel (depthwise)
         laplacian = F.conv2d(images, kernel, groups=3)  # (B, 3, H-2, W-2)
         return laplacian.square().mean(dim=(1, 2, 3)).float()
@@ -113,8 +114,12 @@ class Brightness(nn.Module):
         return luma(images).mean(dim=(1, 2)).float()
 
 
-PIXEL_REWARDS: dict[str, type[nn.Module]] = {"symmetry": Symmetry, "colourfulness": Colourfulness,
-                                             "sharpness": Sharpness, "brightness": Brightness}
+PIXEL_REWARDS: dict[str, type[nn.Module]] = {
+    "symmetry": Symmetry,
+    "colourfulness": Colourfulness,
+    "sharpness": Sharpness,
+    "brightness": Brightness,
+}
 
 
 def load_pixel_reward(spec: RewardSpec) -> nn.Module:

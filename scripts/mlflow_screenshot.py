@@ -19,8 +19,15 @@ import sys
 import time
 import urllib.request
 
-CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-sync",
-                  "--disable-background-networking", "--disable-component-update"]
+CHROMIUM_FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-sync",
+    "--disable-background-networking",
+    "--disable-component-update",
+]
 
 
 def free_port() -> int:
@@ -31,9 +38,12 @@ def free_port() -> int:
 
 def serve(store: str, port: int) -> subprocess.Popen:
     mlflow = os.path.join(os.path.dirname(sys.executable), "mlflow")
-    server = subprocess.Popen([mlflow, "ui", "--backend-store-uri", store, "--host", "127.0.0.1", "--port", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                              env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
+    server = subprocess.Popen(
+        [mlflow, "ui", "--backend-store-uri", store, "--host", "127.0.0.1", "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"},
+    )
     for _ in range(120):
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
@@ -44,8 +54,15 @@ def serve(store: str, port: int) -> subprocess.Popen:
     raise SystemExit("mlflow ui did not start")
 
 
-def main(store: str, experiment: str, out: str, version: str | None = None, version_out: str | None = None,
-         width: int = 2300, height: int = 380) -> None:
+def main(
+    store: str,
+    experiment: str,
+    out: str,
+    version: str | None = None,
+    version_out: str | None = None,
+    width: int = 2300,
+    height: int = 380,
+) -> None:
     from mlflow import MlflowClient
     from playwright.sync_api import sync_playwright
 
@@ -56,13 +73,17 @@ def main(store: str, experiment: str, out: str, version: str | None = None, vers
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_FLAGS)
             page = browser.new_page(viewport={"width": width, "height": height})
-            page.add_init_script("localStorage.setItem('mlflow.assistant.panelOpen_v1', 'false');"
-                                 "localStorage.setItem('mlflow.assistant.fab.autoOpenedOnFirstLoad_v1', 'true');")
+            page.add_init_script(
+                "localStorage.setItem('mlflow.assistant.panelOpen_v1', 'false');"
+                "localStorage.setItem('mlflow.assistant.fab.autoOpenedOnFirstLoad_v1', 'true');"
+            )
             page.goto(f"http://127.0.0.1:{port}/#/experiments/{experiment_id}/models?workflowType=machine_learning")
             page.get_by_text("eval/trained", exact=True).first.wait_for(timeout=60_000)
             # scroll the table past the model attributes (the name stays pinned) to the held-out metrics
-            page.evaluate("document.querySelectorAll('.ag-body-horizontal-scroll-viewport, .ag-center-cols-viewport')"
-                          ".forEach(e => e.scrollLeft = 700)")
+            page.evaluate(
+                "document.querySelectorAll('.ag-body-horizontal-scroll-viewport, .ag-center-cols-viewport')"
+                ".forEach(e => e.scrollLeft = 700)"
+            )
             page.wait_for_timeout(2000)
             page.screenshot(path=out)
             if version:  # NAME/VERSION: its tags and description, the held-out table and sample grid

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install the project into .venv and run the test suite (what .ci/run does).
+# Install the project into .venv, check formatting and lint (ruff), and run the test suite (what .ci/run does).
 #   ./scripts/test.sh                 the full suite
 #   ./scripts/test.sh -m "not slow"   the fast tier: no Ray, MLflow or S3 services, no whole-job runs
 # Tests run in TEST_WORKERS pytest-xdist processes (2 by default; 0 runs them in this process), each
@@ -7,5 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/install.sh
+.venv/bin/ruff format --check --quiet . || { echo "run: .venv/bin/ruff format ." >&2; exit 1; }
+.venv/bin/ruff check --quiet .
 export HF_HUB_OFFLINE=1 MLFLOW_DISABLE_TELEMETRY=true
 exec .venv/bin/python -m pytest -q -n "${TEST_WORKERS:-2}" --maxschedchunk 1 --durations=15 "$@"

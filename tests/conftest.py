@@ -29,8 +29,9 @@ os.environ.update(local_ray_env())
 # S3 credentials for the moto server, set before Ray starts so its workers inherit them; distinctive,
 # so tests/test_tracking.py can check that they never reach MLflow
 S3_SECRET = "rt-test-secret-5c1f9e"
-os.environ.update({"AWS_ACCESS_KEY_ID": "rt-test-key-9a2b", "AWS_SECRET_ACCESS_KEY": S3_SECRET,
-                   "AWS_DEFAULT_REGION": "us-east-1"})
+os.environ.update(
+    {"AWS_ACCESS_KEY_ID": "rt-test-key-9a2b", "AWS_SECRET_ACCESS_KEY": S3_SECRET, "AWS_DEFAULT_REGION": "us-east-1"}
+)
 for _name in ("MLFLOW_TRACKING_URI", "AWS_PROFILE", "AWS_SESSION_TOKEN"):
     os.environ.pop(_name, None)
 
@@ -64,8 +65,9 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.slow)
     cache = getattr(config, "cache", None)  # absent under -p no:cacheprovider
     known = cache.get(DURATIONS_KEY, {}) if cache else {}
-    items.sort(key=lambda item: (-known.get(item.nodeid, 0.0), item.nodeid not in by_hand,
-                                 item.nodeid not in uses_service))
+    items.sort(
+        key=lambda item: (-known.get(item.nodeid, 0.0), item.nodeid not in by_hand, item.nodeid not in uses_service)
+    )
 
 
 _durations: dict[str, float] = {}
@@ -143,12 +145,23 @@ def _start_ray() -> tuple[dict, Callable[[], None]]:
 
     os.environ["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="ray", dir="/tmp")
     port = own_dashboard_port()
-    cluster = Cluster(initialize_head=True, head_node_args={
-        **HEAD_NODE, "object_store_memory": 1 << 30, "include_dashboard": True, "dashboard_host": "127.0.0.1",
-        "dashboard_port": port, "node_ip_address": "127.0.0.1"})
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={
+            **HEAD_NODE,
+            "object_store_memory": 1 << 30,
+            "include_dashboard": True,
+            "dashboard_host": "127.0.0.1",
+            "dashboard_port": port,
+            "node_ip_address": "127.0.0.1",
+        },
+    )
     cluster.add_node(**REWARD_NODE, object_store_memory=256 << 20, node_ip_address="127.0.0.1")
-    return {"address": cluster.address, "dashboard": f"http://127.0.0.1:{port}",
-            "tmpdir": os.environ["RAY_TMPDIR"]}, cluster.shutdown
+    return {
+        "address": cluster.address,
+        "dashboard": f"http://127.0.0.1:{port}",
+        "tmpdir": os.environ["RAY_TMPDIR"],
+    }, cluster.shutdown
 
 
 @pytest.fixture(scope="session")
@@ -176,8 +189,20 @@ def _start_tracking_stack(state: str) -> tuple[dict, Callable[[], None]]:
 
     ports = {"--port-s3": free_port(), "--port-mlflow": free_port()}
     command = [sys.executable, "-m", "cluster.local"]
-    up = subprocess.run([*command, "up", "--services", "s3,mlflow", "--state-dir", state,
-                         *(str(x) for item in ports.items() for x in item)], capture_output=True, text=True, timeout=180)
+    up = subprocess.run(
+        [
+            *command,
+            "up",
+            "--services",
+            "s3,mlflow",
+            "--state-dir",
+            state,
+            *(str(x) for item in ports.items() for x in item),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert up.returncode == 0, up.stdout + up.stderr
     with open(os.path.join(state, "local-stack.json"), encoding="utf-8") as f:
         s3, mlflow = json.load(f)["services"]
@@ -186,8 +211,12 @@ def _start_tracking_stack(state: str) -> tuple[dict, Callable[[], None]]:
         result = subprocess.run([*command, "down", "--state-dir", state], capture_output=True, text=True, timeout=120)
         assert result.returncode == 0, result.stdout + result.stderr
 
-    return {"s3": s3["addresses"]["endpoint"], "bucket": "reward-tuning", "mlflow": mlflow["addresses"]["tracking"],
-            "mlflow_db": os.path.join(mlflow["workdir"], "mlflow.db")}, down
+    return {
+        "s3": s3["addresses"]["endpoint"],
+        "bucket": "reward-tuning",
+        "mlflow": mlflow["addresses"]["tracking"],
+        "mlflow_db": os.path.join(mlflow["workdir"], "mlflow.db"),
+    }, down
 
 
 @pytest.fixture(scope="session")

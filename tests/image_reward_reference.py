@@ -87,7 +87,9 @@ class BertEmbeddings(nn.Module):
         self.register_buffer("position_ids", torch.arange(positions).expand((1, -1)))
 
     def forward(self, ids):
-        return self.LayerNorm(self.word_embeddings(ids) + self.position_embeddings(self.position_ids[:, : ids.shape[1]]))
+        return self.LayerNorm(
+            self.word_embeddings(ids) + self.position_embeddings(self.position_ids[:, : ids.shape[1]])
+        )
 
 
 class BertSelfAttention(nn.Module):
@@ -192,8 +194,16 @@ class BLIP(nn.Module):
 class MLP(nn.Module):
     def __init__(self, width: int):
         super().__init__()
-        self.layers = nn.Sequential(nn.Linear(width, 1024), nn.Dropout(0.2), nn.Linear(1024, 128), nn.Dropout(0.2),
-                                    nn.Linear(128, 64), nn.Dropout(0.1), nn.Linear(64, 16), nn.Linear(16, 1))
+        self.layers = nn.Sequential(
+            nn.Linear(width, 1024),
+            nn.Dropout(0.2),
+            nn.Linear(1024, 128),
+            nn.Dropout(0.2),
+            nn.Linear(128, 64),
+            nn.Dropout(0.1),
+            nn.Linear(64, 16),
+            nn.Linear(16, 1),
+        )
 
     def forward(self, x):
         return self.layers(x)

@@ -82,8 +82,15 @@ def write_aesthetic_head(path: str, embed_dim: int, *, seed: int = 0) -> str:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         layers = nn.Sequential(
-            nn.Linear(embed_dim, 1024), nn.Dropout(0.2), nn.Linear(1024, 128), nn.Dropout(0.2),
-            nn.Linear(128, 64), nn.Dropout(0.1), nn.Linear(64, 16), nn.Linear(16, 1))
+            nn.Linear(embed_dim, 1024),
+            nn.Dropout(0.2),
+            nn.Linear(1024, 128),
+            nn.Dropout(0.2),
+            nn.Linear(128, 64),
+            nn.Dropout(0.1),
+            nn.Linear(64, 16),
+            nn.Linear(16, 1),
+        )
     torch.save({f"layers.{k}": v for k, v in layers.state_dict().items()}, path)
     return path
 
@@ -95,19 +102,34 @@ def make_aesthetic_spec(folder: str, *, seed: int = 0, weight: float = 1.0) -> R
     clip_weights = os.path.join(folder, "tiny_clip_l14.bin")
     write_open_clip_weights(config_path, clip_weights, seed=seed, hps_layout=False)
     head = write_aesthetic_head(os.path.join(folder, "tiny-linearMSE.pth"), config["embed_dim"], seed=seed)
-    return RewardSpec(name="aesthetic", weight=weight, checkpoint=head, clip_checkpoint=clip_weights,
-                      arch_config=config_path)
+    return RewardSpec(
+        name="aesthetic", weight=weight, checkpoint=head, clip_checkpoint=clip_weights, arch_config=config_path
+    )
 
 
 def tiny_clip_config():
     """The transformers ``CLIPConfig`` of the tiny PickScore-style model (64 px, 32-d, real CLIP vocab)."""
     from transformers import CLIPConfig
 
-    text = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
-                vocab_size=49408, bos_token_id=49406, eos_token_id=49407, pad_token_id=49407,
-                max_position_embeddings=77)
-    vision = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
-                  image_size=TINY_IMAGE_SIZE, patch_size=16)
+    text = dict(
+        hidden_size=32,
+        intermediate_size=37,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        vocab_size=49408,
+        bos_token_id=49406,
+        eos_token_id=49407,
+        pad_token_id=49407,
+        max_position_embeddings=77,
+    )
+    vision = dict(
+        hidden_size=32,
+        intermediate_size=37,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        image_size=TINY_IMAGE_SIZE,
+        patch_size=16,
+    )
     return CLIPConfig(text_config=text, vision_config=vision, projection_dim=32)
 
 
@@ -129,7 +151,8 @@ def make_pickscore_spec(folder: str, *, tokenizer=None, seed: int = 0, weight: f
         torch.manual_seed(seed)
         model = CLIPModel(tiny_clip_config()).eval()
     image_processor = CLIPImageProcessor(
-        size={"shortest_edge": TINY_IMAGE_SIZE}, crop_size={"height": TINY_IMAGE_SIZE, "width": TINY_IMAGE_SIZE})
+        size={"shortest_edge": TINY_IMAGE_SIZE}, crop_size={"height": TINY_IMAGE_SIZE, "width": TINY_IMAGE_SIZE}
+    )
     processor = CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer or build_clip_tokenizer())
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
@@ -138,14 +161,49 @@ def make_pickscore_spec(folder: str, *, tokenizer=None, seed: int = 0, weight: f
 
 # A tiny ImageReward: sizes for rewards.image_reward (arch_config) and the original-layout reference module
 TINY_IMAGE_REWARD_ARCH = {
-    "vision": {"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 2, "num_attention_heads": 4,
-               "image_size": 32, "patch_size": 16},
-    "text": {"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 2, "num_attention_heads": 4,
-             "max_position_embeddings": 40, "bos_token_id": 2, "sep_token_id": 3, "eos_token_id": 3},
+    "vision": {
+        "hidden_size": 32,
+        "intermediate_size": 37,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "image_size": 32,
+        "patch_size": 16,
+    },
+    "text": {
+        "hidden_size": 32,
+        "intermediate_size": 37,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "max_position_embeddings": 40,
+        "bos_token_id": 2,
+        "sep_token_id": 3,
+        "eos_token_id": 3,
+    },
 }
 BERT_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-BERT_WORDS = ["a", "red", "cube", "on", "table", "photo", "of", "dog", "painting", "ocean", "with", "clouds", "and",
-              "birds", ",", "day", "time", "low", "depth", "field", "effect"]
+BERT_WORDS = [
+    "a",
+    "red",
+    "cube",
+    "on",
+    "table",
+    "photo",
+    "of",
+    "dog",
+    "painting",
+    "ocean",
+    "with",
+    "clouds",
+    "and",
+    "birds",
+    ",",
+    "day",
+    "time",
+    "low",
+    "depth",
+    "field",
+    "effect",
+]
 
 
 def write_bert_vocab(folder: str) -> str:
@@ -163,10 +221,22 @@ def reference_image_reward(vocab_size: int, seed: int = 0):
     from image_reward_reference import ImageReward
 
     v, t = TINY_IMAGE_REWARD_ARCH["vision"], TINY_IMAGE_REWARD_ARCH["text"]
-    vision = dict(image=v["image_size"], patch=v["patch_size"], width=v["hidden_size"], depth=v["num_hidden_layers"],
-                  heads=v["num_attention_heads"], mlp=v["intermediate_size"])
-    text = dict(vocab=vocab_size, width=t["hidden_size"], layers=t["num_hidden_layers"], heads=t["num_attention_heads"],
-                ffn=t["intermediate_size"], positions=t["max_position_embeddings"])
+    vision = dict(
+        image=v["image_size"],
+        patch=v["patch_size"],
+        width=v["hidden_size"],
+        depth=v["num_hidden_layers"],
+        heads=v["num_attention_heads"],
+        mlp=v["intermediate_size"],
+    )
+    text = dict(
+        vocab=vocab_size,
+        width=t["hidden_size"],
+        layers=t["num_hidden_layers"],
+        heads=t["num_attention_heads"],
+        ffn=t["intermediate_size"],
+        positions=t["max_position_embeddings"],
+    )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = ImageReward(vision, text).eval()

@@ -30,8 +30,9 @@ def _alive(pid: int) -> bool:
 
 
 @contextlib.contextmanager
-def shared(name: str, folder: str | None, start: Callable[[], tuple[dict[str, Any], Callable[[], None]]]
-           ) -> Iterator[dict[str, Any]]:
+def shared(
+    name: str, folder: str | None, start: Callable[[], tuple[dict[str, Any], Callable[[], None]]]
+) -> Iterator[dict[str, Any]]:
     """Yield the description ``start()`` returned (JSON: addresses, paths) of the service ``name``.
 
     Args:

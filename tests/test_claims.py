@@ -36,8 +36,10 @@ def test_crossed_bootstrap_counts_both_seeds_and_prompts():
     assert wide[2] - wide[1] > 2 * (narrow[2] - narrow[1])  # the seeds' spread widens the interval
 
 
-@pytest.mark.parametrize(("lows", "highs", "verdict"), [
-    ([0.1, 0.2], [1.0, 1.0], HOLDS), ([0.1, -0.2], [1.0, -0.1], FAILS), ([0.1, -0.2], [1.0, 0.3], UNSURE)])
+@pytest.mark.parametrize(
+    ("lows", "highs", "verdict"),
+    [([0.1, 0.2], [1.0, 1.0], HOLDS), ([0.1, -0.2], [1.0, -0.1], FAILS), ([0.1, -0.2], [1.0, 0.3], UNSURE)],
+)
 def test_interval_verdict(lows, highs, verdict):
     assert claims.verdict_from(lows, highs) == verdict
 
@@ -80,10 +82,15 @@ def test_early_stop_needs_faster_steps_and_the_gain_kept():
 
 def test_distill_needs_the_teacher_beaten_and_half_its_diversity():
     def generator(reward: float, div: float) -> list[dict]:
-        teacher = {"one_step": {"trained": [20.0] * 9, "feature_diversity": [0.4] * 9},
-                   "multi_step": {"trained": [50.0] * 9, "feature_diversity": [0.4] * 9}}
-        return [{**r, "tuned": {**r["tuned"], "feature_diversity": [div + 0.01 * i for i in range(9)]},
-                 "teacher": teacher} for r in arm(reward)]
+        teacher = {
+            "one_step": {"trained": [20.0] * 9, "feature_diversity": [0.4] * 9},
+            "multi_step": {"trained": [50.0] * 9, "feature_diversity": [0.4] * 9},
+        }
+        return [
+            {**r, "tuned": {**r["tuned"], "feature_diversity": [div + 0.01 * i for i in range(9)]}, "teacher": teacher}
+            for r in arm(reward)
+        ]
+
     assert claims.judge_distill({"DI*": generator(48.0, 0.3)})[0] == HOLDS
     assert claims.judge_distill({"DI*": generator(40.0, 0.3)})[0] == FAILS  # below 90% of the multi-step
     assert claims.judge_distill({"DI*": generator(48.0, 0.1)})[0] == FAILS  # collapsed
@@ -93,8 +100,12 @@ def test_distill_needs_the_teacher_beaten_and_half_its_diversity():
 
 def test_lv_verdict_reads_the_variance_ratio():
     one = torch.linspace(1, 2, 32).tolist()
-    result = {"draws": 32, "mean_gradient_norm": {"DRaFT-1": 1.0, "DRaFT-LV n=2": 1.0}, "mean_gradient_cosine": 0.9,
-              "s_per_draw": {"DRaFT-1": 1.0, "DRaFT-LV n=2": 1.5}}
+    result = {
+        "draws": 32,
+        "mean_gradient_norm": {"DRaFT-1": 1.0, "DRaFT-LV n=2": 1.0},
+        "mean_gradient_cosine": 0.9,
+        "s_per_draw": {"DRaFT-1": 1.0, "DRaFT-LV n=2": 1.5},
+    }
     for factor, verdict in ((0.5, HOLDS), (2.0, FAILS)):
         result["spread"] = {"DRaFT-1": one, "DRaFT-LV n=2": [factor * v for v in one]}
         got, _, ratio = claims.judge_lv(result)

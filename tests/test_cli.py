@@ -19,8 +19,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     env = shell_env(PYTHONPATH=ROOT)
-    return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 @pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(ROOT, "pipeline", "configs", "*.yaml"))))
@@ -60,8 +61,10 @@ def test_bad_config_exits_2_with_every_problem(tmp_path):
 
 def test_missing_files_exit_2_before_loading(tmp_path):
     cfg = tmp_path / "c.yaml"
-    cfg.write_text(f"model: {{path: {tmp_path}/no_model}}\nrewards:\n  - {{name: hpsv2, checkpoint: {tmp_path}/HPS.pt}}\n"
-                   f"data: {{prompts: {tmp_path}/p.txt}}\n")
+    cfg.write_text(
+        f"model: {{path: {tmp_path}/no_model}}\nrewards:\n  - {{name: hpsv2, checkpoint: {tmp_path}/HPS.pt}}\n"
+        f"data: {{prompts: {tmp_path}/p.txt}}\n"
+    )
     result = cli("pipeline.train", "--config", str(cfg))
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert f"model.path: '{tmp_path}/no_model' does not exist" in result.stderr
@@ -75,10 +78,21 @@ def test_a_corrupt_reward_checkpoint_and_missing_lora_targets_exit_2_before_ray_
     corrupt = tmp_path / "toy-clip.safetensors"
     corrupt.write_bytes(os.urandom(1 << 16))
     start = time.perf_counter()
-    result = subprocess.run([sys.executable, "-m", "pipeline.train", f"rewards.0.checkpoint={corrupt}",
-                             "trainable.target_modules=[nothing_here]", f"train.output_dir={tmp_path / 'runs'}"],
-                            cwd=ROOT, env=shell_env(RAY_TMPDIR=str(tmp_path / "ray")), capture_output=True, text=True,
-                            timeout=120)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pipeline.train",
+            f"rewards.0.checkpoint={corrupt}",
+            "trainable.target_modules=[nothing_here]",
+            f"train.output_dir={tmp_path / 'runs'}",
+        ],
+        cwd=ROOT,
+        env=shell_env(RAY_TMPDIR=str(tmp_path / "ray")),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     elapsed = time.perf_counter() - start
     assert result.returncode == 2 and "Traceback" not in result.stderr and result.stdout == ""
     assert f"rewards.0.checkpoint: '{corrupt}' is not a readable safetensors file (" in result.stderr
@@ -106,10 +120,26 @@ def test_train_generate_evaluate_end_to_end(tiny_sd_dir, tmp_path):
     prompts.write_text("a red circle\na blue square\n")
     empty = tmp_path / "empty.yaml"
     empty.write_text("{}\n")
-    result = cli("pipeline.train", "--config", str(empty), f"model.path={tiny_sd_dir}", "model.device=cpu", "sampler.num_steps=3",
-                 "plan.name=drtune", "plan.k=2", "train.steps=2", "train.batch_size=1", f"train.output_dir={tmp_path}",
-                 "train.run_name=e2e", f"data.prompts={prompts}", "eval.max_prompts=2", "eval.images_per_prompt=1",
-                 "eval.rewards=[{name: symmetry}]", "ray.enabled=false", timeout=300)
+    result = cli(
+        "pipeline.train",
+        "--config",
+        str(empty),
+        f"model.path={tiny_sd_dir}",
+        "model.device=cpu",
+        "sampler.num_steps=3",
+        "plan.name=drtune",
+        "plan.k=2",
+        "train.steps=2",
+        "train.batch_size=1",
+        f"train.output_dir={tmp_path}",
+        "train.run_name=e2e",
+        f"data.prompts={prompts}",
+        "eval.max_prompts=2",
+        "eval.images_per_prompt=1",
+        "eval.rewards=[{name: symmetry}]",
+        "ray.enabled=false",
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     run_dir = tmp_path / "e2e"
     assert f"run folder: {run_dir}" in result.stdout
@@ -119,12 +149,44 @@ def test_train_generate_evaluate_end_to_end(tiny_sd_dir, tmp_path):
     from pipeline import evaluate, generate
 
     out = tmp_path / "gen"
-    assert generate.main(["--model", tiny_sd_dir, "--weights", str(run_dir / "final"), "--prompt", "a red circle",
-                          "--num-images", "2", "--steps", "3", "--device", "cpu", "--out", str(out)]) == 0
+    assert (
+        generate.main(
+            [
+                "--model",
+                tiny_sd_dir,
+                "--weights",
+                str(run_dir / "final"),
+                "--prompt",
+                "a red circle",
+                "--num-images",
+                "2",
+                "--steps",
+                "3",
+                "--device",
+                "cpu",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert (out / "grid.png").is_file() and len(list(out.glob("0*.png"))) == 2
-    assert evaluate.main([f"model.path={tiny_sd_dir}", "model.device=cpu", "sampler.num_steps=3",
-                          "eval.max_prompts=2", "eval.images_per_prompt=2", "eval.rewards=[{name: sharpness}]",
-                          "--weights", str(run_dir / "final"), "--compare-base"]) == 0
+    assert (
+        evaluate.main(
+            [
+                f"model.path={tiny_sd_dir}",
+                "model.device=cpu",
+                "sampler.num_steps=3",
+                "eval.max_prompts=2",
+                "eval.images_per_prompt=2",
+                "eval.rewards=[{name: sharpness}]",
+                "--weights",
+                str(run_dir / "final"),
+                "--compare-base",
+            ]
+        )
+        == 0
+    )
 
 
 def test_generate_without_prompts_exits_2(tiny_sd_dir):
@@ -136,7 +198,9 @@ def test_config_round_trips_through_plain_data():
     """What the driver sends to Ray workers (to_dict) rebuilds the same config."""
     from pipeline.config import from_dict, to_dict
 
-    cfg = load_config(Config, os.path.join(ROOT, "pipeline", "configs", "sd15_drtune_hps.yaml"), ["optim.betas=[0.8, 0.9]"])
+    cfg = load_config(
+        Config, os.path.join(ROOT, "pipeline", "configs", "sd15_drtune_hps.yaml"), ["optim.betas=[0.8, 0.9]"]
+    )
     assert from_dict(Config, to_dict(cfg)) == cfg and cfg.optim.betas == (0.8, 0.9)
     with pytest.raises(ConfigError, match="optim.betas: expected two values"):
         load_config(Config, None, ["optim.betas=[0.9]"])
@@ -162,8 +226,14 @@ def test_resume_refuses_a_different_config_but_allows_more_steps(tiny_sd_dir, tm
     from trainers.loop import run_folder
 
     def config(**train):
-        return from_dict(Config, {"model": {"path": tiny_sd_dir}, "optim": {"lr": train.pop("lr", 1e-4)},
-                                  "train": {"output_dir": str(tmp_path), "run_name": "r", **train}})
+        return from_dict(
+            Config,
+            {
+                "model": {"path": tiny_sd_dir},
+                "optim": {"lr": train.pop("lr", 1e-4)},
+                "train": {"output_dir": str(tmp_path), "run_name": "r", **train},
+            },
+        )
 
     started = config(steps=10)
     save_checkpoint(run_folder(started), 2, {"step": 2}, write_model=os.makedirs)

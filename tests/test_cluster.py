@@ -67,6 +67,7 @@ def dockerfile() -> str:
 
 # ---------------------------------------------------------------- what a cluster definition offers
 
+
 def k8s_groups(spec: dict) -> dict[str, dict]:
     """Per group: the Ray resources one pod advertises, how many pods there can be, and its mounts."""
     groups = {"head": {**pod_view(spec["headGroupSpec"]), "count": 1}}
@@ -83,8 +84,10 @@ def pod_view(group: dict) -> dict:
     params, pod = group.get("rayStartParams", {}), group["template"]["spec"]
     ray_container = pod["containers"][0]
     limits = ray_container.get("resources", {}).get("limits", {})
-    resources = {"CPU": float(params.get("num-cpus", limits.get("cpu", 0))),
-                 "GPU": float(params.get("num-gpus", limits.get("nvidia.com/gpu", 0)))}
+    resources = {
+        "CPU": float(params.get("num-cpus", limits.get("cpu", 0))),
+        "GPU": float(params.get("num-gpus", limits.get("nvidia.com/gpu", 0))),
+    }
     if "resources" in params:
         resources |= json.loads(json.loads(params["resources"]))
     mounts = {m["mountPath"] for m in ray_container.get("volumeMounts", [])}
@@ -99,8 +102,11 @@ def launcher_groups(cfg: dict) -> dict[str, dict]:
     for name, node in cfg["available_node_types"].items():
         count = 1 if name == cfg["head_node_type"] else node.get("max_workers", 0)
         groups["head" if name == cfg["head_node_type"] else name] = {
-            "resources": {k: float(v) for k, v in node["resources"].items()}, "count": count,
-            "mounts": mounts, "images": {cfg["docker"]["image"]}}
+            "resources": {k: float(v) for k, v in node["resources"].items()},
+            "count": count,
+            "mounts": mounts,
+            "images": {cfg["docker"]["image"]},
+        }
     return groups
 
 
@@ -112,6 +118,7 @@ DEFINITIONS = {
 
 
 # ---------------------------------------------------------------- what the training config needs
+
 
 def slots(offered: dict[str, float], need: dict[str, float]) -> float:
     """How many units of ``need`` fit on one node offering ``offered``."""
@@ -130,13 +137,17 @@ def placement_problems(cfg: Config, groups: dict[str, dict]) -> list[str]:
     problems = []
     train_slots = sum(g["count"] * slots(g["resources"], train_need) for g in train_groups.values())
     if train_slots < r.num_workers:
-        problems.append(f"ray.num_workers={r.num_workers} workers needing {train_need}, but the groups without "
-                        f"reward resources ({sorted(train_groups)}) hold only {train_slots}")
+        problems.append(
+            f"ray.num_workers={r.num_workers} workers needing {train_need}, but the groups without "
+            f"reward resources ({sorted(train_groups)}) hold only {train_slots}"
+        )
     actors = max(r.reward_actors, 1) if r.reward_resources else r.reward_actors
     reward_slots = sum(g["count"] * slots(g["resources"], reward_need) for g in reward_groups.values())
     if reward_slots < actors:
-        problems.append(f"{actors} reward actor(s) needing {reward_need} (ray.reward_*), but groups "
-                        f"{sorted(reward_groups)} hold only {reward_slots}")
+        problems.append(
+            f"{actors} reward actor(s) needing {reward_need} (ray.reward_*), but groups "
+            f"{sorted(reward_groups)} hold only {reward_slots}"
+        )
     if groups["head"]["resources"].get("CPU", 1) != 0:
         problems.append("the head advertises CPUs, so training workers or reward actors may land on it")
     return problems
@@ -161,6 +172,7 @@ def path_problems(cfg: Config, groups: dict[str, dict]) -> list[str]:
 
 
 # ---------------------------------------------------------------- the manifests
+
 
 def test_rayjob_entrypoint_runs_the_training_cli_on_a_shipped_config():
     args = entrypoint_args(RAYJOB["spec"]["entrypoint"])
@@ -223,7 +235,8 @@ def test_placement_check_catches_a_missing_reward_resource_and_too_few_gpu_worke
 def test_path_check_catches_a_path_off_the_shared_volume():
     cfg = load_config(Config, os.path.join(ROOT, job_config_path()), ["train.output_dir=/scratch/runs"])
     assert path_problems(cfg, DEFINITIONS["raycluster"]()) == [
-        "/scratch/runs is on no volume mounted by ['head', 'train-gpu', 'reward-gpu']"]
+        "/scratch/runs is on no volume mounted by ['head', 'train-gpu', 'reward-gpu']"
+    ]
 
 
 def job_config_path() -> str:
@@ -260,11 +273,18 @@ def test_launcher_yaml_follows_the_ray_cluster_schema():
 
 # ---------------------------------------------------------------- the local stack
 
+
 def stack(*args: str, state_dir, timeout: float = 180) -> subprocess.CompletedProcess:
     """``python -m cluster.local ARGS`` with this venv's bin first on PATH (a job's ``python``)."""
     env = {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")}
-    return subprocess.run([sys.executable, "-m", "cluster.local", *args, "--state-dir", str(state_dir)],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "cluster.local", *args, "--state-dir", str(state_dir)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def free_ports(n: int) -> list[int]:
@@ -292,7 +312,7 @@ def listening_addresses(pids: list[int]) -> set[ipaddress.IPv4Address | ipaddres
                 fields = line.split()
                 if fields[3] == "0A" and fields[9] in inodes:  # 0A = LISTEN
                     raw = bytes.fromhex(fields[1].split(":")[0])
-                    words = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))  # host-order words
+                    words = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))  # host-order words
                     addresses.add(ipaddress.ip_address(words))
     return addresses
 
@@ -305,8 +325,22 @@ def is_loopback(address) -> bool:
 @pytest.mark.slow
 def test_local_stack_up_status_down(tmp_path):
     gcs, dashboard, client, agent, s3_port, mlflow_port = free_ports(6)
-    ports = ["--port-gcs", str(gcs), "--port-dashboard", str(dashboard), "--port-client", str(client),
-             "--port-agent", str(agent), "--port-s3", str(s3_port), "--port-mlflow", str(mlflow_port), "--num-cpus", "1"]
+    ports = [
+        "--port-gcs",
+        str(gcs),
+        "--port-dashboard",
+        str(dashboard),
+        "--port-client",
+        str(client),
+        "--port-agent",
+        str(agent),
+        "--port-s3",
+        str(s3_port),
+        "--port-mlflow",
+        str(mlflow_port),
+        "--num-cpus",
+        "1",
+    ]
     up = stack("up", *ports, state_dir=tmp_path)
     try:
         assert up.returncode == 0, up.stdout + up.stderr
@@ -323,8 +357,13 @@ def test_local_stack_up_status_down(tmp_path):
             assert response.status == 200
         import boto3
 
-        buckets = boto3.client("s3", endpoint_url=s3["addresses"]["endpoint"], region_name="us-east-1",
-                               aws_access_key_id="x", aws_secret_access_key="x").list_buckets()["Buckets"]
+        buckets = boto3.client(
+            "s3",
+            endpoint_url=s3["addresses"]["endpoint"],
+            region_name="us-east-1",
+            aws_access_key_id="x",
+            aws_secret_access_key="x",
+        ).list_buckets()["Buckets"]
         assert [b["Name"] for b in buckets] == ["reward-tuning"]
         assert mlflow["addresses"]["artifacts"] == "s3://reward-tuning/mlflow"
         assert ray["env"]["MLFLOW_TRACKING_URI"] == f"http://127.0.0.1:{mlflow_port}"
@@ -342,8 +381,9 @@ def test_local_stack_up_status_down(tmp_path):
         assert again.returncode == 0 and "already up" in again.stdout
     finally:
         down = stack("down", state_dir=tmp_path)
-    assert down.returncode == 0 and "ray: stopped" in down.stdout and "mlflow: stopped" in down.stdout, \
+    assert down.returncode == 0 and "ray: stopped" in down.stdout and "mlflow: stopped" in down.stdout, (
         down.stdout + down.stderr
+    )
     table = proc_table()
     assert [p for p, s in recorded if alive(p, s, table)] == []
     assert not (tmp_path / "local-stack.json").exists() and not os.path.exists(ray["workdir"])
@@ -358,23 +398,39 @@ def test_busy_port_exits_2_naming_the_port_before_starting_anything(tmp_path):
         busy.listen()
         port = busy.getsockname()[1]
         others = free_ports(3)
-        result = stack("up", "--services", "ray", "--port-dashboard", str(port), "--port-gcs", str(others[0]),
-                       "--port-client", str(others[1]), "--port-agent", str(others[2]), state_dir=tmp_path, timeout=60)
+        result = stack(
+            "up",
+            "--services",
+            "ray",
+            "--port-dashboard",
+            str(port),
+            "--port-gcs",
+            str(others[0]),
+            "--port-client",
+            str(others[1]),
+            "--port-agent",
+            str(others[2]),
+            state_dir=tmp_path,
+            timeout=60,
+        )
     assert result.returncode == 2 and result.stdout == ""
     assert f"port {port} (--port-dashboard) is already in use on 127.0.0.1" in result.stderr
     assert "pick another port, e.g. --port-dashboard" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "local-stack.json").exists()
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--port-gcs", "12000"], "--port-gcs 12000: Ray gives ports 10002-19999 to its workers"),
-    (["--port-gcs", "7000", "--port-client", "7000"], "--port-client 7000: already used for --port-gcs"),
-    (["--port-gcs", "80"], "--port-gcs 80: must be in 1024-65535"),
-    (["--num-cpus", "two"], "argument --num-cpus: expected a whole number >= 0, got 'two'"),
-    (["--resources", "reward_node=1"], "argument --resources: not JSON"),
-    (["--object-store-mib", "10"], "--object-store-mib 10: Ray needs at least 75"),
-    (["--services", "ray,minio"], "argument --services: unknown service(s) ['minio']; choose from s3, mlflow, ray"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--port-gcs", "12000"], "--port-gcs 12000: Ray gives ports 10002-19999 to its workers"),
+        (["--port-gcs", "7000", "--port-client", "7000"], "--port-client 7000: already used for --port-gcs"),
+        (["--port-gcs", "80"], "--port-gcs 80: must be in 1024-65535"),
+        (["--num-cpus", "two"], "argument --num-cpus: expected a whole number >= 0, got 'two'"),
+        (["--resources", "reward_node=1"], "argument --resources: not JSON"),
+        (["--object-store-mib", "10"], "--object-store-mib 10: Ray needs at least 75"),
+        (["--services", "ray,minio"], "argument --services: unknown service(s) ['minio']; choose from s3, mlflow, ray"),
+    ],
+)
 def test_bad_arguments_exit_2(tmp_path, args, message):
     result = stack("up", *args, state_dir=tmp_path, timeout=60)
     assert result.returncode == 2 and message in result.stderr, result.stderr

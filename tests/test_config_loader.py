@@ -155,8 +155,7 @@ def test_unknown_key_without_close_match_lists_valid_keys():
 def test_literal_error_lists_allowed_values_and_suggests():
     (problem,) = _problems({"run_name": "x", "rewards": [{"name": "hsp"}]})
     assert problem == (
-        "rewards.0.name: expected one of 'aesthetic', 'hps', 'pickscore', got 'hsp' (str)"
-        "; did you mean 'hps'?"
+        "rewards.0.name: expected one of 'aesthetic', 'hps', 'pickscore', got 'hsp' (str); did you mean 'hps'?"
     )
 
 
@@ -211,9 +210,7 @@ def test_validate_prefixed_and_skipped_for_objects_that_failed_to_build():
         "trainer.optim.lr: must be > 0, got -1.0",
         "trainer.k: expected an integer >= 1, got 0",
     ]
-    assert _problems({"run_name": "x", "trainer": {"k": 9, "steps": 4}}) == [
-        "trainer: k (9) exceeds steps (4)"
-    ]
+    assert _problems({"run_name": "x", "trainer": {"k": 9, "steps": 4}}) == ["trainer: k (9) exceeds steps (4)"]
     # k=0 would fail validate(), but the section has a type error, so validate() must not run.
     assert _problems({"run_name": "x", "trainer": {"k": 0, "steps": "many"}}) == [
         "trainer.steps: expected an integer, got 'many' (str)"

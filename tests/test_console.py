@@ -33,8 +33,16 @@ def render(events: list[dict], total: int, tty: bool, models: dict[int, int] | N
     console = Console(total, out, out, tty=tty)
     for event in events:
         if event["kind"] == "checkpoint" and event["step"] in (models or {}):  # MLflow logs the model first
-            console({"kind": "model", "step": event["step"], "uri": f"models:/m-{event['step']}", "name": "toy",
-                     "version": models[event["step"]], "late": False})
+            console(
+                {
+                    "kind": "model",
+                    "step": event["step"],
+                    "uri": f"models:/m-{event['step']}",
+                    "name": "toy",
+                    "version": models[event["step"]],
+                    "late": False,
+                }
+            )
         console(event)
     console.close()
     return out.getvalue()
@@ -48,12 +56,15 @@ def test_off_a_terminal_progress_is_one_line_per_tenth_with_eval_and_checkpoint_
     assert all("| reward " in line and "s/step | ETA " in line for line in progress)
     assert "ETA 0:00" in progress[-1]
     evals = [line for line in lines if line.startswith("eval step")]
-    assert evals == ["eval step 0 (base): trained 60.00, feature_diversity 0.4000",
-                     "eval step 20: trained 70.00 (+10.00), feature_diversity 0.3000 (-0.1000)",
-                     "eval step 40: trained 75.50 (+15.50), feature_diversity 0.3000 (-0.1000)"]
+    assert evals == [
+        "eval step 0 (base): trained 60.00, feature_diversity 0.4000",
+        "eval step 20: trained 70.00 (+10.00), feature_diversity 0.3000 (-0.1000)",
+        "eval step 40: trained 75.50 (+15.50), feature_diversity 0.3000 (-0.1000)",
+    ]
     assert [line for line in lines if line.startswith("checkpoint")] == [
         f"checkpoint step {s}: /runs/x/checkpoints/step_{s:06d} | MLflow toy version {v} (models:/m-{s})"
-        for s, v in ((20, 1), (40, 2))]
+        for s, v in ((20, 1), (40, 2))
+    ]
     assert len(lines) == len(set(lines)) == 10 + 3 + 2 and "\r" not in text
 
 
@@ -80,7 +91,8 @@ def test_an_evaluation_says_whether_it_meets_eval_require():
     assert out.getvalue().splitlines() == [
         "eval step 0 (base): trained 60.00, feature_diversity 0.4000 | meets eval.require",
         "eval step 2: trained 70.00 (+10.00), feature_diversity 0.3000 (-0.1000) | breaks "
-        "eval/feature_diversity>=0.35 (0.3)"]
+        "eval/feature_diversity>=0.35 (0.3)",
+    ]
 
 
 def test_a_model_logged_after_an_outage_gets_its_own_line():
@@ -92,17 +104,20 @@ def test_a_model_logged_after_an_outage_gets_its_own_line():
     assert out.getvalue().splitlines() == [
         "checkpoint step 2: /runs/x/checkpoints/step_000002",
         "mlflow: checkpoint step 2 logged as toy version 3 (models:/m-2)",
-        "mlflow: checkpoint model logged again after the outage"]
+        "mlflow: checkpoint model logged again after the outage",
+    ]
 
 
 def test_the_held_out_table_shows_each_reward_with_its_interval_and_the_teacher_for_di_star():
-    held_out = {"trained": {"base": 67.157, "tuned": 83.673, "diff": 16.516, "diff_low": 10.784, "diff_high": 22.528},
-                "sharpness": {"base": 0.0276, "tuned": 0.02462, "diff": -0.00297, "diff_low": -0.00529,
-                              "diff_high": -0.000473}}
+    held_out = {
+        "trained": {"base": 67.157, "tuned": 83.673, "diff": 16.516, "diff_low": 10.784, "diff_high": 22.528},
+        "sharpness": {"base": 0.0276, "tuned": 0.02462, "diff": -0.00297, "diff_low": -0.00529, "diff_high": -0.000473},
+    }
     assert held_out_table(held_out).splitlines() == [
         "held-out        base      tuned  gain [95% CI]",
         "trained        67.16      83.67  +16.52 [+10.78, +22.53]",
-        "sharpness    0.02760    0.02462  -0.00297 [-0.00529, -0.00047]"]
+        "sharpness    0.02760    0.02462  -0.00297 [-0.00529, -0.00047]",
+    ]
     di_star = held_out_table(held_out, {"teacher/one_step/trained": 40.0, "teacher/multi_step/trained": 80.0})
     assert di_star.splitlines()[1].endswith("40.00 / 80.00")
 
@@ -126,5 +141,4 @@ print("after the block")
     result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout == "console line\nafter the block\n" and result.stderr == "console error\n"
-    assert log.read_text().splitlines() == ["library print", "library warning", "raw fd write",
-                                            "from a child process"]
+    assert log.read_text().splitlines() == ["library print", "library warning", "raw fd write", "from a child process"]

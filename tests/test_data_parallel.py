@@ -17,8 +17,13 @@ def test_two_workers_equal_one_worker_with_the_doubled_batch(ray_session, tiny_s
     # into lr-sized differences; eps = 1 makes the update linear in g, so equal gradients show as equal weights
     sections = {"plan": {"name": "drtune", "k": 2}, "optim": {"lr": 0.5, "eps": 1.0}}
     one = run(make_config(tiny_sdxl_dir, str(tmp_path / "one"), train={"batch_size": 2, "steps": 3}, **sections))
-    cfg = make_config(tiny_sdxl_dir, str(tmp_path / "two"), train={"batch_size": 1, "steps": 3},
-                      ray={"num_workers": 2, "storage_path": str(tmp_path / "ray")}, **sections)
+    cfg = make_config(
+        tiny_sdxl_dir,
+        str(tmp_path / "two"),
+        train={"batch_size": 1, "steps": 3},
+        ray={"num_workers": 2, "storage_path": str(tmp_path / "ray")},
+        **sections,
+    )
     result = fit(cfg, run_folder(cfg))
     assert result.error is None and result.metrics["step"] == 3
     assert result.metrics["dp/max_weight_divergence"] == 0.0, "replicas must hold identical weights"
@@ -61,11 +66,19 @@ def test_two_distill_workers_equal_one_worker_with_the_doubled_batch(ray_session
     # eps = 1 keeps Adam linear in g only while |g| << 1 (see above); the l2 distance's gradients are sqrt(n) = 32
     # times the rms form's on this latent, so the rms form keeps the comparison in that regime
     optim, distance = {"lr": 0.5, "eps": 1.0}, {"huber_norm": "rms"}
-    one = distill_config(tiny_sd_dir, str(tmp_path / "one"), {"train": {"batch_size": 2, "steps": 2}, "optim": optim},
-                         **distance)
-    two = distill_config(tiny_sd_dir, str(tmp_path / "two"), {"train": {"batch_size": 1, "steps": 2}, "optim": optim,
-                                                              "ray": {"num_workers": 2, "storage_path": str(tmp_path / "ray")}},
-                         **distance)
+    one = distill_config(
+        tiny_sd_dir, str(tmp_path / "one"), {"train": {"batch_size": 2, "steps": 2}, "optim": optim}, **distance
+    )
+    two = distill_config(
+        tiny_sd_dir,
+        str(tmp_path / "two"),
+        {
+            "train": {"batch_size": 1, "steps": 2},
+            "optim": optim,
+            "ray": {"num_workers": 2, "storage_path": str(tmp_path / "ray")},
+        },
+        **distance,
+    )
     run(one)
     result = fit(two, run_folder(two))
     assert result.error is None and result.metrics["dp/max_weight_divergence"] == 0.0

@@ -25,9 +25,20 @@ PROMPTS = ["a red square", "a blue circle", "a green triangle"]
 
 def distill_config(model_dir: str, out: str, sections: dict | None = None, **distill):
     """A DI* config on the tiny model; ``sections`` overrides other sections (``{"train": {...}}``)."""
-    return make_config(model_dir, out, plan={"name": "di_star"}, **(sections or {}),
-                       distill={"alpha_rew": 0.5, "alpha_cfg": 3.0, "huber_c": 0.05, "fake_lr": 0.05,
-                                "fake": {"rank": 2, "alpha": 2.0}, **distill})
+    return make_config(
+        model_dir,
+        out,
+        plan={"name": "di_star"},
+        **(sections or {}),
+        distill={
+            "alpha_rew": 0.5,
+            "alpha_cfg": 3.0,
+            "huber_c": 0.05,
+            "fake_lr": 0.05,
+            "fake": {"rank": 2, "alpha": 2.0},
+            **distill,
+        },
+    )
 
 
 def float64_trainer(model_dir: str, cfg):
@@ -55,11 +66,15 @@ def direct_loss(tr, prompts, gen_state) -> tuple[torch.Tensor, torch.Tensor]:
     z, t, eps = d.draw(gen, Replicas(), len(prompts))
     abar = model.scheduler.alphas_cumprod.double()
     a_g = abar[c.generator_timestep]
-    x0 = (z - (1 - a_g).sqrt() * model.denoiser(z, c.generator_timestep, encoder_hidden_states=cond).sample) / a_g.sqrt()
+    x0 = (
+        z - (1 - a_g).sqrt() * model.denoiser(z, c.generator_timestep, encoder_hidden_states=cond).sample
+    ) / a_g.sqrt()
     a = abar[t].view(-1, 1, 1, 1)
     x_t = a.sqrt() * x0 + (1 - a).sqrt() * eps
     eps_fake = d.nets.fake(x_t, t, encoder_hidden_states=cond).sample
-    both = d.nets.teacher(torch.cat([x_t, x_t]), torch.cat([t, t]), encoder_hidden_states=torch.cat([uncond, cond])).sample
+    both = d.nets.teacher(
+        torch.cat([x_t, x_t]), torch.cat([t, t]), encoder_hidden_states=torch.cat([uncond, cond])
+    ).sample
     e_u, e_c = both.chunk(2)
     eps_ref = e_u + c.alpha_cfg * (e_c - e_u)
     n = x_t[0].numel()
@@ -82,11 +97,17 @@ def direct_loss(tr, prompts, gen_state) -> tuple[torch.Tensor, torch.Tensor]:
     return reward + (w * value).mean(), reward + (w * per_sample).mean()
 
 
-@pytest.mark.parametrize("distill", [{"divergence": "sim"}, {"divergence": "sim", "huber_norm": "rms"},
-                                     {"divergence": "sim_sampling_law", "huber_norm": "rms"},
-                                     {"divergence": "sim", "weighting": "min_snr", "alpha_rew": 0.0},
-                                     {"divergence": "kl"}],
-                         ids=["di_star", "di_star_rms", "di_star_sampling_law", "sim_min_snr", "di_plus_plus"])
+@pytest.mark.parametrize(
+    "distill",
+    [
+        {"divergence": "sim"},
+        {"divergence": "sim", "huber_norm": "rms"},
+        {"divergence": "sim_sampling_law", "huber_norm": "rms"},
+        {"divergence": "sim", "weighting": "min_snr", "alpha_rew": 0.0},
+        {"divergence": "kl"},
+    ],
+    ids=["di_star", "di_star_rms", "di_star_sampling_law", "sim_min_snr", "di_plus_plus"],
+)
 def test_generator_gradient_equals_the_divergence_differentiated_directly(tiny_sd_dir, tmp_path, distill):
     tr = float64_trainer(tiny_sd_dir, distill_config(tiny_sd_dir, str(tmp_path), **distill))
     model, d = tr.model, tr.objective.distill
@@ -114,8 +135,11 @@ def _generator_grads_and_fake_step(tr) -> tuple[list[torch.Tensor], list[torch.T
     return list(torch.autograd.grad(loss, tr.params)), [p.detach().clone() for p in d.nets.fake_params]
 
 
-@pytest.mark.parametrize("family, checkpointing", [("sd", False), ("sd", True), ("sdxl", False), ("pixart", True)],
-                         ids=["sd", "sd_unet_checkpointing", "sdxl", "pixart_checkpointing"])
+@pytest.mark.parametrize(
+    "family, checkpointing",
+    [("sd", False), ("sd", True), ("sdxl", False), ("pixart", True)],
+    ids=["sd", "sd_unet_checkpointing", "sdxl", "pixart_checkpointing"],
+)
 def test_shared_base_equals_three_networks(request, tmp_path, family, checkpointing):
     """Two adapters on one denoiser, the teacher its adapters-off forward: the same fake step and generator
     gradients, also when backward recomputes the denoiser's activations (the right adapter must be active
@@ -126,10 +150,16 @@ def test_shared_base_equals_three_networks(request, tmp_path, family, checkpoint
     model = {"model": {"path": folder, "device": "cpu", "unet_checkpointing": checkpointing}}
     separate = float64_trainer(folder, distill_config(folder, str(tmp_path / "a"), model))
     shared = float64_trainer(folder, distill_config(folder, str(tmp_path / "b"), model, shared_base=True))
-    assert shared.objective.distill.nets.teacher is shared.model.denoiser and separate.objective.distill.nets.teacher is not None
+    assert (
+        shared.objective.distill.nets.teacher is shared.model.denoiser
+        and separate.objective.distill.nets.teacher is not None
+    )
     with torch.no_grad():
-        for mine, theirs in zip(shared.params + shared.objective.distill.nets.fake_params,
-                                separate.params + separate.objective.distill.nets.fake_params, strict=True):
+        for mine, theirs in zip(
+            shared.params + shared.objective.distill.nets.fake_params,
+            separate.params + separate.objective.distill.nets.fake_params,
+            strict=True,
+        ):
             mine.copy_(theirs)
     grads_a, fake_a = _generator_grads_and_fake_step(separate)
     grads_b, fake_b = _generator_grads_and_fake_step(shared)
@@ -137,7 +167,9 @@ def test_shared_base_equals_three_networks(request, tmp_path, family, checkpoint
         torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-12)
     layers = [m for m in shared.model.denoiser.modules() if isinstance(m, BaseTunerLayer)]
     assert layers and all(m.active_adapters == ["default"] for m in layers), "the generator's adapter is active at rest"
-    assert all(p.requires_grad for p in shared.params) and not any(p.requires_grad for p in shared.objective.distill.nets.fake_params)
+    assert all(p.requires_grad for p in shared.params) and not any(
+        p.requires_grad for p in shared.objective.distill.nets.fake_params
+    )
 
 
 @pytest.mark.parametrize("family", ["sdxl", "pixart"])
@@ -153,13 +185,16 @@ def test_di_star_trains_with_a_teacher_folder_of_each_family(request, tmp_path, 
         build_tiny_sdxl(teacher, request.getfixturevalue("clip_tokenizer_dir"), seed=1)
     else:
         build_tiny_pixart(teacher, seed=1)
-    cfg = distill_config(folder, str(tmp_path / "run"), {"train": {"steps": 2, "checkpoint_every": 2}},
-                         teacher_path=teacher)
+    cfg = distill_config(
+        folder, str(tmp_path / "run"), {"train": {"steps": 2, "checkpoint_every": 2}}, teacher_path=teacher
+    )
     result = run(cfg)
     trained = _trained(result.run_dir)
     assert trained["step"] == 2
     assert any(float(t.abs().max()) > 0 for n, t in trained["trainable"].items() if "lora_B" in n), "generator trained"
-    assert any(float(t.abs().max()) > 0 for n, t in trained["objective"]["fake"].items() if "lora_B" in n), "fake trained"
+    assert any(float(t.abs().max()) > 0 for n, t in trained["objective"]["fake"].items() if "lora_B" in n), (
+        "fake trained"
+    )
 
 
 @pytest.mark.parametrize("shared", [False, True], ids=["three_networks", "shared_base"])
@@ -188,7 +223,8 @@ def test_resume_restores_generator_fake_score_and_both_optimisers(tiny_sd_dir, t
 
 def _same_optimizer_state(a: dict, b: dict) -> bool:
     return a["param_groups"] == b["param_groups"] and all(
-        torch.equal(a["state"][k][s], b["state"][k][s]) for k in a["state"] for s in a["state"][k])
+        torch.equal(a["state"][k][s], b["state"][k][s]) for k in a["state"] for s in a["state"][k]
+    )
 
 
 def test_evaluation_reports_the_teacher_baselines_and_diversity(tiny_sd_dir, tmp_path):
@@ -227,8 +263,10 @@ def test_incompatible_teacher_fails_at_config_time(tiny_sd_dir, clip_tokenizer_d
 
     other = build_random_sd(str(tmp_path / "tiny"), "tiny", CLIPTokenizer.from_pretrained(clip_tokenizer_dir))
     cfg_path = tmp_path / "cfg.yaml"
-    cfg_path.write_text(f"model: {{path: {tiny_sd_dir}, device: cpu}}\nplan: {{name: di_star}}\n"
-                        f"train: {{output_dir: {tmp_path / 'runs'}}}\n")
+    cfg_path.write_text(
+        f"model: {{path: {tiny_sd_dir}, device: cpu}}\nplan: {{name: di_star}}\n"
+        f"train: {{output_dir: {tmp_path / 'runs'}}}\n"
+    )
     with pytest.raises(ConfigError) as err:
         load_checked(str(cfg_path), [f"distill.teacher_path={other}"], training=True)
     text = str(err.value)
@@ -239,14 +277,21 @@ def test_incompatible_teacher_fails_at_config_time(tiny_sd_dir, clip_tokenizer_d
     load_checked(str(cfg_path), [f"distill.teacher_path={tiny_sd_dir}"], training=True)  # a compatible pair passes
 
 
-@pytest.mark.parametrize("overrides,message", [
-    (["distill.shared_base=true", "trainable.kind=full"], "distill.shared_base: the generator is a LoRA adapter"),
-    (["distill.shared_base=true", "distill.teacher_path=/x"], "distill.shared_base: the teacher is the shared UNet"),
-    (["distill.t_min=900", "distill.t_max=100"], "distill.t_min: must be <= t_max=100"),
-    (["distill.generator_timestep=1000"], "distill.generator_timestep: must be a training timestep"),
-    (["plan.name=drtune", "plan.k=1", "ray.teacher_actors=1"], "ray.teacher_actors: only plan.name=di_star"),
-    (["distill.shared_base=true", "ray.teacher_actors=2"], "ray.teacher_actors: with distill.shared_base"),
-], ids=["shared_full", "shared_teacher_path", "t_range", "t_g", "actors_without_di_star", "actors_shared"])
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (["distill.shared_base=true", "trainable.kind=full"], "distill.shared_base: the generator is a LoRA adapter"),
+        (
+            ["distill.shared_base=true", "distill.teacher_path=/x"],
+            "distill.shared_base: the teacher is the shared UNet",
+        ),
+        (["distill.t_min=900", "distill.t_max=100"], "distill.t_min: must be <= t_max=100"),
+        (["distill.generator_timestep=1000"], "distill.generator_timestep: must be a training timestep"),
+        (["plan.name=drtune", "plan.k=1", "ray.teacher_actors=1"], "ray.teacher_actors: only plan.name=di_star"),
+        (["distill.shared_base=true", "ray.teacher_actors=2"], "ray.teacher_actors: with distill.shared_base"),
+    ],
+    ids=["shared_full", "shared_teacher_path", "t_range", "t_g", "actors_without_di_star", "actors_shared"],
+)
 def test_bad_distill_configs_are_refused(tmp_path, overrides, message):
     cfg_path = tmp_path / "cfg.yaml"
     cfg_path.write_text("plan: {name: di_star}\n")
@@ -260,10 +305,23 @@ def test_the_sd15_config_trains_on_a_tiny_model_with_its_own_settings(tiny_sd_di
     from trainers.config import Config
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    cfg = load_config(Config, os.path.join(root, "pipeline", "configs", "sd15_distar_hps.yaml"), [
-        f"model.path={tiny_sd_dir}", "model.device=cpu", "rewards=[{name: brightness}]", "eval.rewards=[]",
-        "data.prompts=null", "data.eval_prompts=null", "train.batch_size=2", f"train.output_dir={tmp_path}",
-        "trainable.rank=2", "distill.fake.rank=2", "sampler.num_steps=3"])
+    cfg = load_config(
+        Config,
+        os.path.join(root, "pipeline", "configs", "sd15_distar_hps.yaml"),
+        [
+            f"model.path={tiny_sd_dir}",
+            "model.device=cpu",
+            "rewards=[{name: brightness}]",
+            "eval.rewards=[]",
+            "data.prompts=null",
+            "data.eval_prompts=null",
+            "train.batch_size=2",
+            f"train.output_dir={tmp_path}",
+            "trainable.rank=2",
+            "distill.fake.rank=2",
+            "sampler.num_steps=3",
+        ],
+    )
     assert cfg.distill.shared_base and cfg.model.dtype == "bf16" and cfg.model.unet_checkpointing
     tr = build_trainer(cfg)
     metrics = train_step(tr)
@@ -274,18 +332,50 @@ def test_the_sd15_config_trains_on_a_tiny_model_with_its_own_settings(tiny_sd_di
 def test_train_and_generate_command_lines_run_a_one_step_generator(tiny_sd_dir, tmp_path, capsys):
     from pipeline import generate, train
 
-    assert train.main([f"model.path={tiny_sd_dir}", "model.device=cpu", "plan.name=di_star", "train.steps=2",
-                       "train.batch_size=2", "eval.max_prompts=2", "eval.images_per_prompt=2", "sampler.num_steps=3",
-                       "ray.enabled=false", "tracking.enabled=false", f"train.output_dir={tmp_path}"]) == 0
+    assert (
+        train.main(
+            [
+                f"model.path={tiny_sd_dir}",
+                "model.device=cpu",
+                "plan.name=di_star",
+                "train.steps=2",
+                "train.batch_size=2",
+                "eval.max_prompts=2",
+                "eval.images_per_prompt=2",
+                "sampler.num_steps=3",
+                "ray.enabled=false",
+                "tracking.enabled=false",
+                f"train.output_dir={tmp_path}",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
-    table = out[out.index("held-out "):].splitlines()
+    table = out[out.index("held-out ") :].splitlines()
     assert table[0].endswith("teacher 1-step / multi-step"), table
     trained = next(line for line in table if line.startswith("trained "))
     assert re.fullmatch(r"trained +\S+ +\S+ +[+-]\S+ \[\S+, \S+\] +-?\d+\.\d+ / -?\d+\.\d+", trained), trained
     final = tmp_path / "di_star-seed0" / "final"
     assert json.loads((final / "one_step.json").read_text()) == {"generator_timestep": 999}
-    assert generate.main(["--model", tiny_sd_dir, "--weights", str(final), "--prompt", "a red circle",
-                          "--num-images", "2", "--device", "cpu", "--out", str(tmp_path / "gen")]) == 0
+    assert (
+        generate.main(
+            [
+                "--model",
+                tiny_sd_dir,
+                "--weights",
+                str(final),
+                "--prompt",
+                "a red circle",
+                "--num-images",
+                "2",
+                "--device",
+                "cpu",
+                "--out",
+                str(tmp_path / "gen"),
+            ]
+        )
+        == 0
+    )
     assert "one-step generator: x0 prediction at timestep 999" in capsys.readouterr().out
     assert (tmp_path / "gen" / "grid.png").is_file()
 
@@ -303,9 +393,16 @@ def test_diversity_of_pixels_and_of_image_features():
     assert feature_diversity(features, 2).tolist() == pytest.approx([1.0, 0.0])
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     clip = os.path.join(root, "pipeline", "assets", "toyworld", "clip")
-    mixed = build_reward([RewardSpec(name="colourfulness"), RewardSpec(
-        name="clip_score", arch_config=os.path.join(clip, "toy-clip.json"),
-        checkpoint=os.path.join(clip, "toy-clip.safetensors"))])
+    mixed = build_reward(
+        [
+            RewardSpec(name="colourfulness"),
+            RewardSpec(
+                name="clip_score",
+                arch_config=os.path.join(clip, "toy-clip.json"),
+                checkpoint=os.path.join(clip, "toy-clip.safetensors"),
+            ),
+        ]
+    )
     encoder = image_encoder({"trained": mixed, "symmetry": build_reward([RewardSpec(name="symmetry")])})
     assert encoder is not None and encoder.__self__ is mixed.parts()["clip_score"], "CLIP's encoder, found in a sum"
     embeddings = encoder(torch.rand(3, 3, 32, 32))

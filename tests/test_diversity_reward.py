@@ -61,8 +61,15 @@ def test_the_loss_gains_exactly_the_groups_feature_diversity(tiny_sd_dir, tmp_pa
     without = torch.autograd.grad(plan_loss(plain, prompts, x_T, flags, None)[0], plain.params)
 
     model = tr.model  # the same images by hand, and the diversity pair by pair
-    traj = sample(model, model.family.encode_prompts(model, prompts), model.family.encode_negative(model, 4), x_T,
-                  tr.schedule, flags, guidance=tr.cfg.sampler.guidance_scale)
+    traj = sample(
+        model,
+        model.family.encode_prompts(model, prompts),
+        model.family.encode_negative(model, 4),
+        x_T,
+        tr.schedule,
+        flags,
+        guidance=tr.cfg.sampler.guidance_scale,
+    )
     f = image_encoder({"r": tr.reward})(model.family.decode(model, traj.finals[0]))
     pairs = [(i, j) for group in ((0, 1), (2, 3)) for i in group for j in group if i != j]
     by_hand = torch.stack([1 - f[i] @ f[j] for i, j in pairs]).mean()
@@ -81,11 +88,24 @@ def test_the_diversity_reward_spreads_the_samples(tmp_path):
 
     spreads = {}
     for lam in (0.0, 300.0):
-        cfg = load_config(Config, QUICKSTART, [
-            "rewards=[{name: clip_score, arch_config: pipeline/assets/toyworld/clip/toy-clip.json, "
-            "checkpoint: pipeline/assets/toyworld/clip/toy-clip.safetensors}]", "plan.name=draft_k", "plan.k=1",
-            "plan.samples_per_prompt=2", f"plan.diversity_coeff={lam}", "sampler.num_steps=4", "optim.lr=0.01",
-            "optim.warmup_steps=1", "eval.images_per_prompt=4", "eval.max_prompts=3", f"train.output_dir={tmp_path}"])
+        cfg = load_config(
+            Config,
+            QUICKSTART,
+            [
+                "rewards=[{name: clip_score, arch_config: pipeline/assets/toyworld/clip/toy-clip.json, "
+                "checkpoint: pipeline/assets/toyworld/clip/toy-clip.safetensors}]",
+                "plan.name=draft_k",
+                "plan.k=1",
+                "plan.samples_per_prompt=2",
+                f"plan.diversity_coeff={lam}",
+                "sampler.num_steps=4",
+                "optim.lr=0.01",
+                "optim.warmup_steps=1",
+                "eval.images_per_prompt=4",
+                "eval.max_prompts=3",
+                f"train.output_dir={tmp_path}",
+            ],
+        )
         tr = build_trainer(cfg)
         for _ in range(10):
             train_step(tr)
@@ -93,17 +113,28 @@ def test_the_diversity_reward_spreads_the_samples(tmp_path):
     assert spreads[300.0] > spreads[0.0] + 0.02, spreads
 
 
-@pytest.mark.parametrize("sections, message", [
-    ({"plan": {"diversity_coeff": 1.0}},
-     "plan.samples_per_prompt: the diversity reward compares samples of the same prompt; set it >= 2 (got 1)"),
-    ({"plan": {"diversity_coeff": -1.0, "samples_per_prompt": 2}},
-     "plan.diversity_coeff: must be a finite number >= 0, got -1.0"),
-    ({"plan": {"diversity_floor": 3.0}}, "plan.diversity_floor: a cosine distance in (0, 2], got 3.0"),
-    ({"plan": {"samples_per_prompt": 3}},
-     "plan.samples_per_prompt: train.batch_size=2 must hold whole groups of 3 samples of one prompt"),
-    ({"plan": {"diversity_coeff": 1.0, "samples_per_prompt": 2}},
-     "plan.diversity_coeff: the diversity reward embeds the samples with a trained reward's image encoder"),
-])
+@pytest.mark.parametrize(
+    "sections, message",
+    [
+        (
+            {"plan": {"diversity_coeff": 1.0}},
+            "plan.samples_per_prompt: the diversity reward compares samples of the same prompt; set it >= 2 (got 1)",
+        ),
+        (
+            {"plan": {"diversity_coeff": -1.0, "samples_per_prompt": 2}},
+            "plan.diversity_coeff: must be a finite number >= 0, got -1.0",
+        ),
+        ({"plan": {"diversity_floor": 3.0}}, "plan.diversity_floor: a cosine distance in (0, 2], got 3.0"),
+        (
+            {"plan": {"samples_per_prompt": 3}},
+            "plan.samples_per_prompt: train.batch_size=2 must hold whole groups of 3 samples of one prompt",
+        ),
+        (
+            {"plan": {"diversity_coeff": 1.0, "samples_per_prompt": 2}},
+            "plan.diversity_coeff: the diversity reward embeds the samples with a trained reward's image encoder",
+        ),
+    ],
+)
 def test_what_cannot_take_the_diversity_reward_is_refused(tiny_sd_dir, tmp_path, sections, message):
     with pytest.raises(ConfigError) as err:
         make_config(tiny_sd_dir, str(tmp_path), **sections)  # brightness and symmetry: no image encoder

@@ -30,8 +30,16 @@ def drift_of(tr) -> float:
     prompts = ["a red circle", "a blue square"]
     x_T = torch.randn(2, *model.latent_shape, generator=torch.Generator().manual_seed(9))
     with torch.enable_grad():
-        traj = sample(model, model.family.encode_prompts(model, prompts), model.family.encode_negative(model, 2), x_T,
-                      tr.schedule, [StepFlags(grad=True) for _ in range(len(tr.schedule))], guidance=3.0, drift=True)
+        traj = sample(
+            model,
+            model.family.encode_prompts(model, prompts),
+            model.family.encode_negative(model, 2),
+            x_T,
+            tr.schedule,
+            [StepFlags(grad=True) for _ in range(len(tr.schedule))],
+            guidance=3.0,
+            drift=True,
+        )
     return float(torch.stack(traj.drift).mean())
 
 
@@ -44,8 +52,11 @@ def test_beta_zero_is_the_plain_objective_bit_for_bit(tiny_sd_dir, tmp_path):
     assert not any("train/kl" in m for m in zero_metrics), "beta = 0 runs no base-network calls"
     assert [m["train/loss"] for m in zero_metrics] == [m["train/loss"] for m in plain_metrics]
     assert all(m["train/kl"] >= 0 for m in metrics) and metrics[-1]["train/kl"] > 0
-    changed = [k for k, v in trainable_state_dict(penalised.model).items()
-               if not torch.equal(v, trainable_state_dict(plain.model)[k])]
+    changed = [
+        k
+        for k, v in trainable_state_dict(penalised.model).items()
+        if not torch.equal(v, trainable_state_dict(plain.model)[k])
+    ]
     assert changed, "beta > 0 must change the update"
 
 
@@ -55,12 +66,17 @@ def test_the_penalty_keeps_the_tuned_network_near_its_base(tiny_sd_dir, tmp_path
     assert drift_of(held) < 0.5 * drift_of(free)
 
 
-@pytest.mark.parametrize("sections, message", [
-    ({"plan": {"kl_coeff": -1.0}}, "plan.kl_coeff: must be a finite number >= 0, got -1.0"),
-    ({"plan": {"kl_coeff": 0.1}, "trainable": {"kind": "full"}},
-     "plan.kl_coeff: the DRaFT+ penalty compares the network with its LoRA adapters on and off; it needs "
-     "trainable.kind=lora and a gradient plan (got trainable.kind=full, plan.name=draft_k); set plan.kl_coeff=0"),
-])
+@pytest.mark.parametrize(
+    "sections, message",
+    [
+        ({"plan": {"kl_coeff": -1.0}}, "plan.kl_coeff: must be a finite number >= 0, got -1.0"),
+        (
+            {"plan": {"kl_coeff": 0.1}, "trainable": {"kind": "full"}},
+            "plan.kl_coeff: the DRaFT+ penalty compares the network with its LoRA adapters on and off; it needs "
+            "trainable.kind=lora and a gradient plan (got trainable.kind=full, plan.name=draft_k); set plan.kl_coeff=0",
+        ),
+    ],
+)
 def test_what_cannot_take_the_penalty_is_refused(tiny_sd_dir, tmp_path, sections, message):
     with pytest.raises(ConfigError) as err:
         make_config(tiny_sd_dir, str(tmp_path), **sections)

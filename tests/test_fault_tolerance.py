@@ -41,11 +41,16 @@ def kill_worker_mid_run(run_dir: str, last_step: int, killed: dict) -> None:
         time.sleep(0.05)
 
 
-def test_killed_worker_restarts_from_its_checkpoint_and_matches_an_uninterrupted_run(ray_session, tiny_sd_dir,
-                                                                                     tmp_path):
+def test_killed_worker_restarts_from_its_checkpoint_and_matches_an_uninterrupted_run(
+    ray_session, tiny_sd_dir, tmp_path
+):
     sections = {"train": {"steps": 8, "checkpoint_every": 2}, "plan": {"name": "drtune", "k": 2}}
-    cfg = make_config(tiny_sd_dir, str(tmp_path / "ray-run"), **sections,
-                      ray={"max_failures": 1, "storage_path": str(tmp_path / "storage"), "report_every": 1})
+    cfg = make_config(
+        tiny_sd_dir,
+        str(tmp_path / "ray-run"),
+        **sections,
+        ray={"max_failures": 1, "storage_path": str(tmp_path / "storage"), "report_every": 1},
+    )
     killed: dict = {}
     killer = threading.Thread(target=kill_worker_mid_run, args=(run_folder(cfg), 8, killed), daemon=True)
     killer.start()

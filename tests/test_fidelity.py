@@ -41,8 +41,9 @@ def refl_official_trainer(tiny_sd_dir: str, out: str, margin: float):
         module.double()
     tr = build_trainer(cfg, model=replace(model, dtype=torch.float64))
     for p in tr.params:
-        p.data = p.data.double() + 0.1 * torch.randn(p.shape, generator=torch.Generator().manual_seed(3),
-                                                     dtype=torch.float64)
+        p.data = p.data.double() + 0.1 * torch.randn(
+            p.shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64
+        )
     return tr
 
 
@@ -94,7 +95,7 @@ def test_every_shipped_recipe_states_its_reward_scales(recipe, tmp_path):
     cfg = load_config(Config, recipe, [])
     lines = [line for line in open(recipe, encoding="utf-8") if line.startswith(REWARD_SCALES)]
     assert lines, f"{os.path.basename(recipe)} has no '{REWARD_SCALES.strip()}' header line"
-    assert lines[0][len(REWARD_SCALES):].rstrip("\n") == cfg.reward_scales()
+    assert lines[0][len(REWARD_SCALES) :].rstrip("\n") == cfg.reward_scales()
     write_run_config(cfg, str(tmp_path))
     assert (tmp_path / "config.yaml").read_text().splitlines()[0] == REWARD_SCALES + cfg.reward_scales()
 
@@ -117,20 +118,30 @@ def test_generator_starts_from_a_saved_one_step_lora(tiny_sd_dir, tmp_path):
 
     load_trained(trained.model, final)  # the saved LoRA as peft loads it, for reference: adapter "tuned"
     want = {n.replace(".tuned.", "."): p for n, p in trained.model.denoiser.named_parameters() if ".tuned." in n}
-    warm = build_trainer(distill_config(tiny_sd_dir, str(tmp_path / "b"), generator_init=final,
-                                        **{"fake": {"rank": 2, "alpha": 2.0}}))
+    warm = build_trainer(
+        distill_config(tiny_sd_dir, str(tmp_path / "b"), generator_init=final, **{"fake": {"rank": 2, "alpha": 2.0}})
+    )
     got = {n.replace(".default.", "."): p for n, p in warm.model.denoiser.named_parameters() if ".default." in n}
     assert got.keys() == want.keys() and any(float(p.detach().abs().sum()) > 0 for n, p in got.items() if "lora_B" in n)
     for name, p in got.items():
         torch.testing.assert_close(p, want[name], rtol=1e-6, atol=1e-8, msg=name)
     assert not any(".init." in n for n, _ in warm.model.denoiser.named_parameters())
-    assert all(float(p.detach().abs().sum()) == 0 for n, p in warm.objective.distill.nets.fake.named_parameters() if "lora_B" in n)
+    assert all(
+        float(p.detach().abs().sum()) == 0
+        for n, p in warm.objective.distill.nets.fake.named_parameters()
+        if "lora_B" in n
+    )
     with pytest.raises(ValueError, match="distill.generator_init: .*rank 2 cannot start an adapter of rank 4"):
-        build_trainer(distill_config(tiny_sd_dir, str(tmp_path / "c"), {"trainable": {"rank": 4, "alpha": 4.0}},
-                                     generator_init=final))
+        build_trainer(
+            distill_config(
+                tiny_sd_dir, str(tmp_path / "c"), {"trainable": {"rank": 4, "alpha": 4.0}}, generator_init=final
+            )
+        )
     cfg_path = tmp_path / "cfg.yaml"
-    cfg_path.write_text(f"model: {{path: {tiny_sd_dir}, device: cpu}}\nplan: {{name: di_star}}\n"
-                        f"trainable: {{rank: 2, alpha: 3.0}}\ntrain: {{output_dir: {tmp_path / 'runs'}}}\n")
+    cfg_path.write_text(
+        f"model: {{path: {tiny_sd_dir}, device: cpu}}\nplan: {{name: di_star}}\n"
+        f"trainable: {{rank: 2, alpha: 3.0}}\ntrain: {{output_dir: {tmp_path / 'runs'}}}\n"
+    )
     with pytest.raises(ConfigError, match="distill.generator_init: .*at timestep 999.*set it to 999"):
         load_checked(str(cfg_path), [f"distill.generator_init={final}", "distill.generator_timestep=399"])
     with pytest.raises(ConfigError, match="distill.generator_init: .*holds no LoRA weights"):
@@ -138,18 +149,37 @@ def test_generator_starts_from_a_saved_one_step_lora(tiny_sd_dir, tmp_path):
     load_checked(str(cfg_path), [f"distill.generator_init={final}"])
 
 
-@pytest.mark.parametrize("overrides,message", [
-    (["plan.name=drtune", "plan.lv_timestep=19"], "plan.lv_timestep: only draft_lv reads it"),
-    (["plan.name=draft_k", "plan.lv_include_chain=true"], "plan.lv_include_chain: only draft_lv reads it"),
-    (["plan.name=refl", "plan.early_stop=2", "plan.alignprop_cuts=per_call"], "plan.alignprop_cuts: only alignprop"),
-    (["plan.name=draft_lv", "plan.lv_timestep=1000"], "plan.lv_timestep: must be a training timestep"),
-    (["plan.name=refl", "plan.early_stop=2", "plan.loss_scale=0"], "plan.loss_scale: must be a finite number > 0"),
-    (["plan.name=di_star", "plan.hinge_margin=2"], "plan.hinge_margin: di_star weighs its reward"),
-    (["plan.name=drtune", "plan.k=1", "sampler.train_guidance_scale=-1"], "sampler.train_guidance_scale: must be >= 0"),
-    (["plan.name=di_star", "distill.divergence=sim_full"], "distill.divergence"),
-    (["plan.name=di_star", "trainable.kind=full", "distill.generator_init=/x"], "distill.generator_init: starts"),
-], ids=["lv_timestep", "lv_chain", "cuts", "lv_range", "loss_scale", "hinge_di_star", "train_guidance",
-        "divergence", "init_full"])
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (["plan.name=drtune", "plan.lv_timestep=19"], "plan.lv_timestep: only draft_lv reads it"),
+        (["plan.name=draft_k", "plan.lv_include_chain=true"], "plan.lv_include_chain: only draft_lv reads it"),
+        (
+            ["plan.name=refl", "plan.early_stop=2", "plan.alignprop_cuts=per_call"],
+            "plan.alignprop_cuts: only alignprop",
+        ),
+        (["plan.name=draft_lv", "plan.lv_timestep=1000"], "plan.lv_timestep: must be a training timestep"),
+        (["plan.name=refl", "plan.early_stop=2", "plan.loss_scale=0"], "plan.loss_scale: must be a finite number > 0"),
+        (["plan.name=di_star", "plan.hinge_margin=2"], "plan.hinge_margin: di_star weighs its reward"),
+        (
+            ["plan.name=drtune", "plan.k=1", "sampler.train_guidance_scale=-1"],
+            "sampler.train_guidance_scale: must be >= 0",
+        ),
+        (["plan.name=di_star", "distill.divergence=sim_full"], "distill.divergence"),
+        (["plan.name=di_star", "trainable.kind=full", "distill.generator_init=/x"], "distill.generator_init: starts"),
+    ],
+    ids=[
+        "lv_timestep",
+        "lv_chain",
+        "cuts",
+        "lv_range",
+        "loss_scale",
+        "hinge_di_star",
+        "train_guidance",
+        "divergence",
+        "init_full",
+    ],
+)
 def test_fidelity_switches_refuse_what_they_cannot_mean(tmp_path, overrides, message):
     cfg_path = tmp_path / "cfg.yaml"
     cfg_path.write_text("model: {device: cpu}\n")
@@ -162,7 +192,9 @@ def test_an_alignprop_draw_with_no_trained_step_is_a_zero_gradient_step(tiny_sd_
     gradient instead of failing in backward."""
     from trainers.loop import train_step
 
-    tr = build_trainer(make_config(tiny_sd_dir, str(tmp_path), plan={"name": "alignprop", "alignprop_cuts": "per_call"}))
+    tr = build_trainer(
+        make_config(tiny_sd_dir, str(tmp_path), plan={"name": "alignprop", "alignprop_cuts": "per_call"})
+    )
     for seed in range(40):  # find a draw of the run's generator whose cut trains nothing
         gen = torch.Generator().manual_seed(seed)
         if not any(f.grad for f in tr.objective.plan.flags(tr.cfg.sampler.num_steps, gen)):

@@ -21,8 +21,9 @@ def lora_model(request):
     """A tiny model of the family with a random (non-zero) LoRA."""
     folder = request.getfixturevalue(f"tiny_{request.param}_dir")
     model = load_model(ModelConfig(path=folder, device="cpu"))
-    targets = ("to_q", "to_k", "to_v", "to_out.0") + (("add_q_proj", "add_k_proj", "add_v_proj", "to_add_out")
-                                                        if model.family.sampler == "flow" else ())
+    targets = ("to_q", "to_k", "to_v", "to_out.0") + (
+        ("add_q_proj", "add_k_proj", "add_v_proj", "to_add_out") if model.family.sampler == "flow" else ()
+    )
     _perturb(make_trainable(model, TrainableConfig(rank=4, alpha=8.0, target_modules=targets)), scale=0.1)
     return model
 
@@ -34,8 +35,9 @@ def test_folded_sampling_equals_the_plain_path_and_restores_the_weights(lora_mod
     x_T = noise(model)
     schedule, gen = model.family.schedule(model, 4), torch.Generator().manual_seed(1)
     plain = generate(model, PROMPTS, x_T.clone(), schedule, guidance=7.5, gen=gen, fold_lora=False)
-    folded = generate(model, PROMPTS, x_T.clone(), schedule, guidance=7.5, gen=torch.Generator().manual_seed(1),
-                      fold_lora=True)
+    folded = generate(
+        model, PROMPTS, x_T.clone(), schedule, guidance=7.5, gen=torch.Generator().manual_seed(1), fold_lora=True
+    )
     with adapters_off(model.denoiser):
         base = generate(model, PROMPTS, x_T.clone(), schedule, guidance=7.5, gen=torch.Generator().manual_seed(1))
     assert (plain - base).abs().max() > 1e-3, "the LoRA must change the images, or the check is vacuous"
@@ -80,7 +82,9 @@ def test_folding_adds_the_delta_and_is_skipped_when_the_adapters_are_off(lora_mo
         assert not did, "a network with its adapters off (DI*'s teacher) is left as it is"
 
 
-@pytest.mark.parametrize("plan", [["plan.name=draft_k", "plan.k=1"], ["plan.name=drtune", "plan.k=2", "plan.early_stop=2"]])
+@pytest.mark.parametrize(
+    "plan", [["plan.name=draft_k", "plan.k=1"], ["plan.name=drtune", "plan.k=2", "plan.early_stop=2"]]
+)
 def test_the_naive_baseline_of_the_bench_gives_the_engines_gradient(tiny_sd_dir, plan):
     """``pipeline.bench --baseline naive``: the straightforward loop it times the engine against computes
     the same first-step gradient (and both loops run their optimiser steps)."""

@@ -24,8 +24,13 @@ def test_fsdp_workers_equal_one_worker_with_the_doubled_batch_across_a_resume(ra
     one = run(make_config(tiny_sd_dir, str(tmp_path / "one"), train={"batch_size": 2, "steps": 4}, **FULL))
 
     def sharded(steps: int) -> Config:
-        return make_config(tiny_sd_dir, str(tmp_path / "two"), train={"batch_size": 1, "steps": steps, "fsdp": True},
-                           ray={"num_workers": 2, "storage_path": str(tmp_path / "ray")}, **FULL)
+        return make_config(
+            tiny_sd_dir,
+            str(tmp_path / "two"),
+            train={"batch_size": 1, "steps": steps, "fsdp": True},
+            ray={"num_workers": 2, "storage_path": str(tmp_path / "ray")},
+            **FULL,
+        )
 
     first = fit(sharded(2), run_folder(sharded(2)))
     assert first.error is None and first.metrics["dp/local_weight_fraction"] == pytest.approx(0.5, abs=0.01)

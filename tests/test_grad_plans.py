@@ -69,9 +69,21 @@ def _params(model):
 def engine_grads(model, flags, refine=None, eta=0.0, beta=0.0, fold_lora=False):
     cond, uncond, x_T = _inputs(model)
     schedule = model.family.schedule(model, T)
-    traj = sample(model, cond, uncond, x_T, schedule, flags, guidance=GUIDANCE, eta=eta,
-                  gen=torch.Generator().manual_seed(5), refine=refine, step_checkpointing=True,
-                  drift=beta > 0, fold_lora=fold_lora)
+    traj = sample(
+        model,
+        cond,
+        uncond,
+        x_T,
+        schedule,
+        flags,
+        guidance=GUIDANCE,
+        eta=eta,
+        gen=torch.Generator().manual_seed(5),
+        refine=refine,
+        step_checkpointing=True,
+        drift=beta > 0,
+        fold_lora=fold_lora,
+    )
     loss = -sum(reward(model.family.decode(model, x)).mean() for x in traj.finals)
     if beta:
         loss = loss + beta * torch.stack(traj.drift).mean()
@@ -238,8 +250,9 @@ def test_draft_plus_penalty_gradient_matches_unrolled_autograd(family_model64, n
             for p, s in zip(ups, saved):
                 p.copy_(s)
     assert len(traj.drift) == traj.grad_calls and all(d > 0 for d in traj.drift)
-    assert sum((w - o).abs().sum() for w, o in zip(want, without)) > 1e-3 * sum(w.abs().sum() for w in want), \
+    assert sum((w - o).abs().sum() for w, o in zip(want, without)) > 1e-3 * sum(w.abs().sum() for w in want), (
         "the penalty must change the gradient, or the check is vacuous"
+    )
     for g, w in zip(got, want):
         torch.testing.assert_close(g, w, rtol=1e-7, atol=1e-10)
 
@@ -263,8 +276,9 @@ def test_full_draft_gradient_matches_finite_differences(model64):
     flags = Draft().flags(T)
     got, _ = engine_grads(model64, flags)
     params = _params(model64)
-    direction = [torch.randn(p.shape, generator=torch.Generator().manual_seed(i), dtype=p.dtype)
-                 for i, p in enumerate(params)]
+    direction = [
+        torch.randn(p.shape, generator=torch.Generator().manual_seed(i), dtype=p.dtype) for i, p in enumerate(params)
+    ]
     analytic = sum((g * d).sum() for g, d in zip(got, direction))
 
     def loss_at(scale):
@@ -302,8 +316,16 @@ def test_draft_k_makes_exactly_k_gradient_calls(model64):
         try:
             flags = DraftK(k=k).flags(T)
             cond, uncond, x_T = _inputs(model64)
-            traj = sample(model64, cond, uncond, x_T, model64.family.schedule(model64, T), flags, guidance=GUIDANCE,
-                          step_checkpointing=False)
+            traj = sample(
+                model64,
+                cond,
+                uncond,
+                x_T,
+                model64.family.schedule(model64, T),
+                flags,
+                guidance=GUIDANCE,
+                step_checkpointing=False,
+            )
         finally:
             hook.remove()
         assert sum(calls) == k and len(calls) == T and traj.grad_calls == k
@@ -346,16 +368,26 @@ def _saved_bytes(model, flags, step_checkpointing):
 
     cond, uncond, x_T = _inputs(model)
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        sample(model, cond, uncond, x_T, model.family.schedule(model, len(flags)), flags, guidance=GUIDANCE,
-               step_checkpointing=step_checkpointing)
+        sample(
+            model,
+            cond,
+            uncond,
+            x_T,
+            model.family.schedule(model, len(flags)),
+            flags,
+            guidance=GUIDANCE,
+            step_checkpointing=step_checkpointing,
+        )
     return total
 
 
 def test_step_checkpointing_keeps_memory_flat_in_trained_steps(model64):
     """With step-level checkpointing each extra trained step stores a few latents, not UNet activations."""
     latent_bytes = 2 * 4 * 8 * 8 * 8  # (B, C, h, w) float64
-    grow = {ckpt: _saved_bytes(model64, Draft().flags(8), ckpt) - _saved_bytes(model64, Draft().flags(2), ckpt)
-            for ckpt in (True, False)}
+    grow = {
+        ckpt: _saved_bytes(model64, Draft().flags(8), ckpt) - _saved_bytes(model64, Draft().flags(2), ckpt)
+        for ckpt in (True, False)
+    }
     assert grow[True] <= 6 * 16 * latent_bytes
     assert grow[False] > 10 * grow[True], "without checkpointing the UNet's activations should dominate"
 
@@ -375,7 +407,9 @@ def test_alignprop_cuts_train_each_step_as_the_original_code_and_per_call_trains
         assert trained == list(range(steps - len(trained), steps)) and all(f.chain for f in flags)
         suffixes += 0 < len(trained) < steps
     assert suffixes > 200
-    not_suffix = [f for f in per_step if [x.grad for x in f] not in ([False] * k + [True] * (steps - k) for k in range(steps + 1))]
+    not_suffix = [
+        f for f in per_step if [x.grad for x in f] not in ([False] * k + [True] * (steps - k) for k in range(steps + 1))
+    ]
     assert len(not_suffix) > draws // 2, "per-step cuts train scattered steps, not only suffixes"
 
 

@@ -21,7 +21,10 @@ from rewards.image_reward import CHECKPOINT_KEYS, MAX_LENGTH, ImageReward, map_c
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROMPTS = ["a painting of an ocean with clouds and birds, day time, low depth field effect", "a red cube on a table"]
-CLIP_MEAN, CLIP_STD = torch.tensor([0.48145466, 0.4578275, 0.40821073]), torch.tensor([0.26862954, 0.26130258, 0.27577711])
+CLIP_MEAN, CLIP_STD = (
+    torch.tensor([0.48145466, 0.4578275, 0.40821073]),
+    torch.tensor([0.26862954, 0.26130258, 0.27577711]),
+)
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +50,7 @@ def reference_pixels(images: torch.Tensor) -> torch.Tensor:
     scale = size / min(h, w)
     x = F.interpolate(images, size=(round(h * scale), round(w * scale)), mode="bicubic", antialias=True)
     top, left = (x.shape[-2] - size) // 2, (x.shape[-1] - size) // 2
-    x = x[..., top:top + size, left:left + size]
+    x = x[..., top : top + size, left : left + size]
     return (x - CLIP_MEAN.view(1, 3, 1, 1)) / CLIP_STD.view(1, 3, 1, 1)
 
 
@@ -55,7 +58,9 @@ def test_the_official_layout_loads_and_scores_equal_the_original_forward(spec, r
     reward = build_reward([spec])
     assert isinstance(reward, ImageReward) and not reward.training
     images = torch.rand(2, 3, 48, 64, generator=torch.Generator().manual_seed(0))
-    tokens = reward.tokenizer(PROMPTS, padding="max_length", truncation=True, max_length=MAX_LENGTH, return_tensors="pt")
+    tokens = reward.tokenizer(
+        PROMPTS, padding="max_length", truncation=True, max_length=MAX_LENGTH, return_tensors="pt"
+    )
     assert tokens["input_ids"].shape == (2, MAX_LENGTH) and (tokens["input_ids"][:, 0] == 2).all()  # [CLS] first
     assert tokens["attention_mask"][1].sum() < MAX_LENGTH  # the short prompt is padded
     with torch.no_grad():
@@ -72,14 +77,20 @@ def test_every_official_tensor_is_mapped_or_dropped_by_the_table(spec, reference
     model_keys = set(build_reward([spec]).model.state_dict())
     assert set(mapped) == model_keys
     dropped = {k for k in official if any(re.fullmatch(p, k) and t is None for p, t in CHECKPOINT_KEYS)}
-    assert dropped == {"blip.text_encoder.embeddings.position_ids", "blip.vision_proj.weight", "blip.vision_proj.bias",
-                       "blip.text_proj.weight", "blip.text_proj.bias"}
+    assert dropped == {
+        "blip.text_encoder.embeddings.position_ids",
+        "blip.vision_proj.weight",
+        "blip.vision_proj.bias",
+        "blip.text_proj.weight",
+        "blip.text_proj.bias",
+    }
 
 
 def test_the_pixel_gradient_matches_finite_differences(spec):
     reward = build_reward([spec]).double()
-    tokens = reward.tokenizer(PROMPTS[:1], padding="max_length", truncation=True, max_length=MAX_LENGTH,
-                              return_tensors="pt")
+    tokens = reward.tokenizer(
+        PROMPTS[:1], padding="max_length", truncation=True, max_length=MAX_LENGTH, return_tensors="pt"
+    )
 
     def score(images):  # the reward's own path in float64 (its public call returns float32)
         return reward.model(reward.preprocess(images), tokens["input_ids"], tokens["attention_mask"]).sum()
@@ -100,19 +111,31 @@ def test_the_pixel_gradient_matches_finite_differences(spec):
 
 
 def train(*overrides: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pipeline.train", *overrides], cwd=ROOT, env=shell_env(),
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline.train", *overrides],
+        cwd=ROOT,
+        env=shell_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_bad_files_exit_2_with_one_message_each_before_anything_starts(spec, tmp_path):
     not_image_reward = make_aesthetic_spec(str(tmp_path / "aesthetic")).checkpoint
     cases = [  # (checkpoint, processor, the message)
         (str(tmp_path / "ImageReward.pt"), spec.processor, "does not exist; expected the official ImageReward.pt"),
-        (not_image_reward, spec.processor, "holds no blip.visual_encoder.* or blip.text_encoder.* or mlp.layers.* tensors"),
+        (
+            not_image_reward,
+            spec.processor,
+            "holds no blip.visual_encoder.* or blip.text_encoder.* or mlp.layers.* tensors",
+        ),
         (spec.checkpoint, str(tmp_path), "has no vocab.txt; expected a bert-base-uncased tokeniser folder"),
     ]
-    entries = ", ".join(f"{{name: image_reward, checkpoint: {checkpoint}, processor: {processor}, "
-                        f"arch_config: {spec.arch_config}}}" for checkpoint, processor, _ in cases)
+    entries = ", ".join(
+        f"{{name: image_reward, checkpoint: {checkpoint}, processor: {processor}, arch_config: {spec.arch_config}}}"
+        for checkpoint, processor, _ in cases
+    )
     result = train(f"eval.rewards=[{entries}]", f"train.output_dir={tmp_path / 'runs'}")
     assert result.returncode == 2 and "Traceback" not in result.stderr and result.stdout == ""
     assert "invalid config (3 problems)" in result.stderr, result.stderr
@@ -129,8 +152,11 @@ def test_image_reward_trains_in_a_weighted_mix_and_is_an_eval_metric(spec, tiny_
     from trainers.loop import run
 
     cfg = make_config(tiny_sd_dir, str(tmp_path), train={"steps": 2}, eval={"every": 2})
-    cfg = replace(cfg, rewards=[replace(spec, weight=0.5), RewardSpec(name="colourfulness", weight=2.0)],
-                  eval=replace(cfg.eval, rewards=[spec]))
+    cfg = replace(
+        cfg,
+        rewards=[replace(spec, weight=0.5), RewardSpec(name="colourfulness", weight=2.0)],
+        eval=replace(cfg.eval, rewards=[spec]),
+    )
     result = run(cfg, run_dir=str(tmp_path / "run"))
     assert "image_reward" in result.held_out and "trained/image_reward" in result.held_out
     assert all(torch.isfinite(torch.tensor(v)) for v in result.held_out["image_reward"].values())
@@ -145,15 +171,52 @@ def test_the_score_command_prints_each_images_score(spec, tmp_path):
     for i, image in enumerate(images):
         paths.append(str(tmp_path / f"{i}.png"))
         Image.fromarray((image * 255).round().byte().permute(1, 2, 0).numpy()).save(paths[-1])
-    result = subprocess.run([sys.executable, "-m", "pipeline.score", "--reward", "image_reward", "--checkpoint",
-                             spec.checkpoint, "--processor", spec.processor, "--arch-config", spec.arch_config,
-                             "--prompt", PROMPTS[0], *paths], cwd=ROOT, env=shell_env(), capture_output=True,
-                            text=True, timeout=120)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pipeline.score",
+            "--reward",
+            "image_reward",
+            "--checkpoint",
+            spec.checkpoint,
+            "--processor",
+            spec.processor,
+            "--arch-config",
+            spec.arch_config,
+            "--prompt",
+            PROMPTS[0],
+            *paths,
+        ],
+        cwd=ROOT,
+        env=shell_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     printed = [float(line.split()[0]) for line in result.stdout.splitlines()]
     expected = build_reward([spec])(images, PROMPTS[:1] * 2)
     torch.testing.assert_close(torch.tensor(printed), expected, atol=1e-4, rtol=0)
-    missing = subprocess.run([sys.executable, "-m", "pipeline.score", "--reward", "image_reward", "--checkpoint",
-                              str(tmp_path / "none.pt"), "--processor", spec.processor, "--prompt", "x", paths[0]],
-                             cwd=ROOT, env=shell_env(), capture_output=True, text=True, timeout=120)
+    missing = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pipeline.score",
+            "--reward",
+            "image_reward",
+            "--checkpoint",
+            str(tmp_path / "none.pt"),
+            "--processor",
+            spec.processor,
+            "--prompt",
+            "x",
+            paths[0],
+        ],
+        cwd=ROOT,
+        env=shell_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert missing.returncode == 2 and "--checkpoint: " in missing.stderr and "does not exist" in missing.stderr

@@ -29,8 +29,12 @@ SHORT = ["train.steps=2", "train.checkpoint_every=2", "eval.max_prompts=2", "eva
 # (mostly pipeline/assets, which the job needs) even without that file.
 RUNTIME_ENV = {
     "excludes": [".git", ".venv", "runs", "docs", "tests", ".pytest_cache", "**/__pycache__", "*.egg-info"],
-    "env_vars": {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "MLFLOW_DISABLE_TELEMETRY": "true",
-                 "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2"},
+    "env_vars": {
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2",
+    },
 }
 
 
@@ -47,8 +51,20 @@ def local_head(tmp_path_factory):
     state = tmp_path_factory.mktemp("stack")
     ports = dict(zip(("--port-gcs", "--port-dashboard", "--port-client", "--port-agent"), free_ports(4)))
     stack = [sys.executable, "-m", "cluster.local"]
-    up, up_s = run([*stack, "up", "--services", "ray", "--state-dir", str(state), "--num-cpus", "2",
-                    *(str(x) for item in ports.items() for x in item)], timeout=240)
+    up, up_s = run(
+        [
+            *stack,
+            "up",
+            "--services",
+            "ray",
+            "--state-dir",
+            str(state),
+            "--num-cpus",
+            "2",
+            *(str(x) for item in ports.items() for x in item),
+        ],
+        timeout=240,
+    )
     timings = {"up": up_s}
     try:
         assert up.returncode == 0, up.stdout + up.stderr
@@ -69,9 +85,23 @@ def free_ports(n: int) -> list[int]:
 def test_toy_world_job_trains_and_writes_checkpoint_and_lora(local_head, tmp_path):
     address, timings = local_head
     out = tmp_path / "runs"
-    submit = [os.path.join(BIN, "ray"), "job", "submit", "--address", address, "--working-dir", ".",
-              "--runtime-env-json", json.dumps(RUNTIME_ENV), "--",
-              "python", "-m", "pipeline.train", *SHORT, f"train.output_dir={out}"]
+    submit = [
+        os.path.join(BIN, "ray"),
+        "job",
+        "submit",
+        "--address",
+        address,
+        "--working-dir",
+        ".",
+        "--runtime-env-json",
+        json.dumps(RUNTIME_ENV),
+        "--",
+        "python",
+        "-m",
+        "pipeline.train",
+        *SHORT,
+        f"train.output_dir={out}",
+    ]
     result, timings["job"] = run(submit, timeout=600)
     print(f"\nray job submit: {timings['job']:.1f} s")
     log = result.stdout + result.stderr
@@ -108,14 +138,17 @@ def assert_clean_console(console: str, run_dir: str) -> None:
     reports, which went to the run's log with the libraries' output."""
     lines = [line.rstrip() for line in console.splitlines() if line.strip().strip("-")]
     assert "TrainingReport(" not in console and "Loading pipeline components" not in console, console[-3000:]
-    assert [m[1] for line in lines if (m := re.match(r"step (\d+)/2 \| reward \S+ \| loss \S+ \| \S+ s/step \| ETA ", line))] \
-        == ["1", "2"], console[-3000:]
+    assert [
+        m[1] for line in lines if (m := re.match(r"step (\d+)/2 \| reward \S+ \| loss \S+ \| \S+ s/step \| ETA ", line))
+    ] == ["1", "2"], console[-3000:]
     assert sum(line.startswith("eval step 0 (base): trained ") for line in lines) == 1
     assert sum(line.startswith("eval step 2: trained ") for line in lines) == 1
     checkpoints = [line for line in lines if line.startswith("checkpoint step")]
     assert len(checkpoints) == 1 and re.fullmatch(
         rf"checkpoint step 2: {re.escape(run_dir)}/checkpoints/step_000002 \| MLflow toyworld version \d+ "
-        r"\(models:/m-\w+\)", checkpoints[0]), checkpoints
+        r"\(models:/m-\w+\)",
+        checkpoints[0],
+    ), checkpoints
     assert any(re.match(r"trained/clip_score +\S+ +\S+ +[+-]\S+ \[", line) for line in lines), "the held-out table"
     duplicated = sorted({line for line in lines if lines.count(line) > 1})
     assert not duplicated, duplicated

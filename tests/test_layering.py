@@ -99,14 +99,24 @@ loaded = sorted(m for m in sys.modules if m.startswith("trainers."))
 assert "trainers.loop" not in loaded and "trainers.objectives" not in loaded, loaded
 assert "trainers.evaluation" in loaded, loaded
 """
-    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300,
-                            env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"},
+    )
     assert result.returncode == 0, result.stderr[-3000:]
 
 
 def _text_files() -> list[pathlib.Path]:
-    files = [p for pkg in (*PACKAGES, "tests", "scripts", "docs") for p in (ROOT / pkg).rglob("*")
-             if p.suffix in (".py", ".md", ".yaml", ".sh") and ".venv" not in p.parts]
+    files = [
+        p
+        for pkg in (*PACKAGES, "tests", "scripts", "docs")
+        for p in (ROOT / pkg).rglob("*")
+        if p.suffix in (".py", ".md", ".yaml", ".sh") and ".venv" not in p.parts
+    ]
     return files + [ROOT / "README.md", ROOT / "pyproject.toml"]
 
 

@@ -19,8 +19,16 @@ def ddim_pipeline_images(pipe, scheduler_config, x_T, steps, guidance, eta, **ca
     """A diffusers pipeline's own images of PROMPTS from ``x_T``, with DDIM on ``scheduler_config``."""
     pipe.scheduler = DDIMScheduler.from_config(scheduler_config)
     pipe.set_progress_bar_config(disable=True)
-    return pipe(PROMPTS, latents=x_T.clone(), num_inference_steps=steps, guidance_scale=guidance, eta=eta,
-                output_type="pt", generator=torch.Generator().manual_seed(1), **call).images
+    return pipe(
+        PROMPTS,
+        latents=x_T.clone(),
+        num_inference_steps=steps,
+        guidance_scale=guidance,
+        eta=eta,
+        output_type="pt",
+        generator=torch.Generator().manual_seed(1),
+        **call,
+    ).images
 
 
 def pipeline_images(folder, x_T, steps, guidance, eta, lora_dir=None, unet=None, dtype=torch.float32):
@@ -32,8 +40,15 @@ def pipeline_images(folder, x_T, steps, guidance, eta, lora_dir=None, unet=None,
 
 
 def engine_images(model, x_T, steps, guidance, eta):
-    return generate(model, PROMPTS, x_T.clone(), model.family.schedule(model, steps), guidance=guidance, eta=eta,
-                    gen=torch.Generator().manual_seed(1))
+    return generate(
+        model,
+        PROMPTS,
+        x_T.clone(),
+        model.family.schedule(model, steps),
+        guidance=guidance,
+        eta=eta,
+        gen=torch.Generator().manual_seed(1),
+    )
 
 
 def noise(model):
@@ -56,8 +71,9 @@ def test_v_prediction_model_matches_pipeline(tmp_path, clip_tokenizer_dir):
     folder = build_tiny_sd(str(tmp_path / "v"), clip_tokenizer_dir, prediction_type="v_prediction")
     model = load_model(ModelConfig(path=folder, device="cpu"))
     x_T = noise(model)
-    torch.testing.assert_close(engine_images(model, x_T, 4, 5.0, 0.0), pipeline_images(folder, x_T, 4, 5.0, 0.0),
-                               rtol=0, atol=2e-5)
+    torch.testing.assert_close(
+        engine_images(model, x_T, 4, 5.0, 0.0), pipeline_images(folder, x_T, 4, 5.0, 0.0), rtol=0, atol=2e-5
+    )
 
 
 def _perturb(params, seed=0, scale=0.5):

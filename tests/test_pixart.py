@@ -21,8 +21,18 @@ def pipeline_images(model, folder, x_T, steps, guidance, eta, lora_dir=None):
 
         pipe.transformer = PeftModel.from_pretrained(pipe.transformer, lora_dir)
     side = model.resolution
-    return ddim_pipeline_images(pipe, model.scheduler.config, x_T, steps, guidance, eta, height=side, width=side,
-                                use_resolution_binning=False, clean_caption=False)
+    return ddim_pipeline_images(
+        pipe,
+        model.scheduler.config,
+        x_T,
+        steps,
+        guidance,
+        eta,
+        height=side,
+        width=side,
+        use_resolution_binning=False,
+        clean_caption=False,
+    )
 
 
 @pytest.mark.parametrize("steps,guidance,eta", [(4, 4.5, 0.0), (3, 4.5, 1.0), (3, 1.0, 0.0)])
@@ -44,7 +54,9 @@ def test_the_1024_px_layout_is_conditioned_on_resolution_as_the_pipeline_does(tm
     model = load_model(ModelConfig(path=folder, device="cpu"))
     assert model.denoiser.use_additional_conditions and model.resolution == 256
     cond = model.family.encode_prompts(model, PROMPTS)
-    assert cond.added["resolution"].tolist() == [[256.0, 256.0]] * 2 and cond.added["aspect_ratio"].tolist() == [[1.0]] * 2
+    assert (
+        cond.added["resolution"].tolist() == [[256.0, 256.0]] * 2 and cond.added["aspect_ratio"].tolist() == [[1.0]] * 2
+    )
     x_T = noise(model)
     got = engine_images(model, x_T, 1, 1.0, 0.0)  # one step without guidance: 4096 tokens a call on CPU
     want = pipeline_images(model, folder, x_T, 1, 1.0, 0.0)

@@ -34,10 +34,19 @@ def watch_placement(seen: dict[str, set[str]], done: threading.Event) -> None:
 
 
 def test_workers_and_reward_actors_run_on_the_nodes_their_resources_name(ray_session, tiny_sd_dir, tmp_path):
-    cfg = make_config(tiny_sd_dir, str(tmp_path), train={"steps": 3, "checkpoint_every": 3},
-                      ray={"num_workers": 2, "worker_resources": {"train_node": 1}, "reward_actors": 1,
-                           "reward_num_cpus": 0.5, "reward_resources": {"reward_node": 1},
-                           "storage_path": str(tmp_path / "storage")})
+    cfg = make_config(
+        tiny_sd_dir,
+        str(tmp_path),
+        train={"steps": 3, "checkpoint_every": 3},
+        ray={
+            "num_workers": 2,
+            "worker_resources": {"train_node": 1},
+            "reward_actors": 1,
+            "reward_num_cpus": 0.5,
+            "reward_resources": {"reward_node": 1},
+            "storage_path": str(tmp_path / "storage"),
+        },
+    )
     seen: dict[str, set[str]] = {"workers": set(), "reward": set()}
     done = threading.Event()
     watcher = threading.Thread(target=watch_placement, args=(seen, done), daemon=True)

@@ -16,7 +16,9 @@ from rewards.files import file_problems, tensor_names
 from trainers.config import Config, ModelConfig, TrainableConfig
 from trainers.models import denoiser_skeleton, load_model, make_trainable, save_trained
 
-TOY_SD = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "pipeline", "assets", "toyworld", "sd")
+TOY_SD = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "pipeline", "assets", "toyworld", "sd"
+)
 
 
 def test_intact_reward_files_pass_and_their_tensor_names_are_read_without_the_tensors(tmp_path):
@@ -45,10 +47,12 @@ def test_another_models_checkpoint_is_refused_by_its_tensor_names(tmp_path):
 
 def test_missing_files_and_folders_are_named(tmp_path):
     problems = file_problems(RewardSpec(name="pickscore", checkpoint=str(tmp_path), processor=str(tmp_path / "no")))
-    assert problems == [f"checkpoint: '{tmp_path}' has no config.json; expected the PickScore model folder "
-                        "(config.json + weights) for reward 'pickscore'",
-                        f"processor: '{tmp_path / 'no'}' does not exist; expected the PickScore processor folder "
-                        "(tokenizer + image settings) for reward 'pickscore'"]
+    assert problems == [
+        f"checkpoint: '{tmp_path}' has no config.json; expected the PickScore model folder "
+        "(config.json + weights) for reward 'pickscore'",
+        f"processor: '{tmp_path / 'no'}' does not exist; expected the PickScore processor folder "
+        "(tokenizer + image settings) for reward 'pickscore'",
+    ]
 
 
 def test_the_denoiser_skeleton_has_every_tensor_shape_and_no_weights(tiny_sd_dir):
@@ -67,8 +71,10 @@ def test_lora_targets_must_name_layers_the_model_has(tiny_sd_dir):
     assert target_module_problems(_config(tiny_sd_dir)) == []
     assert target_module_problems(_config(tiny_sd_dir, "trainable.target_modules=[to_q, attn1.to_k]")) == []
     (problem,) = target_module_problems(_config(tiny_sd_dir, "trainable.target_modules=[to_q, nothing_here, to_out]"))
-    assert problem.startswith("trainable.target_modules: 'nothing_here' names no module of the model; "
-                              "'to_out' names only ModuleList modules, which LoRA cannot wrap")
+    assert problem.startswith(
+        "trainable.target_modules: 'nothing_here' names no module of the model; "
+        "'to_out' names only ModuleList modules, which LoRA cannot wrap"
+    )
     assert target_module_problems(_config(tiny_sd_dir, "trainable.kind=full", "trainable.target_modules=[x]")) == []
 
 

@@ -70,8 +70,12 @@ def test_quickstart_runs_through_ray_train_from_the_repository_root(ray_session,
     with open(os.path.join(run_dir, "summary.json"), encoding="utf-8") as f:
         held_out = json.load(f)["held_out"]
     assert {"trained", "trained/clip_score", "trained/colourfulness", "symmetry", "sharpness"} <= set(held_out)
-    for name in ("samples/step_000000.png", "samples/step_000002.png", "final/pytorch_lora_weights.safetensors",
-                 "metrics.jsonl"):
+    for name in (
+        "samples/step_000000.png",
+        "samples/step_000002.png",
+        "final/pytorch_lora_weights.safetensors",
+        "metrics.jsonl",
+    ):
         assert os.path.isfile(os.path.join(run_dir, name)), name
 
     # the embedded MLflow store registered the checkpoint; pick it and generate from the registry
@@ -80,6 +84,23 @@ def test_quickstart_runs_through_ray_train_from_the_repository_root(ray_session,
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     assert promote.main(["--model", "toyworld", "--metric", "eval/trained", "--tracking-uri", uri]) == 0
     out = tmp_path / "generated"
-    assert generate.main(["--model", "models:/toyworld@champion", "--tracking-uri", uri, "--prompt",
-                          "a red circle on a blue background", "--num-images", "1", "--steps", "4", "--out", str(out)]) == 0
+    assert (
+        generate.main(
+            [
+                "--model",
+                "models:/toyworld@champion",
+                "--tracking-uri",
+                uri,
+                "--prompt",
+                "a red circle on a blue background",
+                "--num-images",
+                "1",
+                "--steps",
+                "4",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert (out / "grid.png").is_file()

@@ -15,9 +15,15 @@ from trainers.checkpoint import latest_checkpoint, load_checkpoint
 from trainers.loop import run_folder
 
 
-def test_ray_train_job_writes_run_folder_reports_checkpoints_and_resumes_from_ray_storage(ray_session, tiny_sd_dir, tmp_path):
-    cfg = make_config(tiny_sd_dir, str(tmp_path), train={"steps": 3, "checkpoint_every": 2},
-                      ray={"storage_path": str(tmp_path / "ray")})
+def test_ray_train_job_writes_run_folder_reports_checkpoints_and_resumes_from_ray_storage(
+    ray_session, tiny_sd_dir, tmp_path
+):
+    cfg = make_config(
+        tiny_sd_dir,
+        str(tmp_path),
+        train={"steps": 3, "checkpoint_every": 2},
+        ray={"storage_path": str(tmp_path / "ray")},
+    )
     run_dir = run_folder(cfg)
     result = fit(cfg, run_dir)
     assert result.error is None
@@ -37,13 +43,21 @@ def test_ray_train_job_writes_run_folder_reports_checkpoints_and_resumes_from_ra
     assert os.path.isfile(os.path.join(final_dir, "pytorch_lora_weights.safetensors"))
 
     with pytest.raises(ConfigError, match="already holds run"):
-        fit(make_config(tiny_sd_dir, str(tmp_path), train={"resume": False}, ray={"storage_path": str(tmp_path / "ray")}),
-            run_dir)
+        fit(
+            make_config(
+                tiny_sd_dir, str(tmp_path), train={"resume": False}, ray={"storage_path": str(tmp_path / "ray")}
+            ),
+            run_dir,
+        )
 
     # the run resumes from Ray's storage without its run folder (e.g. on a new node, or after a lost disk)
     shutil.rmtree(run_dir)
-    longer = make_config(tiny_sd_dir, str(tmp_path), train={"steps": 5, "checkpoint_every": 2},
-                         ray={"storage_path": str(tmp_path / "ray")})
+    longer = make_config(
+        tiny_sd_dir,
+        str(tmp_path),
+        train={"steps": 5, "checkpoint_every": 2},
+        ray={"storage_path": str(tmp_path / "ray")},
+    )
     result = fit(longer, run_folder(longer))
     assert result.error is None and result.metrics["step"] == 5
     with open(os.path.join(run_folder(longer), "metrics.jsonl")) as f:

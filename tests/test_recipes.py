@@ -22,8 +22,10 @@ def _spec(spec) -> dict:
     return {k: v for k, v in asdict(spec).items() if v is not None}
 
 
-@pytest.mark.parametrize("recipe, family", [("sdxl_drtune_hps.yaml", "sdxl"), ("pixart_distar_hps.yaml", "pixart"),
-                                            ("sd35_drtune_hps.yaml", "sd3")])
+@pytest.mark.parametrize(
+    "recipe, family",
+    [("sdxl_drtune_hps.yaml", "sdxl"), ("pixart_distar_hps.yaml", "pixart"), ("sd35_drtune_hps.yaml", "sd3")],
+)
 def test_family_recipe_trains_on_its_tiny_model(request, tmp_path, recipe, family):
     with open(os.path.join(ROOT, "pipeline", "configs", recipe), encoding="utf-8") as f:
         data = yaml.safe_load(f)

@@ -26,8 +26,14 @@ from trainers.objectives import reward_loss
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLIP = os.path.join(ROOT, "pipeline", "assets", "toyworld", "clip")
-REWARDS = [{"name": "clip_score", "arch_config": os.path.join(CLIP, "toy-clip.json"),
-            "checkpoint": os.path.join(CLIP, "toy-clip.safetensors")}, {"name": "symmetry", "weight": 5.0}]
+REWARDS = [
+    {
+        "name": "clip_score",
+        "arch_config": os.path.join(CLIP, "toy-clip.json"),
+        "checkpoint": os.path.join(CLIP, "toy-clip.safetensors"),
+    },
+    {"name": "symmetry", "weight": 5.0},
+]
 
 
 def _grads(tr) -> list[torch.Tensor]:
@@ -37,8 +43,13 @@ def _grads(tr) -> list[torch.Tensor]:
 
 def test_remote_reward_gives_the_same_parameter_gradients(ray_session, tiny_sdxl_dir, tmp_path):
     """On SDXL (pooled embeddings and time ids in every sampling call)."""
-    cfg = make_config(tiny_sdxl_dir, str(tmp_path), train={"batch_size": 3}, ray={"reward_actors": 2, "reward_num_cpus": 0.5},
-                      plan={"name": "drtune", "k": 2})
+    cfg = make_config(
+        tiny_sdxl_dir,
+        str(tmp_path),
+        train={"batch_size": 3},
+        ray={"reward_actors": 2, "reward_num_cpus": 0.5},
+        plan={"name": "drtune", "k": 2},
+    )
     image_reward = make_image_reward_spec(str(tmp_path / "image_reward"), weight=0.5)  # a BLIP reward in the mix
     cfg = type(cfg)(**{**cfg.__dict__, "rewards": [RewardSpec(**r) for r in REWARDS] + [image_reward]})
     local = _grads(build_trainer(cfg))
@@ -84,14 +95,21 @@ def fit_with_an_actor_killed(cfg, prefix: str) -> tuple:
 
 
 def test_killed_reward_actor_restarts_and_training_goes_on(ray_session, tiny_sd_dir, tmp_path):
-    cfg = make_config(tiny_sd_dir, str(tmp_path), train={"steps": 4, "checkpoint_every": 2},
-                      ray={"reward_actors": 1, "reward_num_cpus": 0.5, "storage_path": str(tmp_path / "ray")})
+    cfg = make_config(
+        tiny_sd_dir,
+        str(tmp_path),
+        train={"steps": 4, "checkpoint_every": 2},
+        ray={"reward_actors": 1, "reward_num_cpus": 0.5, "storage_path": str(tmp_path / "ray")},
+    )
     fit_with_an_actor_killed(cfg, NAME_PREFIX)
 
 
 def test_impossible_resource_requests_are_refused_before_training(ray_session, tiny_sd_dir, tmp_path):
-    cfg = make_config(tiny_sd_dir, str(tmp_path), ray={"reward_actors": 2, "reward_num_gpus": 1,
-                                                      "reward_resources": {"reward_node": 1}})
+    cfg = make_config(
+        tiny_sd_dir,
+        str(tmp_path),
+        ray={"reward_actors": 2, "reward_num_gpus": 1, "reward_resources": {"reward_node": 1}},
+    )
     problems = resource_problems(cfg, [{"CPU": 8.0}])
     assert any("2 reward actor(s)" in p and "GPU: 1" in p and "fit only 0" in p for p in problems), problems
     assert resource_problems(make_config(tiny_sd_dir, str(tmp_path)), [{"CPU": 1.0}]) == []
@@ -107,16 +125,19 @@ def test_a_worker_no_single_node_can_hold_is_refused_naming_the_nodes(ray_sessio
     with pytest.raises(ConfigError, match=rf"needing \{{CPU: {head + 1}\}} fit only 0 time\(s\)") as err:
         fit(cfg, run_folder(cfg))
     assert "ray.cpus_per_worker" in str(err.value) and f"{{CPU: {head}, train_node: {train_node}}}" in str(err.value)
-    totals = resource_problems(make_config(tiny_sd_dir, str(tmp_path), ray={"num_workers": 2, "reward_actors": 2}),
-                               [{"CPU": 3.0}])
+    totals = resource_problems(
+        make_config(tiny_sd_dir, str(tmp_path), ray={"num_workers": 2, "reward_actors": 2}), [{"CPU": 3.0}]
+    )
     assert totals and "together need 4 CPU but the cluster has 3" in totals[0]
 
 
 def test_malformed_images_get_a_clear_error_from_the_actor(ray_session):
     (actor,) = start_reward_actors([RewardSpec(name="symmetry")], RayConfig(reward_actors=1, reward_num_cpus=0.5))
     try:
-        for images, message in [(torch.rand(2, 16, 16), r"shape \(B, 3, H, W\)"),
-                                (torch.full((2, 3, 8, 8), float("nan")), r"values in \[0, 1\]")]:
+        for images, message in [
+            (torch.rand(2, 16, 16), r"shape \(B, 3, H, W\)"),
+            (torch.full((2, 3, 8, 8), float("nan")), r"values in \[0, 1\]"),
+        ]:
             with pytest.raises(ray.exceptions.RayTaskError, match=message):
                 ray.get(actor.score.remote(images, ["a", "b"], True), timeout=60)
         with pytest.raises(ray.exceptions.RayTaskError, match="2 prompts"):

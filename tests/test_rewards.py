@@ -136,8 +136,7 @@ def test_aesthetic_matches_reference_and_ignores_prompts(specs):
     images = quantised_images()
     reward = build_reward([spec])
     ours = reward(images, PROMPTS)
-    model, _, preprocess = open_clip.create_model_and_transforms(
-        TINY_AESTHETIC_ARCH, pretrained=spec.clip_checkpoint)
+    model, _, preprocess = open_clip.create_model_and_transforms(TINY_AESTHETIC_ARCH, pretrained=spec.clip_checkpoint)
     head = torch.load(spec.checkpoint, weights_only=True)
     with torch.no_grad():
         e = model.encode_image(torch.stack([preprocess(im) for im in to_pil(images)]), normalize=True)
@@ -181,8 +180,7 @@ def test_resize_and_crop_takes_the_centre():
 
 
 def test_weighted_sum_equals_sum_of_weighted_components(specs):
-    terms = [replace(specs["hpsv2"], weight=2.0), pixel_spec("brightness", -0.5),
-             pixel_spec("brightness", 3.0)]
+    terms = [replace(specs["hpsv2"], weight=2.0), pixel_spec("brightness", -0.5), pixel_spec("brightness", 3.0)]
     reward = build_reward(terms)
     images = quantised_images()
     components = reward.components(images, PROMPTS)
@@ -370,8 +368,10 @@ def test_unknown_reward_lists_valid_names():
         (RewardSpec(name="pickscore", checkpoint="f", arch="ViT-H-14"), "arch: not used by pickscore"),
         (RewardSpec(name="symmetry", weight=math.nan), "weight: must be a finite number"),
         (RewardSpec(name="clip_score", checkpoint="w.pt", arch="hf-hub:laion/x"), "arch: schema prefixes"),
-        (RewardSpec(name="hpsv2", checkpoint="w.pt", arch="ViT-H-14", arch_config="cfg/tiny.json"),
-         "arch: 'ViT-H-14' differs from the architecture 'tiny'"),
+        (
+            RewardSpec(name="hpsv2", checkpoint="w.pt", arch="ViT-H-14", arch_config="cfg/tiny.json"),
+            "arch: 'ViT-H-14' differs from the architecture 'tiny'",
+        ),
     ],
 )
 def test_validate_reports_field_problems(spec, problem):

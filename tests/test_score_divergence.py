@@ -30,8 +30,10 @@ def generator():
 
 def draws(n: int):
     gen = torch.Generator().manual_seed(0)
-    return (torch.randn(n, 3, generator=gen, dtype=torch.float64),
-            torch.randn(n, 3, generator=gen, dtype=torch.float64))
+    return (
+        torch.randn(n, 3, generator=gen, dtype=torch.float64),
+        torch.randn(n, 3, generator=gen, dtype=torch.float64),
+    )
 
 
 def scores_at(x_t, mean, log_std):

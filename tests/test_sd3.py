@@ -28,13 +28,25 @@ def pipeline_images(folder, x_T, steps, guidance, lora_dir=None):
         pipe.load_lora_weights(lora_dir)
     pipe.set_progress_bar_config(disable=True)
     side = 2 * x_T.shape[-1]  # the VAE's downscaling
-    return pipe(PROMPTS, latents=x_T.clone(), num_inference_steps=steps, guidance_scale=guidance, height=side,
-                width=side, output_type="pt").images
+    return pipe(
+        PROMPTS,
+        latents=x_T.clone(),
+        num_inference_steps=steps,
+        guidance_scale=guidance,
+        height=side,
+        width=side,
+        output_type="pt",
+    ).images
 
 
-SCHEDULERS = [dict(shift=3.0), dict(shift=1.0), dict(shift=3.0, shift_terminal=0.05),
-              dict(use_dynamic_shifting=True), dict(use_dynamic_shifting=True, time_shift_type="linear"),
-              dict(use_dynamic_shifting=True, base_shift=0.3, max_shift=1.5, max_image_seq_len=1024)]
+SCHEDULERS = [
+    dict(shift=3.0),
+    dict(shift=1.0),
+    dict(shift=3.0, shift_terminal=0.05),
+    dict(use_dynamic_shifting=True),
+    dict(use_dynamic_shifting=True, time_shift_type="linear"),
+    dict(use_dynamic_shifting=True, base_shift=0.3, max_shift=1.5, max_image_seq_len=1024),
+]
 
 
 @pytest.mark.parametrize("options", SCHEDULERS, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()))
@@ -44,7 +56,7 @@ def test_sigmas_equal_the_schedulers(options):
 
     scheduler = FlowMatchEulerDiscreteScheduler(**options)
     c = scheduler.config
-    for steps in (1, 2, 3, 10, 28, 50)[1 if c.shift_terminal else 0:]:  # diffusers' one shift_terminal step is 0/0
+    for steps in (1, 2, 3, 10, 28, 50)[1 if c.shift_terminal else 0 :]:  # diffusers' one shift_terminal step is 0/0
         for tokens in (64, 1024, 4096):  # latent patches: 128 px ... SD3.5's 1024 px
             mu = calculate_shift(tokens, c.base_image_seq_len, c.max_image_seq_len, c.base_shift, c.max_shift)
             scheduler.set_timesteps(steps, mu=mu if c.use_dynamic_shifting else None)
@@ -55,13 +67,19 @@ def test_sigmas_equal_the_schedulers(options):
             assert got.sigmas[-1] == 0
 
 
-@pytest.mark.parametrize("dynamic,steps,guidance", [(False, 4, 5.0), (False, 3, 1.0), (True, 3, 5.0), (True, 5, 1.0)],
-                         ids=["static-cfg", "static", "dynamic-cfg", "dynamic"])
+@pytest.mark.parametrize(
+    "dynamic,steps,guidance",
+    [(False, 4, 5.0), (False, 3, 1.0), (True, 3, 5.0), (True, 5, 1.0)],
+    ids=["static-cfg", "static", "dynamic-cfg", "dynamic"],
+)
 def test_sampling_matches_the_sd3_pipeline(tiny_sd3_dir, clip_tokenizer_dir, tmp_path, dynamic, steps, guidance):
     from sd3_factories import build_tiny_sd3
 
-    folder = build_tiny_sd3(str(tmp_path / "dynamic"), clip_tokenizer_dir, dynamic_shifting=True) if dynamic \
+    folder = (
+        build_tiny_sd3(str(tmp_path / "dynamic"), clip_tokenizer_dir, dynamic_shifting=True)
+        if dynamic
         else tiny_sd3_dir
+    )
     model = load_model(ModelConfig(path=folder, device="cpu"))
     assert model.family.name == "sd3" and model.scheduler.config.use_dynamic_shifting == dynamic
     x_T = noise(model)
@@ -81,7 +99,9 @@ def test_the_conditioning_is_laid_out_as_the_pipeline_does(tiny_sd3_dir):
     assert cond.hidden_states.shape == (2, 77 + 256, 48) and cond.added["pooled_projections"].shape == (2, 32)
     assert cond.hidden_states[:, :77, 32:].abs().max() == 0, "the CLIP features are zero-padded to the T5 width"
     pipe = StableDiffusion3Pipeline.from_pretrained(tiny_sd3_dir, local_files_only=True)
-    states, negative, pooled, negative_pooled = pipe.encode_prompt(PROMPTS, PROMPTS, PROMPTS, do_classifier_free_guidance=True)
+    states, negative, pooled, negative_pooled = pipe.encode_prompt(
+        PROMPTS, PROMPTS, PROMPTS, do_classifier_free_guidance=True
+    )
     torch.testing.assert_close(cond.hidden_states, states, rtol=0, atol=2e-5)
     torch.testing.assert_close(cond.added["pooled_projections"], pooled, rtol=0, atol=2e-5)
     uncond = model.family.encode_negative(model, 2)
@@ -95,9 +115,14 @@ def test_a_lora_trained_for_two_steps_loads_in_plain_diffusers(tiny_sd3_dir, tmp
     from pipeline import generate
     from trainers.loop import run
 
-    cfg = make_config(tiny_sd3_dir, str(tmp_path), plan={"name": "drtune", "k": 2},
-                      sampler={"num_steps": 3, "guidance_scale": 3.0},
-                      trainable={"target_modules": list(LORA_TARGETS)}, train={"steps": 2})
+    cfg = make_config(
+        tiny_sd3_dir,
+        str(tmp_path),
+        plan={"name": "drtune", "k": 2},
+        sampler={"num_steps": 3, "guidance_scale": 3.0},
+        trainable={"target_modules": list(LORA_TARGETS)},
+        train={"steps": 2},
+    )
     final = os.path.join(run(cfg).run_dir, "final")
     x_T = torch.randn(2, 16, 8, 8, generator=torch.Generator().manual_seed(0))  # pipeline.generate's noise, seed 0
     base = pipeline_images(tiny_sd3_dir, x_T, 3, 3.0)
@@ -105,9 +130,33 @@ def test_a_lora_trained_for_two_steps_loads_in_plain_diffusers(tiny_sd3_dir, tmp
     assert (tuned - base).abs().max() > 1e-2, "two steps of training must change the images"
 
     out = tmp_path / "generated"
-    assert generate.main(["--model", tiny_sd3_dir, "--weights", final, "--prompt", PROMPTS[0], "--prompt", PROMPTS[1],
-                          "--num-images", "1", "--steps", "3", "--guidance", "3.0", "--device", "cpu", "--seed", "0",
-                          "--out", str(out)]) == 0
+    assert (
+        generate.main(
+            [
+                "--model",
+                tiny_sd3_dir,
+                "--weights",
+                final,
+                "--prompt",
+                PROMPTS[0],
+                "--prompt",
+                PROMPTS[1],
+                "--num-images",
+                "1",
+                "--steps",
+                "3",
+                "--guidance",
+                "3.0",
+                "--device",
+                "cpu",
+                "--seed",
+                "0",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     saved = torch.stack([read_image(str(p)).float() / 255 for p in sorted(out.glob("0*.png"))])
     torch.testing.assert_close(saved, tuned, rtol=0, atol=1 / 255 + 1e-6)  # 8-bit PNGs
 
@@ -124,8 +173,9 @@ def test_every_lora_tensor_reaches_the_diffusers_pipeline(tiny_sd3_dir, tmp_path
     cfg = TrainableConfig(rank=4, alpha=8.0, target_modules=LORA_TARGETS)
     x_T, tuned = tuned_by_a_random_lora(model, cfg, 3, 5.0, scale=0.3)
     save_trained(model, cfg, str(tmp_path / "lora"))
-    torch.testing.assert_close(pipeline_images(tiny_sd3_dir, x_T, 3, 5.0, lora_dir=str(tmp_path / "lora")), tuned,
-                               rtol=0, atol=2e-5)
+    torch.testing.assert_close(
+        pipeline_images(tiny_sd3_dir, x_T, 3, 5.0, lora_dir=str(tmp_path / "lora")), tuned, rtol=0, atol=2e-5
+    )
 
 
 def test_unsupported_sigma_options_eta_and_di_star_exit_2(clip_tokenizer_dir, tmp_path):
@@ -135,8 +185,14 @@ def test_unsupported_sigma_options_eta_and_di_star_exit_2(clip_tokenizer_dir, tm
     model = load_model(ModelConfig(path=folder, device="cpu"))
     with pytest.raises(ValueError, match="use_karras_sigmas=True is not reproduced"):
         model.family.schedule(model, 4)
-    result = cli("pipeline.train", f"model.path={folder}", "sampler.eta=0.5", "plan.name=di_star", "ray.enabled=false",
-                 "tracking.enabled=false")
+    result = cli(
+        "pipeline.train",
+        f"model.path={folder}",
+        "sampler.eta=0.5",
+        "plan.name=di_star",
+        "ray.enabled=false",
+        "tracking.enabled=false",
+    )
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
     config_file = os.path.join(folder, "scheduler", "scheduler_config.json")
     assert f"model.path: {config_file} sets use_karras_sigmas=true" in result.stderr

@@ -54,7 +54,9 @@ def test_unsupported_or_mismatched_pipelines_are_preflight_errors(tiny_sdxl_dir,
     assert "holds a FluxPipeline, which no model family loads" in problem
     assert "StableDiffusionPipeline (sd), StableDiffusionXLPipeline (sdxl)" in problem
     (problem,) = model_problems("model.path", tiny_sdxl_dir, "sd")
-    assert "model.family='sd' but" in problem and "StableDiffusionXLPipeline; set model.family=auto (or sdxl)" in problem
+    assert (
+        "model.family='sd' but" in problem and "StableDiffusionXLPipeline; set model.family=auto (or sdxl)" in problem
+    )
     assert model_problems("model.path", tiny_sdxl_dir, "auto") == model_problems("model.path", tiny_sd_dir, "sd") == []
     (problem,) = pair_problems(tiny_sd_dir, tiny_sdxl_dir)
     assert "is a StableDiffusionXLPipeline but the generator" in problem and "is a StableDiffusionPipeline" in problem

@@ -44,8 +44,11 @@ def listeners(root: psutil.Process) -> set[tuple[str, int, str]]:
         return found
     for process in processes:
         try:
-            found |= {(c.laddr.ip, c.laddr.port, process.name()) for c in process.net_connections(kind="tcp")
-                      if c.status == psutil.CONN_LISTEN}
+            found |= {
+                (c.laddr.ip, c.laddr.port, process.name())
+                for c in process.net_connections(kind="tcp")
+                if c.status == psutil.CONN_LISTEN
+            }
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
     return found
@@ -88,10 +91,19 @@ def test_the_main_job_listens_on_loopback_needs_the_token_and_reports_a_failing_
     - the job exits 1 with the worker's exception type and message once, and the file holding the full
       traceback; no traceback reaches the console.
     """
-    command = [sys.executable, "-m", "pipeline.train", *SHORT, "ray.reward_actors=1", "optim.lr=1e30",
-               "train.max_bad_steps=1", f"train.output_dir={tmp_path}"]
-    job = subprocess.Popen(command, cwd=ROOT, env=shell_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                           text=True)
+    command = [
+        sys.executable,
+        "-m",
+        "pipeline.train",
+        *SHORT,
+        "ray.reward_actors=1",
+        "optim.lr=1e30",
+        "train.max_bad_steps=1",
+        f"train.output_dir={tmp_path}",
+    ]
+    job = subprocess.Popen(
+        command, cwd=ROOT, env=shell_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(job.stdout), daemon=True)
     reader.start()

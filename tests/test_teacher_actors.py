@@ -35,12 +35,15 @@ def test_remote_teacher_gives_the_same_generator_gradients(ray_session, tiny_sd_
     torch.set_num_threads(1)  # as in the actors (teacher_num_cpus < 1), so kernels sum in the same order
     try:
         for actors, tolerance in ((1, 0.0), (2, 1e-5)):
-            cfg = distill_config(tiny_sd_dir, str(tmp_path), {"ray": {"teacher_actors": actors, "teacher_num_cpus": 0.5}})
+            cfg = distill_config(
+                tiny_sd_dir, str(tmp_path), {"ray": {"teacher_actors": actors, "teacher_num_cpus": 0.5}}
+            )
             local = _moved_grads(cfg)
             pool = start_teacher_actors(cfg)
             try:
-                assert build_trainer(cfg, teacher=RemoteTeacher(pool)).objective.distill.nets.teacher is None, \
+                assert build_trainer(cfg, teacher=RemoteTeacher(pool)).objective.distill.nets.teacher is None, (
                     "with actors the worker holds no teacher"
+                )
                 remote = _moved_grads(cfg, RemoteTeacher(pool))
             finally:
                 for actor in pool:
@@ -53,8 +56,14 @@ def test_remote_teacher_gives_the_same_generator_gradients(ray_session, tiny_sd_
 
 
 def test_killed_teacher_actor_restarts_and_training_goes_on(ray_session, tiny_sd_dir, tmp_path):
-    cfg = distill_config(tiny_sd_dir, str(tmp_path), {"train": {"steps": 4, "checkpoint_every": 2}, "ray": {
-        "teacher_actors": 1, "teacher_num_cpus": 0.5, "storage_path": str(tmp_path / "ray")}})
+    cfg = distill_config(
+        tiny_sd_dir,
+        str(tmp_path),
+        {
+            "train": {"steps": 4, "checkpoint_every": 2},
+            "ray": {"teacher_actors": 1, "teacher_num_cpus": 0.5, "storage_path": str(tmp_path / "ray")},
+        },
+    )
     result, _ = fit_with_an_actor_killed(cfg, NAME_PREFIX)
     assert "teacher/multi_step/trained" in result.metrics, "the teacher baselines reach the driver"
 

@@ -75,8 +75,9 @@ def test_following_a_prompt_needs_both_colours_and_the_shape():
     combos = held_out_combos()
     images = torch.stack([render(c, _gen(i)) for i, c in enumerate(combos)]).float() / 255
     assert prompt_checks(images, combos)["follows"].all()
-    other_shape = prompt_checks(images, [Combo(c.colour, SHAPES[(SHAPES.index(c.shape) + 1) % 3], c.background)
-                                         for c in combos])
+    other_shape = prompt_checks(
+        images, [Combo(c.colour, SHAPES[(SHAPES.index(c.shape) + 1) % 3], c.background) for c in combos]
+    )
     assert other_shape["both"].all() and not other_shape["shape"].any() and not other_shape["follows"].any()
     other_colour = prompt_checks(images, [Combo(c.background, c.shape, c.colour) for c in combos])
     assert other_colour["shape"].all() and not other_colour["follows"].any()
@@ -91,6 +92,7 @@ def test_feature_distances_split_by_adherence():
     # prompt 0: (0,1) both, d 0; (0,2), (1,2) one, d 1. prompt 1: (3,4), (3,5) one, d 1; (4,5) neither, d 0.
     assert split == {"both": 0.0, "pairs_both": 1, "one": 1.0, "pairs_one": 4, "neither": 0.0, "pairs_neither": 1}
     from trainers.evaluation import feature_diversity
+
     pooled = sum(split[k] * split[f"pairs_{k}"] for k in ("both", "one", "neither")) / 6
     assert pooled == pytest.approx(float(feature_diversity(features, 3).mean()))
     assert distances_by_adherence(features, torch.ones(6, dtype=torch.bool), 3)["neither"] is None
@@ -101,8 +103,19 @@ def test_report_splits_the_held_out_diversity_by_adherence(tmp_path):
 
     from pipeline.toyworld import report
 
-    args = Namespace(sd=str(ASSETS_DIR / "sd"), weights=None, clip=str(ASSETS_DIR / "clip"), n=3, n_train=0,
-                     steps=4, guidance=7.5, one_step=None, seed=1234, threads=2, grid=str(tmp_path / "grid.png"))
+    args = Namespace(
+        sd=str(ASSETS_DIR / "sd"),
+        weights=None,
+        clip=str(ASSETS_DIR / "clip"),
+        n=3,
+        n_train=0,
+        steps=4,
+        guidance=7.5,
+        one_step=None,
+        seed=1234,
+        threads=2,
+        grid=str(tmp_path / "grid.png"),
+    )
     metrics = report.run(args)["heldout"]
     pairs = {k: metrics[f"feature_distance_pairs_{k}"] for k in ("both", "one", "neither")}
     assert sum(pairs.values()) == 9 * 3
@@ -167,8 +180,9 @@ def test_shipped_pipeline_runs_in_plain_diffusers_in_its_default_dtype():
     pipe = StableDiffusionPipeline.from_pretrained(str(ASSETS_DIR / "sd"), local_files_only=True)
     for name in ("unet", "vae", "text_encoder"):
         assert {p.dtype for p in getattr(pipe, name).parameters()} == {torch.float32}, name
-    images = pipe(["a red circle on a blue background"], num_inference_steps=2, output_type="pt",
-                  generator=_gen(0)).images
+    images = pipe(
+        ["a red circle on a blue background"], num_inference_steps=2, output_type="pt", generator=_gen(0)
+    ).images
     assert images.shape == (1, 3, 32, 32) and torch.isfinite(images).all()
 
 
@@ -179,11 +193,15 @@ def test_shipped_reward_prefers_matching_captions_on_held_out_images():
     combos = held_out_combos()
     images = torch.stack([render(c, _gen(i)) for i, c in enumerate(combos)]).float() / 255
     # Mismatches change one word at a time: the colour, the shape, or the background.
-    swaps = [Combo(next(k for k in OBJECT_COLOURS if k not in (c.colour, c.background)), c.shape, c.background)
-             for c in combos]
+    swaps = [
+        Combo(next(k for k in OBJECT_COLOURS if k not in (c.colour, c.background)), c.shape, c.background)
+        for c in combos
+    ]
     swaps += [Combo(c.colour, SHAPES[(SHAPES.index(c.shape) + 1) % 3], c.background) for c in combos]
-    swaps += [Combo(c.colour, c.shape, next(k for k in BACKGROUND_COLOURS if k not in (c.colour, c.background)))
-              for c in combos]
+    swaps += [
+        Combo(c.colour, c.shape, next(k for k in BACKGROUND_COLOURS if k not in (c.colour, c.background)))
+        for c in combos
+    ]
     with torch.no_grad():
         matched = reward(images, [caption(c) for c in combos])  # (9,)
         mismatched = reward(images.repeat(3, 1, 1, 1), [caption(c) for c in swaps]).view(3, -1)  # (3, 9)
@@ -195,8 +213,9 @@ def test_shipped_reward_prefers_matching_captions_on_held_out_images():
 def test_audit_writes_table_plot_and_the_data_reference(tmp_path):
     from pipeline.toyworld import audit
 
-    rows = audit.main(["--out", str(tmp_path), "--n", "3", "--steps", "4", "--target-gain", "5",
-                       "--target-diversity", "0.3"])
+    rows = audit.main(
+        ["--out", str(tmp_path), "--n", "3", "--steps", "4", "--target-gain", "5", "--target-diversity", "0.3"]
+    )
     assert set(rows) == {"base", "data"}
     assert rows["data"]["follows"] == 1.0 and rows["data"]["feature_distance_one"] is None
     assert rows["data"]["feature_diversity"] < rows["base"]["feature_diversity"]

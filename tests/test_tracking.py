@@ -32,7 +32,13 @@ PASSWORD = "rt-uri-password-77"
 
 
 def tracked(tiny_sd_dir: str, out: str, uri: str | None, **sections):
-    tracking = {"enabled": True, "uri": uri, "experiment": "tests", "registered_model": "tiny", **sections.pop("tracking", {})}
+    tracking = {
+        "enabled": True,
+        "uri": uri,
+        "experiment": "tests",
+        "registered_model": "tiny",
+        **sections.pop("tracking", {}),
+    }
     return make_config(tiny_sd_dir, out, tracking=tracking, eval={"every": 2, **sections.pop("eval", {})}, **sections)
 
 
@@ -55,8 +61,10 @@ def test_embedded_default_records_the_run_and_its_models_then_promote_and_genera
     uri = f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}"
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name("tests").experiment_id
-    assert (f"mlflow ui --backend-store-uri {uri}, then open http://127.0.0.1:5000/#/experiments/{experiment}/models"
-            "?workflowType=machine_learning") in capsys.readouterr().out
+    assert (
+        f"mlflow ui --backend-store-uri {uri}, then open http://127.0.0.1:5000/#/experiments/{experiment}/models"
+        "?workflowType=machine_learning"
+    ) in capsys.readouterr().out
     found = the_run(client, "draft_k-seed0")
     assert found.info.status == "FINISHED"
     assert found.data.params["plan.name"] == "draft_k" and found.data.params["train.steps"] == "4"
@@ -86,21 +94,56 @@ def test_embedded_default_records_the_run_and_its_models_then_promote_and_genera
     # a constraint the best version breaks: it is skipped, and the output says which constraint rejected it
     capsys.readouterr()
     below_best = f"eval/trained<{max(m['eval/trained'] for m in held_out)}"
-    assert promote.main(["--model", "tiny", "--metric", "eval/trained", "--require", below_best,
-                         "--require", "eval/trained/brightness>=0", "--tracking-uri", uri]) == 0
+    assert (
+        promote.main(
+            [
+                "--model",
+                "tiny",
+                "--metric",
+                "eval/trained",
+                "--require",
+                below_best,
+                "--require",
+                "eval/trained/brightness>=0",
+                "--tracking-uri",
+                uri,
+            ]
+        )
+        == 0
+    )
     assert client.get_model_version_by_alias("tiny", "champion").version == worst.version
     printed = capsys.readouterr().out
     assert f"{parse_constraint(below_best)}: rejects versions {best.version}\n" in printed
     assert "eval/trained/brightness>=0: rejects no version" in printed
     with pytest.raises(ConfigError, match="--require: no version of 'tiny' meets eval/trained>1e9"):
-        promote.main(["--model", "tiny", "--metric", "eval/trained", "--require", "eval/trained>1e9",
-                      "--tracking-uri", uri])
+        promote.main(
+            ["--model", "tiny", "--metric", "eval/trained", "--require", "eval/trained>1e9", "--tracking-uri", uri]
+        )
     with pytest.raises(ConfigError, match="--require: 'eval/trained=3' is not METRIC OP NUMBER"):
         promote.main(["--model", "tiny", "--require", "eval/trained=3", "--tracking-uri", uri])
 
     out = tmp_path / "samples"
-    assert generate.main(["--model", "models:/tiny@champion", "--tracking-uri", uri, "--prompt", "a red circle",
-                          "--num-images", "2", "--steps", "3", "--device", "cpu", "--out", str(out)]) == 0
+    assert (
+        generate.main(
+            [
+                "--model",
+                "models:/tiny@champion",
+                "--tracking-uri",
+                uri,
+                "--prompt",
+                "a red circle",
+                "--num-images",
+                "2",
+                "--steps",
+                "3",
+                "--device",
+                "cpu",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert (out / "grid.png").is_file() and len(list(out.glob("0*.png"))) == 2
 
 
@@ -132,17 +175,21 @@ def rest(server: str, endpoint: str, body: dict | None = None, **query) -> dict:
         return json.loads(answer.read())
 
 
-def test_checkpoint_models_carry_their_held_out_metrics_and_versions_read_well(tiny_sd_dir, tmp_path,
-                                                                                tracking_stack):
+def test_checkpoint_models_carry_their_held_out_metrics_and_versions_read_well(tiny_sd_dir, tmp_path, tracking_stack):
     """What the UI shows, read through MLflow's REST API: a model-training experiment; each checkpoint's
     logged model with the held-out metrics of its latest evaluation (also one from an earlier step,
     without a second copy in the run's history); versions with a few readable tags and the held-out
     table with the sample grid as description."""
     server = tracking_stack["mlflow"]
-    cfg = tracked(tiny_sd_dir, str(tmp_path / "runs"), server, ray={"enabled": False},
-                  train={"steps": 3, "checkpoint_every": 1, "run_name": "rest"},
-                  eval={"every": 2, "images_per_prompt": 2, "require": ["eval/trained/brightness>=0"]},
-                  tracking={"experiment": "tests-rest"})
+    cfg = tracked(
+        tiny_sd_dir,
+        str(tmp_path / "runs"),
+        server,
+        ray={"enabled": False},
+        train={"steps": 3, "checkpoint_every": 1, "run_name": "rest"},
+        eval={"every": 2, "images_per_prompt": 2, "require": ["eval/trained/brightness>=0"]},
+        tracking={"experiment": "tests-rest"},
+    )
     run(cfg, reporters=(MlflowReporter(cfg, run_folder(cfg)),))
 
     experiment = rest(server, "experiments/get-by-name", experiment_name="tests-rest")["experiment"]
@@ -163,12 +210,14 @@ def test_checkpoint_models_carry_their_held_out_metrics_and_versions_read_well(t
         assert all(key.startswith("eval/") for key in linked), "held-out metrics only, no train/*"
         assert {m["dataset_name"] for m in metrics} == {"held-out prompts"}, "one column group in the model table"
         assert linked["eval/trained"]["step"] == evaluated and linked["eval/trained"]["value"] == next(
-            m["value"] for m in history if m["step"] == evaluated)
+            m["value"] for m in history if m["step"] == evaluated
+        )
 
         tags = {t["key"]: t["value"] for t in version["tags"]}
         assert tags["step"] == str(checkpoint) and tags["plan"] == "draft_k k=2" and tags["eval_step"] == str(evaluated)
-        assert re.fullmatch(r"-?\d+\.\d+, gain [+-]\d+\.\d+ \[[+-]\d+\.\d+, [+-]\d+\.\d+\] \(95% CI\)",
-                            tags["held_out/trained"]), tags["held_out/trained"]
+        assert re.fullmatch(
+            r"-?\d+\.\d+, gain [+-]\d+\.\d+ \[[+-]\d+\.\d+, [+-]\d+\.\d+\] \(95% CI\)", tags["held_out/trained"]
+        ), tags["held_out/trained"]
         assert re.fullmatch(r"pixel \d\.\d{3} \(base \d\.\d{3}\)", tags["diversity"]), tags["diversity"]
         shown = [key for key in tags if not key.startswith("mlflow.")]  # the UI hides MLflow's own tags
         assert tags["eval.require"] == "met" and len(shown) <= 8, tags
@@ -199,18 +248,32 @@ def assert_no_secrets(client: MlflowClient, found, tmp_path, stack) -> None:
 def test_ray_run_stores_checkpoints_in_s3_and_resumes_from_there(ray_session, tiny_sd_dir, tmp_path, tracking_stack):
     storage = {"storage_path": f"s3://{tracking_stack['bucket']}/ray-runs", "s3_endpoint": tracking_stack["s3"]}
     name = "s3-resume"
-    first = tracked(tiny_sd_dir, str(tmp_path / "runs"), tracking_stack["mlflow"], train={"steps": 2, "run_name": name},
-                    ray=storage, tracking={"registered_model": None})
+    first = tracked(
+        tiny_sd_dir,
+        str(tmp_path / "runs"),
+        tracking_stack["mlflow"],
+        train={"steps": 2, "run_name": name},
+        ray=storage,
+        tracking={"registered_model": None},
+    )
     assert train_main(["--config", write_config(first, tmp_path / "first.yaml")]) == 0
     s3 = boto3.client("s3", endpoint_url=tracking_stack["s3"])
-    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=tracking_stack["bucket"], Prefix=f"ray-runs/{name}/")["Contents"]]
+    keys = [
+        o["Key"] for o in s3.list_objects_v2(Bucket=tracking_stack["bucket"], Prefix=f"ray-runs/{name}/")["Contents"]
+    ]
     assert any(k.endswith("/state.pt") for k in keys), keys
     artifacts = s3.list_objects_v2(Bucket=tracking_stack["bucket"], Prefix="mlflow/")["Contents"]
     assert any(o["Key"].endswith("config.yaml") for o in artifacts), "MLflow artifacts go to S3 through the server"
 
     shutil.rmtree(run_folder(first))  # the local run folder is lost
-    longer = tracked(tiny_sd_dir, str(tmp_path / "runs"), tracking_stack["mlflow"], train={"steps": 4, "run_name": name},
-                     ray=storage, tracking={"registered_model": None})
+    longer = tracked(
+        tiny_sd_dir,
+        str(tmp_path / "runs"),
+        tracking_stack["mlflow"],
+        train={"steps": 4, "run_name": name},
+        ray=storage,
+        tracking={"registered_model": None},
+    )
     assert train_main(["--config", write_config(longer, tmp_path / "longer.yaml")]) == 0
     with open(os.path.join(run_folder(longer), "metrics.jsonl"), encoding="utf-8") as f:
         assert [json.loads(line)["step"] for line in f] == [3, 4], "steps 1-2 came from the checkpoint in S3"
@@ -225,11 +288,17 @@ def test_unreachable_services_and_bad_names_fail_before_anything_starts(tiny_sd_
     dead = f"http://127.0.0.1:{free_port()}"
     cases = [
         ({"tracking": {"uri": dead}}, f"tracking.uri: the MLflow server {dead} does not answer"),
-        ({"tracking": {"uri": tracking_stack["mlflow"]},
-          "ray": {"storage_path": "s3://no-such-bucket/x", "s3_endpoint": tracking_stack["s3"]}},
-         f"ray.storage_path: cannot reach bucket 'no-such-bucket' at {tracking_stack['s3']}"),
-        ({"tracking": {"uri": tracking_stack["mlflow"]}, "ray": {"storage_path": "s3://b/x", "s3_endpoint": dead}},
-         f"ray.storage_path: cannot reach bucket 'b' at {dead}"),
+        (
+            {
+                "tracking": {"uri": tracking_stack["mlflow"]},
+                "ray": {"storage_path": "s3://no-such-bucket/x", "s3_endpoint": tracking_stack["s3"]},
+            },
+            f"ray.storage_path: cannot reach bucket 'no-such-bucket' at {tracking_stack['s3']}",
+        ),
+        (
+            {"tracking": {"uri": tracking_stack["mlflow"]}, "ray": {"storage_path": "s3://b/x", "s3_endpoint": dead}},
+            f"ray.storage_path: cannot reach bucket 'b' at {dead}",
+        ),
     ]
     for i, (sections, message) in enumerate(cases):
         cfg = tracked(tiny_sd_dir, str(tmp_path / f"runs{i}"), None, **sections)
@@ -301,8 +370,9 @@ def test_an_mlflow_outage_mid_run_loses_nothing(tiny_sd_dir, tmp_path, capfd):
         server.stop()
 
 
-def test_a_failure_after_the_model_is_logged_registers_no_second_version(tiny_sd_dir, tmp_path, tracking_stack,
-                                                                         monkeypatch, capfd):
+def test_a_failure_after_the_model_is_logged_registers_no_second_version(
+    tiny_sd_dir, tmp_path, tracking_stack, monkeypatch, capfd
+):
     """The version is registered, then tagging it fails: the retry (here at close) tags that version and
     registers no second one."""
     failures = []
@@ -315,9 +385,14 @@ def test_a_failure_after_the_model_is_logged_registers_no_second_version(tiny_sd
         return tag_version(self, *args, **kwargs)
 
     monkeypatch.setattr(MlflowClient, "set_model_version_tag", fails_once)
-    cfg = tracked(tiny_sd_dir, str(tmp_path / "runs"), tracking_stack["mlflow"], ray={"enabled": False},
-                  train={"steps": 2, "checkpoint_every": 2, "run_name": "once"},
-                  tracking={"experiment": "tests-once", "registered_model": "once"})
+    cfg = tracked(
+        tiny_sd_dir,
+        str(tmp_path / "runs"),
+        tracking_stack["mlflow"],
+        ray={"enabled": False},
+        train={"steps": 2, "checkpoint_every": 2, "run_name": "once"},
+        tracking={"experiment": "tests-once", "registered_model": "once"},
+    )
     run(cfg, reporters=(MlflowReporter(cfg, run_folder(cfg)),))
     assert failures and "could not log checkpoint model" in capfd.readouterr().err
     (version,) = MlflowClient(tracking_stack["mlflow"]).search_model_versions("name = 'once'")

@@ -17,13 +17,17 @@ from trainers.reporting import Reporter
 
 
 def make_config(model_dir: str, out: str, **sections) -> Config:
-    data = {"model": {"path": model_dir, "device": "cpu"}, "sampler": {"num_steps": 4, "guidance_scale": 3.0},
-            "plan": {"name": "draft_k", "k": 2}, "optim": {"lr": 0.05, "warmup_steps": 2},
-            "trainable": {"init": "gaussian", "rank": 2, "alpha": 3.0},
-            "rewards": [{"name": "brightness"}, {"name": "symmetry", "weight": 0.5}],
-            "train": {"steps": 4, "batch_size": 2, "output_dir": out, "checkpoint_every": 2},
-            "eval": {"every": 0, "images_per_prompt": 1, "max_prompts": 2},
-            "tracking": {"enabled": False}}  # tests/test_tracking.py turns it on
+    data = {
+        "model": {"path": model_dir, "device": "cpu"},
+        "sampler": {"num_steps": 4, "guidance_scale": 3.0},
+        "plan": {"name": "draft_k", "k": 2},
+        "optim": {"lr": 0.05, "warmup_steps": 2},
+        "trainable": {"init": "gaussian", "rank": 2, "alpha": 3.0},
+        "rewards": [{"name": "brightness"}, {"name": "symmetry", "weight": 0.5}],
+        "train": {"steps": 4, "batch_size": 2, "output_dir": out, "checkpoint_every": 2},
+        "eval": {"every": 0, "images_per_prompt": 1, "max_prompts": 2},
+        "tracking": {"enabled": False},
+    }  # tests/test_tracking.py turns it on
     for key, value in sections.items():
         data[key] = {**data.get(key, {}), **value}
     return from_dict(Config, data)
@@ -46,11 +50,16 @@ def _trained(run_dir: str) -> dict[str, torch.Tensor]:
     return load_checkpoint(latest_checkpoint(run_dir))
 
 
-@pytest.mark.parametrize("family, plan, eta", [("sd", {"name": "drtune", "k": 2, "early_stop": 1}, 0.5),
-                                               ("sd", {"name": "draft_lv", "k": 1}, 0.5),
-                                               ("sdxl", {"name": "drtune", "k": 2, "early_stop": 1}, 0.5),
-                                               ("sd3", {"name": "draft_lv", "k": 1}, 0.0)],  # flow: no eta
-                         ids=["drtune", "draft_lv", "sdxl_drtune", "sd3_draft_lv"])
+@pytest.mark.parametrize(
+    "family, plan, eta",
+    [
+        ("sd", {"name": "drtune", "k": 2, "early_stop": 1}, 0.5),
+        ("sd", {"name": "draft_lv", "k": 1}, 0.5),
+        ("sdxl", {"name": "drtune", "k": 2, "early_stop": 1}, 0.5),
+        ("sd3", {"name": "draft_lv", "k": 1}, 0.0),
+    ],  # flow: no eta
+    ids=["drtune", "draft_lv", "sdxl_drtune", "sd3_draft_lv"],
+)
 def test_resume_equals_uninterrupted_run(request, tmp_path, family, plan, eta):
     """2 steps, a kill after step 3 is logged, resume from the step-2 checkpoint, finish: equals 4 steps."""
     folder = request.getfixturevalue(f"tiny_{family}_dir")
@@ -146,8 +155,12 @@ def test_the_best_checkpoint_meeting_eval_require_is_marked_and_kept(tiny_sd_dir
     constraints, so checkpoint 2 is the best (3, judged by the same evaluation, does not beat it) and survives
     the pruning that keeps the last two."""
     require = _bracket(tiny_sd_dir, str(tmp_path / "plain"), 2)
-    cfg = make_config(tiny_sd_dir, str(tmp_path / "req"), train={"steps": 6, "checkpoint_every": 1},
-                      eval={"every": 2, "require": require})
+    cfg = make_config(
+        tiny_sd_dir,
+        str(tmp_path / "req"),
+        train={"steps": 6, "checkpoint_every": 1},
+        eval={"every": 2, "require": require},
+    )
     result = run(cfg)
     root = os.path.join(result.run_dir, "checkpoints")
     assert open(os.path.join(root, "best"), encoding="utf-8").read() == "step_000002"
@@ -156,7 +169,9 @@ def test_the_best_checkpoint_meeting_eval_require_is_marked_and_kept(tiny_sd_dir
         summary = json.load(f)
     assert summary["step"] == 6 and "stopped" not in summary
     assert summary["best_meeting_require"]["step"] == 2 and summary["best_meeting_require"]["evaluated"] == 2
-    assert os.path.isfile(os.path.join(summary["best_meeting_require"]["model_dir"], "pytorch_lora_weights.safetensors"))
+    assert os.path.isfile(
+        os.path.join(summary["best_meeting_require"]["model_dir"], "pytorch_lora_weights.safetensors")
+    )
     with open(os.path.join(result.run_dir, "metrics.jsonl"), encoding="utf-8") as f:
         met = {m["step"]: m["require/met"] for m in map(json.loads, f) if "require/met" in m}
     assert met == {2: 1.0, 4: 0.0, 6: 0.0}
@@ -164,8 +179,12 @@ def test_the_best_checkpoint_meeting_eval_require_is_marked_and_kept(tiny_sd_dir
 
 def test_a_run_stops_at_the_first_evaluation_that_breaks_eval_require_and_stays_stopped(tiny_sd_dir, tmp_path):
     require = _bracket(tiny_sd_dir, str(tmp_path / "plain"), 2)
-    cfg = make_config(tiny_sd_dir, str(tmp_path / "req"), train={"steps": 6},
-                      eval={"every": 2, "require": require, "stop_when_broken": True})
+    cfg = make_config(
+        tiny_sd_dir,
+        str(tmp_path / "req"),
+        train={"steps": 6},
+        eval={"every": 2, "require": require, "stop_when_broken": True},
+    )
     result = run(cfg)
     assert result.step == 4 and set(result.held_out) >= {"trained"}
     with open(os.path.join(result.run_dir, "summary.json"), encoding="utf-8") as f:
@@ -173,15 +192,22 @@ def test_a_run_stops_at_the_first_evaluation_that_breaks_eval_require_and_stays_
     assert summary["stopped"]["step"] == 4 and summary["stopped"]["broken"][0].startswith("eval/trained")
     assert summary["best_meeting_require"]["step"] == 2
     assert run(cfg).step == 4, "running it again resumes a finished run: no more steps"
-    resumed = make_config(tiny_sd_dir, str(tmp_path / "req"), train={"steps": 6},
-                          eval={"every": 2, "require": require, "stop_when_broken": False})
+    resumed = make_config(
+        tiny_sd_dir,
+        str(tmp_path / "req"),
+        train={"steps": 6},
+        eval={"every": 2, "require": require, "stop_when_broken": False},
+    )
     assert run(resumed).step == 6, "resumed with the stop turned off, the run goes on to its end"
 
 
-@pytest.mark.parametrize("evaluation, message", [
-    ({"require": ["eval/trained=3"]}, "eval.require.0: 'eval/trained=3' is not METRIC OP NUMBER"),
-    ({"stop_when_broken": True}, "eval.stop_when_broken: true needs constraints in eval.require"),
-])
+@pytest.mark.parametrize(
+    "evaluation, message",
+    [
+        ({"require": ["eval/trained=3"]}, "eval.require.0: 'eval/trained=3' is not METRIC OP NUMBER"),
+        ({"stop_when_broken": True}, "eval.stop_when_broken: true needs constraints in eval.require"),
+    ],
+)
 def test_bad_eval_constraints_are_refused_naming_the_key(tiny_sd_dir, tmp_path, evaluation, message):
     from pipeline.config import ConfigError
 

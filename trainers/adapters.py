@@ -85,7 +85,9 @@ def folded(denoiser: torch.nn.Module) -> Iterator[bool]:
                 delta = sum(layer.get_delta_weight(name) for name in layer.active_adapters if name in layer.lora_A)
                 originals.append((layer, base, base.weight.data))
                 base.weight.data = (base.weight.data + delta).to(base.weight.dtype)
-                layer._disable_adapters = True  # peft's switch, set directly: enable_adapters() also flips requires_grad
+                layer._disable_adapters = (
+                    True  # peft's switch, set directly: enable_adapters() also flips requires_grad
+                )
         yield True
     finally:
         for layer, base, weight in originals:
@@ -109,8 +111,10 @@ def copy_adapter(denoiser: torch.nn.Module, source: str, target: str) -> int:
         for layer in layers:
             a, b = layer.lora_A[source].weight, layer.lora_B[source].weight
             if a.shape != layer.lora_A[target].weight.shape:
-                raise ValueError(f"a LoRA of rank {a.shape[0]} cannot start an adapter of rank "
-                                 f"{layer.lora_A[target].weight.shape[0]}; give both the same rank")
+                raise ValueError(
+                    f"a LoRA of rank {a.shape[0]} cannot start an adapter of rank "
+                    f"{layer.lora_A[target].weight.shape[0]}; give both the same rank"
+                )
             layer.lora_A[target].weight.copy_(a)
             layer.lora_B[target].weight.copy_(b * (layer.scaling[source] / layer.scaling[target]))
     for layer in layers:

@@ -33,8 +33,9 @@ def write_text_atomic(path: str, text: str) -> None:
     os.replace(tmp, path)
 
 
-def save_checkpoint(run_dir: str, step: int, state: dict, write_model: Callable[[str], None], keep: int = 2,
-                    best: int | None = None) -> str:
+def save_checkpoint(
+    run_dir: str, step: int, state: dict, write_model: Callable[[str], None], keep: int = 2, best: int | None = None
+) -> str:
     """Write ``state`` (a ``torch.save``-able dict) and the model export for ``step``; return its folder.
 
     Args:
@@ -92,8 +93,10 @@ def latest_checkpoint(run_dir: str) -> str | None:
     with open(marker, encoding="utf-8") as f:
         folder = os.path.join(root, f.read().strip())
     if not os.path.isfile(os.path.join(folder, "state.pt")):
-        raise FileNotFoundError(f"{marker} names {folder}, which has no state.pt; the run folder was modified by "
-                                "hand. Delete the marker to start over, or point it at an existing step_* folder")
+        raise FileNotFoundError(
+            f"{marker} names {folder}, which has no state.pt; the run folder was modified by "
+            "hand. Delete the marker to start over, or point it at an existing step_* folder"
+        )
     return folder
 
 

@@ -54,7 +54,9 @@ class TrainableConfig:
     alpha: float = 4.0  # LoRA alpha; the update is scaled by alpha / r
     # denoiser module names given adapters; null = the family's (attention projections; SD3 adds the text stream's)
     target_modules: tuple[str, ...] | None = None
-    init: Literal["kaiming", "gaussian"] = "kaiming"  # init of A; B starts at 0 either way, so tuning starts at the base
+    init: Literal["kaiming", "gaussian"] = (
+        "kaiming"  # init of A; B starts at 0 either way, so tuning starts at the base
+    )
     dropout: float = 0.0  # LoRA dropout probability
 
     def validate(self) -> list[str]:
@@ -127,8 +129,10 @@ class PlanConfig:
         if self.diversity_floor is not None and not 0 < self.diversity_floor <= 2:
             problems.append(f"diversity_floor: a cosine distance in (0, 2], got {self.diversity_floor}")
         if self.diversity_coeff and self.samples_per_prompt < 2:
-            problems.append(f"samples_per_prompt: the diversity reward compares samples of the same prompt; set it "
-                            f">= 2 (got {self.samples_per_prompt}), or diversity_coeff=0")
+            problems.append(
+                f"samples_per_prompt: the diversity reward compares samples of the same prompt; set it "
+                f">= 2 (got {self.samples_per_prompt}), or diversity_coeff=0"
+            )
         problems += _positive("early_stop", self.early_stop, 0)
         if not (math.isfinite(self.kl_coeff) and self.kl_coeff >= 0):
             problems.append(f"kl_coeff: must be a finite number >= 0, got {self.kl_coeff}")
@@ -145,13 +149,21 @@ class PlanConfig:
 
     def _unused_problems(self) -> list[str]:
         """Settings of one plan given to another: refused, so a typo in plan.name is not silently ignored."""
-        owners = {"lv_include_chain": ("draft_lv", False), "lv_timestep": ("draft_lv", None),
-                  "alignprop_cuts": ("alignprop", "per_step")}
-        problems = [f"{key}: only {owner} reads it; remove it for {self.name} (got {getattr(self, key)!r})"
-                    for key, (owner, default) in owners.items() if self.name != owner and getattr(self, key) != default]
+        owners = {
+            "lv_include_chain": ("draft_lv", False),
+            "lv_timestep": ("draft_lv", None),
+            "alignprop_cuts": ("alignprop", "per_step"),
+        }
+        problems = [
+            f"{key}: only {owner} reads it; remove it for {self.name} (got {getattr(self, key)!r})"
+            for key, (owner, default) in owners.items()
+            if self.name != owner and getattr(self, key) != default
+        ]
         if self.name == "di_star" and (self.hinge_margin is not None or self.loss_scale != 1.0):
-            problems.append("hinge_margin: di_star weighs its reward with distill.alpha_rew; leave hinge_margin and "
-                            "loss_scale unset")
+            problems.append(
+                "hinge_margin: di_star weighs its reward with distill.alpha_rew; leave hinge_margin and "
+                "loss_scale unset"
+            )
         return problems
 
 
@@ -202,8 +214,10 @@ class DistillConfig:
         if self.shared_base and self.fake.kind != "lora":
             problems.append("shared_base: the fake score is a LoRA adapter on the shared UNet; set fake.kind=lora")
         if self.shared_base and self.teacher_path is not None:
-            problems.append(f"shared_base: the teacher is the shared UNet with adapters off, so it cannot come from "
-                            f"teacher_path={self.teacher_path!r}; set teacher_path=null or shared_base=false")
+            problems.append(
+                f"shared_base: the teacher is the shared UNet with adapters off, so it cannot come from "
+                f"teacher_path={self.teacher_path!r}; set teacher_path=null or shared_base=false"
+            )
         return problems
 
 
@@ -251,8 +265,12 @@ class EvalConfig:
     stop_when_broken: bool = False  # stop the run at the first evaluation after step 0 that breaks one
 
     def validate(self) -> list[str]:
-        problems = _positive("every", self.every, 0) + _positive("images_per_prompt", self.images_per_prompt) \
-            + _positive("max_prompts", self.max_prompts) + constraint_problems("require", self.require)
+        problems = (
+            _positive("every", self.every, 0)
+            + _positive("images_per_prompt", self.images_per_prompt)
+            + _positive("max_prompts", self.max_prompts)
+            + constraint_problems("require", self.require)
+        )
         if self.stop_when_broken and not self.require:
             problems.append("stop_when_broken: true needs constraints in eval.require")
         return problems
@@ -273,8 +291,12 @@ class TrainConfig:
     fsdp: bool = False  # full fine-tunes over several workers: shard weights, gradients and AdamW state (FSDP2)
 
     def validate(self) -> list[str]:
-        return _positive("steps", self.steps) + _positive("batch_size", self.batch_size) \
-            + _positive("checkpoint_every", self.checkpoint_every) + _positive("max_bad_steps", self.max_bad_steps)
+        return (
+            _positive("steps", self.steps)
+            + _positive("batch_size", self.batch_size)
+            + _positive("checkpoint_every", self.checkpoint_every)
+            + _positive("max_bad_steps", self.max_bad_steps)
+        )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -286,9 +308,13 @@ class RayConfig:
     num_workers: int = 1  # data-parallel training workers
     use_gpu: bool = False  # one GPU per worker
     cpus_per_worker: float = 1.0  # CPUs reserved per worker
-    worker_resources: dict[str, float] = field(default_factory=dict)  # custom resources per worker, e.g. {train_node: 1}
+    worker_resources: dict[str, float] = field(
+        default_factory=dict
+    )  # custom resources per worker, e.g. {train_node: 1}
     num_cpus: int | None = None  # CPUs of the local in-process Ray; None = all
-    storage_path: str | None = None  # Ray Train run storage: a folder every node sees, or s3://bucket/prefix; None = <output_dir>/ray
+    storage_path: str | None = (
+        None  # Ray Train run storage: a folder every node sees, or s3://bucket/prefix; None = <output_dir>/ray
+    )
     s3_endpoint: str | None = None  # S3-compatible endpoint for an s3:// storage_path (http://host:port); None = AWS
     max_failures: int = 0  # worker-group restarts after a failure (resumes from the last checkpoint)
     autoscaling: bool = False  # nodes start on demand: skip the check of the request against the live nodes
@@ -296,7 +322,9 @@ class RayConfig:
     reward_actors: int = 0  # trained reward served by this many Ray actor replicas; 0 = in the training worker
     reward_num_gpus: float = 0.0  # GPUs per reward actor (fractions share a GPU)
     reward_num_cpus: float = 1.0  # CPUs per reward actor
-    reward_resources: dict[str, float] = field(default_factory=dict)  # custom resources per reward actor, e.g. {reward_node: 1}
+    reward_resources: dict[str, float] = field(
+        default_factory=dict
+    )  # custom resources per reward actor, e.g. {reward_node: 1}
     teacher_actors: int = 0  # plan di_star: the teacher's scores served by this many Ray actors; 0 = in the worker
     teacher_num_gpus: float = 0.0  # GPUs per teacher actor
     teacher_num_cpus: float = 1.0  # CPUs per teacher actor
@@ -305,20 +333,33 @@ class RayConfig:
     def validate(self) -> list[str]:
         problems = _positive("num_workers", self.num_workers) + _positive("max_failures", self.max_failures, 0)
         problems += _positive("report_every", self.report_every) + _positive("reward_actors", self.reward_actors, 0)
-        problems += _positive("reward_num_gpus", self.reward_num_gpus, 0) + _positive("reward_num_cpus", self.reward_num_cpus, 0)
+        problems += _positive("reward_num_gpus", self.reward_num_gpus, 0) + _positive(
+            "reward_num_cpus", self.reward_num_cpus, 0
+        )
         problems += _positive("teacher_actors", self.teacher_actors, 0)
-        problems += _positive("teacher_num_gpus", self.teacher_num_gpus, 0) + _positive("teacher_num_cpus", self.teacher_num_cpus, 0)
+        problems += _positive("teacher_num_gpus", self.teacher_num_gpus, 0) + _positive(
+            "teacher_num_cpus", self.teacher_num_cpus, 0
+        )
         for key in ("worker_resources", "reward_resources", "teacher_resources"):
             problems += [f"{key}.{k}: must be > 0, got {v}" for k, v in getattr(self, key).items() if v <= 0]
-            problems += [f"{key}.{k}: CPU and GPU have their own fields (cpus_per_worker, use_gpu, reward_num_*)"
-                         for k in getattr(self, key) if k in ("CPU", "GPU")]
+            problems += [
+                f"{key}.{k}: CPU and GPU have their own fields (cpus_per_worker, use_gpu, reward_num_*)"
+                for k in getattr(self, key)
+                if k in ("CPU", "GPU")
+            ]
         if self.teacher_actors and not self.enabled:
-            problems.append("teacher_actors: Ray actors need ray.enabled=true; set teacher_actors=0 to keep the teacher "
-                            "in the training process")
+            problems.append(
+                "teacher_actors: Ray actors need ray.enabled=true; set teacher_actors=0 to keep the teacher "
+                "in the training process"
+            )
         problems += [] if self.cpus_per_worker > 0 else [f"cpus_per_worker: must be > 0, got {self.cpus_per_worker}"]
         if self.num_cpus is not None and self.num_cpus < 1:
             problems.append(f"num_cpus: must be >= 1 or null, got {self.num_cpus}")
-        if self.storage_path and "://" in self.storage_path and not re.fullmatch(r"s3://[^/]+(/.*)?", self.storage_path):
+        if (
+            self.storage_path
+            and "://" in self.storage_path
+            and not re.fullmatch(r"s3://[^/]+(/.*)?", self.storage_path)
+        ):
             problems.append(f"storage_path: expected a folder or s3://bucket/prefix, got {self.storage_path!r}")
         if self.s3_endpoint and not re.fullmatch(r"https?://[^/\s]+/?", self.s3_endpoint):
             problems.append(f"s3_endpoint: expected http(s)://host[:port], got {self.s3_endpoint!r}")
@@ -334,7 +375,9 @@ class TrackingConfig:
     """MLflow tracking and model registry (read only by pipeline/; the core never imports MLflow)."""
 
     enabled: bool = True  # record the run in MLflow (rank 0 only)
-    uri: str | None = None  # tracking server (http://host:5000) or sqlite:///abs/path; None = $MLFLOW_TRACKING_URI, else sqlite at <output_dir>/mlflow.db
+    uri: str | None = (
+        None  # tracking server (http://host:5000) or sqlite:///abs/path; None = $MLFLOW_TRACKING_URI, else sqlite at <output_dir>/mlflow.db
+    )
     experiment: str = "reward-tuning"  # MLflow experiment holding the runs
     registered_model: str | None = None  # register every checkpoint as a version of this model; None = log models only
     log_models: bool = True  # log each checkpoint as an MLflow model (mlflow.diffusers LoRA + base-model reference)
@@ -343,8 +386,10 @@ class TrackingConfig:
     def validate(self) -> list[str]:
         problems = [] if self.experiment.strip() else ["experiment: must not be empty"]
         if self.registered_model is not None and not MODEL_NAME.fullmatch(self.registered_model):
-            problems.append(f"registered_model: {self.registered_model!r} is not a valid model name; use letters, "
-                            "digits and . _ - (up to 255), starting with a letter or digit")
+            problems.append(
+                f"registered_model: {self.registered_model!r} is not a valid model name; use letters, "
+                "digits and . _ - (up to 255), starting with a letter or digit"
+            )
         if self.registered_model and not self.log_models:
             problems.append("registered_model: registering needs log_models=true")
         if self.uri is not None and not re.match(r"(https?|sqlite|postgresql|mysql|databricks)(\+\w+)?:", self.uri):
@@ -362,7 +407,9 @@ class Config:
     plan: PlanConfig = field(default_factory=PlanConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)  # read only when plan.name=di_star
     optim: OptimConfig = field(default_factory=OptimConfig)
-    rewards: list[RewardSpec] = field(default_factory=lambda: [RewardSpec(name="brightness")])  # trained reward: weighted sum
+    rewards: list[RewardSpec] = field(
+        default_factory=lambda: [RewardSpec(name="brightness")]
+    )  # trained reward: weighted sum
     data: DataConfig = field(default_factory=DataConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -384,24 +431,32 @@ class Config:
         if plan.early_stop and plan.name not in ("drtune", "refl"):
             problems.append(f"plan.early_stop: only drtune and refl stop early; set it to 0 for {plan.name}")
         if plan.name in ("draft_k", "drtune") and plan.k > steps - plan.early_stop:
-            problems.append(f"plan.k: {plan.name} trains k={plan.k} of the {steps - plan.early_stop} steps "
-                            f"it runs (sampler.num_steps={steps}, plan.early_stop={plan.early_stop}); lower k")
+            problems.append(
+                f"plan.k: {plan.name} trains k={plan.k} of the {steps - plan.early_stop} steps "
+                f"it runs (sampler.num_steps={steps}, plan.early_stop={plan.early_stop}); lower k"
+            )
         if plan.early_stop >= steps:
             problems.append(f"plan.early_stop: must be < sampler.num_steps={steps}, got {plan.early_stop}")
         if not self.rewards:
             problems.append("rewards: list at least one reward to train on")
         if self.trainable.kind == "full" and self.model.dtype != "fp32":
-            problems.append(f"trainable.kind: full fine-tuning trains the UNet in fp32; set model.dtype=fp32 "
-                            f"(got {self.model.dtype}) or use kind=lora")
+            problems.append(
+                f"trainable.kind: full fine-tuning trains the UNet in fp32; set model.dtype=fp32 "
+                f"(got {self.model.dtype}) or use kind=lora"
+            )
         problems += self._distill_problems()
         if plan.kl_coeff and (self.trainable.kind != "lora" or plan.name == "di_star"):
-            problems.append(f"plan.kl_coeff: the DRaFT+ penalty compares the network with its LoRA adapters on and "
-                            f"off; it needs trainable.kind=lora and a gradient plan (got trainable.kind="
-                            f"{self.trainable.kind}, plan.name={plan.name}); set plan.kl_coeff=0")
+            problems.append(
+                f"plan.kl_coeff: the DRaFT+ penalty compares the network with its LoRA adapters on and "
+                f"off; it needs trainable.kind=lora and a gradient plan (got trainable.kind="
+                f"{self.trainable.kind}, plan.name={plan.name}); set plan.kl_coeff=0"
+            )
         problems += self._diversity_problems()
         if self.train.fsdp and self.trainable.kind != "full":
-            problems.append("train.fsdp: shards a full fine-tune's weights; set trainable.kind=full, or train.fsdp=false "
-                            "for LoRA (its adapters are small enough to replicate)")
+            problems.append(
+                "train.fsdp: shards a full fine-tune's weights; set trainable.kind=full, or train.fsdp=false "
+                "for LoRA (its adapters are small enough to replicate)"
+            )
         if self.train.fsdp and self.plan.name == "di_star":
             problems.append("train.fsdp: not supported for plan.name=di_star yet (three UNets); set train.fsdp=false")
         if not math.isfinite(self.optim.lr):
@@ -411,33 +466,48 @@ class Config:
     def _diversity_problems(self) -> list[str]:
         plan, problems = self.plan, []
         if self.train.batch_size % plan.samples_per_prompt:
-            problems.append(f"plan.samples_per_prompt: train.batch_size={self.train.batch_size} must hold whole groups "
-                            f"of {plan.samples_per_prompt} samples of one prompt; make the batch a multiple of it")
+            problems.append(
+                f"plan.samples_per_prompt: train.batch_size={self.train.batch_size} must hold whole groups "
+                f"of {plan.samples_per_prompt} samples of one prompt; make the batch a multiple of it"
+            )
         if plan.samples_per_prompt > 1 and plan.name == "di_star":
             problems.append("plan.samples_per_prompt: di_star draws one sample per prompt; set it to 1")
         if not plan.diversity_coeff:
             return problems
         if not any(r.name in IMAGE_ENCODER_REWARDS for r in self.rewards) or self.ray.reward_actors:
-            problems.append(f"plan.diversity_coeff: the diversity reward embeds the samples with a trained reward's "
-                            f"image encoder, in the training worker; list one of {', '.join(IMAGE_ENCODER_REWARDS)} "
-                            f"in rewards with ray.reward_actors=0, or set plan.diversity_coeff=0")
+            problems.append(
+                f"plan.diversity_coeff: the diversity reward embeds the samples with a trained reward's "
+                f"image encoder, in the training worker; list one of {', '.join(IMAGE_ENCODER_REWARDS)} "
+                f"in rewards with ray.reward_actors=0, or set plan.diversity_coeff=0"
+            )
         return problems
 
     def _distill_problems(self) -> list[str]:
         if self.plan.name != "di_star":
-            return [] if not self.ray.teacher_actors else [
-                f"ray.teacher_actors: only plan.name=di_star has a teacher; set it to 0 for {self.plan.name}"]
+            return (
+                []
+                if not self.ray.teacher_actors
+                else [f"ray.teacher_actors: only plan.name=di_star has a teacher; set it to 0 for {self.plan.name}"]
+            )
         problems = []
         if self.distill.shared_base and self.trainable.kind != "lora":
-            problems.append("distill.shared_base: the generator is a LoRA adapter on the shared UNet; set "
-                            "trainable.kind=lora or distill.shared_base=false")
+            problems.append(
+                "distill.shared_base: the generator is a LoRA adapter on the shared UNet; set "
+                "trainable.kind=lora or distill.shared_base=false"
+            )
         if self.distill.shared_base and self.ray.teacher_actors:
-            problems.append("ray.teacher_actors: with distill.shared_base the teacher is the worker's own UNet with "
-                            "adapters off; set ray.teacher_actors=0 or distill.shared_base=false")
+            problems.append(
+                "ray.teacher_actors: with distill.shared_base the teacher is the worker's own UNet with "
+                "adapters off; set ray.teacher_actors=0 or distill.shared_base=false"
+            )
         if self.distill.generator_init is not None and self.trainable.kind != "lora":
-            problems.append("distill.generator_init: starts the generator's LoRA from another one; set trainable.kind="
-                            "lora, or for a full fine-tune set model.path to the one-step model")
+            problems.append(
+                "distill.generator_init: starts the generator's LoRA from another one; set trainable.kind="
+                "lora, or for a full fine-tune set model.path to the one-step model"
+            )
         if self.distill.fake.kind == "full" and self.model.dtype != "fp32":
-            problems.append(f"distill.fake.kind: a full fake score trains in fp32; set model.dtype=fp32 (got "
-                            f"{self.model.dtype}) or fake.kind=lora")
+            problems.append(
+                f"distill.fake.kind: a full fake score trains in fp32; set model.dtype=fp32 (got "
+                f"{self.model.dtype}) or fake.kind=lora"
+            )
         return problems

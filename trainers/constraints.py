@@ -12,7 +12,9 @@ import operator
 import re
 from dataclasses import dataclass
 
-_FORM = re.compile(r"^\s*(?P<metric>[\w./-]+)\s*(?P<op>>=|<=|>|<)\s*(?P<bound>[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?)\s*$")
+_FORM = re.compile(
+    r"^\s*(?P<metric>[\w./-]+)\s*(?P<op>>=|<=|>|<)\s*(?P<bound>[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?)\s*$"
+)
 _OPS = {">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt}
 
 
@@ -39,8 +41,9 @@ def parse_constraint(text: str) -> Constraint:
     """
     found = _FORM.match(text)
     if not found:
-        raise ValueError(f"{text!r} is not METRIC OP NUMBER with OP one of >=, <=, >, < "
-                         "(e.g. 'eval/feature_diversity>=0.3')")
+        raise ValueError(
+            f"{text!r} is not METRIC OP NUMBER with OP one of >=, <=, >, < (e.g. 'eval/feature_diversity>=0.3')"
+        )
     return Constraint(found["metric"], found["op"], float(found["bound"]))
 
 

@@ -104,8 +104,15 @@ def generator_timestep(weights: str | None) -> int | None:
 class Teacher(Protocol):
     """Serves the teacher's side of the divergence (in this process, or from Ray actors)."""
 
-    def terms(self, x_t: torch.Tensor, t: torch.Tensor, cond: Conditioning, uncond: Conditioning | None,
-              eps_fake: torch.Tensor, eps: torch.Tensor) -> DivergenceTerms: ...
+    def terms(
+        self,
+        x_t: torch.Tensor,
+        t: torch.Tensor,
+        cond: Conditioning,
+        uncond: Conditioning | None,
+        eps_fake: torch.Tensor,
+        eps: torch.Tensor,
+    ) -> DivergenceTerms: ...
 
 
 class LocalTeacher:
@@ -115,8 +122,9 @@ class LocalTeacher:
     def __init__(self, model: DiffusionModel, use, noise: NoiseSchedule, spec: DivergenceSpec, alpha_cfg: float):
         self.model, self.use, self.noise, self.spec, self.alpha_cfg = model, use, noise, spec, alpha_cfg
 
-    def eps(self, model: DiffusionModel, x_t: torch.Tensor, t: torch.Tensor, cond: Conditioning,
-            uncond: Conditioning | None) -> torch.Tensor:
+    def eps(
+        self, model: DiffusionModel, x_t: torch.Tensor, t: torch.Tensor, cond: Conditioning, uncond: Conditioning | None
+    ) -> torch.Tensor:
         """Guided ``ε̂_ref(x_t, t, c)`` of ``model``, ``(B, C, h, w)``; conditional only when ``alpha_cfg <= 1``."""
         guided = uncond if self.alpha_cfg > 1 else None
         out = guided_output(model, x_t, t.to(x_t.device), cond, guided, self.alpha_cfg)
@@ -145,8 +153,15 @@ class Networks:
     At rest the generator's weights require grad and the fake's do not; :meth:`training_fake` flips that.
     """
 
-    def __init__(self, generator: torch.nn.Module, fake: torch.nn.Module, teacher: torch.nn.Module | None,
-                 generator_params: list, fake_params: list, shared: bool):
+    def __init__(
+        self,
+        generator: torch.nn.Module,
+        fake: torch.nn.Module,
+        teacher: torch.nn.Module | None,
+        generator_params: list,
+        fake_params: list,
+        shared: bool,
+    ):
         self.generator, self.fake, self.teacher = generator, fake, teacher
         self.generator_params, self.fake_params, self.shared = generator_params, fake_params, shared
         self._fake_trains = False
@@ -193,8 +208,10 @@ class Networks:
         params = dict(self.fake.named_parameters())
         mine = set(self.fake_state_dict())
         if set(state) != mine:
-            raise ValueError(f"checkpoint's fake score does not match: missing {sorted(mine - set(state))[:3]}, "
-                             f"unexpected {sorted(set(state) - mine)[:3]}; was it written with another distill.fake?")
+            raise ValueError(
+                f"checkpoint's fake score does not match: missing {sorted(mine - set(state))[:3]}, "
+                f"unexpected {sorted(set(state) - mine)[:3]}; was it written with another distill.fake?"
+            )
         with torch.no_grad():
             for n, t in state.items():
                 params[n].copy_(t)
@@ -245,8 +262,10 @@ def build_networks(cfg: Config, model: DiffusionModel, local_teacher: bool) -> t
     generator_params = make_trainable(model, cfg.trainable)
     if d.generator_init:
         warm_start(model, d.generator_init)
-    return (Networks(model.denoiser, fake, teacher if local_teacher else None, generator_params, fake_params,
-                     shared=False), scheduler)
+    return (
+        Networks(model.denoiser, fake, teacher if local_teacher else None, generator_params, fake_params, shared=False),
+        scheduler,
+    )
 
 
 class DiStar:
@@ -255,18 +274,22 @@ class DiStar:
     def __init__(self, cfg: Config, model: DiffusionModel, teacher: Teacher | None = None):
         d, o = cfg.distill, cfg.optim
         if model.family.sampler != "ddim":
-            raise ValueError(f"plan.name=di_star: Diff-Instruct* needs a DDIM teacher, and {model.family.pipeline_class} "
-                             "is a flow-matching model; use a DDIM family (sd, sdxl, pixart) or another plan")
+            raise ValueError(
+                f"plan.name=di_star: Diff-Instruct* needs a DDIM teacher, and {model.family.pipeline_class} "
+                "is a flow-matching model; use a DDIM family (sd, sdxl, pixart) or another plan"
+            )
         self.cfg, self.model = d, model
         self.nets, self.teacher_scheduler = build_networks(cfg, model, local_teacher=teacher is None)
         self.noise, self.teacher_path = NoiseSchedule.of(self.teacher_scheduler), d.teacher_path or cfg.model.path
         self.spec = divergence_spec(d)
-        self.teacher = teacher or LocalTeacher(model, lambda: self.nets.role("teacher"), self.noise, self.spec,
-                                               d.alpha_cfg)
+        self.teacher = teacher or LocalTeacher(
+            model, lambda: self.nets.role("teacher"), self.noise, self.spec, d.alpha_cfg
+        )
         self.one_step = one_step_schedule(model.scheduler, d.generator_timestep)
         self.plan = OneStep()
-        self.fake_optimizer = torch.optim.AdamW(self.nets.fake_params, lr=d.fake_lr, betas=tuple(o.betas), eps=o.eps,
-                                                weight_decay=o.weight_decay)
+        self.fake_optimizer = torch.optim.AdamW(
+            self.nets.fake_params, lr=d.fake_lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay
+        )
         self.grad_clip = o.grad_clip or float("inf")
 
     def state_dict(self) -> dict:
@@ -284,8 +307,16 @@ class DiStar:
     def generator_latents(self, cond: Conditioning, z: torch.Tensor) -> torch.Tensor:
         """``x0 = g(z, c)``, ``(B, C, h, w)``, differentiable when grad is enabled."""
         with self.nets.role("generator") as unet:
-            traj = sample(replace(self.model, denoiser=unet), cond, None, z, self.one_step, self.plan.flags(1),
-                          guidance=1.0, step_checkpointing=False)
+            traj = sample(
+                replace(self.model, denoiser=unet),
+                cond,
+                None,
+                z,
+                self.one_step,
+                self.plan.flags(1),
+                guidance=1.0,
+                step_checkpointing=False,
+            )
         return traj.finals[0]
 
     def fake_eps(self, x_t: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:

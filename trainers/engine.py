@@ -40,8 +40,14 @@ class Trajectory:
     drift: list[torch.Tensor]
 
 
-def guided_output(model: DiffusionModel, x_t: torch.Tensor, t: torch.Tensor, cond: Conditioning,
-                  uncond: Conditioning | None, guidance: float) -> torch.Tensor:
+def guided_output(
+    model: DiffusionModel,
+    x_t: torch.Tensor,
+    t: torch.Tensor,
+    cond: Conditioning,
+    uncond: Conditioning | None,
+    guidance: float,
+) -> torch.Tensor:
     """Classifier-free guided denoiser output ``u + w (c - u)``, shape ``(B, C, h, w)``.
 
     Both branches run in one batched call, unconditional first, as diffusers does. With
@@ -84,8 +90,9 @@ class _Denoise:
         return g * tuned + (1 - g) * base
 
 
-def _call_denoiser(fn: _Denoise, x_t: torch.Tensor, flags: StepFlags, step_checkpointing: bool,
-                   drift: list[torch.Tensor] | None = None) -> torch.Tensor:
+def _call_denoiser(
+    fn: _Denoise, x_t: torch.Tensor, flags: StepFlags, step_checkpointing: bool, drift: list[torch.Tensor] | None = None
+) -> torch.Tensor:
     """Run the denoiser as the flags say: no graph, or a (checkpointed) graph; for a call with gradient,
     append its drift from the base network to ``drift`` when given."""
     x_in = x_t.detach() if flags.detach_input else x_t
@@ -121,11 +128,23 @@ class _Folding:
         self.set(False)
 
 
-def sample(model: DiffusionModel, cond: Conditioning, uncond: Conditioning | None, x_T: torch.Tensor,
-           schedule: Schedule, flags: list[StepFlags], *, guidance: float, eta: float = 0.0,
-           gen: torch.Generator | None = None, refine: Refinement | None = None,
-           step_checkpointing: bool = True, drift: bool = False,
-           tuned_weights: list[float] | None = None, fold_lora: bool = False) -> Trajectory:
+def sample(
+    model: DiffusionModel,
+    cond: Conditioning,
+    uncond: Conditioning | None,
+    x_T: torch.Tensor,
+    schedule: Schedule,
+    flags: list[StepFlags],
+    *,
+    guidance: float,
+    eta: float = 0.0,
+    gen: torch.Generator | None = None,
+    refine: Refinement | None = None,
+    step_checkpointing: bool = True,
+    drift: bool = False,
+    tuned_weights: list[float] | None = None,
+    fold_lora: bool = False,
+) -> Trajectory:
     """Sample latents from ``x_T`` following a gradient plan.
 
     Args:
@@ -170,8 +189,9 @@ def sample(model: DiffusionModel, cond: Conditioning, uncond: Conditioning | Non
     t_r = one.timesteps[0].to(model.device)
     for _ in range(refine.copies):
         x_r = one.renoise(x.detach(), _step_noise(x, 1.0, gen))
-        out = _call_denoiser(_Denoise(model, t_r, cond, uncond, guidance), x_r, StepFlags(grad=True),
-                             step_checkpointing, drifts)
+        out = _call_denoiser(
+            _Denoise(model, t_r, cond, uncond, guidance), x_r, StepFlags(grad=True), step_checkpointing, drifts
+        )
         finals.append(one.step(out, x_r, 0, eta, _step_noise(x_r, eta, gen)))
         grad_calls += 1
     return Trajectory(finals, flags, grad_calls, drifts or [])
@@ -189,13 +209,33 @@ def annealed_weights(num_steps: int, power: float) -> list[float]:
 
 
 @torch.no_grad()
-def generate(model: DiffusionModel, prompts: list[str], x_T: torch.Tensor, schedule: Schedule, *,
-             guidance: float, eta: float = 0.0, gen: torch.Generator | None = None,
-             tuned_weights: list[float] | None = None, fold_lora: bool = True) -> torch.Tensor:
+def generate(
+    model: DiffusionModel,
+    prompts: list[str],
+    x_T: torch.Tensor,
+    schedule: Schedule,
+    *,
+    guidance: float,
+    eta: float = 0.0,
+    gen: torch.Generator | None = None,
+    tuned_weights: list[float] | None = None,
+    fold_lora: bool = True,
+) -> torch.Tensor:
     """Images ``(B, 3, H, W)`` in [0, 1] for ``prompts`` from noise ``x_T``, with no gradients (with
     annealed importance guidance when ``tuned_weights`` are given; LoRA folded unless ``fold_lora=False``)."""
     cond = model.family.encode_prompts(model, prompts)
     uncond = model.family.encode_negative(model, len(prompts)) if guidance > 1 else None
-    traj = sample(model, cond, uncond, x_T, schedule, no_grad_flags(len(schedule)), guidance=guidance, eta=eta,
-                  gen=gen, tuned_weights=tuned_weights, fold_lora=fold_lora)
+    traj = sample(
+        model,
+        cond,
+        uncond,
+        x_T,
+        schedule,
+        no_grad_flags(len(schedule)),
+        guidance=guidance,
+        eta=eta,
+        gen=gen,
+        tuned_weights=tuned_weights,
+        fold_lora=fold_lora,
+    )
     return model.family.decode(model, traj.finals[0])

@@ -28,10 +28,17 @@ class OneStepGenerator(Protocol):
 
 
 @torch.no_grad()
-def sample_and_score(model: DiffusionModel, prompts: list[str], rewards: dict[str, Reward], sampler: SamplerConfig,
-                     schedule: Schedule, seed: int, one_step: OneStepGenerator | None = None,
-                     tuned_weights: list[float] | None = None, fold_lora: bool = True
-                     ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+def sample_and_score(
+    model: DiffusionModel,
+    prompts: list[str],
+    rewards: dict[str, Reward],
+    sampler: SamplerConfig,
+    schedule: Schedule,
+    seed: int,
+    one_step: OneStepGenerator | None = None,
+    tuned_weights: list[float] | None = None,
+    fold_lora: bool = True,
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """Sample ``prompts`` from noise seeded by ``seed`` (with the DDIM sampler, or the ``one_step``
     generator; ``tuned_weights``: annealed importance guidance) and score the images with every reward.
 
@@ -44,8 +51,17 @@ def sample_and_score(model: DiffusionModel, prompts: list[str], rewards: dict[st
     if one_step is not None:
         images = one_step.generate(prompts, x_T)
     else:
-        images = generate(model, prompts, x_T, schedule, guidance=sampler.guidance_scale, eta=sampler.eta, gen=gen,
-                          tuned_weights=tuned_weights, fold_lora=fold_lora)
+        images = generate(
+            model,
+            prompts,
+            x_T,
+            schedule,
+            guidance=sampler.guidance_scale,
+            eta=sampler.eta,
+            gen=gen,
+            tuned_weights=tuned_weights,
+            fold_lora=fold_lora,
+        )
     scores = {}
     for name, reward in rewards.items():
         scores.update(_score_with_components(name, reward, images, prompts))
@@ -89,6 +105,7 @@ def _score_with_components(name: str, reward: Reward, images, prompts) -> dict[s
     out = {f"{name}/{part}": value.float().cpu() for part, value in parts.items()}
     return {name: weighted.combine(parts).float().cpu(), **out}
 
+
 @torch.no_grad()
 def diversity_scores(images: torch.Tensor, per_prompt: int, encoder, device: torch.device) -> dict[str, torch.Tensor]:
     """Per-prompt ``diversity`` of pixels and, given an image ``encoder`` (a reward's), ``feature_diversity``."""
@@ -97,12 +114,14 @@ def diversity_scores(images: torch.Tensor, per_prompt: int, encoder, device: tor
         scores["feature_diversity"] = feature_diversity(encoder(images.to(device)).cpu(), per_prompt)
     return scores
 
+
 def save_grid(images: torch.Tensor, path: str, per_row: int) -> None:
     """Save images ``(N, 3, H, W)`` in [0, 1] as one PNG grid, ``per_row`` images per row."""
     from torchvision.utils import save_image
 
     os.makedirs(os.path.dirname(path), exist_ok=True)
     save_image(images, path, nrow=per_row, padding=1)
+
 
 def held_out_summary(run_dir: str, step: int) -> dict[str, dict[str, float]]:
     """Base (step 0) versus tuned (``step``) held-out scores on the same prompts and noise, per reward,
@@ -114,8 +133,13 @@ def held_out_summary(run_dir: str, step: int) -> dict[str, dict[str, float]]:
     summary = {}
     for name in after:
         diff, low, high = paired_difference_ci(after[name], before[name])
-        summary[name] = {"base": float(before[name].mean()), "tuned": float(after[name].mean()), "diff": diff,
-                         "diff_low": low, "diff_high": high}
+        summary[name] = {
+            "base": float(before[name].mean()),
+            "tuned": float(after[name].mean()),
+            "diff": diff,
+            "diff_low": low,
+            "diff_high": high,
+        }
     return summary
 
 
@@ -129,6 +153,6 @@ def held_out_from_metrics(metrics: dict[str, float]) -> dict[str, dict[str, floa
     summary: dict[str, dict[str, float]] = {}
     for key, value in metrics.items():
         if key.startswith("held_out/"):
-            name, stat = key[len("held_out/"):].rsplit("/", 1)
+            name, stat = key[len("held_out/") :].rsplit("/", 1)
             summary.setdefault(name, {})[stat] = value
     return summary

@@ -153,8 +153,10 @@ class DRTune(_Named):
         stride = run // self.k
         offset = _randint(0, run - 1 - (self.k - 1) * stride, gen)  # the last trained step may be the last step
         trained = {offset + j * stride for j in range(self.k)}
-        return [StepFlags(grad=i in trained, detach_input=True, chain=True, stop=i == stop and self.early_stop > 0)
-                for i in range(run)]
+        return [
+            StepFlags(grad=i in trained, detach_input=True, chain=True, stop=i == stop and self.early_stop > 0)
+            for i in range(run)
+        ]
 
 
 @dataclass(frozen=True)

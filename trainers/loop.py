@@ -91,12 +91,21 @@ class Trainer:
             trainable, optimizer = full_state(self.model.denoiser, self.optimizer)
         else:
             trainable, optimizer = trainable_state_dict(self.model), self.optimizer.state_dict()
-        return {"step": self.step, "trainable": trainable,
-                "optimizer": optimizer, "lr_schedule": self.lr_schedule.state_dict(),
-                "gen": self.gen.get_state(), "torch_rng": torch.get_rng_state(), "sampler": self.sampler.state_dict(),
-                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-                "bad_in_a_row": self.bad_in_a_row, "skipped": self.skipped, "clipped": self.clipped, "extra": self.extra,
-                "objective": self.objective.state_dict()}
+        return {
+            "step": self.step,
+            "trainable": trainable,
+            "optimizer": optimizer,
+            "lr_schedule": self.lr_schedule.state_dict(),
+            "gen": self.gen.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "sampler": self.sampler.state_dict(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            "bad_in_a_row": self.bad_in_a_row,
+            "skipped": self.skipped,
+            "clipped": self.clipped,
+            "extra": self.extra,
+            "objective": self.objective.state_dict(),
+        }
 
     def load_state_dict(self, state: dict) -> None:
         if self.sharded:
@@ -116,8 +125,9 @@ class Trainer:
         self.objective.load_state_dict(state.get("objective", state.get("distill")))  # "distill": before 2026-12
 
 
-def build_trainer(cfg: Config, model: DiffusionModel | None = None, reward: Reward | None = None,
-                  teacher: Teacher | None = None) -> Trainer:
+def build_trainer(
+    cfg: Config, model: DiffusionModel | None = None, reward: Reward | None = None, teacher: Teacher | None = None
+) -> Trainer:
     """Load the model, add trainable weights, build rewards, optimiser and prompt sampler (and for
     ``di_star`` the fake score and the teacher, in process unless ``teacher`` serves it)."""
     model = model or load_model(cfg.model)
@@ -136,12 +146,20 @@ def build_trainer(cfg: Config, model: DiffusionModel | None = None, reward: Rewa
     lr_schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
     eval_rewards = {spec.name: build_reward([spec], device=model.device) for spec in cfg.eval.rewards}
     return Trainer(
-        cfg=cfg, model=model, params=params, objective=objective,
-        reward=reward or build_reward(cfg.rewards, device=model.device), eval_rewards=eval_rewards,
-        optimizer=optimizer, lr_schedule=lr_schedule,
+        cfg=cfg,
+        model=model,
+        params=params,
+        objective=objective,
+        reward=reward or build_reward(cfg.rewards, device=model.device),
+        eval_rewards=eval_rewards,
+        optimizer=optimizer,
+        lr_schedule=lr_schedule,
         sampler=PromptSampler(load_prompts(cfg.data.prompts, BUILTIN_TRAIN), cfg.train.seed),
         eval_prompts=load_prompts(cfg.data.eval_prompts, BUILTIN_HELD_OUT)[: cfg.eval.max_prompts],
-        gen=torch.Generator().manual_seed(cfg.train.seed), replicas=replicas, sharded=sharded)
+        gen=torch.Generator().manual_seed(cfg.train.seed),
+        replicas=replicas,
+        sharded=sharded,
+    )
 
 
 def train_step(tr: Trainer) -> dict[str, float]:
@@ -171,11 +189,18 @@ def train_step(tr: Trainer) -> dict[str, float]:
     seconds = time.perf_counter() - start
     means = torch.stack([loss.detach(), scores[0].detach().mean()]).float().to(tr.model.device)
     tr.replicas.mean_([means])  # the global batch's loss and reward
-    return {"train/loss": float(means[0]), "train/reward": float(means[1]), "train/grad_norm": float(grad_norm),
-            "train/clip_frac": tr.clipped / tr.step,  # share of the run's steps so far whose gradient was clipped
-            "train/lr": tr.optimizer.param_groups[0]["lr"], "train/skipped_steps": tr.skipped,
-            "perf/step_seconds": seconds, "perf/images_per_second": len(prompts) * tr.replicas.world_size / seconds,
-            "perf/peak_memory_mb": peak_memory_mb(tr.model.device), **side}
+    return {
+        "train/loss": float(means[0]),
+        "train/reward": float(means[1]),
+        "train/grad_norm": float(grad_norm),
+        "train/clip_frac": tr.clipped / tr.step,  # share of the run's steps so far whose gradient was clipped
+        "train/lr": tr.optimizer.param_groups[0]["lr"],
+        "train/skipped_steps": tr.skipped,
+        "perf/step_seconds": seconds,
+        "perf/images_per_second": len(prompts) * tr.replicas.world_size / seconds,
+        "perf/peak_memory_mb": peak_memory_mb(tr.model.device),
+        **side,
+    }
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -185,8 +210,9 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def evaluate(tr: Trainer, model: DiffusionModel | None = None, schedule: Schedule | None = None
-             ) -> tuple[dict[str, float], dict[str, torch.Tensor], torch.Tensor]:
+def evaluate(
+    tr: Trainer, model: DiffusionModel | None = None, schedule: Schedule | None = None
+) -> tuple[dict[str, float], dict[str, torch.Tensor], torch.Tensor]:
     """Score the held-out prompts (``images_per_prompt`` each, prompt-major) on fixed noise: the trained
     model by default, or ``model`` sampled on ``schedule`` (DI*'s teacher baselines).
 
@@ -199,8 +225,16 @@ def evaluate(tr: Trainer, model: DiffusionModel | None = None, schedule: Schedul
     prompts = [p for p in tr.eval_prompts for _ in range(k)]
     rewards = {"trained": tr.reward, **tr.eval_rewards}
     one_step = tr.objective.one_step if model is None else None
-    scores, images = sample_and_score(model or tr.model, prompts, rewards, tr.cfg.sampler, schedule or tr.schedule,
-                                      tr.cfg.eval.seed, one_step, fold_lora=tr.cfg.model.fold_lora)
+    scores, images = sample_and_score(
+        model or tr.model,
+        prompts,
+        rewards,
+        tr.cfg.sampler,
+        schedule or tr.schedule,
+        tr.cfg.eval.seed,
+        one_step,
+        fold_lora=tr.cfg.model.fold_lora,
+    )
     if k > 1:
         scores |= diversity_scores(images, k, image_encoder(rewards), tr.model.device)
     return {f"eval/{name}": float(v.mean()) for name, v in scores.items()}, scores, images
@@ -272,8 +306,9 @@ def _checkpoint(tr: Trainer, run_dir: str) -> str | None:
     if not tr.replicas.lead:
         return None
     best_step = tr.extra["best"]["step"] if tr.extra.get("best") else None
-    return save_checkpoint(run_dir, tr.step, state, lambda folder: _save_weights(tr, folder, state["trainable"]),
-                           best=best_step)
+    return save_checkpoint(
+        run_dir, tr.step, state, lambda folder: _save_weights(tr, folder, state["trainable"]), best=best_step
+    )
 
 
 def _judge(tr: Trainer, metrics: dict[str, float]) -> dict[str, float]:
@@ -301,8 +336,15 @@ def _evaluate_and_save(tr: Trainer, run_dir: str) -> dict[str, float]:
     return metrics
 
 
-def run(cfg: Config, *, reporters: tuple[Reporter, ...] = (), reward: Reward | None = None,
-        teacher: Teacher | None = None, run_dir: str | None = None, resume_from: str | None = None) -> RunResult:
+def run(
+    cfg: Config,
+    *,
+    reporters: tuple[Reporter, ...] = (),
+    reward: Reward | None = None,
+    teacher: Teacher | None = None,
+    run_dir: str | None = None,
+    resume_from: str | None = None,
+) -> RunResult:
     """Train as ``cfg`` says, resuming from ``resume_from`` (a checkpoint folder), else from the run
     folder's latest checkpoint when there is one (and ``train.resume``).
 
@@ -331,8 +373,9 @@ def run(cfg: Config, *, reporters: tuple[Reporter, ...] = (), reward: Reward | N
         sink.start(tr.extra)
     if tr.step == 0:
         tr.extra["eval_before"] = _evaluate_and_save(tr, run_dir) if evaluates else {}
-        metrics, per_image = tr.objective.baselines(lambda model, schedule: evaluate(tr, model, schedule)) \
-            if lead else ({}, {})
+        metrics, per_image = (
+            tr.objective.baselines(lambda model, schedule: evaluate(tr, model, schedule)) if lead else ({}, {})
+        )
         if per_image:
             tr.extra["eval_before"] |= metrics
             torch.save(per_image, os.path.join(run_dir, "samples", "teacher_scores.pt"))
@@ -346,7 +389,8 @@ def run(cfg: Config, *, reporters: tuple[Reporter, ...] = (), reward: Reward | N
             raise TrainingAborted(
                 f"{tr.bad_in_a_row} steps in a row had a non-finite loss or gradient (limit train.max_bad_steps="
                 f"{cfg.train.max_bad_steps}); stopped at step {tr.step}, last good weights saved in {folder}. "
-                "Lower optim.lr, keep optim.grad_clip > 0, use model.dtype=fp32 or a smaller plan.k")
+                "Lower optim.lr, keep optim.grad_clip > 0, use model.dtype=fp32 or a smaller plan.k"
+            )
         last = tr.step == cfg.train.steps
         evaluation = last or bool(every and tr.step % every == 0)
         if evaluates and evaluation:
@@ -391,8 +435,16 @@ def _write_final(tr: Trainer, run_dir: str) -> dict[str, dict[str, float]]:
         best = {**best, "model_dir": os.path.join(checkpoint_root(run_dir), f"step_{best['step']:06d}", "model")}
     extra = {"teacher": teacher, "best_meeting_require": best, "stopped": tr.extra.get("stopped")}
     with open(os.path.join(run_dir, "summary.json"), "w", encoding="utf-8") as f:
-        json.dump({"step": tr.step, "held_out": held_out, "final_model_dir": final_dir,
-                   **{k: v for k, v in extra.items() if v}}, f, indent=1)
+        json.dump(
+            {
+                "step": tr.step,
+                "held_out": held_out,
+                "final_model_dir": final_dir,
+                **{k: v for k, v in extra.items() if v},
+            },
+            f,
+            indent=1,
+        )
     return held_out
 
 

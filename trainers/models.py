@@ -17,8 +17,17 @@ from trainers.config import ModelConfig, TrainableConfig
 from trainers.families import FAMILIES, family_of
 from trainers.families.base import Conditioning, DiffusionModel, ModelFamily
 
-__all__ = ["DTYPES", "FAMILIES", "Conditioning", "DiffusionModel", "ModelFamily", "load_model", "make_trainable",
-           "save_trained", "load_trained"]
+__all__ = [
+    "DTYPES",
+    "FAMILIES",
+    "Conditioning",
+    "DiffusionModel",
+    "ModelFamily",
+    "load_model",
+    "make_trainable",
+    "save_trained",
+    "load_trained",
+]
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -74,7 +83,9 @@ def load_model(cfg: ModelConfig) -> DiffusionModel:
     return model
 
 
-def make_trainable(model: DiffusionModel, cfg: TrainableConfig, adapter_name: str = "default") -> list[torch.nn.Parameter]:
+def make_trainable(
+    model: DiffusionModel, cfg: TrainableConfig, adapter_name: str = "default"
+) -> list[torch.nn.Parameter]:
     """Add LoRA adapters named ``adapter_name`` (or unfreeze the UNet) and return the trainable
     parameters, kept in fp32. Adding an adapter makes it the only active (and trainable) one."""
     unet = model.denoiser
@@ -86,11 +97,22 @@ def make_trainable(model: DiffusionModel, cfg: TrainableConfig, adapter_name: st
         init = True if cfg.init == "kaiming" else "gaussian"
         targets = list(cfg.target_modules or model.family.lora_targets)
         try:
-            add_lora(unet, LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
-                                      target_modules=targets, init_lora_weights=init), adapter_name)
+            add_lora(
+                unet,
+                LoraConfig(
+                    r=cfg.rank,
+                    lora_alpha=cfg.alpha,
+                    lora_dropout=cfg.dropout,
+                    target_modules=targets,
+                    init_lora_weights=init,
+                ),
+                adapter_name,
+            )
         except ValueError as err:  # peft: "Target modules {...} not found in the base model"
-            raise ValueError(f"trainable.target_modules={targets} does not fit this denoiser ({err}); "
-                             "use attention projection names such as to_q, to_k, to_v, to_out.0") from None
+            raise ValueError(
+                f"trainable.target_modules={targets} does not fit this denoiser ({err}); "
+                "use attention projection names such as to_q, to_k, to_v, to_out.0"
+            ) from None
     params = [p for p in unet.parameters() if p.requires_grad]
     for p in params:
         p.data = p.data.float()
@@ -108,8 +130,10 @@ def load_trainable_state_dict(model: DiffusionModel, state: dict[str, torch.Tens
     missing = [n for n, p in params.items() if p.requires_grad and n not in state]
     unexpected = [n for n in state if n not in params]
     if missing or unexpected:
-        raise ValueError(f"checkpoint does not match the trainable parameters: missing {missing[:3]}, "
-                         f"unexpected {unexpected[:3]}; was it written with another trainable config?")
+        raise ValueError(
+            f"checkpoint does not match the trainable parameters: missing {missing[:3]}, "
+            f"unexpected {unexpected[:3]}; was it written with another trainable config?"
+        )
     with torch.no_grad():
         for n, t in state.items():
             params[n].copy_(t)
@@ -132,7 +156,9 @@ def save_denoiser_state(model: DiffusionModel, state: dict[str, torch.Tensor], f
     target = os.path.join(folder, model.family.denoiser_folder)
     os.makedirs(target, exist_ok=True)
     model.denoiser.save_config(target)
-    save_file({k: v.contiguous() for k, v in state.items()}, os.path.join(target, "diffusion_pytorch_model.safetensors"))
+    save_file(
+        {k: v.contiguous() for k, v in state.items()}, os.path.join(target, "diffusion_pytorch_model.safetensors")
+    )
 
 
 def load_trained(model: DiffusionModel, folder: str, adapter_name: str = "tuned") -> None:
@@ -149,9 +175,11 @@ def load_trained(model: DiffusionModel, folder: str, adapter_name: str = "tuned"
     elif os.path.isdir(full):
         model.denoiser = family.load_denoiser(folder, model.dtype, True).requires_grad_(False).eval().to(model.device)
     else:
-        raise FileNotFoundError(f"{folder!r} holds no trained weights: expected {' and '.join(family.trained_files)} "
-                                f"(LoRA) or a {family.denoiser_folder}/ folder (full fine-tune), as written in a "
-                                "run's final/ folder")
+        raise FileNotFoundError(
+            f"{folder!r} holds no trained weights: expected {' and '.join(family.trained_files)} "
+            f"(LoRA) or a {family.denoiser_folder}/ folder (full fine-tune), as written in a "
+            "run's final/ folder"
+        )
 
 
 def is_lora_folder(family: ModelFamily, folder: str) -> bool:
@@ -170,8 +198,9 @@ def load_weighted(model: DiffusionModel, weighted: list[tuple[str, float]]) -> l
     return names
 
 
-def load_denoiser(path: str, family: ModelFamily, dtype: torch.dtype, device: torch.device
-                  ) -> tuple[torch.nn.Module, object]:
+def load_denoiser(
+    path: str, family: ModelFamily, dtype: torch.dtype, device: torch.device
+) -> tuple[torch.nn.Module, object]:
     """The frozen denoiser and DDIM scheduler of a pipeline folder of ``family`` (a distillation teacher).
 
     Raises:
@@ -194,7 +223,9 @@ DENOISER_FOLDERS = tuple(dict.fromkeys(f.denoiser_folder for f in FAMILIES.value
 
 def denoiser_dir(folder: str) -> str | None:
     """``folder/unet`` or ``folder/transformer``, whichever holds a ``config.json``; None for neither (a hub id)."""
-    found = [os.path.join(folder, d) for d in DENOISER_FOLDERS if os.path.isfile(os.path.join(folder, d, "config.json"))]
+    found = [
+        os.path.join(folder, d) for d in DENOISER_FOLDERS if os.path.isfile(os.path.join(folder, d, "config.json"))
+    ]
     return found[0] if found else None
 
 
@@ -216,10 +247,20 @@ def denoiser_skeleton(folder: str) -> torch.nn.Module | None:
 
 # what a teacher must share with the generator: (component folder, config key); latents and text conditioning
 # ("denoiser" is the unet/ or transformer/ folder; CLIP and T5 name their sizes differently)
-PAIR_KEYS = (("denoiser", "in_channels"), ("denoiser", "out_channels"), ("denoiser", "cross_attention_dim"),
-             ("denoiser", "addition_embed_type"), ("vae", "latent_channels"), ("vae", "scaling_factor"),
-             ("text_encoder", "hidden_size"), ("text_encoder", "d_model"), ("text_encoder", "vocab_size"),
-             ("text_encoder", "num_hidden_layers"), ("text_encoder", "num_layers"), ("scheduler", "num_train_timesteps"))
+PAIR_KEYS = (
+    ("denoiser", "in_channels"),
+    ("denoiser", "out_channels"),
+    ("denoiser", "cross_attention_dim"),
+    ("denoiser", "addition_embed_type"),
+    ("vae", "latent_channels"),
+    ("vae", "scaling_factor"),
+    ("text_encoder", "hidden_size"),
+    ("text_encoder", "d_model"),
+    ("text_encoder", "vocab_size"),
+    ("text_encoder", "num_hidden_layers"),
+    ("text_encoder", "num_layers"),
+    ("scheduler", "num_train_timesteps"),
+)
 
 
 def pair_problems(generator_path: str, teacher_path: str) -> list[str]:
@@ -229,7 +270,9 @@ def pair_problems(generator_path: str, teacher_path: str) -> list[str]:
 
     def read(folder: str, part: str) -> dict:
         name = "scheduler_config.json" if part == "scheduler" else "config.json"
-        path = os.path.join(denoiser_dir(folder) or "", name) if part == "denoiser" else os.path.join(folder, part, name)
+        path = (
+            os.path.join(denoiser_dir(folder) or "", name) if part == "denoiser" else os.path.join(folder, part, name)
+        )
         if not os.path.isfile(path):
             return {}
         with open(path, encoding="utf-8") as f:
@@ -241,15 +284,19 @@ def pair_problems(generator_path: str, teacher_path: str) -> list[str]:
 
     mine, theirs = pipeline_class(generator_path), pipeline_class(teacher_path)
     if mine != theirs:
-        return [f"distill.teacher_path: the teacher {teacher_path!r} is a {theirs} but the generator "
-                f"(model.path={generator_path!r}) is a {mine}; give a teacher of the generator's family"]
+        return [
+            f"distill.teacher_path: the teacher {teacher_path!r} is a {theirs} but the generator "
+            f"(model.path={generator_path!r}) is a {mine}; give a teacher of the generator's family"
+        ]
     problems = []
     denoiser = os.path.basename(denoiser_dir(generator_path) or "unet")
     for part, key in PAIR_KEYS:
         mine, theirs = read(generator_path, part).get(key), read(teacher_path, part).get(key)
         if mine != theirs:
             name = denoiser if part == "denoiser" else part
-            problems.append(f"distill.teacher_path: the teacher {teacher_path!r} has {name}.{key}={theirs!r} but the "
-                            f"generator (model.path={generator_path!r}) has {mine!r}; a teacher must share the "
-                            "generator's latent space and text encoder")
+            problems.append(
+                f"distill.teacher_path: the teacher {teacher_path!r} has {name}.{key}={theirs!r} but the "
+                f"generator (model.path={generator_path!r}) has {mine!r}; a teacher must share the "
+                "generator's latent space and text encoder"
+            )
     return problems

@@ -109,11 +109,13 @@ class DistillObjective:
         multi_step}: per-image scores)``."""
         metrics, per_image = {}, {}
         with self.distill.teacher_model() as teacher:
-            schedules = {"one_step": one_step_schedule(teacher.scheduler, self.distill.cfg.generator_timestep),
-                         "multi_step": teacher.family.schedule(teacher, self.teacher_steps)}
+            schedules = {
+                "one_step": one_step_schedule(teacher.scheduler, self.distill.cfg.generator_timestep),
+                "multi_step": teacher.family.schedule(teacher, self.teacher_steps),
+            }
             for name, schedule in schedules.items():
                 means, per_image[name], _ = evaluate(teacher, schedule)
-                metrics |= {f"teacher/{name}/{key[len('eval/'):]}": value for key, value in means.items()}
+                metrics |= {f"teacher/{name}/{key[len('eval/') :]}": value for key, value in means.items()}
         return metrics, per_image
 
     def save_info(self, folder: str) -> None:
@@ -131,8 +133,9 @@ def build_objective(cfg: Config, model: DiffusionModel, teacher: Teacher | None 
     fake score and, unless ``teacher`` serves it, the teacher)."""
     if cfg.plan.name == "di_star":
         return DistillObjective(DiStar(cfg, model, teacher), cfg.sampler.num_steps)
-    return RewardObjective(build_plan(cfg.plan), make_trainable(model, cfg.trainable),
-                           model.family.schedule(model, cfg.sampler.num_steps))
+    return RewardObjective(
+        build_plan(cfg.plan), make_trainable(model, cfg.trainable), model.family.schedule(model, cfg.sampler.num_steps)
+    )
 
 
 def reward_loss(tr: Trainer) -> Loss:
@@ -156,9 +159,21 @@ def plan_loss(tr: Trainer, prompts: list[str], x_T: torch.Tensor, flags: list, g
     cond = model.family.encode_prompts(model, prompts)
     uncond = model.family.encode_negative(model, len(prompts)) if guidance > 1 else None
     beta = tr.cfg.plan.kl_coeff
-    traj = sample(model, cond, uncond, x_T, tr.schedule, flags, guidance=guidance, eta=s.eta, gen=gen,
-                  refine=refinement(tr.objective.plan), step_checkpointing=tr.cfg.model.step_checkpointing,
-                  drift=beta > 0, fold_lora=tr.cfg.model.fold_lora)
+    traj = sample(
+        model,
+        cond,
+        uncond,
+        x_T,
+        tr.schedule,
+        flags,
+        guidance=guidance,
+        eta=s.eta,
+        gen=gen,
+        refine=refinement(tr.objective.plan),
+        step_checkpointing=tr.cfg.model.step_checkpointing,
+        drift=beta > 0,
+        fold_lora=tr.cfg.model.fold_lora,
+    )
     images = [model.family.decode(model, x0) for x0 in traj.finals]
     if not all(torch.isfinite(x).all() for x in images):  # rewards reject NaN images; skip the step instead
         nan = torch.full((len(images), len(prompts)), float("nan"))

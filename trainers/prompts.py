@@ -10,10 +10,51 @@ import torch
 
 # DDPO's simple-animal prompts (Black et al., 2023), used by DRaFT's small-scale aesthetic runs.
 BUILTIN_TRAIN = (
-    "cat", "dog", "horse", "monkey", "rabbit", "zebra", "spider", "bird", "sheep", "deer", "cow", "goat", "lion",
-    "tiger", "bear", "raccoon", "fox", "wolf", "lizard", "beetle", "ant", "butterfly", "fish", "shark", "whale",
-    "dolphin", "squirrel", "mouse", "rat", "snake", "turtle", "frog", "chicken", "duck", "goose", "bee", "pig",
-    "turkey", "fly", "llama", "camel", "bat", "gorilla", "hedgehog", "kangaroo",
+    "cat",
+    "dog",
+    "horse",
+    "monkey",
+    "rabbit",
+    "zebra",
+    "spider",
+    "bird",
+    "sheep",
+    "deer",
+    "cow",
+    "goat",
+    "lion",
+    "tiger",
+    "bear",
+    "raccoon",
+    "fox",
+    "wolf",
+    "lizard",
+    "beetle",
+    "ant",
+    "butterfly",
+    "fish",
+    "shark",
+    "whale",
+    "dolphin",
+    "squirrel",
+    "mouse",
+    "rat",
+    "snake",
+    "turtle",
+    "frog",
+    "chicken",
+    "duck",
+    "goose",
+    "bee",
+    "pig",
+    "turkey",
+    "fly",
+    "llama",
+    "camel",
+    "bat",
+    "gorilla",
+    "hedgehog",
+    "kangaroo",
 )
 BUILTIN_HELD_OUT = ("owl", "penguin", "elephant", "giraffe", "octopus", "panda", "koala", "crab")
 
@@ -26,8 +67,10 @@ def read_prompts(path: str) -> list[str]:
         ValueError: a JSONL line is malformed, or the file holds no prompts.
     """
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"prompt file {path!r} does not exist; give a .txt (one prompt per line) "
-                                "or .jsonl file ({\"prompt\": ...} per line)")
+        raise FileNotFoundError(
+            f"prompt file {path!r} does not exist; give a .txt (one prompt per line) "
+            'or .jsonl file ({"prompt": ...} per line)'
+        )
     with open(path, encoding="utf-8") as f:
         lines = [line.strip() for line in f if line.strip()]
     if path.endswith(".jsonl"):
@@ -36,7 +79,7 @@ def read_prompts(path: str) -> list[str]:
             try:
                 prompts.append(str(json.loads(line)["prompt"]))
             except (json.JSONDecodeError, KeyError, TypeError) as err:
-                raise ValueError(f"{path}:{n}: expected a JSON object with a \"prompt\" key ({err})") from None
+                raise ValueError(f'{path}:{n}: expected a JSON object with a "prompt" key ({err})') from None
         lines = prompts
     if not lines:
         raise ValueError(f"prompt file {path!r} holds no prompts")

@@ -88,8 +88,9 @@ def sim_loss(eps_fake: torch.Tensor, eps_ref: torch.Tensor, eps: torch.Tensor, d
     return (u * (eps_fake - eps)).flatten(1).sum(dim=1)
 
 
-def sim_sampling_law_loss(eps_fake: torch.Tensor, eps_ref: torch.Tensor, eps: torch.Tensor,
-                          distance: Distance) -> torch.Tensor:
+def sim_sampling_law_loss(
+    eps_fake: torch.Tensor, eps_ref: torch.Tensor, eps: torch.Tensor, distance: Distance
+) -> torch.Tensor:
     """:func:`sim_loss` plus ``d(y)``: the gradient of the divergence with the sampling law differentiated."""
     return distance.value(eps_ref - eps_fake) + sim_loss(eps_fake, eps_ref, eps, distance)
 
@@ -139,8 +140,13 @@ class DivergenceTerms:
     grad_fake: torch.Tensor
 
 
-def divergence_terms(teacher_eps: Callable[[torch.Tensor], torch.Tensor], x_t: torch.Tensor,
-                     eps_fake: torch.Tensor, eps: torch.Tensor, spec: DivergenceSpec) -> DivergenceTerms:
+def divergence_terms(
+    teacher_eps: Callable[[torch.Tensor], torch.Tensor],
+    x_t: torch.Tensor,
+    eps_fake: torch.Tensor,
+    eps: torch.Tensor,
+    spec: DivergenceSpec,
+) -> DivergenceTerms:
     """Evaluate the surrogate with ``x_t`` and ``ε̂_fake`` as leaves and differentiate it through the teacher
     ``teacher_eps(x_t) -> ε̂_ref`` (guided), so the teacher can run in another process; the caller adds
     ``J_fakeᵀ grad_fake`` for the fake score's path to get ``∂L/∂x_t``."""

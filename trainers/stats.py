@@ -5,8 +5,9 @@ from __future__ import annotations
 import torch
 
 
-def bootstrap_mean_ci(values: torch.Tensor, level: float = 0.95, resamples: int = 2000,
-                      seed: int = 0) -> tuple[float, float, float]:
+def bootstrap_mean_ci(
+    values: torch.Tensor, level: float = 0.95, resamples: int = 2000, seed: int = 0
+) -> tuple[float, float, float]:
     """Mean of ``values`` ``(N,)`` and its percentile-bootstrap confidence interval ``(mean, low, high)``."""
     values = values.double().flatten()
     gen = torch.Generator().manual_seed(seed)
@@ -22,8 +23,9 @@ def paired_difference_ci(after: torch.Tensor, before: torch.Tensor, **kwargs) ->
     return bootstrap_mean_ci(after - before, **kwargs)
 
 
-def crossed_bootstrap_ci(values: torch.Tensor, level: float = 0.95, resamples: int = 2000,
-                         seed: int = 0) -> tuple[float, float, float]:
+def crossed_bootstrap_ci(
+    values: torch.Tensor, level: float = 0.95, resamples: int = 2000, seed: int = 0
+) -> tuple[float, float, float]:
     """Mean of ``values`` ``(S, P)`` (seeds x prompts, crossed) and its percentile-bootstrap interval
     ``(mean, low, high)``, resampling seeds and prompts independently, so both sources of variation count."""
     values = values.double()

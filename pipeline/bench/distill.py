@@ -32,8 +32,11 @@ VARIANTS = {  # label -> overrides of the config (DI* as shipped: the papers' lo
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m pipeline.bench.distill", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m pipeline.bench.distill",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--config", default=CONFIG, help="DI* training config (default: the toy world's)")
     p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS), metavar="VARIANT")
     p.add_argument("--metric", default="trained", help="held-out score compared (default: the trained reward)")
@@ -45,8 +48,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def run_variant(config: str, name: str, overrides: list[str], out: str) -> dict:
     """Train one variant in a subprocess; its summary plus mean step timings and peak memory."""
-    command = [sys.executable, "-m", "pipeline.train", "--config", config, *overrides, "ray.enabled=false",
-               "tracking.enabled=false", f"train.output_dir={out}", f"train.run_name={name}", "train.resume=false"]
+    command = [
+        sys.executable,
+        "-m",
+        "pipeline.train",
+        "--config",
+        config,
+        *overrides,
+        "ray.enabled=false",
+        "tracking.enabled=false",
+        f"train.output_dir={out}",
+        f"train.run_name={name}",
+        "train.resume=false",
+    ]
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
     run_dir = os.path.join(out, name)
     with open(os.path.join(run_dir, "summary.json"), encoding="utf-8") as f:
@@ -66,31 +80,51 @@ def row(name: str, result: dict, metric: str) -> dict:
     """What the table shows for one variant, and whether DI*'s target holds (on the feature diversity of
     the first reward with an image encoder, else on the pixel diversity)."""
     held, teacher = result["held_out"], result["teacher"]
-    gen, one, multi = held[metric]["tuned"], teacher[f"teacher/one_step/{metric}"], teacher[f"teacher/multi_step/{metric}"]
+    gen, one, multi = (
+        held[metric]["tuned"],
+        teacher[f"teacher/one_step/{metric}"],
+        teacher[f"teacher/multi_step/{metric}"],
+    )
     key = "feature_diversity" if "feature_diversity" in held else "diversity"
     diversity = {k: (held[k]["tuned"], teacher[f"teacher/multi_step/{k}"]) for k in ("diversity", key)}
-    return {"variant": name, "generator": gen, "init": held[metric]["base"], "teacher_one_step": one,
-            "teacher_multi_step": multi, "of_multi_step": gen / multi, "diversity": diversity,
-            "s_per_step": result["perf/step_seconds"], "images_per_s": result["perf/images_per_second"],
-            "peak_mb": result["perf/peak_memory_mb"],
-            "target_met": gen > one and gen >= 0.9 * multi and diversity[key][0] >= 0.5 * diversity[key][1]}
+    return {
+        "variant": name,
+        "generator": gen,
+        "init": held[metric]["base"],
+        "teacher_one_step": one,
+        "teacher_multi_step": multi,
+        "of_multi_step": gen / multi,
+        "diversity": diversity,
+        "s_per_step": result["perf/step_seconds"],
+        "images_per_s": result["perf/images_per_second"],
+        "peak_mb": result["perf/peak_memory_mb"],
+        "target_met": gen > one and gen >= 0.9 * multi and diversity[key][0] >= 0.5 * diversity[key][1],
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     out = args.output_dir or tempfile.mkdtemp(prefix="bench-distill-")
-    rows = [row(name, run_variant(args.config, name, VARIANTS[name] + args.overrides, out), args.metric)
-            for name in args.variants]
-    print(f"held-out {args.metric} (generator after training; init = before); diversity = mean pairwise distance "
-          "per prompt of pixels (px) and of image features (feat), generator / multi-step teacher")
-    print(f"{'variant':<14} {'init':>6} {'gen':>6} {'T 1-step':>8} {'T multi':>8} {'gen/multi':>9} {'div px':>13} "
-          f"{'div feat':>13} {'s/step':>7} {'img/s':>6} {'peak MB':>8}  target")
+    rows = [
+        row(name, run_variant(args.config, name, VARIANTS[name] + args.overrides, out), args.metric)
+        for name in args.variants
+    ]
+    print(
+        f"held-out {args.metric} (generator after training; init = before); diversity = mean pairwise distance "
+        "per prompt of pixels (px) and of image features (feat), generator / multi-step teacher"
+    )
+    print(
+        f"{'variant':<14} {'init':>6} {'gen':>6} {'T 1-step':>8} {'T multi':>8} {'gen/multi':>9} {'div px':>13} "
+        f"{'div feat':>13} {'s/step':>7} {'img/s':>6} {'peak MB':>8}  target"
+    )
     for r in rows:
         px, feat = r["diversity"]["diversity"], r["diversity"].get("feature_diversity", (float("nan"),) * 2)
-        print(f"{r['variant']:<14} {r['init']:6.1f} {r['generator']:6.1f} {r['teacher_one_step']:8.1f} "
-              f"{r['teacher_multi_step']:8.1f} {r['of_multi_step']:9.2f} {px[0]:6.3f}/{px[1]:6.3f} "
-              f"{feat[0]:6.3f}/{feat[1]:6.3f} {r['s_per_step']:7.3f} {r['images_per_s']:6.1f} {r['peak_mb']:8.0f}  "
-              f"{'met' if r['target_met'] else 'not met'}")
+        print(
+            f"{r['variant']:<14} {r['init']:6.1f} {r['generator']:6.1f} {r['teacher_one_step']:8.1f} "
+            f"{r['teacher_multi_step']:8.1f} {r['of_multi_step']:9.2f} {px[0]:6.3f}/{px[1]:6.3f} "
+            f"{feat[0]:6.3f}/{feat[1]:6.3f} {r['s_per_step']:7.3f} {r['images_per_s']:6.1f} {r['peak_mb']:8.0f}  "
+            f"{'met' if r['target_met'] else 'not met'}"
+        )
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump(rows, f, indent=1)

@@ -34,8 +34,9 @@ PLANS = {  # label -> config overrides
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m pipeline.bench", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m pipeline.bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--size", choices=["tiny", "sd15"], help="model size (default: sd15 on GPU, tiny on CPU)")
     p.add_argument("--model", help="use this pipeline folder instead of building a random one")
     p.add_argument("--steps", type=int, nargs="+", default=[20, 50], help="sampling step counts T to measure")
@@ -64,7 +65,9 @@ def measure(model_dir: str, overrides: list[str], iters: int) -> dict:
     cfg = load_config(Config, None, [f"model.path={model_dir}", "rewards=[{name: brightness}]", *overrides])
     tr = build_trainer(cfg)
     cuda = tr.model.device.type == "cuda"
-    loaded_mb = (torch.cuda.memory_allocated() / 2**20) if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    loaded_mb = (
+        (torch.cuda.memory_allocated() / 2**20) if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    )
     train_step(tr)  # warm-up
     if cuda:
         torch.cuda.synchronize()
@@ -78,8 +81,13 @@ def measure(model_dir: str, overrides: list[str], iters: int) -> dict:
         seconds.append(time.perf_counter() - start)
     peak = peak_memory_mb(tr.model.device)
     step = sorted(seconds)[len(seconds) // 2]
-    return {"s_per_step": step, "images_per_s": cfg.train.batch_size / step, "peak_mb": peak,
-            "peak_over_model_mb": peak - loaded_mb, "device": str(tr.model.device)}
+    return {
+        "s_per_step": step,
+        "images_per_s": cfg.train.batch_size / step,
+        "peak_mb": peak,
+        "peak_over_model_mb": peak - loaded_mb,
+        "device": str(tr.model.device),
+    }
 
 
 def naive_loss(tr, prompts: list[str], x_T, flags):
@@ -125,10 +133,17 @@ def same_work(model_dir: str, overrides: list[str]) -> dict:
     cfg = load_config(Config, None, [f"model.path={model_dir}", "rewards=[{name: brightness}]", *overrides])
     tr = build_trainer(cfg)
     prompts = tr.sampler.next_batch(cfg.train.batch_size)
-    x_T = torch.randn(len(prompts), *tr.model.latent_shape, generator=torch.Generator().manual_seed(0)).to(tr.model.device)
+    x_T = torch.randn(len(prompts), *tr.model.latent_shape, generator=torch.Generator().manual_seed(0)).to(
+        tr.model.device
+    )
     flags = tr.objective.plan.flags(cfg.sampler.num_steps, torch.Generator().manual_seed(1))
-    return {"tr": tr, "loss": {"engine": lambda: plan_loss(tr, prompts, x_T, flags, None)[0],
-                               "naive": lambda: naive_loss(tr, prompts, x_T, flags)}}
+    return {
+        "tr": tr,
+        "loss": {
+            "engine": lambda: plan_loss(tr, prompts, x_T, flags, None)[0],
+            "naive": lambda: naive_loss(tr, prompts, x_T, flags),
+        },
+    }
 
 
 def optimiser_step(tr, loss) -> None:
@@ -158,8 +173,12 @@ def side_by_side(model_dir: str, overrides: list[str], iters: int) -> dict:
                 torch.cuda.synchronize()
             seconds[name].append(time.perf_counter() - start)
     median = {name: sorted(v[1:])[len(v[1:]) // 2] for name, v in seconds.items()}
-    return {"engine_s": median["engine"], "naive_s": median["naive"], "grad_gap": gap,
-            "images_per_s": tr.cfg.train.batch_size / median["engine"]}
+    return {
+        "engine_s": median["engine"],
+        "naive_s": median["naive"],
+        "grad_gap": gap,
+        "images_per_s": tr.cfg.train.batch_size / median["engine"],
+    }
 
 
 def in_subprocess(job: str, model_dir: str, overrides: list[str], iters: int):
@@ -199,8 +218,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.job:
         job, model_dir, *overrides = args.job
-        result = side_by_side(model_dir, overrides, args.iters) if job == "side" else \
-            peak_memory(model_dir, overrides, args.iters, job)
+        result = (
+            side_by_side(model_dir, overrides, args.iters)
+            if job == "side"
+            else peak_memory(model_dir, overrides, args.iters, job)
+        )
         print(json.dumps(result))
         return 0
     import torch
@@ -215,8 +237,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{'plan':<18}{'T':>4}{'s/step':>10}{'img/s':>9}{'peak MB':>10}{'over model MB':>15}")
         for steps in args.steps:
             for label in args.plans:
-                overrides = [*PLANS[label], f"sampler.num_steps={steps}", f"train.batch_size={args.batch_size}",
-                             "model.step_checkpointing=true", *args.extra]
+                overrides = [
+                    *PLANS[label],
+                    f"sampler.num_steps={steps}",
+                    f"train.batch_size={args.batch_size}",
+                    "model.step_checkpointing=true",
+                    *args.extra,
+                ]
                 row = {"plan": label, "T": steps, **run_one(model_dir, overrides, args.iters)}
                 rows.append(row)
                 print(_format(row), flush=True)
@@ -234,14 +261,22 @@ def compare_naive(model_dir: str, args: argparse.Namespace) -> int:
     rows = []
     for steps in args.steps:
         for label in [p for p in args.plans if p in NAIVE_PLANS]:
-            overrides = [*PLANS[label], f"sampler.num_steps={steps}", f"train.batch_size={args.batch_size}", *args.extra]
+            overrides = [
+                *PLANS[label],
+                f"sampler.num_steps={steps}",
+                f"train.batch_size={args.batch_size}",
+                *args.extra,
+            ]
             row = {"plan": label, "T": steps, **in_subprocess("side", model_dir, overrides, args.iters)}
             row |= {f"peak_{loop}_mb": in_subprocess(loop, model_dir, overrides, 2) for loop in ("engine", "naive")}
             rows.append(row)
-            print(f"{label} T={steps} | engine {row['engine_s']:.3f} s/step | naive {row['naive_s']:.3f} s/step | "
-                  f"speedup {row['naive_s'] / row['engine_s']:.2f}x | peak MB {row['peak_engine_mb']:.0f} / "
-                  f"{row['peak_naive_mb']:.0f} | {row['images_per_s']:.2f} images/s | first-step gradients agree to "
-                  f"{row['grad_gap']:.1e} of their largest entry", flush=True)
+            print(
+                f"{label} T={steps} | engine {row['engine_s']:.3f} s/step | naive {row['naive_s']:.3f} s/step | "
+                f"speedup {row['naive_s'] / row['engine_s']:.2f}x | peak MB {row['peak_engine_mb']:.0f} / "
+                f"{row['peak_naive_mb']:.0f} | {row['images_per_s']:.2f} images/s | first-step gradients agree to "
+                f"{row['grad_gap']:.1e} of their largest entry",
+                flush=True,
+            )
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump(rows, f, indent=1)
@@ -257,8 +292,10 @@ def _build(tmp: str, size: str) -> str:
 def _format(row: dict) -> str:
     if "error" in row:
         return f"{row['plan']:<18}{row['T']:>4}  failed: {row['error']}"
-    return (f"{row['plan']:<18}{row['T']:>4}{row['s_per_step']:>10.3f}{row['images_per_s']:>9.2f}"
-            f"{row['peak_mb']:>10.0f}{row['peak_over_model_mb']:>15.0f}")
+    return (
+        f"{row['plan']:<18}{row['T']:>4}{row['s_per_step']:>10.3f}{row['images_per_s']:>9.2f}"
+        f"{row['peak_mb']:>10.0f}{row['peak_over_model_mb']:>15.0f}"
+    )
 
 
 if __name__ == "__main__":

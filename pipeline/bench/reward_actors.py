@@ -17,8 +17,11 @@ from pipeline.train import QUICKSTART
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m pipeline.bench.reward_actors", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m pipeline.bench.reward_actors",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--config", default=QUICKSTART, help="training config (default: the toy-world quickstart)")
     p.add_argument("--actors", type=int, default=1, help="reward actor replicas")
     p.add_argument("--iters", type=int, default=10, help="timed steps per setting (after 2 warm-up steps)")
@@ -51,8 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     init_ray(cfg)
     actors = start_reward_actors(cfg.rewards, cfg.ray)
     try:
-        local, remote = median_step_seconds([build_trainer(cfg), build_trainer(cfg, reward=RemoteReward(actors))],
-                                            args.iters)
+        local, remote = median_step_seconds(
+            [build_trainer(cfg), build_trainer(cfg, reward=RemoteReward(actors))], args.iters
+        )
     finally:
         for actor in actors:
             ray.kill(actor)

@@ -27,10 +27,14 @@ from pipeline.toyworld.build_reward import load_shipped_reward, render_set
 from pipeline.toyworld.report import sample_images, split_metrics
 from pipeline.toyworld.shapes import ASSETS_DIR, held_out_combos
 
-COLUMNS = (("reward", "clip_score", "{:.1f}"), ("follows", "follows its prompt", "{:.0%}"),
-           ("feature_diversity", "feature diversity", "{:.3f}"),
-           ("feature_distance_both", "between right samples", "{:.3f}"),
-           ("feature_distance_one", "right vs wrong", "{:.3f}"), ("pixel_diversity", "pixel diversity", "{:.3f}"))
+COLUMNS = (
+    ("reward", "clip_score", "{:.1f}"),
+    ("follows", "follows its prompt", "{:.0%}"),
+    ("feature_diversity", "feature diversity", "{:.3f}"),
+    ("feature_distance_both", "between right samples", "{:.3f}"),
+    ("feature_distance_one", "right vs wrong", "{:.3f}"),
+    ("pixel_diversity", "pixel diversity", "{:.3f}"),
+)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -74,8 +78,11 @@ def audit(args: argparse.Namespace) -> dict[str, dict[str, float | int | None]]:
 
 def table(rows: dict[str, dict], header: bool = True) -> str:
     """A markdown table, one row per model."""
-    lines = ["| model | " + " | ".join(label for _, label, _ in COLUMNS) + " |",
-             "|---" * (len(COLUMNS) + 1) + "|"] if header else []
+    lines = (
+        ["| model | " + " | ".join(label for _, label, _ in COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
+        if header
+        else []
+    )
     for name, metrics in rows.items():
         cells = ["–" if metrics[key] is None else fmt.format(metrics[key]) for key, _, fmt in COLUMNS]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
@@ -97,8 +104,9 @@ def plot(rows: dict[str, dict], path: str, target_gain: float | None, target_div
             x = m[key] - (base if key == "reward" else 0)
             colour = {"base": "tab:red", "quickstart": "tab:orange"}.get(name, "tab:blue")
             ax.scatter([x], [m["feature_diversity"]], s=18, color=colour)
-            ax.annotate(name, (x, m["feature_diversity"]), textcoords="offset points", xytext=(3, 3), fontsize=6,
-                        color=colour)
+            ax.annotate(
+                name, (x, m["feature_diversity"]), textcoords="offset points", xytext=(3, 3), fontsize=6, color=colour
+            )
         ax.axhline(data["feature_diversity"], ls=":", color="black", label="rendered images of the prompts")
         ax.grid(alpha=0.3)
     left.scatter([data["follows"]], [data["feature_diversity"]], marker="*", s=90, color="black")
@@ -108,8 +116,14 @@ def plot(rows: dict[str, dict], path: str, target_gain: float | None, target_div
     right.set_xlabel("held-out clip_score gain over the base model")
     if target_gain is not None and target_diversity is not None:
         (x0, x1), (_, y1) = right.get_xlim(), right.get_ylim()
-        right.fill_between([target_gain, max(x1, target_gain + 1)], target_diversity, max(y1, target_diversity + 0.05),
-                           alpha=0.15, color="green", label="the target")
+        right.fill_between(
+            [target_gain, max(x1, target_gain + 1)],
+            target_diversity,
+            max(y1, target_diversity + 0.05),
+            alpha=0.15,
+            color="green",
+            label="the target",
+        )
         right.set_xlim(x0, max(x1, target_gain + 1))
         right.legend(fontsize=7)
     fig.tight_layout()

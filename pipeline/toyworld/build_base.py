@@ -33,8 +33,14 @@ from pipeline.toyworld.build_cli import build_main
 from pipeline.toyworld.shapes import ASSETS_DIR, sample_batch, train_combos
 
 # SD 1.x noise schedule (scaled_linear 0.00085-0.012, 1000 steps), sampled with DDIM.
-SCHEDULER_KWARGS = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
-                        set_alpha_to_one=False, steps_offset=1)
+SCHEDULER_KWARGS = dict(
+    beta_start=0.00085,
+    beta_end=0.012,
+    beta_schedule="scaled_linear",
+    clip_sample=False,
+    set_alpha_to_one=False,
+    steps_offset=1,
+)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -69,9 +75,18 @@ def build_vae(cfg: BaseConfig):
     """
     from diffusers import AutoencoderKL
 
-    return AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(32, 64),
-                         down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
-                         layers_per_block=1, norm_num_groups=32, sample_size=32, mid_block_add_attention=False)
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        block_out_channels=(32, 64),
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        layers_per_block=1,
+        norm_num_groups=32,
+        sample_size=32,
+        mid_block_add_attention=False,
+    )
 
 
 def build_unet(cfg: BaseConfig):
@@ -85,20 +100,37 @@ def build_unet(cfg: BaseConfig):
     n = len(cfg.unet_channels)
     down = ("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (n - 1)
     up = ("CrossAttnUpBlock2D",) * (n - 1) + ("UpBlock2D",)
-    return UNet2DConditionModel(sample_size=16, in_channels=4, out_channels=4, block_out_channels=cfg.unet_channels,
-                                layers_per_block=1, down_block_types=down, up_block_types=up,
-                                cross_attention_dim=cfg.text_hidden, attention_head_dim=8, norm_num_groups=32)
+    return UNet2DConditionModel(
+        sample_size=16,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=cfg.unet_channels,
+        layers_per_block=1,
+        down_block_types=down,
+        up_block_types=up,
+        cross_attention_dim=cfg.text_hidden,
+        attention_head_dim=8,
+        norm_num_groups=32,
+    )
 
 
 def build_text_encoder(cfg: BaseConfig, tokenizer):
     """A tiny ``CLIPTextModel`` over the full CLIP vocabulary with 77 positions."""
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    return CLIPTextModel(CLIPTextConfig(
-        vocab_size=len(tokenizer), hidden_size=cfg.text_hidden, intermediate_size=2 * cfg.text_hidden,
-        num_attention_heads=2, num_hidden_layers=cfg.text_layers, max_position_embeddings=77,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id))
+    return CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=cfg.text_hidden,
+            intermediate_size=2 * cfg.text_hidden,
+            num_attention_heads=2,
+            num_hidden_layers=cfg.text_layers,
+            max_position_embeddings=77,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    )
 
 
 def lr_factor(step: int, total: int, warmup: int) -> float:
@@ -218,13 +250,19 @@ class CaptionIds:
     def __call__(self, captions: list[str]) -> torch.Tensor:
         """``(B, 77)`` ids for ``B`` captions."""
         for c in set(captions) - set(self.cache):
-            self.cache[c] = self.tokenizer(c, padding="max_length", max_length=self.tokenizer.model_max_length,
-                                           truncation=True, return_tensors="pt").input_ids[0]
+            self.cache[c] = self.tokenizer(
+                c,
+                padding="max_length",
+                max_length=self.tokenizer.model_max_length,
+                truncation=True,
+                return_tensors="pt",
+            ).input_ids[0]
         return torch.stack([self.cache[c] for c in captions])
 
 
-def denoiser_loss(parts: dict, batch: tuple[torch.Tensor, list[str]], cfg: BaseConfig,
-                  gen: torch.Generator) -> torch.Tensor:
+def denoiser_loss(
+    parts: dict, batch: tuple[torch.Tensor, list[str]], cfg: BaseConfig, gen: torch.Generator
+) -> torch.Tensor:
     """Min-SNR-weighted epsilon loss of one batch (unscaled VAE latents ``(B, 4, 16, 16)``, captions).
 
     Args:
@@ -267,8 +305,11 @@ def train_denoiser(parts: dict, cfg: BaseConfig, gen: torch.Generator) -> float:
         running.append(loss.item())
         if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.unet_steps:
             mean = sum(running) / len(running)
-            print(f"unet step {step + 1}/{cfg.unet_steps} loss {mean:.4f} lr {sched.get_last_lr()[0]:.2e} "
-                  f"({time.time() - start:.0f} s)", flush=True)
+            print(
+                f"unet step {step + 1}/{cfg.unet_steps} loss {mean:.4f} lr {sched.get_last_lr()[0]:.2e} "
+                f"({time.time() - start:.0f} s)",
+                flush=True,
+            )
             last, running = mean, []
     ema.copy_to_params()
     return last
@@ -278,9 +319,16 @@ def save_pipeline(parts: dict, tokenizer, out: str) -> None:
     """Assemble the ``StableDiffusionPipeline``, cast it to fp16 and ``save_pretrained`` it to ``out``."""
     from diffusers import DDIMScheduler, StableDiffusionPipeline
 
-    pipe = StableDiffusionPipeline(vae=parts["vae"], text_encoder=parts["text_encoder"], tokenizer=tokenizer,
-                                   unet=parts["unet"], scheduler=DDIMScheduler(**SCHEDULER_KWARGS),
-                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe = StableDiffusionPipeline(
+        vae=parts["vae"],
+        text_encoder=parts["text_encoder"],
+        tokenizer=tokenizer,
+        unet=parts["unet"],
+        scheduler=DDIMScheduler(**SCHEDULER_KWARGS),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
     for module in (pipe.vae, pipe.text_encoder, pipe.unet):
         module.eval().to(torch.float16)
     os.makedirs(out, exist_ok=True)
@@ -314,8 +362,12 @@ def check_reload(out: str) -> None:
 
     pipe = StableDiffusionPipeline.from_pretrained(out, local_files_only=True)
     model = load_model(ModelConfig(path=out, device="cpu"))
-    for name, module in [("unet", pipe.unet), ("vae", pipe.vae), ("text_encoder", pipe.text_encoder),
-                         ("load_model.denoiser", model.denoiser)]:
+    for name, module in [
+        ("unet", pipe.unet),
+        ("vae", pipe.vae),
+        ("text_encoder", pipe.text_encoder),
+        ("load_model.denoiser", model.denoiser),
+    ]:
         dtypes = {p.dtype for p in module.parameters()}
         if dtypes != {torch.float32}:
             raise RuntimeError(f"{name} reloaded from {out} with dtypes {dtypes}, expected float32")
@@ -334,8 +386,10 @@ def build(cfg: BaseConfig, out: str) -> dict:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         vae, unet, text_encoder = build_vae(cfg), build_unet(cfg), build_text_encoder(cfg, tokenizer)
-    counts = {n: sum(p.numel() for p in m.parameters()) for n, m in
-              [("vae", vae), ("unet", unet), ("text_encoder", text_encoder)]}
+    counts = {
+        n: sum(p.numel() for p in m.parameters())
+        for n, m in [("vae", vae), ("unet", unet), ("text_encoder", text_encoder)]
+    }
     print(f"parameters: {counts}", flush=True)
     start = time.time()
     vae_mse = train_vae(vae, cfg, gen)
@@ -345,18 +399,34 @@ def build(cfg: BaseConfig, out: str) -> dict:
     vae.register_to_config(scaling_factor=scale)
     vae_s = time.time() - start
     print(f"vae done in {vae_s:.0f} s, scaling_factor {scale:.4f}", flush=True)
-    parts = dict(vae=vae, unet=unet, text_encoder=text_encoder, ids=CaptionIds(tokenizer), pool=pool,
-                 scheduler=DDIMScheduler(**SCHEDULER_KWARGS), scale=scale)
+    parts = dict(
+        vae=vae,
+        unet=unet,
+        text_encoder=text_encoder,
+        ids=CaptionIds(tokenizer),
+        pool=pool,
+        scheduler=DDIMScheduler(**SCHEDULER_KWARGS),
+        scale=scale,
+    )
     unet_loss = train_denoiser(parts, cfg, gen)
     save_pipeline(parts, tokenizer, out)
     check_reload(out)
-    return dict(config=dataclasses.asdict(cfg), parameters=counts, vae_mse=vae_mse, scaling_factor=scale,
-                unet_loss=unet_loss, vae_seconds=round(vae_s), unet_seconds=round(time.time() - start - vae_s))
+    return dict(
+        config=dataclasses.asdict(cfg),
+        parameters=counts,
+        vae_mse=vae_mse,
+        scaling_factor=scale,
+        unet_loss=unet_loss,
+        vae_seconds=round(vae_s),
+        unet_seconds=round(time.time() - start - vae_s),
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
     """CLI entry point: build, save, and write ``build_info.json`` next to the result."""
-    summary = build_main(BaseConfig, build, "Pretrain the shapes-world base SD pipeline on CPU.", str(ASSETS_DIR / "sd"), argv)
+    summary = build_main(
+        BaseConfig, build, "Pretrain the shapes-world base SD pipeline on CPU.", str(ASSETS_DIR / "sd"), argv
+    )
     print(json.dumps(summary))
 
 

@@ -10,8 +10,13 @@ from collections.abc import Callable
 from typing import Any
 
 
-def build_main(config_cls: type, build: Callable[[Any, str], dict], description: str, default_out: str,
-               argv: list[str] | None = None) -> dict:
+def build_main(
+    config_cls: type,
+    build: Callable[[Any, str], dict],
+    description: str,
+    default_out: str,
+    argv: list[str] | None = None,
+) -> dict:
     """Parse ``--out`` and ``--<field>`` flags for ``config_cls``, run ``build(cfg, out)`` and write its
     summary to ``<out>/build_info.json``; return the summary."""
     parser = argparse.ArgumentParser(description=description)

@@ -130,8 +130,11 @@ def train(model, tokenizer, preprocess, cfg: RewardBuildConfig, gen: torch.Gener
         running.append(loss.item())
         if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
             last, running = sum(running) / len(running), []
-            print(f"clip step {step + 1}/{cfg.steps} loss {last:.4f} scale {model.logit_scale.exp().item():.1f} "
-                  f"({time.time() - start:.0f} s)", flush=True)
+            print(
+                f"clip step {step + 1}/{cfg.steps} loss {last:.4f} scale {model.logit_scale.exp().item():.1f} "
+                f"({time.time() - start:.0f} s)",
+                flush=True,
+            )
     return last
 
 
@@ -173,11 +176,14 @@ def retrieval_report(reward, combos: list[Combo], per_combo: int, gen: torch.Gen
         direct = reward(images, [caption(c) for c in labels])  # (N,), the reward's forward
     assert torch.allclose(direct, scores[mask], atol=1e-3), "score_matrix disagrees with the reward's forward"
     n = len(labels)
-    return {"top1": sum(b == c for b, c in zip(best, labels)) / n,
-            "colour": sum(b.colour == c.colour for b, c in zip(best, labels)) / n,
-            "shape": sum(b.shape == c.shape for b, c in zip(best, labels)) / n,
-            "background": sum(b.background == c.background for b, c in zip(best, labels)) / n,
-            "matched": scores[mask].mean().item(), "mismatched": scores[~mask].mean().item()}
+    return {
+        "top1": sum(b == c for b, c in zip(best, labels)) / n,
+        "colour": sum(b.colour == c.colour for b, c in zip(best, labels)) / n,
+        "shape": sum(b.shape == c.shape for b, c in zip(best, labels)) / n,
+        "background": sum(b.background == c.background for b, c in zip(best, labels)) / n,
+        "matched": scores[mask].mean().item(),
+        "mismatched": scores[~mask].mean().item(),
+    }
 
 
 def load_shipped_reward(folder: str):
@@ -185,8 +191,11 @@ def load_shipped_reward(folder: str):
     from rewards.build import build_reward
     from rewards.config import RewardSpec
 
-    spec = RewardSpec(name="clip_score", arch_config=os.path.join(folder, f"{ARCH}.json"),
-                      checkpoint=os.path.join(folder, WEIGHTS_NAME))
+    spec = RewardSpec(
+        name="clip_score",
+        arch_config=os.path.join(folder, f"{ARCH}.json"),
+        checkpoint=os.path.join(folder, WEIGHTS_NAME),
+    )
     return build_reward([spec])
 
 
@@ -203,14 +212,18 @@ def build(cfg: RewardBuildConfig, out: str) -> dict:
     save_weights(model.eval(), os.path.join(out, WEIGHTS_NAME))
     reward = load_shipped_reward(out)
     eval_gen = torch.Generator().manual_seed(cfg.seed + 1)
-    report = {split: retrieval_report(reward, combos, cfg.images_per_combo, eval_gen)
-              for split, combos in (("heldout", held_out_combos()), ("train", train_combos()))}
+    report = {
+        split: retrieval_report(reward, combos, cfg.images_per_combo, eval_gen)
+        for split, combos in (("heldout", held_out_combos()), ("train", train_combos()))
+    }
     return dict(config=dataclasses.asdict(cfg), parameters=params, loss=loss, seconds=seconds, eval=report)
 
 
 def main(argv: list[str] | None = None) -> None:
     """CLI entry point: build, save, and write ``build_info.json`` next to the result."""
-    summary = build_main(RewardBuildConfig, build, "Train the shapes-world CLIP reward on CPU.", str(ASSETS_DIR / "clip"), argv)
+    summary = build_main(
+        RewardBuildConfig, build, "Train the shapes-world CLIP reward on CPU.", str(ASSETS_DIR / "clip"), argv
+    )
     print(json.dumps(summary["eval"], indent=1))
 
 

@@ -38,8 +38,10 @@ from trainers.stats import bootstrap_mean_ci, crossed_bootstrap_ci
 HERE = os.path.dirname(os.path.abspath(__file__))
 QUICKSTART = os.path.join(HERE, "..", "configs", "quickstart.yaml")
 DISTAR = os.path.join(HERE, "..", "configs", "distar_toy.yaml")
-CLIP_SCORE = ("{name: clip_score, arch_config: pipeline/assets/toyworld/clip/toy-clip.json, "
-              "checkpoint: pipeline/assets/toyworld/clip/toy-clip.safetensors}")  # the world's alignment reward
+CLIP_SCORE = (
+    "{name: clip_score, arch_config: pipeline/assets/toyworld/clip/toy-clip.json, "
+    "checkpoint: pipeline/assets/toyworld/clip/toy-clip.safetensors}"
+)  # the world's alignment reward
 HOLDS, FAILS, UNSURE = "holds", "does not hold", "inconclusive"
 
 
@@ -71,6 +73,7 @@ class Claim:
 
 # ---------------------------------------------------------------------------------------------- verdicts
 
+
 def verdict_from(lows: list[float], highs: list[float]) -> str:
     """Every interval above 0: holds. Any interval below 0: does not hold. Otherwise inconclusive."""
     if all(low > 0 for low in lows):
@@ -101,11 +104,16 @@ def show(ci: tuple[float, float, float], digits: int | None = None) -> str:
 
 def judge_beats_all(lead: str, metric: str = "trained") -> Callable[[dict], tuple[str, list[str]]]:
     """``lead`` beats every other arm: each paired difference's interval is above 0."""
+
     def judge(records: dict) -> tuple[str, list[str]]:
-        cis = {other: interval(tuned(records, lead, metric) - tuned(records, other, metric))
-               for other in records if other != lead}
+        cis = {
+            other: interval(tuned(records, lead, metric) - tuned(records, other, metric))
+            for other in records
+            if other != lead
+        }
         lines = [f"{lead} − {other}: {show(ci)}" for other, ci in cis.items()]
         return verdict_from([c[1] for c in cis.values()], [c[2] for c in cis.values()]), lines
+
     return judge
 
 
@@ -144,11 +152,15 @@ def judge_distill(records: dict) -> tuple[str, list[str]]:
     half its multi-step feature diversity: each paired interval above 0 holds; any below 0 does not."""
     gen = tuned(records, "DI*")
     one, multi = teacher(records, "DI*", "one_step"), teacher(records, "DI*", "multi_step")
-    gen_div, teacher_div = tuned(records, "DI*", "feature_diversity"), teacher(records, "DI*", "multi_step",
-                                                                               "feature_diversity")
-    cis = {"generator − teacher 1 step": interval(gen - one),
-           "generator − 0.9 × teacher multi-step": interval(gen - 0.9 * multi),
-           "feature diversity − 0.5 × teacher multi-step's": interval(gen_div - 0.5 * teacher_div)}
+    gen_div, teacher_div = (
+        tuned(records, "DI*", "feature_diversity"),
+        teacher(records, "DI*", "multi_step", "feature_diversity"),
+    )
+    cis = {
+        "generator − teacher 1 step": interval(gen - one),
+        "generator − 0.9 × teacher multi-step": interval(gen - 0.9 * multi),
+        "feature diversity − 0.5 × teacher multi-step's": interval(gen_div - 0.5 * teacher_div),
+    }
     lines = [f"{name}: {show(ci)}" for name, ci in cis.items()]
     for label in records:
         if label != "DI*":
@@ -160,88 +172,123 @@ def judge_distill(records: dict) -> tuple[str, list[str]]:
 
 FEW_STEPS = ("train.steps=3", "train.batch_size=2", "eval.images_per_prompt=2", "eval.max_prompts=3")
 ON_CLIP_SCORE = (f"rewards=[{CLIP_SCORE}]", "train.steps=100")
-CLAIMS = {claim.key: claim for claim in (
-    Claim("drtune_low_level",
-          "DRTune beats shallow and late-only supervision on a low-level reward",
-          "DRTune (Wu et al., ECCV 2024): training early steps with the denoiser's input detached matters for "
-          "low-level rewards such as symmetry, where shallow supervision (ReFL, DRaFT-1) fails.",
-          "Trained on `symmetry` only; T=20 DDIM steps, guidance 7.5. DRTune K=5 (the paper's order of "
-          "magnitude; its exact K is not in our notes). DRaFT-K with the same 5 trained steps, DRaFT-1, and "
-          "ReFL stopping in the last 8 steps (40% of T, a public DRTune port's window). 100 optimiser steps, "
-          "batch 4, LoRA rank 4, lr 3e-3 as in the quickstart. Held-out metric: `symmetry`; `clip_score` is "
-          "scored (never trained) for the feature diversity.",
-          "Holds if the 95% interval of DRTune − X is above 0 for every X in {DRaFT-1, ReFL, DRaFT-K=5}; "
-          "does not hold if any is below 0; otherwise inconclusive.",
-          QUICKSTART,
-          ("sampler.num_steps=20", "rewards=[{name: symmetry}]", f"eval.rewards=[{CLIP_SCORE}, {{name: sharpness}}]",
-           "train.steps=100"),
-          (Arm("DRTune", ("plan.name=drtune", "plan.k=5"), ("plan.k=2",)),
-           Arm("DRaFT-1", ("plan.name=draft_k", "plan.k=1")),
-           Arm("ReFL", ("plan.name=refl", "plan.early_stop=8"), ("plan.early_stop=2",)),
-           Arm("DRaFT-K=5", ("plan.name=draft_k", "plan.k=5"), ("plan.k=2",))),
-          judge_beats_all("DRTune"), ("sampler.num_steps=6",)),
-    Claim("draft_truncation",
-          "DRaFT-K with small K reaches full DRaFT's reward per step, at a fraction of the cost",
-          "DRaFT (Clark et al., ICLR 2024): truncating backpropagation to the last K steps (K=1 or a few) "
-          "works as well as or better than the full chain per step, and is much cheaper.",
-          "The quickstart (T=10, guidance 7.5, LoRA rank 4, lr 3e-3, batch 4) trained on the alignment reward "
-          "`clip_score` alone; DRaFT-1, DRaFT-K=2 and full DRaFT (all 10 steps), 100 optimiser steps each.",
-          "Holds if for DRaFT-1 or K=2 the interval of (small K − full) lies above −10% of the full chain's "
-          "mean gain (non-inferior) and its s/step is lower in every seed. Does not hold if each small K is "
-          "either inferior (interval below the margin) or not cheaper. Otherwise inconclusive.",
-          QUICKSTART, ON_CLIP_SCORE,
-          (Arm("DRaFT-1", ("plan.name=draft_k", "plan.k=1")),
-           Arm("DRaFT-K=2", ("plan.name=draft_k", "plan.k=2")),
-           Arm("full DRaFT", ("plan.name=draft",))),
-          judge_truncation, ("sampler.num_steps=4",)),
-    Claim("drtune_early_stop",
-          "DRTune's early stop cuts the time per step without losing reward",
-          "DRTune: stopping the chain at a random late step and scoring the one-step x0 prediction saves "
-          "compute.",
-          "The quickstart (T=10, DRTune K=3, lr 3e-3, batch 4) on `clip_score` alone, 100 optimiser steps, "
-          "with and without early stop in the last 4 steps (40% of T, as in a public DRTune port).",
-          "Holds if s/step is lower with early stop in every seed and the paired interval of (with − without) "
-          "held-out reward reaches 0 or above (no significant loss). Does not hold if that interval is below "
-          "0, or no seed is faster. Otherwise inconclusive.",
-          QUICKSTART, ON_CLIP_SCORE,
-          (Arm("DRTune", ("plan.name=drtune", "plan.k=3"), ("plan.k=2",)),
-           Arm("DRTune + early stop", ("plan.name=drtune", "plan.k=3", "plan.early_stop=4"),
-               ("plan.k=2", "plan.early_stop=2"))),
-          judge_early_stop, ("sampler.num_steps=6",)),
-    Claim("di_star",
-          "A one-step DI* generator beats the teacher's one step and nears its multi-step output",
-          "Diff-Instruct* (Luo et al., 2024): a one-step generator distilled under a score divergence while "
-          "maximising a reward beats its multi-step reference on that reward, keeping diversity. SIM and "
-          "Diff-Instruct (no reward) are the baselines.",
-          "`pipeline/configs/distar_toy.yaml` as shipped (the `bench_distill` setting): 400 steps, batch 4, "
-          "LoRA rank 8, alpha_rew 0.02, alpha_cfg 7.5, teacher 20 guided DDIM steps. SIM = alpha_rew 0; "
-          "Diff-Instruct = KL divergence, alpha_rew 0.",
-          "Holds if each interval is above 0: generator − teacher 1-step, generator − 0.9 × teacher "
-          "multi-step, and generator feature diversity − 0.5 × the multi-step teacher's. Does not hold if "
-          "any is below 0. Otherwise inconclusive.",
-          DISTAR, (),
-          tuple(Arm(label, tuple(VARIANTS[name])) for label, name in
-                (("DI*", "di_star"), ("SIM", "sim"), ("Diff-Instruct", "diff_instruct"))),
-          judge_distill, ("sampler.num_steps=4",)),
-)}
-LV = {"key": "lv_variance",
-      "title": "DRaFT-LV's gradient has lower variance than DRaFT-1's",
-      "paper": "DRaFT: DRaFT-LV re-noises the last step's input n times and denoises each copy with gradient, "
-               "lowering the variance of the K=1 gradient estimate at little extra cost.",
-      "settings": "The quickstart's model with a freshly initialised LoRA (the same fixed weights for every "
-                  "draw), T=10, guidance 7.5, batch 4, trained reward `clip_score`. DRaFT-LV as this project "
-                  "runs it: the last step with gradient plus n=2 re-noised copies of it (the DRaFT paper's n), "
-                  "its loss averaged over those 3 final latents so both estimate a gradient of the mean "
-                  "reward. 32 draws per seed (the seeds only reseed the draws: prompts, initial noise, "
-                  "re-noising), the same prompts and initial noise for both.",
-      "rule": "Variance = the mean squared distance of a draw's LoRA gradient from the draws' mean gradient. "
-              "Holds if the 95% bootstrap interval (over draws) of var(DRaFT-LV) / var(DRaFT-1) is below 1; "
-              "does not hold if above 1; otherwise inconclusive. The cosine between the two mean gradients "
-              "is reported: the re-noised copies' last step starts from q(x_1 | x_0), not from the chain, so "
-              "the two need not estimate exactly the same gradient."}
+CLAIMS = {
+    claim.key: claim
+    for claim in (
+        Claim(
+            "drtune_low_level",
+            "DRTune beats shallow and late-only supervision on a low-level reward",
+            "DRTune (Wu et al., ECCV 2024): training early steps with the denoiser's input detached matters for "
+            "low-level rewards such as symmetry, where shallow supervision (ReFL, DRaFT-1) fails.",
+            "Trained on `symmetry` only; T=20 DDIM steps, guidance 7.5. DRTune K=5 (the paper's order of "
+            "magnitude; its exact K is not in our notes). DRaFT-K with the same 5 trained steps, DRaFT-1, and "
+            "ReFL stopping in the last 8 steps (40% of T, a public DRTune port's window). 100 optimiser steps, "
+            "batch 4, LoRA rank 4, lr 3e-3 as in the quickstart. Held-out metric: `symmetry`; `clip_score` is "
+            "scored (never trained) for the feature diversity.",
+            "Holds if the 95% interval of DRTune − X is above 0 for every X in {DRaFT-1, ReFL, DRaFT-K=5}; "
+            "does not hold if any is below 0; otherwise inconclusive.",
+            QUICKSTART,
+            (
+                "sampler.num_steps=20",
+                "rewards=[{name: symmetry}]",
+                f"eval.rewards=[{CLIP_SCORE}, {{name: sharpness}}]",
+                "train.steps=100",
+            ),
+            (
+                Arm("DRTune", ("plan.name=drtune", "plan.k=5"), ("plan.k=2",)),
+                Arm("DRaFT-1", ("plan.name=draft_k", "plan.k=1")),
+                Arm("ReFL", ("plan.name=refl", "plan.early_stop=8"), ("plan.early_stop=2",)),
+                Arm("DRaFT-K=5", ("plan.name=draft_k", "plan.k=5"), ("plan.k=2",)),
+            ),
+            judge_beats_all("DRTune"),
+            ("sampler.num_steps=6",),
+        ),
+        Claim(
+            "draft_truncation",
+            "DRaFT-K with small K reaches full DRaFT's reward per step, at a fraction of the cost",
+            "DRaFT (Clark et al., ICLR 2024): truncating backpropagation to the last K steps (K=1 or a few) "
+            "works as well as or better than the full chain per step, and is much cheaper.",
+            "The quickstart (T=10, guidance 7.5, LoRA rank 4, lr 3e-3, batch 4) trained on the alignment reward "
+            "`clip_score` alone; DRaFT-1, DRaFT-K=2 and full DRaFT (all 10 steps), 100 optimiser steps each.",
+            "Holds if for DRaFT-1 or K=2 the interval of (small K − full) lies above −10% of the full chain's "
+            "mean gain (non-inferior) and its s/step is lower in every seed. Does not hold if each small K is "
+            "either inferior (interval below the margin) or not cheaper. Otherwise inconclusive.",
+            QUICKSTART,
+            ON_CLIP_SCORE,
+            (
+                Arm("DRaFT-1", ("plan.name=draft_k", "plan.k=1")),
+                Arm("DRaFT-K=2", ("plan.name=draft_k", "plan.k=2")),
+                Arm("full DRaFT", ("plan.name=draft",)),
+            ),
+            judge_truncation,
+            ("sampler.num_steps=4",),
+        ),
+        Claim(
+            "drtune_early_stop",
+            "DRTune's early stop cuts the time per step without losing reward",
+            "DRTune: stopping the chain at a random late step and scoring the one-step x0 prediction saves compute.",
+            "The quickstart (T=10, DRTune K=3, lr 3e-3, batch 4) on `clip_score` alone, 100 optimiser steps, "
+            "with and without early stop in the last 4 steps (40% of T, as in a public DRTune port).",
+            "Holds if s/step is lower with early stop in every seed and the paired interval of (with − without) "
+            "held-out reward reaches 0 or above (no significant loss). Does not hold if that interval is below "
+            "0, or no seed is faster. Otherwise inconclusive.",
+            QUICKSTART,
+            ON_CLIP_SCORE,
+            (
+                Arm("DRTune", ("plan.name=drtune", "plan.k=3"), ("plan.k=2",)),
+                Arm(
+                    "DRTune + early stop",
+                    ("plan.name=drtune", "plan.k=3", "plan.early_stop=4"),
+                    ("plan.k=2", "plan.early_stop=2"),
+                ),
+            ),
+            judge_early_stop,
+            ("sampler.num_steps=6",),
+        ),
+        Claim(
+            "di_star",
+            "A one-step DI* generator beats the teacher's one step and nears its multi-step output",
+            "Diff-Instruct* (Luo et al., 2024): a one-step generator distilled under a score divergence while "
+            "maximising a reward beats its multi-step reference on that reward, keeping diversity. SIM and "
+            "Diff-Instruct (no reward) are the baselines.",
+            "`pipeline/configs/distar_toy.yaml` as shipped (the `bench_distill` setting): 400 steps, batch 4, "
+            "LoRA rank 8, alpha_rew 0.02, alpha_cfg 7.5, teacher 20 guided DDIM steps. SIM = alpha_rew 0; "
+            "Diff-Instruct = KL divergence, alpha_rew 0.",
+            "Holds if each interval is above 0: generator − teacher 1-step, generator − 0.9 × teacher "
+            "multi-step, and generator feature diversity − 0.5 × the multi-step teacher's. Does not hold if "
+            "any is below 0. Otherwise inconclusive.",
+            DISTAR,
+            (),
+            tuple(
+                Arm(label, tuple(VARIANTS[name]))
+                for label, name in (("DI*", "di_star"), ("SIM", "sim"), ("Diff-Instruct", "diff_instruct"))
+            ),
+            judge_distill,
+            ("sampler.num_steps=4",),
+        ),
+    )
+}
+LV = {
+    "key": "lv_variance",
+    "title": "DRaFT-LV's gradient has lower variance than DRaFT-1's",
+    "paper": "DRaFT: DRaFT-LV re-noises the last step's input n times and denoises each copy with gradient, "
+    "lowering the variance of the K=1 gradient estimate at little extra cost.",
+    "settings": "The quickstart's model with a freshly initialised LoRA (the same fixed weights for every "
+    "draw), T=10, guidance 7.5, batch 4, trained reward `clip_score`. DRaFT-LV as this project "
+    "runs it: the last step with gradient plus n=2 re-noised copies of it (the DRaFT paper's n), "
+    "its loss averaged over those 3 final latents so both estimate a gradient of the mean "
+    "reward. 32 draws per seed (the seeds only reseed the draws: prompts, initial noise, "
+    "re-noising), the same prompts and initial noise for both.",
+    "rule": "Variance = the mean squared distance of a draw's LoRA gradient from the draws' mean gradient. "
+    "Holds if the 95% bootstrap interval (over draws) of var(DRaFT-LV) / var(DRaFT-1) is below 1; "
+    "does not hold if above 1; otherwise inconclusive. The cosine between the two mean gradients "
+    "is reported: the re-noised copies' last step starts from q(x_1 | x_0), not from the chain, so "
+    "the two need not estimate exactly the same gradient.",
+}
 
 
 # ------------------------------------------------------------------------------------------------ runs
+
 
 def arm_config(claim: Claim, arm: Arm, seed: int, out: str, quick: bool):
     """The typed config of one arm and seed, its run folder under ``out``: evaluated at step 0 and at the
@@ -252,9 +299,19 @@ def arm_config(claim: Claim, arm: Arm, seed: int, out: str, quick: bool):
     overrides = [*claim.overrides, *arm.overrides, *((*FEW_STEPS, *claim.quick, *arm.quick) if quick else ())]
     steps = load_config(Config, claim.config, overrides).train.steps
     name = arm.label.replace(" ", "_").replace("*", "star")
-    return load_config(Config, claim.config, [
-        *overrides, f"eval.every={steps}", "eval.require=[]", f"train.seed={seed}", f"train.checkpoint_every={steps}",
-        f"train.output_dir={os.path.join(out, claim.key)}", f"train.run_name={name}-seed{seed}"])
+    return load_config(
+        Config,
+        claim.config,
+        [
+            *overrides,
+            f"eval.every={steps}",
+            "eval.require=[]",
+            f"train.seed={seed}",
+            f"train.checkpoint_every={steps}",
+            f"train.output_dir={os.path.join(out, claim.key)}",
+            f"train.run_name={name}-seed{seed}",
+        ],
+    )
 
 
 def train_arm(claim: Claim, arm: Arm, seed: int, out: str, quick: bool) -> dict:
@@ -271,8 +328,9 @@ def train_arm(claim: Claim, arm: Arm, seed: int, out: str, quick: bool) -> dict:
     record = {"base": per_prompt(scores[0], prompts), "tuned": per_prompt(scores[1], prompts)}
     teacher_path = os.path.join(samples, "teacher_scores.pt")
     if os.path.isfile(teacher_path):
-        record["teacher"] = {name: per_prompt(s, prompts)
-                             for name, s in torch.load(teacher_path, weights_only=True).items()}
+        record["teacher"] = {
+            name: per_prompt(s, prompts) for name, s in torch.load(teacher_path, weights_only=True).items()
+        }
     record["s_per_step"] = statistics.median(m["perf/step_seconds"] for m in timed_steps(result.run_dir))
     return record
 
@@ -313,6 +371,7 @@ def step_seconds(records: dict, label: str) -> list[float]:
 
 # ------------------------------------------------------------------------------------------ LV variance
 
+
 def lv_variance(seeds: list[int], quick: bool) -> dict:
     """Per-draw LoRA gradients of DRaFT-1 and DRaFT-LV (n=2) at the same fixed weights and draws."""
     from pipeline.config import load_config
@@ -321,9 +380,13 @@ def lv_variance(seeds: list[int], quick: bool) -> dict:
 
     draws = 4 if quick else 32
     common = [f"rewards=[{CLIP_SCORE}]", f"sampler.num_steps={4 if quick else 10}"]
-    trainers = {label: build_trainer(load_config(Config, QUICKSTART, common + plan))
-                for label, plan in (("DRaFT-1", ["plan.name=draft_k", "plan.k=1"]),
-                                    ("DRaFT-LV n=2", ["plan.name=draft_lv", "plan.lv_copies=2"]))}
+    trainers = {
+        label: build_trainer(load_config(Config, QUICKSTART, common + plan))
+        for label, plan in (
+            ("DRaFT-1", ["plan.name=draft_k", "plan.k=1"]),
+            ("DRaFT-LV n=2", ["plan.name=draft_lv", "plan.lv_copies=2"]),
+        )
+    }
     grads = {label: [] for label in trainers}
     seconds = {label: 0.0 for label in trainers}
     for tr in trainers.values():  # warm-up, untimed and unrecorded
@@ -338,10 +401,13 @@ def lv_variance(seeds: list[int], quick: bool) -> dict:
     means = {label: g.mean(dim=0) for label, g in stacked.items()}
     spread = {label: (g - means[label]).square().sum(dim=1) for label, g in stacked.items()}  # (draws,)
     one, lv = means.values()
-    return {"draws": len(seeds) * draws, "spread": {k: v.tolist() for k, v in spread.items()},
-            "mean_gradient_norm": {k: m.norm().item() for k, m in means.items()},
-            "mean_gradient_cosine": float(one @ lv / (one.norm() * lv.norm())),
-            "s_per_draw": {k: v / (len(seeds) * draws) for k, v in seconds.items()}}
+    return {
+        "draws": len(seeds) * draws,
+        "spread": {k: v.tolist() for k, v in spread.items()},
+        "mean_gradient_norm": {k: m.norm().item() for k, m in means.items()},
+        "mean_gradient_cosine": float(one @ lv / (one.norm() * lv.norm())),
+        "s_per_draw": {k: v / (len(seeds) * draws) for k, v in seconds.items()},
+    }
 
 
 def lora_gradient(tr, draw_seed: int) -> torch.Tensor:
@@ -357,8 +423,9 @@ def lora_gradient(tr, draw_seed: int) -> torch.Tensor:
     return torch.cat([g.flatten() for g in grad]).double()
 
 
-def variance_ratio_ci(spread_lv: torch.Tensor, spread_one: torch.Tensor, resamples: int = 2000
-                      ) -> tuple[float, float, float]:
+def variance_ratio_ci(
+    spread_lv: torch.Tensor, spread_one: torch.Tensor, resamples: int = 2000
+) -> tuple[float, float, float]:
     """var(LV) / var(DRaFT-1) and its 95% bootstrap interval over draws (paired: the same draws).
     Each spread is a draw's squared distance from its method's mean gradient; their means are the variances."""
     n = len(spread_lv)
@@ -374,20 +441,26 @@ def judge_lv(result: dict) -> tuple[str, list[str], tuple[float, float, float]]:
     ratio = variance_ratio_ci(spread["DRaFT-LV n=2"], spread["DRaFT-1"])
     verdict = HOLDS if ratio[2] < 1 else FAILS if ratio[1] > 1 else UNSURE
     cost = result["s_per_draw"]["DRaFT-LV n=2"] / result["s_per_draw"]["DRaFT-1"]
-    lines = [f"var(DRaFT-LV) / var(DRaFT-1) = {ratio[0]:.3f} [{ratio[1]:.3f}, {ratio[2]:.3f}] over "
-             f"{result['draws']} draws",
-             "norm of the mean gradient: " + ", ".join(f"{k} {v:.3g}" for k, v in result["mean_gradient_norm"].items())
-             + f"; cosine between the two mean gradients {result['mean_gradient_cosine']:.3f}",
-             f"time per draw (forward and backward): DRaFT-LV {cost:.2f}× DRaFT-1's"]
+    lines = [
+        f"var(DRaFT-LV) / var(DRaFT-1) = {ratio[0]:.3f} [{ratio[1]:.3f}, {ratio[2]:.3f}] over {result['draws']} draws",
+        "norm of the mean gradient: "
+        + ", ".join(f"{k} {v:.3g}" for k, v in result["mean_gradient_norm"].items())
+        + f"; cosine between the two mean gradients {result['mean_gradient_cosine']:.3f}",
+        f"time per draw (forward and backward): DRaFT-LV {cost:.2f}× DRaFT-1's",
+    ]
     return verdict, lines, ratio
 
 
 # ------------------------------------------------------------------------------------------------ report
 
+
 def arm_table(records: dict, metric: str = "trained") -> list[str]:
     """Markdown rows: held-out base → tuned (gain), both diversities (share of base kept), s/step."""
-    lines = ["| arm | held-out reward base → tuned | gain [95% CI] | feature diversity (kept) "
-             "| pixel diversity (kept) | s/step |", "|---|---|---|---|---|---|"]
+    lines = [
+        "| arm | held-out reward base → tuned | gain [95% CI] | feature diversity (kept) "
+        "| pixel diversity (kept) | s/step |",
+        "|---|---|---|---|---|---|",
+    ]
     for label in records:
         before, after = base(records, label, metric), tuned(records, label, metric)
         cells = []
@@ -398,8 +471,10 @@ def arm_table(records: dict, metric: str = "trained") -> list[str]:
             else:
                 cells.append("–")
         seconds = step_seconds(records, label)
-        lines.append(f"| {label} | {before.mean():.3f} → {after.mean():.3f} | {show(interval(after - before), 3)} "
-                     f"| {cells[0]} | {cells[1]} | {statistics.mean(seconds):.2f} |")
+        lines.append(
+            f"| {label} | {before.mean():.3f} → {after.mean():.3f} | {show(interval(after - before), 3)} "
+            f"| {cells[0]} | {cells[1]} | {statistics.mean(seconds):.2f} |"
+        )
     return lines
 
 
@@ -408,15 +483,23 @@ def teacher_rows(records: dict) -> list[str]:
     first = next(iter(records))
     rows = []
     for kind in ("one_step", "multi_step"):
-        cells = [f"{teacher(records, first, kind, name).mean():.3f}"
-                 if name in records[first][0]["teacher"][kind] else "–" for name in ("feature_diversity", "diversity")]
-        rows.append(f"| teacher, {kind.replace('_', ' ')} | {teacher(records, first, kind).mean():.3f} | – | "
-                    f"{cells[0]} | {cells[1]} | – |")
+        cells = [
+            f"{teacher(records, first, kind, name).mean():.3f}" if name in records[first][0]["teacher"][kind] else "–"
+            for name in ("feature_diversity", "diversity")
+        ]
+        rows.append(
+            f"| teacher, {kind.replace('_', ' ')} | {teacher(records, first, kind).mean():.3f} | – | "
+            f"{cells[0]} | {cells[1]} | – |"
+        )
     return rows
 
 
-def figure(path: str, title: str, panels: list[tuple[str, list[str], list[tuple[float, float, float]], float | None]],
-           reference_label: str = "base") -> None:
+def figure(
+    path: str,
+    title: str,
+    panels: list[tuple[str, list[str], list[tuple[float, float, float]], float | None]],
+    reference_label: str = "base",
+) -> None:
     """One PNG with a bar chart per panel: ``(y label, bar labels, (mean, low, high) each, reference line)``."""
     import matplotlib
 
@@ -426,8 +509,13 @@ def figure(path: str, title: str, panels: list[tuple[str, list[str], list[tuple[
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), dpi=110, squeeze=False)
     for ax, (ylabel, labels, cis, reference) in zip(axes[0], panels):
         means = [m for m, _, _ in cis]
-        ax.bar(range(len(labels)), means, yerr=[[m - lo for m, lo, _ in cis], [hi - m for m, _, hi in cis]],
-               capsize=4, color="#6d8fc7")
+        ax.bar(
+            range(len(labels)),
+            means,
+            yerr=[[m - lo for m, lo, _ in cis], [hi - m for m, _, hi in cis]],
+            capsize=4,
+            color="#6d8fc7",
+        )
         if reference is not None:
             ax.axhline(reference, color="grey", linestyle="--", linewidth=1, label=reference_label)
             ax.legend(fontsize=8)
@@ -446,33 +534,76 @@ def figure(path: str, title: str, panels: list[tuple[str, list[str], list[tuple[
 
 def claim_figure(path: str, claim: Claim, records: dict) -> None:
     labels = list(records)
-    panels = [("held-out trained reward (tuned)", labels, [interval(tuned(records, a)) for a in labels],
-               float(base(records, labels[0]).mean()))]
+    panels = [
+        (
+            "held-out trained reward (tuned)",
+            labels,
+            [interval(tuned(records, a)) for a in labels],
+            float(base(records, labels[0]).mean()),
+        )
+    ]
     if "feature_diversity" in records[labels[0]][0]["tuned"]:
-        panels.append(("held-out feature diversity (tuned)", labels,
-                       [interval(tuned(records, a, "feature_diversity")) for a in labels],
-                       float(base(records, labels[0], "feature_diversity").mean())))
+        panels.append(
+            (
+                "held-out feature diversity (tuned)",
+                labels,
+                [interval(tuned(records, a, "feature_diversity")) for a in labels],
+                float(base(records, labels[0], "feature_diversity").mean()),
+            )
+        )
     figure(path, claim.title, panels)
 
 
-def section(title: str, paper: str, settings: str, rule: str, verdict: str, table: list[str],
-            evidence: list[str], image: str, seconds: float) -> list[str]:
-    return [f"## {title}", "", f"**Verdict: {verdict}.**", "", f"*The paper.* {paper}", "",
-            f"*Settings.* {settings}", "", f"*Rule (fixed before the runs).* {rule}", "", *table, "",
-            *[f"- {line}" for line in evidence], "", f"![{title}]({image})", "",
-            f"Wall time in this invocation: {seconds / 60:.1f} min.",
-            ""]
+def section(
+    title: str,
+    paper: str,
+    settings: str,
+    rule: str,
+    verdict: str,
+    table: list[str],
+    evidence: list[str],
+    image: str,
+    seconds: float,
+) -> list[str]:
+    return [
+        f"## {title}",
+        "",
+        f"**Verdict: {verdict}.**",
+        "",
+        f"*The paper.* {paper}",
+        "",
+        f"*Settings.* {settings}",
+        "",
+        f"*Rule (fixed before the runs).* {rule}",
+        "",
+        *table,
+        "",
+        *[f"- {line}" for line in evidence],
+        "",
+        f"![{title}]({image})",
+        "",
+        f"Wall time in this invocation: {seconds / 60:.1f} min.",
+        "",
+    ]
 
 
-def write_report(out: str, seeds: list[int], quick: bool, minutes: float, summary: list, sections: list[str],
-                 raw: dict) -> None:
+def write_report(
+    out: str, seeds: list[int], quick: bool, minutes: float, summary: list, sections: list[str], raw: dict
+) -> None:
     """``claims.md`` and ``claims.json`` with the claims run so far."""
-    head = ["# What the papers claim, and what we see on the toy world", "",
-            f"Seeds {seeds}{' (quick: a smoke run, not evidence)' if quick else ''}; this invocation's wall time "
-            f"{minutes:.1f} min (runs finished earlier in the same folder are read back, not trained again). "
-            "Means over seeds and held-out prompts; a 95% interval is the wider of a bootstrap over seeds and "
-            "prompts and a t interval over the per-seed means.", "",
-            "| claim | verdict |", "|---|---|", *[f"| {k} | {v} |" for k, v in summary], ""]
+    head = [
+        "# What the papers claim, and what we see on the toy world",
+        "",
+        f"Seeds {seeds}{' (quick: a smoke run, not evidence)' if quick else ''}; this invocation's wall time "
+        f"{minutes:.1f} min (runs finished earlier in the same folder are read back, not trained again). "
+        "Means over seeds and held-out prompts; a 95% interval is the wider of a bootstrap over seeds and "
+        "prompts and a t interval over the per-seed means.",
+        "",
+        "| claim | verdict |",
+        "|---|---|",
+        *[f"| {k} | {v} |" for k, v in summary],
+        "",
+    ]
     with open(os.path.join(out, "claims.md"), "w", encoding="utf-8") as f:
         f.write("\n".join(head + sections))
     with open(os.path.join(out, "claims.json"), "w", encoding="utf-8") as f:
@@ -483,11 +614,17 @@ def lv_claim(seeds: list[int], out: str, quick: bool) -> tuple[str, list[str], l
     """Measure claim 3 and draw its figure: ``(verdict, table, evidence, raw result)``."""
     result = lv_variance(seeds, quick)
     verdict, evidence, ratio = judge_lv(result)
-    figure(os.path.join(out, f"{LV['key']}.png"), LV["title"],
-           [("var(DRaFT-LV) / var(DRaFT-1)", ["ratio"], [ratio], 1.0)], reference_label="equal variance")
+    figure(
+        os.path.join(out, f"{LV['key']}.png"),
+        LV["title"],
+        [("var(DRaFT-LV) / var(DRaFT-1)", ["ratio"], [ratio], 1.0)],
+        reference_label="equal variance",
+    )
     table = ["| estimator | mean squared distance from the mean gradient [95% CI] | s per draw |", "|---|---|---|"]
-    table += [f"| {label} | {show(bootstrap_mean_ci(torch.tensor(spread)), 4)} | {result['s_per_draw'][label]:.2f} |"
-              for label, spread in result["spread"].items()]
+    table += [
+        f"| {label} | {show(bootstrap_mean_ci(torch.tensor(spread)), 4)} | {result['s_per_draw'][label]:.2f} |"
+        for label, spread in result["spread"].items()
+    ]
     return verdict, table, evidence, result
 
 
@@ -510,11 +647,21 @@ def run_claims(keys: list[str], seeds: list[int], out: str, quick: bool) -> dict
     for key in keys:
         began = time.perf_counter()
         claim = CLAIMS.get(key)
-        verdict, table, evidence, raw[key] = training_claim(claim, seeds, out, quick) if claim else \
-            lv_claim(seeds, out, quick)
+        verdict, table, evidence, raw[key] = (
+            training_claim(claim, seeds, out, quick) if claim else lv_claim(seeds, out, quick)
+        )
         text = vars(claim) if claim else LV
-        sections += section(text["title"], text["paper"], text["settings"], text["rule"], verdict, table, evidence,
-                            f"{key}.png", time.perf_counter() - began)
+        sections += section(
+            text["title"],
+            text["paper"],
+            text["settings"],
+            text["rule"],
+            verdict,
+            table,
+            evidence,
+            f"{key}.png",
+            time.perf_counter() - began,
+        )
         summary.append((key, verdict))
         print(f"{key}: {verdict}", flush=True)
         write_report(out, seeds, quick, (time.perf_counter() - start) / 60, summary, sections, raw)
@@ -534,10 +681,14 @@ ALL = ["drtune_low_level", "draft_truncation", "lv_variance", "drtune_early_stop
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.toyworld.claims", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--claims", nargs="+", choices=ALL, default=ALL, metavar="CLAIM",
-                        help="which claims to run: " + ", ".join(ALL))
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline.toyworld.claims",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--claims", nargs="+", choices=ALL, default=ALL, metavar="CLAIM", help="which claims to run: " + ", ".join(ALL)
+    )
     parser.add_argument("--seeds", type=int, default=None, help="seeds per arm (default 3; --quick: 2)")
     parser.add_argument("--quick", action="store_true", help="a few steps, tiny T, 2 seeds: checks the machinery")
     parser.add_argument("--out", default="runs/claims", help="folder for the runs, claims.md and the figures")

@@ -38,16 +38,27 @@ def run_plan(line: str, config_path: str, out: str, overrides: list[str]) -> dic
     data["plan"] = yaml.safe_load(line)["plan"]
     plan = data["plan"]
     knobs = (("kl_coeff", "kl"), ("diversity_coeff", "div"), ("diversity_floor", "floor"))
-    data["train"]["run_name"] = plan["name"] + "".join(f"-{short}{plan[key]:g}" for key, short in knobs if plan.get(key))
+    data["train"]["run_name"] = plan["name"] + "".join(
+        f"-{short}{plan[key]:g}" for key, short in knobs if plan.get(key)
+    )
     data["train"]["output_dir"] = out
     cfg = from_dict(Config, data)
     result = run(cfg)
     with open(os.path.join(result.run_dir, "metrics.jsonl"), encoding="utf-8") as f:
         steps = [json.loads(row) for row in f if '"train/loss"' in row]
-    adherence = {"base": held_out_colour_adherence(cfg, None), "tuned": held_out_colour_adherence(cfg, result.final_model_dir)}
+    adherence = {
+        "base": held_out_colour_adherence(cfg, None),
+        "tuned": held_out_colour_adherence(cfg, result.final_model_dir),
+    }
     seconds = sorted(s["perf/step_seconds"] for s in steps)[len(steps) // 2]
-    return {"plan": line, "held_out": result.held_out, "colour_both": adherence, "step_seconds": seconds,
-            "images_per_second": cfg.train.batch_size / seconds, "peak_mb": max(s["perf/peak_memory_mb"] for s in steps)}
+    return {
+        "plan": line,
+        "held_out": result.held_out,
+        "colour_both": adherence,
+        "step_seconds": seconds,
+        "images_per_second": cfg.train.batch_size / seconds,
+        "peak_mb": max(s["perf/peak_memory_mb"] for s in steps),
+    }
 
 
 def held_out_colour_adherence(cfg, weights: str | None, n: int = 8, seed: int = 0) -> float:
@@ -67,17 +78,23 @@ def held_out_colour_adherence(cfg, weights: str | None, n: int = 8, seed: int = 
 
 def table(rows: list[dict], reward: str) -> str:
     """A markdown table of the rows."""
-    lines = [f"| plan | held-out `{reward}` base -> tuned (gain, 95% CI) | feature diversity base -> tuned "
-             "| pixel diversity base -> tuned | colour adherence base -> tuned | s/step | images/s | peak RSS MB |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        f"| plan | held-out `{reward}` base -> tuned (gain, 95% CI) | feature diversity base -> tuned "
+        "| pixel diversity base -> tuned | colour adherence base -> tuned | s/step | images/s | peak RSS MB |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for r in rows:
         h = r["held_out"][reward]
-        diversity = [f"{d['base']:.3f} -> {d['tuned']:.3f} ({d['tuned'] / d['base']:.0%})" if d else "-"
-                     for d in (r["held_out"].get("feature_diversity"), r["held_out"].get("diversity"))]
-        lines.append(f"| `{r['plan']}` | {h['base']:.1f} -> {h['tuned']:.1f} ({h['diff']:+.1f}, "
-                     f"[{h['diff_low']:+.1f}, {h['diff_high']:+.1f}]) | {diversity[0]} | {diversity[1]} | "
-                     f"{r['colour_both']['base']:.2f} -> {r['colour_both']['tuned']:.2f} | {r['step_seconds']:.2f} | "
-                     f"{r['images_per_second']:.1f} | {r['peak_mb']:.0f} |")
+        diversity = [
+            f"{d['base']:.3f} -> {d['tuned']:.3f} ({d['tuned'] / d['base']:.0%})" if d else "-"
+            for d in (r["held_out"].get("feature_diversity"), r["held_out"].get("diversity"))
+        ]
+        lines.append(
+            f"| `{r['plan']}` | {h['base']:.1f} -> {h['tuned']:.1f} ({h['diff']:+.1f}, "
+            f"[{h['diff_low']:+.1f}, {h['diff_high']:+.1f}]) | {diversity[0]} | {diversity[1]} | "
+            f"{r['colour_both']['base']:.2f} -> {r['colour_both']['tuned']:.2f} | {r['step_seconds']:.2f} | "
+            f"{r['images_per_second']:.1f} | {r['peak_mb']:.0f} |"
+        )
     return "\n".join(lines)
 
 

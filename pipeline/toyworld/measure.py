@@ -117,8 +117,9 @@ def prompt_checks(images: torch.Tensor, combos: list[Combo]) -> dict[str, torch.
     return checks
 
 
-def distances_by_adherence(features: torch.Tensor, follows: torch.Tensor, per_prompt: int
-                           ) -> dict[str, float | int | None]:
+def distances_by_adherence(
+    features: torch.Tensor, follows: torch.Tensor, per_prompt: int
+) -> dict[str, float | int | None]:
     """Mean cosine distance between unit embeddings ``(N, D)`` over the pairs of one prompt's samples
     (prompt-major, ``per_prompt`` each), split by how many of the two follow the prompt (``follows``, ``(N,)``).
 

@@ -49,8 +49,9 @@ def pick_prompts(n_train: int) -> dict[str, list[Combo]]:
 
 
 @torch.no_grad()
-def sample_images(model, combos: list[Combo], n: int, steps: int, guidance: float, seed: int,
-                  one_step: int | None = None) -> torch.Tensor:
+def sample_images(
+    model, combos: list[Combo], n: int, steps: int, guidance: float, seed: int, one_step: int | None = None
+) -> torch.Tensor:
     """``n`` samples per combo, ``(len(combos) * n, 3, H, W)`` in [0, 1], combo-major, from seeded noise:
     ``steps`` DDIM steps, or a one-step generator's x0 prediction at timestep ``one_step`` (no guidance)."""
     from trainers.engine import generate
@@ -76,12 +77,14 @@ def split_metrics(reward, images: torch.Tensor, combos: list[Combo], n: int, see
         real_scores = reward(real, [caption(c) for c in labels])
     checks = prompt_checks(images, labels)
     follows = checks["follows"]
-    metrics = {"reward": own.mean().item(),
-               "reward_real": real_scores.mean().item(),
-               "reward_following": own[follows].mean().item() if follows.any() else None,
-               "reward_not_following": own[~follows].mean().item() if not follows.all() else None,
-               "reward_top1": sum(b == c for b, c in zip(best, labels)) / len(labels),
-               "reward_shape": sum(b.shape == c.shape for b, c in zip(best, labels)) / len(labels)}
+    metrics = {
+        "reward": own.mean().item(),
+        "reward_real": real_scores.mean().item(),
+        "reward_following": own[follows].mean().item() if follows.any() else None,
+        "reward_not_following": own[~follows].mean().item() if not follows.all() else None,
+        "reward_top1": sum(b == c for b, c in zip(best, labels)) / len(labels),
+        "reward_shape": sum(b.shape == c.shape for b, c in zip(best, labels)) / len(labels),
+    }
     share = {k: v.float().mean().item() for k, v in checks.items()}
     metrics |= {f"colour_{k}": share[k] for k in ("object", "background", "both")}
     metrics |= {"shape": share["shape"], "follows": share["follows"]}
@@ -89,17 +92,20 @@ def split_metrics(reward, images: torch.Tensor, combos: list[Combo], n: int, see
 
 
 @torch.no_grad()
-def diversity_metrics(reward, images: torch.Tensor, real: torch.Tensor, follows: torch.Tensor, n: int
-                      ) -> dict[str, float | int | None]:
+def diversity_metrics(
+    reward, images: torch.Tensor, real: torch.Tensor, follows: torch.Tensor, n: int
+) -> dict[str, float | int | None]:
     """Feature and pixel diversity of the samples and of the rendered images (``_real``), and the
     samples' feature distances split by how many of each pair follow the prompt (``follows``)."""
     from trainers.evaluation import diversity, feature_diversity
 
     features = reward.image_features(images)
-    metrics = {"feature_diversity": feature_diversity(features, n).mean().item(),
-               "feature_diversity_real": feature_diversity(reward.image_features(real), n).mean().item(),
-               "pixel_diversity": diversity(images, n).mean().item(),
-               "pixel_diversity_real": diversity(real, n).mean().item()}
+    metrics = {
+        "feature_diversity": feature_diversity(features, n).mean().item(),
+        "feature_diversity_real": feature_diversity(reward.image_features(real), n).mean().item(),
+        "pixel_diversity": diversity(images, n).mean().item(),
+        "pixel_diversity_real": diversity(real, n).mean().item(),
+    }
     split = distances_by_adherence(features, follows, n)
     return metrics | {f"feature_distance_{kind}": value for kind, value in split.items()}
 
@@ -146,8 +152,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--n-train", type=int, default=9, help="training prompts to include (0: held-out only)")
     parser.add_argument("--steps", type=int, default=20, help="DDIM steps")
     parser.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale")
-    parser.add_argument("--one-step", type=int, default=None, metavar="TIMESTEP",
-                        help="sample a one-step generator at this timestep (default: the weights' one_step.json)")
+    parser.add_argument(
+        "--one-step",
+        type=int,
+        default=None,
+        metavar="TIMESTEP",
+        help="sample a one-step generator at this timestep (default: the weights' one_step.json)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="noise seed")
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
     parser.add_argument("--grid", default="/tmp/toy_samples.png", help="sample grid PNG to write")

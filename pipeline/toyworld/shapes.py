@@ -62,9 +62,15 @@ class Combo:
 
 # Held out of training: 9 of 66 combos; each shape 3 times, each colour and background at most twice.
 _HELD_OUT: tuple[Combo, ...] = (
-    Combo("red", "triangle", "gray"), Combo("red", "square", "white"), Combo("green", "circle", "black"),
-    Combo("green", "triangle", "blue"), Combo("blue", "square", "black"), Combo("blue", "circle", "white"),
-    Combo("yellow", "circle", "gray"), Combo("yellow", "square", "green"), Combo("white", "triangle", "green"),
+    Combo("red", "triangle", "gray"),
+    Combo("red", "square", "white"),
+    Combo("green", "circle", "black"),
+    Combo("green", "triangle", "blue"),
+    Combo("blue", "square", "black"),
+    Combo("blue", "circle", "white"),
+    Combo("yellow", "circle", "gray"),
+    Combo("yellow", "square", "green"),
+    Combo("white", "triangle", "green"),
 )
 
 
@@ -101,8 +107,10 @@ def parse_caption(text: str) -> Combo:
         raise ValueError(f"{text!r} is not a shapes-world caption like 'a red circle on a gray background'")
     combo = Combo(words[1], words[2], words[5])
     if combo not in set(all_combos()):
-        raise ValueError(f"{text!r} names no valid combo; colours {list(OBJECT_COLOURS)}, shapes {list(SHAPES)}, "
-                         f"backgrounds {list(BACKGROUND_COLOURS)}, object colour != background colour")
+        raise ValueError(
+            f"{text!r} names no valid combo; colours {list(OBJECT_COLOURS)}, shapes {list(SHAPES)}, "
+            f"backgrounds {list(BACKGROUND_COLOURS)}, object colour != background colour"
+        )
     return combo
 
 
@@ -123,8 +131,11 @@ def _outline(shape: str, cx: float, cy: float, s: float) -> list[tuple[float, fl
 
 
 # Area of each shape of size ``s``, in units of ``s^2`` (see :func:`_outline`).
-SHAPE_AREA: dict[str, float] = {"circle": math.pi, "square": (2 * 0.89) ** 2,
-                                "triangle": 3 * math.sqrt(3) / 4 * 1.25**2}
+SHAPE_AREA: dict[str, float] = {
+    "circle": math.pi,
+    "square": (2 * 0.89) ** 2,
+    "triangle": 3 * math.sqrt(3) / 4 * 1.25**2,
+}
 
 
 def shape_coverage(shape: str, cx: float, cy: float, s: float) -> torch.Tensor:

@@ -15,8 +15,9 @@ from trainers.families.sd import StableDiffusion
 from trainers.families.sd3 import StableDiffusion3
 from trainers.families.sdxl import StableDiffusionXL
 
-FAMILIES: dict[str, ModelFamily] = {f.name: f for f in (StableDiffusion(), StableDiffusionXL(), PixArtAlpha(),
-                                                    StableDiffusion3())}
+FAMILIES: dict[str, ModelFamily] = {
+    f.name: f for f in (StableDiffusion(), StableDiffusionXL(), PixArtAlpha(), StableDiffusion3())
+}
 BY_PIPELINE = {f.pipeline_class: f for f in FAMILIES.values()}
 SUPPORTED = ", ".join(f"{f.pipeline_class} ({f.name})" for f in FAMILIES.values())
 
@@ -49,10 +50,12 @@ def family_problem(path: str, family: str) -> str | None:
     if found is None:
         return None
     if found not in BY_PIPELINE:
-        return (f"{path!r} holds a {found}, which no model family loads; supported: {SUPPORTED}")
+        return f"{path!r} holds a {found}, which no model family loads; supported: {SUPPORTED}"
     if family not in ("auto", BY_PIPELINE[found].name):
-        return (f"model.family={family!r} but {path!r} holds a {found}; set model.family=auto "
-                f"(or {BY_PIPELINE[found].name})")
+        return (
+            f"model.family={family!r} but {path!r} holds a {found}; set model.family=auto "
+            f"(or {BY_PIPELINE[found].name})"
+        )
     return None
 
 

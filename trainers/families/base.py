@@ -133,8 +133,9 @@ def decode_images(vae: torch.nn.Module, z: torch.Tensor) -> torch.Tensor:
 
 def tokenize(tokenizer, prompts: list[str], device: torch.device) -> torch.Tensor:
     """Token ids padded (and truncated) to the tokenizer's max length, ``(B, L)``."""
-    return tokenizer(list(prompts), padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                     return_tensors="pt").input_ids.to(device)
+    return tokenizer(
+        list(prompts), padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+    ).input_ids.to(device)
 
 
 # DDIM's own defaults for keys absent from another scheduler's config (SDXL ships EulerDiscrete, PixArt

@@ -48,15 +48,24 @@ class PixArtAlpha:
         from diffusers import PixArtAlphaPipeline
 
         pipe = PixArtAlphaPipeline.from_pretrained(path, dtype=dtype, local_files_only=offline)
-        return DiffusionModel(self, frozen(pipe.transformer, device), frozen(pipe.vae, device),
-                              (frozen(pipe.text_encoder, device),), (pipe.tokenizer,), self.scheduler(pipe.scheduler.config),
-                              device, dtype, native_resolution(pipe.transformer, pipe.vae))
+        return DiffusionModel(
+            self,
+            frozen(pipe.transformer, device),
+            frozen(pipe.vae, device),
+            (frozen(pipe.text_encoder, device),),
+            (pipe.tokenizer,),
+            self.scheduler(pipe.scheduler.config),
+            device,
+            dtype,
+            native_resolution(pipe.transformer, pipe.vae),
+        )
 
     def load_denoiser(self, path: str, dtype: torch.dtype, offline: bool) -> torch.nn.Module:
         from diffusers import PixArtTransformer2DModel
 
-        return PixArtTransformer2DModel.from_pretrained(path, subfolder=self.denoiser_folder, dtype=dtype,
-                                                        local_files_only=offline)
+        return PixArtTransformer2DModel.from_pretrained(
+            path, subfolder=self.denoiser_folder, dtype=dtype, local_files_only=offline
+        )
 
     def scheduler(self, scheduler_config):
         """DDIM without clipping, ending at alpha-bar 1 (the clean x0), as PixArt's DPM-Solver ends at sigma 0:
@@ -67,16 +76,24 @@ class PixArtAlpha:
         """T5's last hidden state ``(B, 120, D)``, its mask ``(B, 120)`` and, for the 1024 px model, the
         resolution ``(B, 2)`` and aspect ratio ``(B, 1)``."""
         (encoder,), (tokenizer,) = model.text_encoders, model.tokenizers
-        tokens = tokenizer([p.lower().strip() for p in prompts], padding="max_length", max_length=MAX_TOKENS,
-                           truncation=True, add_special_tokens=True, return_tensors="pt")
+        tokens = tokenizer(
+            [p.lower().strip() for p in prompts],
+            padding="max_length",
+            max_length=MAX_TOKENS,
+            truncation=True,
+            add_special_tokens=True,
+            return_tensors="pt",
+        )
         ids, mask = tokens.input_ids.to(model.device), tokens.attention_mask.to(model.device)
         with torch.no_grad():
             states = encoder(ids, attention_mask=mask)[0]
         added = {MASK: mask.to(model.dtype)}
         if model.denoiser.config.sample_size == 128:  # use_additional_conditions (pixart_transformer_2d.py)
             side = float(model.resolution)
-            added |= {"resolution": torch.tensor([[side, side]] * len(prompts), device=model.device, dtype=model.dtype),
-                      "aspect_ratio": torch.ones(len(prompts), 1, device=model.device, dtype=model.dtype)}
+            added |= {
+                "resolution": torch.tensor([[side, side]] * len(prompts), device=model.device, dtype=model.dtype),
+                "aspect_ratio": torch.ones(len(prompts), 1, device=model.device, dtype=model.dtype),
+            }
         return Conditioning(states.to(model.dtype), added)
 
     def encode_negative(self, model: DiffusionModel, n: int) -> Conditioning:
@@ -84,8 +101,14 @@ class PixArtAlpha:
 
     def denoise(self, model: DiffusionModel, x_t: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
         extra = {k: cond.added.get(k) for k in ("resolution", "aspect_ratio")}
-        out = model.denoiser(x_t, encoder_hidden_states=cond.hidden_states, encoder_attention_mask=cond.added[MASK],
-                             timestep=t.expand(x_t.shape[0]), added_cond_kwargs=extra, return_dict=False)[0]
+        out = model.denoiser(
+            x_t,
+            encoder_hidden_states=cond.hidden_states,
+            encoder_attention_mask=cond.added[MASK],
+            timestep=t.expand(x_t.shape[0]),
+            added_cond_kwargs=extra,
+            return_dict=False,
+        )[0]
         channels = x_t.shape[1]
         return out[:, :channels] if out.shape[1] == 2 * channels else out
 
@@ -117,5 +140,7 @@ class PixArtAlpha:
         layers = {k.removeprefix(PEFT_PREFIX): v for k, v in load_file(os.path.join(folder, ADAPTER_WEIGHTS)).items()}
         result = set_peft_model_state_dict(denoiser, layers, adapter_name=adapter_name)
         if result.unexpected_keys:
-            raise ValueError(f"{folder!r}: LoRA tensors this transformer has no place for: {result.unexpected_keys[:3]}")
+            raise ValueError(
+                f"{folder!r}: LoRA tensors this transformer has no place for: {result.unexpected_keys[:3]}"
+            )
         denoiser.requires_grad_(False)

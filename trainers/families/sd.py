@@ -36,12 +36,20 @@ class StableDiffusion:
     def load(self, path: str, dtype: torch.dtype, device: torch.device, offline: bool) -> DiffusionModel:
         from diffusers import StableDiffusionPipeline
 
-        pipe = StableDiffusionPipeline.from_pretrained(path, dtype=dtype, local_files_only=offline,
-                                                       safety_checker=None, requires_safety_checker=False)
-        return DiffusionModel(self, frozen(pipe.unet, device), frozen(pipe.vae, device),
-                              (frozen(pipe.text_encoder, device),), (pipe.tokenizer,),
-                              self.scheduler(pipe.scheduler.config), device, dtype,
-                              native_resolution(pipe.unet, pipe.vae))
+        pipe = StableDiffusionPipeline.from_pretrained(
+            path, dtype=dtype, local_files_only=offline, safety_checker=None, requires_safety_checker=False
+        )
+        return DiffusionModel(
+            self,
+            frozen(pipe.unet, device),
+            frozen(pipe.vae, device),
+            (frozen(pipe.text_encoder, device),),
+            (pipe.tokenizer,),
+            self.scheduler(pipe.scheduler.config),
+            device,
+            dtype,
+            native_resolution(pipe.unet, pipe.vae),
+        )
 
     def load_denoiser(self, path: str, dtype: torch.dtype, offline: bool) -> torch.nn.Module:
         return load_unet(path, dtype, offline)
@@ -88,11 +96,11 @@ def load_unet(path: str, dtype: torch.dtype, offline: bool) -> torch.nn.Module:
 
 def unet_denoise(model: DiffusionModel, x_t: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
     """The UNet's output, with SDXL's pooled embedding and time ids when the conditioning has them."""
-    return model.denoiser(x_t, t, encoder_hidden_states=cond.hidden_states, added_cond_kwargs=cond.added or None,
-                          return_dict=False)[0]
+    return model.denoiser(
+        x_t, t, encoder_hidden_states=cond.hidden_states, added_cond_kwargs=cond.added or None, return_dict=False
+    )[0]
 
 
 def load_unet_lora(denoiser: torch.nn.Module, folder: str, adapter_name: str) -> None:
     """Add the LoRA that ``save_lora_weights`` wrote (``unet.*`` keys) as the active adapter ``adapter_name``."""
     denoiser.load_lora_adapter(folder, weight_name=LORA_FILE, prefix="unet", adapter_name=adapter_name)
-

@@ -44,18 +44,33 @@ class StableDiffusion3:
         from diffusers import StableDiffusion3Pipeline
 
         pipe = StableDiffusion3Pipeline.from_pretrained(path, dtype=dtype, local_files_only=offline)
-        pairs = [(e, t) for e, t in ((pipe.text_encoder, pipe.tokenizer), (pipe.text_encoder_2, pipe.tokenizer_2),
-                                     (pipe.text_encoder_3, pipe.tokenizer_3)) if e is not None]
-        return DiffusionModel(self, frozen(pipe.transformer, device), frozen(pipe.vae, device),
-                              tuple(frozen(e, device) for e, _ in pairs), tuple(t for _, t in pairs),
-                              self.scheduler(pipe.scheduler.config), device, dtype,
-                              native_resolution(pipe.transformer, pipe.vae))
+        pairs = [
+            (e, t)
+            for e, t in (
+                (pipe.text_encoder, pipe.tokenizer),
+                (pipe.text_encoder_2, pipe.tokenizer_2),
+                (pipe.text_encoder_3, pipe.tokenizer_3),
+            )
+            if e is not None
+        ]
+        return DiffusionModel(
+            self,
+            frozen(pipe.transformer, device),
+            frozen(pipe.vae, device),
+            tuple(frozen(e, device) for e, _ in pairs),
+            tuple(t for _, t in pairs),
+            self.scheduler(pipe.scheduler.config),
+            device,
+            dtype,
+            native_resolution(pipe.transformer, pipe.vae),
+        )
 
     def load_denoiser(self, path: str, dtype: torch.dtype, offline: bool) -> torch.nn.Module:
         from diffusers import SD3Transformer2DModel
 
-        return SD3Transformer2DModel.from_pretrained(path, subfolder=self.denoiser_folder, dtype=dtype,
-                                                     local_files_only=offline)
+        return SD3Transformer2DModel.from_pretrained(
+            path, subfolder=self.denoiser_folder, dtype=dtype, local_files_only=offline
+        )
 
     def scheduler(self, scheduler_config):
         """The pipeline's ``FlowMatchEulerDiscreteScheduler``; sampling reads only its config."""
@@ -77,8 +92,9 @@ class StableDiffusion3:
         clip_states, pooled = [], []
         with torch.no_grad():
             for encoder, tokenizer in zip(model.text_encoders[:2], model.tokenizers[:2]):
-                ids = tokenizer(list(prompts), padding="max_length", max_length=clip_length, truncation=True,
-                                return_tensors="pt").input_ids.to(model.device)
+                ids = tokenizer(
+                    list(prompts), padding="max_length", max_length=clip_length, truncation=True, return_tensors="pt"
+                ).input_ids.to(model.device)
                 out = encoder(ids, output_hidden_states=True)
                 pooled.append(out[0])
                 clip_states.append(out.hidden_states[-2])
@@ -93,16 +109,27 @@ class StableDiffusion3:
         if len(model.text_encoders) < 3:
             width = model.denoiser.config.joint_attention_dim
             return torch.zeros(len(prompts), T5_TOKENS, width, device=model.device, dtype=model.dtype)
-        ids = model.tokenizers[2](list(prompts), padding="max_length", max_length=T5_TOKENS, truncation=True,
-                                  add_special_tokens=True, return_tensors="pt").input_ids.to(model.device)
+        ids = model.tokenizers[2](
+            list(prompts),
+            padding="max_length",
+            max_length=T5_TOKENS,
+            truncation=True,
+            add_special_tokens=True,
+            return_tensors="pt",
+        ).input_ids.to(model.device)
         return model.text_encoders[2](ids)[0]
 
     def encode_negative(self, model: DiffusionModel, n: int) -> Conditioning:
         return self.encode_prompts(model, [""] * n)
 
     def denoise(self, model: DiffusionModel, x_t: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
-        return model.denoiser(hidden_states=x_t, timestep=t.expand(x_t.shape[0]), encoder_hidden_states=cond.hidden_states,
-                              pooled_projections=cond.added[POOLED], return_dict=False)[0]
+        return model.denoiser(
+            hidden_states=x_t,
+            timestep=t.expand(x_t.shape[0]),
+            encoder_hidden_states=cond.hidden_states,
+            pooled_projections=cond.added[POOLED],
+            return_dict=False,
+        )[0]
 
     def decode(self, model: DiffusionModel, latents: torch.Tensor) -> torch.Tensor:
         config = model.vae.config
@@ -115,8 +142,10 @@ class StableDiffusion3:
         from peft.utils import get_peft_model_state_dict
 
         StableDiffusion3Pipeline.save_lora_weights(
-            folder, transformer_lora_layers=get_peft_model_state_dict(denoiser, adapter_name="default"),
-            transformer_lora_adapter_metadata=denoiser.peft_config["default"].to_dict())
+            folder,
+            transformer_lora_layers=get_peft_model_state_dict(denoiser, adapter_name="default"),
+            transformer_lora_adapter_metadata=denoiser.peft_config["default"].to_dict(),
+        )
 
     def load_lora(self, denoiser: torch.nn.Module, folder: str, adapter_name: str) -> None:
         denoiser.load_lora_adapter(folder, weight_name=LORA_FILE, prefix="transformer", adapter_name=adapter_name)

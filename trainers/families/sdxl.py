@@ -42,11 +42,18 @@ class StableDiffusionXL:
 
         pipe = StableDiffusionXLPipeline.from_pretrained(path, dtype=dtype, local_files_only=offline)
         vae = pipe.vae.float() if dtype == torch.float16 and pipe.vae.config.get("force_upcast") else pipe.vae
-        return DiffusionModel(self, frozen(pipe.unet, device), frozen(vae, device),
-                              (frozen(pipe.text_encoder, device), frozen(pipe.text_encoder_2, device)),
-                              (pipe.tokenizer, pipe.tokenizer_2), self.scheduler(pipe.scheduler.config), device, dtype,
-                              native_resolution(pipe.unet, pipe.vae),
-                              {"force_zeros_for_empty_prompt": bool(pipe.config.force_zeros_for_empty_prompt)})
+        return DiffusionModel(
+            self,
+            frozen(pipe.unet, device),
+            frozen(vae, device),
+            (frozen(pipe.text_encoder, device), frozen(pipe.text_encoder_2, device)),
+            (pipe.tokenizer, pipe.tokenizer_2),
+            self.scheduler(pipe.scheduler.config),
+            device,
+            dtype,
+            native_resolution(pipe.unet, pipe.vae),
+            {"force_zeros_for_empty_prompt": bool(pipe.config.force_zeros_for_empty_prompt)},
+        )
 
     def load_denoiser(self, path: str, dtype: torch.dtype, offline: bool) -> torch.nn.Module:
         return load_unet(path, dtype, offline)
@@ -64,15 +71,19 @@ class StableDiffusionXL:
                 states.append(out.hidden_states[-2])
         side = float(model.resolution)
         time_ids = torch.tensor([[side, side, 0.0, 0.0, side, side]] * len(prompts), device=model.device)
-        return Conditioning(torch.cat(states, dim=-1).to(model.dtype),
-                            {"text_embeds": pooled.to(model.dtype), "time_ids": time_ids.to(model.dtype)})
+        return Conditioning(
+            torch.cat(states, dim=-1).to(model.dtype),
+            {"text_embeds": pooled.to(model.dtype), "time_ids": time_ids.to(model.dtype)},
+        )
 
     def encode_negative(self, model: DiffusionModel, n: int) -> Conditioning:
         empty = self.encode_prompts(model, [""] * n)
         if not model.pipeline_config.get("force_zeros_for_empty_prompt"):
             return empty
-        return Conditioning(torch.zeros_like(empty.hidden_states),
-                            {**empty.added, "text_embeds": torch.zeros_like(empty.added["text_embeds"])})
+        return Conditioning(
+            torch.zeros_like(empty.hidden_states),
+            {**empty.added, "text_embeds": torch.zeros_like(empty.added["text_embeds"])},
+        )
 
     def denoise(self, model: DiffusionModel, x_t: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
         return unet_denoise(model, x_t, t, cond)
@@ -92,8 +103,9 @@ class StableDiffusionXL:
         from diffusers import StableDiffusionXLPipeline
 
         layers, metadata = diffusers_lora_layers(denoiser)
-        StableDiffusionXLPipeline.save_lora_weights(folder, unet_lora_layers=layers,
-                                                    unet_lora_adapter_metadata=metadata)
+        StableDiffusionXLPipeline.save_lora_weights(
+            folder, unet_lora_layers=layers, unet_lora_adapter_metadata=metadata
+        )
 
     def load_lora(self, denoiser: torch.nn.Module, folder: str, adapter_name: str) -> None:
         load_unet_lora(denoiser, folder, adapter_name)

@@ -56,8 +56,9 @@ class DDIMSchedule:
         """One-step prediction of the clean latent at step ``i`` (ReFL, DRTune early stop)."""
         return self.split(model_output, x_t, i)[0]
 
-    def step(self, model_output: torch.Tensor, x_t: torch.Tensor, i: int, eta: float = 0.0,
-             noise: torch.Tensor | None = None) -> torch.Tensor:
+    def step(
+        self, model_output: torch.Tensor, x_t: torch.Tensor, i: int, eta: float = 0.0, noise: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """One DDIM step from ``timesteps[i]`` to the next, differentiable in both inputs.
 
         Args:
@@ -85,8 +86,9 @@ class DDIMSchedule:
         DRaFT-LV's re-noised copies are denoised."""
         if timestep is None:
             return replace(self, timesteps=self.timesteps[-1:], abar=self.abar[-1:], abar_prev=self.abar_prev[-1:])
-        return replace(self, timesteps=torch.tensor([timestep]), abar=self.train_abar[[timestep]],
-                       abar_prev=self.abar_prev[-1:])
+        return replace(
+            self, timesteps=torch.tensor([timestep]), abar=self.train_abar[[timestep]], abar_prev=self.abar_prev[-1:]
+        )
 
     def renoise(self, x0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """The forward process ``sqrt(abar) x0 + sqrt(1 - abar) noise`` to the first step's timestep (DRaFT-LV's
@@ -104,8 +106,10 @@ def ddim_schedule(scheduler, num_steps: int) -> DDIMSchedule:
     """
     cfg = scheduler.config
     if getattr(cfg, "thresholding", False):
-        raise ValueError("scheduler.thresholding=True is not supported by the training sampler; "
-                         "set thresholding=False in the scheduler config")
+        raise ValueError(
+            "scheduler.thresholding=True is not supported by the training sampler; "
+            "set thresholding=False in the scheduler config"
+        )
     if cfg.prediction_type not in PREDICTION_TYPES:
         raise ValueError(f"scheduler prediction_type {cfg.prediction_type!r} is not one of {PREDICTION_TYPES}")
     scheduler.set_timesteps(num_steps)
@@ -125,7 +129,9 @@ def one_step_schedule(scheduler, timestep: int) -> DDIMSchedule:
     timesteps = torch.tensor([timestep])
     table = scheduler.alphas_cumprod.double()
     clip = float(cfg.clip_sample_range) if cfg.clip_sample else None
-    return DDIMSchedule(timesteps, table[timesteps], torch.ones(1, dtype=torch.float64), cfg.prediction_type, clip, table)
+    return DDIMSchedule(
+        timesteps, table[timesteps], torch.ones(1, dtype=torch.float64), cfg.prediction_type, clip, table
+    )
 
 
 def _coef(value: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

@@ -25,8 +25,13 @@ import numpy as np
 import torch
 
 # scheduler options whose sigmas or steps this sampler does not reproduce, and the value that turns each off
-UNSUPPORTED = {"use_karras_sigmas": False, "use_exponential_sigmas": False, "use_beta_sigmas": False,
-               "stochastic_sampling": False, "invert_sigmas": False}
+UNSUPPORTED = {
+    "use_karras_sigmas": False,
+    "use_exponential_sigmas": False,
+    "use_beta_sigmas": False,
+    "stochastic_sampling": False,
+    "invert_sigmas": False,
+}
 TIME_SHIFTS = ("exponential", "linear")
 
 
@@ -72,8 +77,9 @@ class FlowSchedule:
         """One-step prediction of the clean latent at step ``i`` (ReFL, DRTune early stop)."""
         return self.split(v, x, i)[0]
 
-    def step(self, v: torch.Tensor, x: torch.Tensor, i: int, eta: float = 0.0,
-             noise: torch.Tensor | None = None) -> torch.Tensor:
+    def step(
+        self, v: torch.Tensor, x: torch.Tensor, i: int, eta: float = 0.0, noise: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """``x + (sigma_{i+1} - sigma_i) v``, in ``x``'s dtype; the Euler sampler is deterministic (``eta = 0``)."""
         if eta > 0:
             raise ValueError(f"sampler.eta={eta}: the flow-matching Euler sampler is deterministic; set sampler.eta=0")
@@ -102,8 +108,10 @@ def flow_schedule(config, num_steps: int, image_seq_len: int) -> FlowSchedule:
     """
     found = unsupported_options(config)
     if found:
-        raise ValueError(f"scheduler config: {', '.join(f'{k}={v!r}' for k, v in found.items())} is not reproduced by "
-                         f"the flow sampler; set {option_fix(found)}")
+        raise ValueError(
+            f"scheduler config: {', '.join(f'{k}={v!r}' for k, v in found.items())} is not reproduced by "
+            f"the flow sampler; set {option_fix(found)}"
+        )
     n_train, shift = config["num_train_timesteps"], config["shift"]
     # the training grid's ends, in float32 as the scheduler's __init__ computes them
     ends = torch.tensor([n_train, 1], dtype=torch.float32) / n_train
@@ -118,8 +126,10 @@ def flow_schedule(config, num_steps: int, image_seq_len: int) -> FlowSchedule:
         sigmas = shift * sigmas / (1 + (shift - 1) * sigmas)
     if config.get("shift_terminal"):
         if num_steps < 2:
-            raise ValueError("sampler.num_steps: a scheduler with shift_terminal needs at least 2 steps (its one "
-                             "step would be 0/0); set sampler.num_steps >= 2")
+            raise ValueError(
+                "sampler.num_steps: a scheduler with shift_terminal needs at least 2 steps (its one "
+                "step would be 0/0); set sampler.num_steps >= 2"
+            )
         one_minus = 1 - sigmas
         sigmas = 1 - one_minus / (one_minus[-1] / (1 - config["shift_terminal"]))
     sigmas = torch.from_numpy(sigmas).to(torch.float32)

@@ -28,8 +28,9 @@ class Schedule(Protocol):
     def predict_x0(self, model_output: torch.Tensor, x: torch.Tensor, i: int) -> torch.Tensor:
         """The one-step prediction of the clean latent at step ``i`` (ReFL, DRTune early stop)."""
 
-    def step(self, model_output: torch.Tensor, x: torch.Tensor, i: int, eta: float = 0.0,
-             noise: torch.Tensor | None = None) -> torch.Tensor:
+    def step(
+        self, model_output: torch.Tensor, x: torch.Tensor, i: int, eta: float = 0.0, noise: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """The latent after step ``i``; ``noise`` is the fresh ``z`` a stochastic (``eta > 0``) step adds."""
 
     def refinement(self, timestep: int | None = None) -> Schedule:
