@@ -1,9 +1,10 @@
 """The one sampling engine: a differentiable sampling loop driven by a gradient plan.
 
 ``sample`` runs T steps of a :class:`~trainers.samplers.schedule.Schedule` (DDIM, or flow-matching Euler) from
-``x_T`` with classifier-free guidance. At step ``i`` the plan's :class:`~trainers.grad_plan.StepFlags`
-decide whether the denoiser call carries parameter gradients, whether it sees ``sg(x_t)``, whether
-``x_t`` keeps its graph, and whether sampling stops with the one-step prediction ``x0_hat``. A trained step is checkpointed as a whole (both CFG branches) when
+``x_T`` with classifier-free guidance. At step ``i`` the plan's :class:`~trainers.grad_plan.StepFlags` make the
+engine's five decisions, each marked in the code: (1) fold the LoRA into the weights for calls without gradient,
+(2) detach the denoiser's input, (3) run without a graph, (4) stop early with the one-step prediction ``x0_hat``,
+(5) re-noise the sample for DRaFT-LV's copies. A trained step is checkpointed as a whole (both CFG branches) when
 ``step_checkpointing`` is on: only its input latent is kept and the denoiser is re-run during backward,
 so memory grows by one latent per trained step rather than by one denoiser's activations.
 """
@@ -95,7 +96,10 @@ def _call_denoiser(
 ) -> torch.Tensor:
     """Run the denoiser as the flags say: no graph, or a (checkpointed) graph; for a call with gradient,
     append its drift from the base network to ``drift`` when given."""
+    # Decision 2, detach: DRTune's call sees sg(x_t), so its gradient stops at this step's input and the
+    # trained steps' gradients do not compound through the chain.
     x_in = x_t.detach() if flags.detach_input else x_t
+    # Decision 3, no grad: a step the plan does not train builds no graph at all.
     if not flags.grad:
         with torch.no_grad():
             return fn(x_in)
@@ -175,16 +179,20 @@ def sample(
     with _Folding(model.denoiser, fold_lora and tuned_weights is None) as folding:
         for i, f in enumerate(flags):
             t = schedule.timesteps[i].to(model.device)
-            x = x if f.chain else x.detach()
+            x = x if f.chain else x.detach()  # truncation: DRaFT-K's gradient does not reach the steps before K
+            # Decision 1, fold: between trained calls the LoRA is folded into the weights (same outputs, no
+            # per-layer adapter work); it is unfolded before any call that carries gradient.
             folding.set(not f.grad)
             g = tuned_weights[i] if tuned_weights is not None else None
             out = _call_denoiser(_Denoise(model, t, cond, uncond, guidance, g), x, f, step_checkpointing, drifts)
             grad_calls += f.grad
+            # Decision 4, early stop: DRTune and ReFL stop at their last trained step with the one-step x0_hat.
             if f.stop:
                 return Trajectory([schedule.predict_x0(out, x, i)], flags, grad_calls, drifts or [])
             x = schedule.step(out, x, i, eta, _step_noise(x, eta, gen))
     if refine is None:
         return Trajectory([x], flags, grad_calls, drifts or [])
+    # Decision 5, re-noise: DRaFT-LV re-noises sg(x0) to one small timestep n times and trains each denoising.
     finals, one = [x] if refine.include_chain else [], schedule.refinement(refine.timestep)
     t_r = one.timesteps[0].to(model.device)
     for _ in range(refine.copies):
