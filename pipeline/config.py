@@ -11,23 +11,30 @@ Supported annotations: ``bool``, ``int``, ``float``, ``str``, ``Literal[...]``, 
 a ``name: Literal[...]`` field (no schema of the project has one today: plans are one dataclass with a
 ``name`` and per-plan knobs that ``validate()`` checks). Nothing is coerced except that an
 int fits a float field and, because YAML 1.1 ``safe_load`` reads ``1e-4`` as a string, a float
-field also accepts a string that is a number with an exponent.
+field also accepts a string that is a number with an exponent; a float must be finite. Paths into the shipped
+files (``pipeline/assets/...``) that the working folder lacks are read from the installed project.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import dataclasses
 import difflib
+import math
+import os
 import re
 import sys
 import types
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any, Literal, NoReturn, TypeVar, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
 T = TypeVar("T")
+PROJECT_ROOT = Path(__file__).resolve().parents[1]  # the folder holding pipeline/, trainers/, rewards/
+_SHIPPED = ("pipeline/assets/", "pipeline/configs/")
 _FAIL = object()  # sentinel: this subtree did not build; its problems are already recorded
 _EXP_FLOAT = re.compile(r"[-+]?(\d+(\.\d*)?|\.\d+)[eE][-+]?\d+")  # 1e-4, 3E5, 2.5e3
 _FIELD_PREFIX = re.compile(r"[A-Za-z_][\w.]*: ")  # validate() message that names a field
@@ -79,7 +86,33 @@ def from_dict(schema: type[T], data: Mapping, source: str = "<dict>") -> T:
     cfg = _build(schema, data, "", problems)
     if problems:
         raise ConfigError(problems, source)
-    return cfg
+    return _with_shipped_paths(cfg)
+
+
+def shipped_path(value: str) -> str:
+    """A path into the shipped files (``pipeline/assets/...``, ``pipeline/configs/...``) as given when it exists
+    from the working folder, else under the installed project: shipped configs and commands find the toy
+    world wherever they are started. Any other string is returned as it is."""
+    if value.startswith(_SHIPPED) and not os.path.exists(value) and (PROJECT_ROOT / value).exists():
+        return str(PROJECT_ROOT / value)
+    return value
+
+
+def _with_shipped_paths(value: Any) -> Any:
+    """``value`` with :func:`shipped_path` applied to every string in it (dataclass fields, defaults included)."""
+    if isinstance(value, str):
+        return shipped_path(value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        fields = [f.name for f in dataclasses.fields(value) if f.init]
+        changed = {n: v for n in fields if (v := _with_shipped_paths(getattr(value, n))) is not getattr(value, n)}
+        return dataclasses.replace(value, **changed) if changed else value
+    if isinstance(value, list | tuple):
+        items = [_with_shipped_paths(v) for v in value]
+        return type(value)(items) if any(a is not b for a, b in zip(items, value)) else value
+    if isinstance(value, dict):
+        items = {k: _with_shipped_paths(v) for k, v in value.items()}
+        return items if any(items[k] is not value[k] for k in value) else value
+    return value
 
 
 def parse_overrides(overrides: Sequence[str]) -> dict:
@@ -136,6 +169,7 @@ def load_config(schema: type[T], path: str | None, overrides: Sequence[str] = ()
     Raises:
         ConfigError: For an unreadable file, bad YAML, bad overrides, or any schema problem.
     """
+    path = shipped_path(path) if path else path
     source = (path or "<no file>") + (" + command-line overrides" if overrides else "")
     if data is None:
         data = read_yaml(path) if path else {}
@@ -180,6 +214,18 @@ def exit_on_config_error() -> Iterator[None]:
     except ConfigError as err:
         print(err, file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def finite_float(text: str) -> float:
+    """An ``argparse`` type for a float option: a finite number. argparse reports a refusal as
+    ``argument --guidance: must be a finite number, got 'nan'`` and exits with status 2."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
 
 
 def run_cli(main: Callable[[], int]) -> NoReturn:
@@ -282,10 +328,13 @@ def _build_container(tp: Any, value: Any, path: str, problems: list[str]) -> Any
 def _build_scalar(tp: Any, value: Any, path: str, problems: list[str]) -> Any:
     """``bool``/``int``/``float``/``str``; a bool is never a number."""
     accepted = _SCALARS[tp][0]
-    if isinstance(value, accepted) and (tp is bool or not isinstance(value, bool)):
-        return float(value) if tp is float else value
     if tp is float and isinstance(value, str) and _EXP_FLOAT.fullmatch(value):
-        return float(value)
+        value = float(value)
+    if isinstance(value, accepted) and (tp is bool or not isinstance(value, bool)):
+        if tp is float and not math.isfinite(value):
+            problems.append(f"{_at(path)}: must be a finite number, got {value}")
+            return _FAIL
+        return float(value) if tp is float else value
     quote = tp is str and isinstance(value, bool)
     hint = "; YAML reads yes/no/on/off as booleans, so quote the value" if quote else ""
     return _fail(problems, path, tp, value, hint)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from pipeline.config import ConfigError, run_cli
+from pipeline.config import ConfigError, finite_float, run_cli
 from pipeline.preflight import load_checked, weights_problems
 
 
@@ -49,7 +49,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def _floats(text: str) -> list[float]:
-    return [float(x) for x in text.split(",") if x.strip()]
+    return [finite_float(x) for x in text.split(",") if x.strip()]
 
 
 def main(argv: list[str] | None = None) -> int:

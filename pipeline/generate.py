@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 
-from pipeline.config import ConfigError, run_cli
+from pipeline.config import ConfigError, finite_float, run_cli
 from pipeline.preflight import (
     device_problems,
     flow_family,
@@ -35,14 +36,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument(
         "--lora-scale",
-        type=float,
+        type=finite_float,
         default=1.0,
         metavar="S",
         help="scale the LoRA delta(s): 0 is the base model, 1 the tuned one (default 1)",
     )
     p.add_argument(
         "--aig",
-        type=float,
+        type=finite_float,
         metavar="POWER",
         help="annealed importance guidance: at step i of T, mix the tuned and base outputs with weight "
         "(i/(T-1))**POWER on the tuned one, base alone first, tuned alone last (LoRA weights)",
@@ -62,8 +63,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="sample a one-step generator (Diff-Instruct*): the x0 prediction from pure noise at this "
         "timestep, no guidance (default: the weights' one_step.json when they have one)",
     )
-    p.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale")
-    p.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0 for flow models)")
+    p.add_argument("--guidance", type=finite_float, default=7.5, help="classifier-free guidance scale")
+    p.add_argument("--eta", type=finite_float, default=0.0, help="DDIM eta (0 for flow models)")
     p.add_argument("--seed", type=int, default=0, help="noise seed")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     p.add_argument("--out", default="samples", help="output folder for PNGs and grid.png")
@@ -118,8 +119,11 @@ def check(args: argparse.Namespace) -> None:
         resolve_mlflow_model(args)
     args.weighted = weighted_folders(args.weights)
     problems = model_problems("--model", args.model) + device_problems("--device", args.device)
-    for folder, _ in args.weighted:
+    for folder, weight in args.weighted:
         problems += weights_problems("--weights", folder, args.model)
+        problems += (
+            [] if math.isfinite(weight) else [f"--weights: the weight of {folder!r} must be finite, got {weight}"]
+        )
     problems += prompt_problems("--prompts", args.prompts) + blend_problems(args)
     if not 0 <= args.eta <= 1:
         problems.append(f"--eta: must be in [0, 1], got {args.eta}")

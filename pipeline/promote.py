@@ -105,12 +105,19 @@ def main(argv: list[str] | None = None) -> int:
             "command line",
         ) from None
     ranked, seen = ranked_versions(client, args.model, args.metric, args.lowest)
+    held_out = sorted(m for m in seen if m.startswith(("eval/", "held_out/"))) or sorted(seen)
     if not ranked:
-        held_out = sorted(m for m in seen if m.startswith(("eval/", "held_out/"))) or sorted(seen)
         raise ConfigError(
             [f"--metric: no version of {args.model!r} has {args.metric!r}; its held-out metrics: {held_out or 'none'}"],
             "command line",
         )
+    unknown = [
+        f"--require: no version of {args.model!r} logs {c.metric!r}; its held-out metrics: {held_out}"
+        for c in constraints
+        if c.metric not in seen
+    ]
+    if unknown:
+        raise ConfigError(unknown, "command line")
     broken = rejections(ranked, constraints)
     for constraint in constraints:
         rejected = [str(v.version) for _, v, _ in ranked if str(constraint) in broken[v.version]]

@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     fields = {k: getattr(args, k) for k in FILE_FIELDS if getattr(args, k) is not None}
     spec = RewardSpec(name=args.reward, **fields)
     problems = [_as_option(p) for p in spec.validate() or file_problems(spec)]
-    problems += [f"{path}: no such image file" for path in args.images if not os.path.isfile(path)]
+    problems += [problem for path in args.images for problem in image_problems(path)]
     if problems:
         raise ConfigError(problems, "command line")
     import torch
@@ -59,6 +59,23 @@ def _as_option(problem: str) -> str:
     """``"clip_checkpoint: ..."`` -> ``"--clip-checkpoint: ..."``."""
     field, _, rest = problem.partition(":")
     return f"--{field.replace('_', '-')}:{rest}"
+
+
+def image_problems(path: str) -> list[str]:
+    """``["<path>: ..."]`` when ``path`` is not an image file Pillow can decode; checks the header and the data
+    without converting the pixels."""
+    from PIL import Image, UnidentifiedImageError
+
+    if not os.path.isfile(path):
+        return [f"{path}: no such image file"]
+    try:
+        with Image.open(path) as image:
+            image.verify()
+    except UnidentifiedImageError:
+        return [f"{path}: not an image file Pillow can read; give a PNG, JPEG or WebP file"]
+    except (OSError, SyntaxError, ValueError) as err:  # Pillow's errors for a truncated or corrupt file
+        return [f"{path}: a damaged image file ({err}); give an intact PNG, JPEG or WebP file"]
+    return []
 
 
 def read_image(path: str):

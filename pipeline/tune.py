@@ -45,7 +45,7 @@ from typing import Any, Literal
 
 from pipeline.config import ConfigError, flatten, from_dict, load_config, read_yaml, run_cli, to_dict
 from trainers.config import Config
-from trainers.constraints import broken, constraint_problems, parse_constraints
+from trainers.constraints import broken, constraint_problems, parse_constraints, unknown_metric_problems
 
 DISTRIBUTIONS = ("choice", "grid", "randint", "uniform", "loguniform")
 
@@ -197,13 +197,10 @@ def metric_name(base: Config, search: SearchConfig) -> str:
 
 
 def metric_problems(base: Config, search: SearchConfig) -> list[str]:
-    names = {
-        "eval/trained",
-        *(f"eval/{r.name}" for r in base.eval.rewards),
-        *(f"eval/trained/{r.name}" for r in base.rewards if len(base.rewards) > 1),
-    }
-    metric = metric_name(base, search)
-    return [] if metric in names else [f"search.metric: {metric!r} is not evaluated; choose one of {sorted(names)}"]
+    """``search.metric`` and every ``search.require`` name a metric the trials' evaluations log."""
+    names, metric = base.eval_metrics(), metric_name(base, search)
+    problems = [] if metric in names else [f"search.metric: {metric!r} is not evaluated; choose one of {names}"]
+    return problems + unknown_metric_problems("search.require", search.require, names)
 
 
 # ---------------------------------------------------------------- the trial (runs inside Ray Tune)

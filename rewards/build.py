@@ -14,7 +14,7 @@ from torch import nn
 
 from rewards.base import Reward, freeze
 from rewards.catalog import BY_NAME, REWARD_NAMES
-from rewards.combine import WeightedSum
+from rewards.combine import WeightedSum, unique_names
 from rewards.config import RewardSpec
 
 __all__ = ["REWARD_NAMES", "build_reward", "load_reward"]
@@ -41,9 +41,17 @@ def build_reward(
     if not specs:
         raise ValueError(f"build_reward needs at least one RewardSpec; valid names: {', '.join(REWARD_NAMES)}")
     rewards = [load_reward(spec, device, dtype) for spec in specs]
-    if len(specs) == 1 and specs[0].weight == 1.0:
+    if not term_names(specs):
         return rewards[0]
     return WeightedSum([(spec.weight, reward) for spec, reward in zip(specs, rewards)])
+
+
+def term_names(specs: Sequence[RewardSpec]) -> list[str]:
+    """The component names the reward :func:`build_reward` builds from ``specs`` reports (and the loop logs as
+    ``<reward>/<term>``): none for one spec of weight 1, which is the reward itself."""
+    if len(specs) == 1 and specs[0].weight == 1.0:
+        return []
+    return unique_names([spec.name for spec in specs])
 
 
 def load_reward(spec: RewardSpec, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> nn.Module:

@@ -30,7 +30,7 @@ class WeightedSum(nn.Module):
         for weight, reward in terms:
             if not math.isfinite(weight):
                 raise ValueError(f"weight of reward {reward.name!r} must be finite, got {weight!r}")
-        keys = _unique_names([reward.name for _, reward in terms])
+        keys = unique_names([reward.name for _, reward in terms])
         self.weights: dict[str, float] = {k: float(w) for k, (w, _) in zip(keys, terms)}
         # A ModuleDict moves network rewards with .to(); plain callables are kept as they are.
         modules = {k: r for k, (_, r) in zip(keys, terms) if isinstance(r, nn.Module)}
@@ -65,7 +65,8 @@ def terms_of(reward: Reward) -> list[Reward]:
     return list(reward.parts().values()) if isinstance(reward, WeightedSum) else [reward]
 
 
-def _unique_names(names: Sequence[str]) -> list[str]:
+def unique_names(names: Sequence[str]) -> list[str]:
+    """The names with repeats suffixed ``_2``, ``_3``, ...: the keys of a weighted sum's components."""
     seen: dict[str, int] = {}
     unique = []
     for name in names:

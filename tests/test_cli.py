@@ -36,6 +36,24 @@ def test_shipped_config_is_valid(path):
     assert cfg.rewards
 
 
+@pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(ROOT, "pipeline", "configs", "*.yaml"))))
+def test_shipped_configs_find_the_shipped_files_from_any_folder(path, tmp_path, monkeypatch):
+    """Started outside the repository, a shipped config given as ``pipeline/configs/<name>.yaml`` still reads the
+    toy world's files: every path into the shipped files is made absolute, and exists."""
+    from pipeline.config import flatten, read_yaml
+
+    monkeypatch.chdir(tmp_path)
+    relative = os.path.relpath(path, ROOT)
+    data = read_yaml(path)
+    data.pop("search", None)
+    cfg = load_config(Config, relative, data=data)
+    values = [v for v in flatten(cfg).values() if isinstance(v, str)]
+    assert not [v for v in values if v.startswith("pipeline/")], values
+    assert all(os.path.exists(v) for v in values if v.startswith(os.path.join(ROOT, "pipeline"))), values
+    if "toy" in relative or "quickstart" in relative:
+        assert cfg.model.path == os.path.join(ROOT, "pipeline", "assets", "toyworld", "sd")
+
+
 @pytest.mark.parametrize("module", ["pipeline.train", "pipeline.generate", "pipeline.evaluate", "pipeline.bench"])
 def test_help(module):
     result = cli(module, "--help")
@@ -241,3 +259,29 @@ def test_resume_refuses_a_different_config_but_allows_more_steps(tiny_sd_dir, tm
     assert run_folder_problems(config(steps=50)) == []
     (problem,) = run_folder_problems(config(steps=10, lr=1e-3))
     assert "optim.lr: 0.0001 -> 0.001" in problem and "config.yaml" in problem and "train.run_name" in problem
+
+
+def test_bad_inputs_that_once_got_through_exit_2_with_one_message(tmp_path):
+    """A constraint on a metric no evaluation logs, a non-finite float option or config value, and a file that is
+    not an image: each refused with status 2, a message naming the argument and the fix, before anything loads."""
+    garbage = tmp_path / "garbage.png"
+    garbage.write_text("not an image")
+    cases = [
+        (
+            ("pipeline.train", "eval.require=[eval/no_such_metric>=1]"),
+            "eval.require.0: 'eval/no_such_metric' is not a metric the evaluation logs",
+        ),
+        (("pipeline.train", "sampler.guidance_scale=.nan"), "sampler.guidance_scale: must be a finite number, got nan"),
+        (
+            ("pipeline.generate", "--model", "x", "--prompt", "a", "--guidance", "nan"),
+            "argument --guidance: must be a finite number, got 'nan'",
+        ),
+        (
+            ("pipeline.score", "--reward", "symmetry", "--prompt", "x", str(garbage)),
+            f"{garbage}: not an image file Pillow can read; give a PNG, JPEG or WebP file",
+        ),
+    ]
+    for args, message in cases:
+        result = cli(*args)
+        assert result.returncode == 2 and message in result.stderr, (args, result.stderr[-2000:])
+        assert "Traceback" not in result.stderr and "Ray" not in result.stdout, args

@@ -121,6 +121,8 @@ def test_embedded_default_records_the_run_and_its_models_then_promote_and_genera
         )
     with pytest.raises(ConfigError, match="--require: 'eval/trained=3' is not METRIC OP NUMBER"):
         promote.main(["--model", "tiny", "--require", "eval/trained=3", "--tracking-uri", uri])
+    with pytest.raises(ConfigError, match="--require: no version of 'tiny' logs 'eval/no_such_metric'; its held-out"):
+        promote.main(["--model", "tiny", "--require", "eval/no_such_metric>=1", "--tracking-uri", uri])
 
     out = tmp_path / "samples"
     assert (

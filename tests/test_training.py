@@ -227,3 +227,28 @@ def test_clip_frac_counts_the_steps_whose_gradient_was_clipped(tiny_sd_dir, tmp_
     off = build_trainer(make_config(tiny_sd_dir, str(tmp_path / "c"), optim={"grad_clip": 0}))
     metrics = train_step(off)
     assert metrics["train/grad_norm"] > 0 and metrics["train/clip_frac"] == 0.0
+
+
+def test_the_metrics_an_evaluation_logs_are_the_configs_eval_metrics(tiny_sd_dir, tmp_path):
+    """``Config.eval_metrics`` (what ``eval.require`` and ``search.metric`` are checked against before anything
+    starts) names exactly what the loop logs: a weighted sum's terms, every eval reward, both diversities."""
+    from dataclasses import asdict
+
+    from reward_factories import make_clip_score_spec
+
+    clip = asdict(make_clip_score_spec(str(tmp_path / "clip"), weight=2.0))
+    cfg = make_config(
+        tiny_sd_dir,
+        str(tmp_path / "runs"),
+        train={"steps": 2},
+        eval={"every": 2, "images_per_prompt": 2, "rewards": [{"name": "sharpness"}, clip]},
+    )
+    result = run(cfg)
+    with open(os.path.join(result.run_dir, "metrics.jsonl"), encoding="utf-8") as f:
+        logged = {key for line in f for key in json.loads(line) if key.startswith("eval/")}
+    assert logged == set(cfg.eval_metrics()), (sorted(logged), cfg.eval_metrics())
+    assert (
+        "eval/feature_diversity" in logged
+        and "eval/trained/symmetry" in logged
+        and "eval/clip_score/clip_score" in logged
+    )

@@ -12,9 +12,10 @@ import re
 from dataclasses import dataclass, field
 from typing import Literal
 
+from rewards.build import term_names
 from rewards.catalog import IMAGE_ENCODER_REWARDS
 from rewards.config import RewardSpec
-from trainers.constraints import constraint_problems
+from trainers.constraints import constraint_problems, unknown_metric_problems
 
 PLAN_NAMES = ("draft", "draft_k", "draft_lv", "drtune", "refl", "alignprop", "di_star")
 
@@ -425,6 +426,21 @@ class Config:
         hinge = self.plan.hinge_margin
         return terms if hinge is None or self.plan.name == "di_star" else f"{terms} (while r < {hinge:g}: a hinge)"
 
+    def eval_metrics(self) -> list[str]:
+        """Every metric an evaluation logs, named as the loop names them: ``eval/trained`` (and ``eval/trained/<term>``
+        for a weighted sum), ``eval/<name>`` per ``eval.rewards`` entry, and with two or more images per prompt
+        ``eval/diversity`` and, when a reward scored in the worker has an image encoder, ``eval/feature_diversity``.
+        Constraints and searches may name only these."""
+        names = ["eval/trained", *(f"eval/trained/{term}" for term in term_names(self.rewards))]
+        for spec in self.eval.rewards:
+            names += [f"eval/{spec.name}", *(f"eval/{spec.name}/{term}" for term in term_names([spec]))]
+        if self.eval.images_per_prompt > 1:
+            names.append("eval/diversity")
+            in_worker = [*([] if self.ray.reward_actors else self.rewards), *self.eval.rewards]
+            if any(spec.name in IMAGE_ENCODER_REWARDS for spec in in_worker):
+                names.append("eval/feature_diversity")
+        return list(dict.fromkeys(names))
+
     def validate(self) -> list[str]:
         """Cross-section checks: the plan must fit in the sampler's steps."""
         problems, steps, plan = [], self.sampler.num_steps, self.plan
@@ -461,7 +477,7 @@ class Config:
             problems.append("train.fsdp: not supported for plan.name=di_star yet (three UNets); set train.fsdp=false")
         if not math.isfinite(self.optim.lr):
             problems.append(f"optim.lr: must be finite, got {self.optim.lr}")
-        return problems
+        return problems + unknown_metric_problems("eval.require", self.eval.require, self.eval_metrics())
 
     def _diversity_problems(self) -> list[str]:
         plan, problems = self.plan, []

@@ -7,6 +7,7 @@ trial that breaks ``search.require``, and ``pipeline.promote --require`` skips t
 
 from __future__ import annotations
 
+import difflib
 import math
 import operator
 import re
@@ -54,6 +55,22 @@ def parse_constraints(texts: list[str]) -> list[Constraint]:
 def broken(constraints: list[Constraint], metrics: dict[str, float]) -> list[str]:
     """The constraints ``metrics`` break, each with the value, e.g. ``eval/feature_diversity>=0.3 (0.21)``."""
     return [f"{c} ({metrics.get(c.metric, math.nan):.4g})" for c in constraints if not c.holds(metrics)]
+
+
+def unknown_metric_problems(key: str, texts: list[str], known: list[str]) -> list[str]:
+    """Each parsable entry of ``key`` names one of the ``known`` metrics (what is logged); a constraint on any
+    other could never be met."""
+    problems = []
+    for i, text in enumerate(texts):
+        metric = _FORM.match(text) and _FORM.match(text)["metric"]
+        if metric and metric not in known:
+            close = difflib.get_close_matches(metric, known, n=1, cutoff=0.8)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            problems.append(
+                f"{key}.{i}: {metric!r} is not a metric the evaluation logs (got {text!r}); "
+                f"{hint}name one of {', '.join(known)}"
+            )
+    return problems
 
 
 def constraint_problems(key: str, texts: list[str]) -> list[str]:

@@ -34,6 +34,7 @@ import os
 
 import torch
 
+from pipeline.config import finite_float
 from pipeline.toyworld.build_reward import load_shipped_reward, render_set, score_matrix
 from pipeline.toyworld.measure import distances_by_adherence, prompt_checks
 from pipeline.toyworld.shapes import ASSETS_DIR, Combo, all_combos, caption, held_out_combos, train_combos
@@ -151,7 +152,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--n", type=int, default=8, help="samples per prompt")
     parser.add_argument("--n-train", type=int, default=9, help="training prompts to include (0: held-out only)")
     parser.add_argument("--steps", type=int, default=20, help="DDIM steps")
-    parser.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale")
+    parser.add_argument("--guidance", type=finite_float, default=7.5, help="classifier-free guidance scale")
     parser.add_argument(
         "--one-step",
         type=int,
