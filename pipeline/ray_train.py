@@ -305,9 +305,12 @@ def worker_failed(err: Exception, run_dir: str) -> WorkerFailed:
 
     from trainers.checkpoint import write_text_atomic
 
-    os.makedirs(run_dir, exist_ok=True)
     path = os.path.join(run_dir, "error.log")
-    write_text_atomic(path, "".join(traceback.format_exception(err)))
+    try:
+        os.makedirs(run_dir, exist_ok=True)
+        write_text_atomic(path, "".join(traceback.format_exception(err)))
+    except OSError as write_error:  # a full disk: say so instead of failing here
+        path = f"not written ({write_error.strerror or write_error})"
     failures = getattr(err, "worker_failures", None) or {"?": err}
     lines = []
     for rank, failure in sorted(failures.items(), key=lambda item: str(item[0])):

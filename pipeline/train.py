@@ -50,11 +50,16 @@ def main(argv: list[str] | None = None) -> int:
     from trainers.loop import run_folder
 
     run_dir = run_folder(cfg)
-    resume_from = latest_checkpoint(run_dir) if cfg.train.resume else None
+    damaged: list[str] = []
+    resume_from = latest_checkpoint(run_dir, damaged) if cfg.train.resume else None
     write_run_config(cfg, run_dir)
     log = os.path.join(run_dir, LOG_NAME)
     with output_to(log) as (out, err):  # everything but the console goes to the log
         console = Console(cfg.train.steps, out, err, every=args.progress_every)
+        for problem in damaged:
+            console.line(f"note: passing over a damaged checkpoint, {problem}", error=True)
+        if damaged and not resume_from:
+            console.line("note: no intact checkpoint is left; the run starts from step 0", error=True)
         if resume_from:
             console.line(
                 f"resuming {run_dir} from {os.path.basename(resume_from)} (train.run_name=NEW starts a new run)"

@@ -252,3 +252,85 @@ def test_the_metrics_an_evaluation_logs_are_the_configs_eval_metrics(tiny_sd_dir
         and "eval/trained/symmetry" in logged
         and "eval/clip_score/clip_score" in logged
     )
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garble", "remove_model"])
+def test_a_damaged_latest_checkpoint_is_passed_over_and_the_run_resumes_from_the_one_before(
+    tiny_sd_dir, tmp_path, damage
+):
+    """Steps 1-6 with checkpoints at 2, 4, 6 (keep 2); the step-6 checkpoint is damaged on disk after the run;
+    rerun with 8 steps: resume takes step 4 (the manifest catches the damage) and ends equal to a straight run."""
+    from trainers.checkpoint import checkpoint_problem, latest_checkpoint
+
+    straight = run(make_config(tiny_sd_dir, str(tmp_path / "a"), train={"steps": 8}))
+    cfg = make_config(tiny_sd_dir, str(tmp_path / "b"), train={"steps": 6})
+    first = run(cfg)
+    newest = os.path.join(first.run_dir, "checkpoints", "step_000006")
+    if damage == "truncate":
+        with open(os.path.join(newest, "state.pt"), "r+b") as f:
+            f.truncate(100)
+    elif damage == "garble":
+        with open(os.path.join(newest, "model", "pytorch_lora_weights.safetensors"), "r+b") as f:
+            f.seek(-8, os.SEEK_END)
+            f.write(b"\x00garble!")
+    else:
+        os.remove(os.path.join(newest, "model", "pytorch_lora_weights.safetensors"))
+    damaged: list[str] = []
+    assert latest_checkpoint(first.run_dir, damaged) == os.path.join(first.run_dir, "checkpoints", "step_000004")
+    assert len(damaged) == 1 and damaged[0].startswith(newest) and checkpoint_problem(newest)
+    with pytest.raises(ValueError, match="is damaged"):
+        from trainers.checkpoint import load_checkpoint
+
+        load_checkpoint(newest)
+    resumed = run(make_config(tiny_sd_dir, str(tmp_path / "b"), train={"steps": 8}))
+    a, b = _trained(straight.run_dir), _trained(resumed.run_dir)
+    assert a["step"] == b["step"] == 8
+    for name, tensor in a["trainable"].items():
+        assert torch.equal(tensor, b["trainable"][name]), name
+    steps = [json.loads(line)["step"] for line in open(os.path.join(resumed.run_dir, "metrics.jsonl"))]
+    assert steps == list(range(9)), "the steps after the good checkpoint are logged again, once"
+
+
+def test_a_full_disk_stops_the_run_with_one_message_and_keeps_the_last_checkpoint(tiny_sd_dir, tmp_path):
+    """The step-6 checkpoint cannot be written (a file-size limit, as a full disk or quota fails a write): the run
+    stops with one WriteFailed naming the folder, no partial copy is left, step 4 stays the checkpoint to resume,
+    and the rerun ends equal to a straight run."""
+    import subprocess
+    import sys
+
+    from trainers.checkpoint import latest_checkpoint
+
+    straight = run(make_config(tiny_sd_dir, str(tmp_path / "a"), train={"steps": 6}))
+    first = run(make_config(tiny_sd_dir, str(tmp_path / "b"), train={"steps": 4}))
+    step_4 = os.path.join(first.run_dir, "checkpoints", "step_000004")
+    metrics_bytes = os.path.getsize(os.path.join(first.run_dir, "metrics.jsonl"))
+    limit = 4 * metrics_bytes + 4096  # room for the metrics of two more steps, none for a checkpoint's state
+    assert limit < os.path.getsize(os.path.join(step_4, "state.pt"))
+    script = f"""
+import resource, signal, sys
+sys.path.insert(0, {os.path.dirname(__file__)!r})
+from test_training import make_config
+from trainers.checkpoint import WriteFailed
+from trainers.loop import run
+cfg = make_config({tiny_sd_dir!r}, {str(tmp_path / "b")!r}, train={{"steps": 6}})
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead of a signal
+resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit}))
+try:
+    run(cfg)
+except WriteFailed as err:
+    print(err)
+    sys.exit(3)
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 3, result.stderr[-3000:]
+    message = result.stdout.strip()
+    step_6 = os.path.join(first.run_dir, "checkpoints", "step_000006")
+    assert message.startswith(f"could not write {step_6} (") and "free space (df -h" in message, message
+    assert len(message.splitlines()) == 1, message
+    names = os.listdir(os.path.join(first.run_dir, "checkpoints"))
+    assert not [n for n in names if n.startswith(".tmp_")] and "step_000006" not in names, names
+    assert latest_checkpoint(first.run_dir) == step_4
+    resumed = run(make_config(tiny_sd_dir, str(tmp_path / "b"), train={"steps": 6}))
+    a, b = _trained(straight.run_dir), _trained(resumed.run_dir)
+    for name, tensor in a["trainable"].items():
+        assert torch.equal(tensor, b["trainable"][name]), name

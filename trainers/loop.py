@@ -24,7 +24,14 @@ import torch
 
 from rewards.base import Reward
 from rewards.build import build_reward
-from trainers.checkpoint import checkpoint_root, latest_checkpoint, load_checkpoint, save_checkpoint
+from trainers.checkpoint import (
+    checkpoint_root,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+    write_folder_atomic,
+    write_text_atomic,
+)
 from trainers.config import Config
 from trainers.constraints import broken, parse_constraints
 from trainers.distill import Teacher
@@ -426,25 +433,20 @@ def _write_final(tr: Trainer, run_dir: str) -> dict[str, dict[str, float]]:
     trainable = full_weights(tr.model.denoiser) if tr.sharded else None
     if not tr.replicas.lead:
         return {}
-    final_dir = os.path.join(run_dir, "final")
-    _save_weights(tr, final_dir, trainable)
+    final_dir = write_folder_atomic(os.path.join(run_dir, "final"), lambda folder: _save_weights(tr, folder, trainable))
     held_out = held_out_summary(run_dir, tr.step)
     teacher = _teacher_metrics(tr)
     best = tr.extra.get("best")
     if best:
         best = {**best, "model_dir": os.path.join(checkpoint_root(run_dir), f"step_{best['step']:06d}", "model")}
     extra = {"teacher": teacher, "best_meeting_require": best, "stopped": tr.extra.get("stopped")}
-    with open(os.path.join(run_dir, "summary.json"), "w", encoding="utf-8") as f:
-        json.dump(
-            {
-                "step": tr.step,
-                "held_out": held_out,
-                "final_model_dir": final_dir,
-                **{k: v for k, v in extra.items() if v},
-            },
-            f,
-            indent=1,
-        )
+    summary = {
+        "step": tr.step,
+        "held_out": held_out,
+        "final_model_dir": final_dir,
+        **{k: v for k, v in extra.items() if v},
+    }
+    write_text_atomic(os.path.join(run_dir, "summary.json"), json.dumps(summary, indent=1))
     return held_out
 
 
