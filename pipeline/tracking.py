@@ -38,9 +38,10 @@ from pipeline.preflight import config_text
 from trainers.checkpoint import write_text_atomic
 from trainers.config import Config
 from trainers.constraints import broken, parse_constraints
-from trainers.reporting import Reporter
+from trainers.reporting import Reporter, read_history
 
 RUN_ID_KEY = "mlflow_run_id"  # in the checkpointed state
+RUN_ID_FILE = "mlflow_run_id"  # in the run folder, written as soon as the run exists (before any checkpoint)
 RUN_FOLDER_TAG = "reward_tuning.run_folder"  # the run folder's name, to find a run from the command line
 PACKAGES = ("torch", "diffusers", "transformers", "peft", "open_clip_torch", "ray", "mlflow", "reward-tuning")
 RETRY_FIRST_S, RETRY_MAX_S = 5.0, 300.0  # backoff between tries while MLflow is unreachable
@@ -210,7 +211,7 @@ class MlflowReporter(Reporter):
         from mlflow.exceptions import MlflowException
 
         self.client = MlflowClient(self.uri)
-        run_id = state.get(RUN_ID_KEY)
+        run_id = state.get(RUN_ID_KEY) or self._run_id_on_disk()
         if run_id:
             try:
                 self.client.get_run(run_id)
@@ -218,6 +219,7 @@ class MlflowReporter(Reporter):
                 self.logged_through = self._last_logged_step()
                 self.client.update_run(run_id, status="RUNNING")
                 self.emit(note(f"mlflow: continuing run {run_id} after step {self.logged_through}"))
+                self._catch_up()
             except MlflowException:
                 self.emit(
                     note(
@@ -227,7 +229,40 @@ class MlflowReporter(Reporter):
                 )
         if self.run_id is None:
             self.run_id = self._create_run()
+            write_text_atomic(os.path.join(self.run_dir, RUN_ID_FILE), self.run_id)
         state[RUN_ID_KEY] = self.run_id
+
+    def _run_id_on_disk(self) -> str | None:
+        """The run a killed start of this run folder created before it wrote a checkpoint."""
+        path = os.path.join(self.run_dir, RUN_ID_FILE)
+        if not os.path.isfile(path):
+            return None
+        with open(path, encoding="utf-8") as f:
+            return f.read().strip() or None
+
+    def _catch_up(self) -> None:
+        """After a kill: queue the steps the run folder's history holds but MLflow lacks (they waited in memory),
+        and the resumed checkpoint's model if it was never queued or logged."""
+        from mlflow.entities import Metric
+
+        from trainers.checkpoint import latest_checkpoint
+
+        now = int(time.time() * 1000)
+        for entry in read_history(os.path.join(self.run_dir, "metrics.jsonl")):
+            step, numbers = entry.pop("step"), {k: float(v) for k, v in entry.items() if isinstance(v, int | float)}
+            evaluation = {k: v for k, v in numbers.items() if k.startswith("eval/")}
+            if evaluation:
+                self.evaluation = {"step": step, "time": now, "metrics": evaluation}
+            if step > self.logged_through:
+                self.pending_metrics.append([Metric(k, v, now, step) for k, v in numbers.items()])
+                self.logged_through = step
+        checkpoint = latest_checkpoint(self.run_dir)
+        if checkpoint is None or not self.cfg.tracking.log_models:
+            return
+        step = int(os.path.basename(checkpoint).removeprefix("step_"))
+        queued = os.path.isdir(os.path.join(self.pending_models, f"step_{step:06d}"))
+        if not queued and self._logged_model(step) is None:
+            self._queue_model(checkpoint, step)
 
     def close(self) -> None:
         """Mark the run finished (after a last try to log what is pending)."""
@@ -325,8 +360,19 @@ class MlflowReporter(Reporter):
         return run.info.run_id
 
     def _last_logged_step(self) -> int:
+        """The last step in the run: of ``train/loss``, else 0 if step 0's evaluation is there, else -1."""
         history = self.client.get_metric_history(self.run_id, "train/loss")
-        return max((m.step for m in history), default=0)  # step 0 holds only evaluations
+        if history:
+            return max(m.step for m in history)
+        return 0 if self.client.get_metric_history(self.run_id, "eval/trained") else -1
+
+    def _logged_model(self, step: int):
+        """The model this run logged for checkpoint ``step`` (a start killed after logging it), or None."""
+        experiment = self.client.get_run(self.run_id).info.experiment_id
+        found = self.client.search_logged_models(
+            [experiment], filter_string=f"source_run_id = '{self.run_id}' AND name = 'checkpoint-{step:06d}'"
+        )
+        return next((m for m in found if str(m.status).endswith("READY")), None)
 
     def _log_grid(self, path: str, step: int) -> None:
         """The grid in the run's image view (a step slider), and as ``samples/step_N.png`` for descriptions."""
@@ -369,7 +415,7 @@ class MlflowReporter(Reporter):
             return
         t = self.cfg.tracking
         if "logged" not in info:  # a retry after a later call failed must not log and register it twice
-            info["logged"] = self._log_lora_model(weights, step)
+            info["logged"] = self._registered(self._logged_model(step)) or self._log_lora_model(weights, step)
             write_text_atomic(os.path.join(folder, "metrics.json"), json.dumps(info))
         model_id, uri, version = (info["logged"][k] for k in ("model_id", "uri", "version"))
         # the evaluation it is judged by, linked with its own step and timestamp: the run's history, which gets
@@ -394,6 +440,20 @@ class MlflowReporter(Reporter):
                 "late": self.closing or step < self.step,
             }
         )
+
+    def _registered(self, model) -> dict | None:
+        """``{model_id, uri, version}`` of a model logged by a killed start, registered now if it was not yet."""
+        if model is None:
+            return None
+        name, version = self.cfg.tracking.registered_model, None
+        if name:
+            versions = self.client.search_model_versions(f"name = '{name}'")
+            version = next((v.version for v in versions if v.model_id == model.model_id), None)
+            if version is None:
+                version = self.client.create_model_version(
+                    name, model.model_uri, run_id=self.run_id, model_id=model.model_id
+                ).version
+        return {"model_id": model.model_id, "uri": model.model_uri, "version": version}
 
     def _log_lora_model(self, weights: str, step: int) -> dict:
         """Log a checkpoint's LoRA folder as an MLflow model (registered as a version when the config names a

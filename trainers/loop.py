@@ -55,7 +55,7 @@ from trainers.models import (
 from trainers.objectives import Objective, build_objective
 from trainers.prompts import BUILTIN_HELD_OUT, BUILTIN_TRAIN, PromptSampler, load_prompts
 from trainers.replicas import Replicas
-from trainers.reporting import Reporter
+from trainers.reporting import JsonlLog, Reporter
 from trainers.samplers.schedule import Schedule
 from trainers.sharding import full_state, full_weights, load_full_state, local_fraction, shard_unet
 
@@ -247,31 +247,6 @@ def evaluate(
     return {f"eval/{name}": float(v.mean()) for name, v in scores.items()}, scores, images
 
 
-class JsonlLog(Reporter):
-    """Metrics as one JSON object per line in ``<run>/metrics.jsonl``; steps past a resume point are dropped."""
-
-    def __init__(self, path: str, resume_step: int):
-        self.path = path
-        kept = []
-        if os.path.isfile(path):
-            with open(path, encoding="utf-8") as f:
-                kept = [line for line in f if _step_of(line) is not None and _step_of(line) <= resume_step]
-        with open(path, "w", encoding="utf-8") as f:
-            f.writelines(kept)
-
-    def report(self, step: int, metrics: dict[str, float], checkpoint_dir: str | None = None) -> None:
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps({"step": step, **metrics}) + "\n")
-
-
-def _step_of(line: str) -> int | None:
-    """The step of a metrics line, or None for a blank or torn (partly written) line."""
-    try:
-        return int(json.loads(line)["step"])
-    except (ValueError, KeyError, TypeError):
-        return None
-
-
 @dataclass
 class RunResult:
     """Where a run wrote its outputs and its last metrics."""
@@ -299,16 +274,20 @@ def _save_weights(tr: Trainer, folder: str, trainable: dict | None) -> None:
     tr.objective.save_info(folder)
 
 
-def _checkpoint(tr: Trainer, run_dir: str) -> str | None:
-    """Rank 0 writes a checkpoint and returns its folder; under FSDP every replica helps gather it. With
-    ``eval.require``, a checkpoint written at an evaluation step that meets every constraint with the
-    highest held-out trained reward so far becomes the run's best (``tr.extra["best"]``, marked and kept)."""
-    if not (tr.replicas.lead or tr.sharded):
-        return None
+def _mark_best(tr: Trainer) -> None:
+    """With ``eval.require``, the weights of an evaluation step that meet every constraint with the highest
+    held-out trained reward so far become the run's best (``tr.extra["best"]``; their checkpoint is kept)."""
     judged, best = tr.extra.get("judged"), tr.extra.get("best")
     evaluated_now = judged and judged["step"] == tr.step  # weights judged by an earlier evaluation are not
     if evaluated_now and not judged["broken"] and (best is None or judged["trained"] > best["trained"]):
         tr.extra["best"] = {"step": tr.step, "evaluated": judged["step"], "trained": judged["trained"]}
+
+
+def _checkpoint(tr: Trainer, run_dir: str) -> str | None:
+    """Rank 0 writes a checkpoint (marking the run's best) and returns its folder; under FSDP every replica
+    helps gather it."""
+    if not (tr.replicas.lead or tr.sharded):
+        return None
     state = tr.state_dict()
     if not tr.replicas.lead:
         return None
@@ -375,7 +354,8 @@ def run(
         tr.load_state_dict(load_checkpoint(resume_from))
     if "stopped" in tr.extra and not cfg.eval.stop_when_broken:  # resumed with the stop turned off: go on
         del tr.extra["stopped"]
-    sinks = ((JsonlLog(os.path.join(run_dir, "metrics.jsonl"), tr.step),) if lead else ()) + tuple(reporters)
+    history = (JsonlLog(os.path.join(run_dir, "metrics.jsonl"), tr.step),) if lead else ()
+    sinks = history + tuple(reporters)
     for sink in sinks:
         sink.start(tr.extra)
     if tr.step == 0:
@@ -406,18 +386,23 @@ def run(
         if evaluation and _stops(tr, metrics) and not last:
             tr.extra["stopped"] = {"step": tr.step, "broken": tr.extra["judged"]["broken"] if lead else []}
             last = True
-        folder = None
-        if last or tr.step % cfg.train.checkpoint_every == 0:
+        checkpoints = last or tr.step % cfg.train.checkpoint_every == 0
+        if checkpoints:
             trained = tr.params + tr.objective.extra_params
             if tr.sharded:  # each replica holds its own shard: report how much
                 metrics["dp/local_weight_fraction"] = local_fraction(trained)
             else:
                 metrics["dp/max_weight_divergence"] = tr.replicas.max_divergence(trained)
-            folder = _checkpoint(tr, run_dir)
+            _mark_best(tr)
         if last:  # before the last report: a launcher may stop the process once it has seen it
             metrics.update(held_out_metrics(_write_final(tr, run_dir)))
             metrics.update(_teacher_metrics(tr))
-        for sink in sinks:
+        # The step's metrics reach the run folder before its checkpoint, so a checkpoint never stands for a step
+        # whose history a kill lost (the reporters after it replay from metrics.jsonl on resume).
+        for sink in history:
+            sink.report(tr.step, metrics)
+        folder = _checkpoint(tr, run_dir) if checkpoints else None
+        for sink in reporters:
             sink.report(tr.step, metrics, folder)
     held_out = held_out_from_metrics(metrics) if metrics else _write_final(tr, run_dir)  # else: resumed at the end
     if not lead:

@@ -3,6 +3,11 @@ the loop calls ``start`` once, ``report`` after every step, and ``close`` at the
 
 from __future__ import annotations
 
+import json
+import os
+
+from trainers.checkpoint import write_text_atomic
+
 
 class Reporter:
     """Receives metrics (and, when one was written, a checkpoint folder) after each step; subclasses override
@@ -17,3 +22,35 @@ class Reporter:
 
     def close(self) -> None:
         """Called on rank 0 when the run has finished."""
+
+
+class JsonlLog(Reporter):
+    """Metrics as one JSON object per line in ``<run>/metrics.jsonl``; steps past a resume point are dropped."""
+
+    def __init__(self, path: str, resume_step: int):
+        self.path = path
+        kept = []
+        if os.path.isfile(path):
+            with open(path, encoding="utf-8") as f:
+                kept = [line for line in f if _step_of(line) is not None and _step_of(line) <= resume_step]
+        write_text_atomic(path, "".join(kept))  # a kill now must not leave the history cut short
+
+    def report(self, step: int, metrics: dict[str, float], checkpoint_dir: str | None = None) -> None:
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps({"step": step, **metrics}) + "\n")
+
+
+def read_history(path: str) -> list[dict]:
+    """The metrics lines of a ``metrics.jsonl`` (torn lines left out), oldest first; none without the file."""
+    if not os.path.isfile(path):
+        return []
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if _step_of(line) is not None]
+
+
+def _step_of(line: str) -> int | None:
+    """The step of a metrics line, or None for a blank or torn (partly written) line."""
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return None
