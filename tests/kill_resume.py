@@ -53,7 +53,9 @@ class Outcome:
 
 
 def job_command(mode: str, output_dir: str, overrides: list[str]) -> list[str]:
-    settings = [*SETTINGS, f"train.output_dir={output_dir}", *overrides]
+    """The job; each run's Ray storage is its own (a shared one would hand one run the other's checkpoints)."""
+    own = [f"{o}/{os.path.basename(output_dir)}" if o.startswith("ray.storage_path=") else o for o in overrides]
+    settings = [*SETTINGS, f"train.output_dir={output_dir}", *own]
     if mode == "ray":
         return [sys.executable, "-m", "pipeline.train", *settings]
     script = (
@@ -91,7 +93,8 @@ def run_with_kills(mode: str, output_dir: str, overrides: list[str], kills: int,
         )
         if len(outcome.kills) < kills:
             moment = rng.choice(MOMENTS if mode == "ray" else MOMENTS[:2])
-            if wait_for_moment(job, output_dir, moment, began + rng.uniform(0.2, horizon), rng):
+            left = 1 - steps_logged(output_dir) / STEPS  # a kill drawn within the time the job still needs
+            if wait_for_moment(job, output_dir, moment, began + rng.uniform(0.2, horizon * (0.3 + 0.6 * left)), rng):
                 kill_tree(job.pid)
                 outcome.kills.append(f"{moment} at {time.monotonic() - began:.2f} s")
         code = job.wait()
@@ -100,6 +103,14 @@ def run_with_kills(mode: str, output_dir: str, overrides: list[str], kills: int,
             return outcome
         if code >= 0 and code != 0:
             raise RuntimeError(f"the job failed on its own (exit {code}) after {len(outcome.kills)} kills; see the log")
+
+
+def steps_logged(output_dir: str) -> int:
+    path = os.path.join(run_folder(output_dir), "metrics.jsonl")
+    if not os.path.isfile(path):
+        return 0
+    with open(path, encoding="utf-8") as f:
+        return max(0, sum(1 for _ in f) - 1)
 
 
 def wait_for_moment(job: subprocess.Popen, output_dir: str, moment: str, deadline: float, rng: random.Random) -> bool:
@@ -210,7 +221,9 @@ def main(argv: list[str] | None = None) -> int:
         f"{outcome.starts} starts, {outcome.seconds:.0f} s (uninterrupted: {seconds:.0f} s); "
         + ("identical to the uninterrupted run" if not problems else "; ".join(problems))
     )
-    return 1 if problems else 0
+    if len(outcome.kills) < args.kills:
+        print(f"the run ended after {len(outcome.kills)} of the {args.kills} kills asked for")
+    return 1 if problems or len(outcome.kills) < args.kills else 0
 
 
 if __name__ == "__main__":

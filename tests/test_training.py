@@ -334,3 +334,14 @@ except WriteFailed as err:
     a, b = _trained(straight.run_dir), _trained(resumed.run_dir)
     for name, tensor in a["trainable"].items():
         assert torch.equal(tensor, b["trainable"][name]), name
+
+
+def test_a_run_killed_before_its_first_checkpoint_logs_step_0_once(tiny_sd_dir, tmp_path):
+    """Killed after step 0 is logged but before any checkpoint: the rerun starts over and its history holds each
+    step once (found by tests/kill_resume.py)."""
+    cfg = make_config(tiny_sd_dir, str(tmp_path), eval={"every": 2, "images_per_prompt": 2})
+    with pytest.raises(KeyboardInterrupt):
+        run(cfg, reporters=(StopAt(0),))
+    result = run(cfg)
+    steps = [json.loads(line)["step"] for line in open(os.path.join(result.run_dir, "metrics.jsonl"))]
+    assert steps == [0, 1, 2, 3, 4]

@@ -25,12 +25,14 @@ class Reporter:
 
 
 class JsonlLog(Reporter):
-    """Metrics as one JSON object per line in ``<run>/metrics.jsonl``; steps past a resume point are dropped."""
+    """Metrics as one JSON object per line in ``<run>/metrics.jsonl``. The steps the run reports again are
+    dropped: those past the resume point, and all of a run that starts over from step 0 (its step-0
+    evaluation included)."""
 
     def __init__(self, path: str, resume_step: int):
         self.path = path
         kept = []
-        if os.path.isfile(path):
+        if os.path.isfile(path) and resume_step > 0:
             with open(path, encoding="utf-8") as f:
                 kept = [line for line in f if _step_of(line) is not None and _step_of(line) <= resume_step]
         write_text_atomic(path, "".join(kept))  # a kill now must not leave the history cut short
