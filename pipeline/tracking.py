@@ -449,10 +449,11 @@ class MlflowReporter(Reporter):
         if name:
             versions = self.client.search_model_versions(f"name = '{name}'")
             version = next((v.version for v in versions if v.model_id == model.model_id), None)
-            if version is None:
-                version = self.client.create_model_version(
-                    name, model.model_uri, run_id=self.run_id, model_id=model.model_id
-                ).version
+            if version is None:  # killed between logging and registering: register it (the name too, if new)
+                import mlflow
+
+                with fluent_tracking(self.uri):
+                    version = mlflow.register_model(model.model_uri, name).version
         return {"model_id": model.model_id, "uri": model.model_uri, "version": version}
 
     def _log_lora_model(self, weights: str, step: int) -> dict:

@@ -372,6 +372,28 @@ def test_an_mlflow_outage_mid_run_loses_nothing(tiny_sd_dir, tmp_path, capfd):
         server.stop()
 
 
+@pytest.mark.slow
+def test_a_kill_during_an_mlflow_outage_loses_no_metric_and_registers_each_checkpoint_once(tiny_sd_dir, tmp_path):
+    """MLflow stops after step 1; the job dies after step 3 with steps 2-3 and the step-2 model still waiting.
+    The rerun (MLflow back) resumes from the step-2 checkpoint, logs step 2 from the run folder's history and the
+    waiting model from pending_models/: every step once, every checkpoint one version."""
+    server = MlflowServer(str(tmp_path / "server"))
+    os.makedirs(tmp_path / "server")
+    server.start()
+    try:
+        cfg = tracked(tiny_sd_dir, str(tmp_path / "runs"), server.uri, ray={"enabled": False})
+        with pytest.raises(KeyboardInterrupt):
+            run(cfg, reporters=(MlflowReporter(cfg, run_folder(cfg)), Outage(server, down=1, up=99), StopAt(3)))
+        server.start()
+        run(cfg, reporters=(MlflowReporter(cfg, run_folder(cfg)),))
+        client = MlflowClient(server.uri)
+        found = the_run(client, "draft_k-seed0")
+        assert [m.step for m in client.get_metric_history(found.info.run_id, "train/loss")] == [1, 2, 3, 4]
+        assert sorted(v.tags["step"] for v in client.search_model_versions("name = 'tiny'")) == ["2", "4"]
+    finally:
+        server.stop()
+
+
 def test_a_failure_after_the_model_is_logged_registers_no_second_version(
     tiny_sd_dir, tmp_path, tracking_stack, monkeypatch, capfd
 ):
