@@ -120,20 +120,25 @@ def wait_for_moment(job: subprocess.Popen, output_dir: str, moment: str, deadlin
         "checkpoint write": os.path.join(run_folder(output_dir), "checkpoints"),
         "model upload": os.path.join(run_folder(output_dir), "pending_models"),
     }.get(moment)
+    earlier = _entries(watched) if watched else set()  # left by the start before: not this start's moment
     while job.poll() is None:
-        if time.monotonic() >= deadline or (watched and _busy(watched, moment)):
+        if time.monotonic() >= deadline or (watched and _busy(watched, moment, earlier)):
             time.sleep(rng.uniform(0.0, 0.05) if watched else 0.0)
             return job.poll() is None
         time.sleep(0.002)
     return False
 
 
-def _busy(folder: str, moment: str) -> bool:
+def _entries(folder: str) -> set[str]:
     try:
-        names = os.listdir(folder)
+        return set(os.listdir(folder))
     except FileNotFoundError:
-        return False
-    return any(n.startswith(".tmp_") for n in names) if moment == "checkpoint write" else bool(names)
+        return set()
+
+
+def _busy(folder: str, moment: str, earlier: set[str]) -> bool:
+    new = _entries(folder) - earlier
+    return any(n.startswith(".tmp_") for n in new) if moment == "checkpoint write" else bool(new)
 
 
 def kill_tree(pid: int) -> None:
