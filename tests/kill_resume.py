@@ -76,15 +76,21 @@ def finished(output_dir: str) -> bool:
     return os.path.isfile(os.path.join(run_folder(output_dir), "summary.json"))
 
 
-def run_uninterrupted(mode: str, output_dir: str, overrides: list[str], log) -> float:
+def run_uninterrupted(mode: str, output_dir: str, overrides: list[str], log) -> tuple[float, float]:
+    """Run the job once; ``(seconds outside training steps, seconds in them)``."""
     start = time.monotonic()
     subprocess.run(job_command(mode, output_dir, overrides), cwd=ROOT, stdout=log, stderr=log, check=True)
-    return time.monotonic() - start
+    total = time.monotonic() - start
+    training = sum(line.get("perf/step_seconds", 0.0) for line in metric_history(run_folder(output_dir), perf=True))
+    return total - training, training
 
 
-def run_with_kills(mode: str, output_dir: str, overrides: list[str], kills: int, seed: int, horizon: float, log):
-    """Start the job, kill it at a drawn moment, restart it, until ``kills`` kills are done and a start ends."""
+def run_with_kills(mode: str, output_dir: str, overrides: list[str], kills: int, seed: int, timing, log):
+    """Start the job, kill it at a drawn moment, restart it, until ``kills`` kills are done and a start ends.
+    ``timing`` is the uninterrupted run's ``(seconds outside training steps, seconds in them)``: a time-drawn
+    kill falls within what a start still needs, so that most land before the end."""
     rng, outcome, start = random.Random(seed), Outcome(), time.monotonic()
+    overhead, training = timing
     while True:
         outcome.starts += 1
         began = time.monotonic()
@@ -93,10 +99,12 @@ def run_with_kills(mode: str, output_dir: str, overrides: list[str], kills: int,
         )
         if len(outcome.kills) < kills:
             moment = rng.choice(MOMENTS if mode == "ray" else MOMENTS[:2])
-            left = 1 - steps_logged(output_dir) / STEPS  # a kill drawn within the time the job still needs
-            if wait_for_moment(job, output_dir, moment, began + rng.uniform(0.2, horizon * (0.3 + 0.6 * left)), rng):
+            needs = overhead + training * (1 - steps_logged(output_dir) / STEPS)  # what this start still needs
+            came = wait_for_moment(job, output_dir, moment, began + rng.uniform(0.2, 0.7 * needs), rng)
+            if came:
                 kill_tree(job.pid)
-                outcome.kills.append(f"{moment} at {time.monotonic() - began:.2f} s")
+                if job.wait() == -signal.SIGKILL:  # not a job that had just ended on its own
+                    outcome.kills.append(f"{came} at {time.monotonic() - began:.2f} s")
         code = job.wait()
         if code == 0 and finished(output_dir):
             outcome.seconds = time.monotonic() - start
@@ -113,20 +121,24 @@ def steps_logged(output_dir: str) -> int:
         return max(0, sum(1 for _ in f) - 1)
 
 
-def wait_for_moment(job: subprocess.Popen, output_dir: str, moment: str, deadline: float, rng: random.Random) -> bool:
-    """Wait until the drawn moment (a random time; a checkpoint being written; a model queued for MLflow, then
-    a random instant up to 50 ms later) or, failing it, the deadline; False if the job ended first."""
+def wait_for_moment(
+    job: subprocess.Popen, output_dir: str, moment: str, deadline: float, rng: random.Random
+) -> str | None:
+    """Wait for the drawn moment: a checkpoint being written, or a model queued for MLflow (then a random instant
+    up to 50 ms later), or for ``any time`` the deadline; the moment, or None if the job ended first."""
     watched = {
         "checkpoint write": os.path.join(run_folder(output_dir), "checkpoints"),
         "model upload": os.path.join(run_folder(output_dir), "pending_models"),
     }.get(moment)
     earlier = _entries(watched) if watched else set()  # left by the start before: not this start's moment
     while job.poll() is None:
-        if time.monotonic() >= deadline or (watched and _busy(watched, moment, earlier)):
-            time.sleep(rng.uniform(0.0, 0.05) if watched else 0.0)
-            return job.poll() is None
-        time.sleep(0.002)
-    return False
+        if watched and _busy(watched, moment, earlier):
+            time.sleep(rng.uniform(0.0, 0.05))
+            return moment if job.poll() is None else None
+        if not watched and time.monotonic() >= deadline:
+            return moment
+        time.sleep(0.0005)
+    return None
 
 
 def _entries(folder: str) -> set[str]:
@@ -156,7 +168,8 @@ def kill_tree(pid: int) -> None:
             process.send_signal(signal.SIGKILL)
         except psutil.NoSuchProcess:
             pass
-    psutil.wait_procs(family + session, timeout=30)
+    # the job itself is left to Popen.wait, which reads its status (-SIGKILL); waiting here would reap it first
+    psutil.wait_procs([p for p in family + session if p.pid != pid], timeout=30)
 
 
 def _sid(process) -> int | None:
@@ -185,9 +198,10 @@ def differences(reference_dir: str, killed_dir: str, mode: str) -> list[str]:
     return problems
 
 
-def metric_history(run_dir: str) -> list[dict]:
+def metric_history(run_dir: str, perf: bool = False) -> list[dict]:
+    """The lines of ``metrics.jsonl``; without the ``perf/`` timings unless ``perf``."""
     with open(os.path.join(run_dir, "metrics.jsonl"), encoding="utf-8") as f:
-        return [{k: v for k, v in json.loads(line).items() if not k.startswith("perf/")} for line in f]
+        return [{k: v for k, v in json.loads(line).items() if perf or not k.startswith("perf/")} for line in f]
 
 
 def mlflow_problems(output_dir: str) -> list[str]:
@@ -217,8 +231,9 @@ def main(argv: list[str] | None = None) -> int:
     os.makedirs(args.out, exist_ok=True)
     reference, killed = os.path.join(args.out, "reference"), os.path.join(args.out, "killed")
     with open(os.path.join(args.out, "jobs.log"), "a", encoding="utf-8") as log:
-        seconds = run_uninterrupted(args.mode, reference, args.overrides, log)
-        outcome = run_with_kills(args.mode, killed, args.overrides, args.kills, args.seed, seconds, log)
+        timing = run_uninterrupted(args.mode, reference, args.overrides, log)
+        outcome = run_with_kills(args.mode, killed, args.overrides, args.kills, args.seed, timing, log)
+    seconds = sum(timing)
     problems = differences(reference, killed, args.mode)
     by_moment = {m: sum(k.startswith(m) for k in outcome.kills) for m in MOMENTS}
     print(
