@@ -99,8 +99,11 @@ def run_with_kills(mode: str, output_dir: str, overrides: list[str], kills: int,
         )
         if len(outcome.kills) < kills:
             moment = rng.choice(MOMENTS if mode == "ray" else MOMENTS[:2])
+            if resume_point(output_dir) >= STEPS - 1:  # one write left, which a busy machine may miss
+                moment = MOMENTS[0]
             needs = overhead + training * (1 - steps_logged(output_dir) / STEPS)  # what this start still needs
-            came = wait_for_moment(job, output_dir, moment, began + rng.uniform(0.2, 0.7 * needs), rng)
+            latest = 0.9 * needs if moment != MOMENTS[0] else rng.uniform(0.2, 0.7 * needs)  # events: a fallback
+            came = wait_for_moment(job, output_dir, moment, began + latest, rng)
             if came:
                 kill_tree(job.pid)
                 if job.wait() == -signal.SIGKILL:  # not a job that had just ended on its own
@@ -111,6 +114,15 @@ def run_with_kills(mode: str, output_dir: str, overrides: list[str], kills: int,
             return outcome
         if code >= 0 and code != 0:
             raise RuntimeError(f"the job failed on its own (exit {code}) after {len(outcome.kills)} kills; see the log")
+
+
+def resume_point(output_dir: str) -> int:
+    """The step the next start resumes from: the one the run folder's ``latest`` names (0 without one)."""
+    try:
+        with open(os.path.join(run_folder(output_dir), "checkpoints", "latest"), encoding="utf-8") as f:
+            return int(f.read().strip().removeprefix("step_"))
+    except (OSError, ValueError):
+        return 0
 
 
 def steps_logged(output_dir: str) -> int:
@@ -125,18 +137,22 @@ def wait_for_moment(
     job: subprocess.Popen, output_dir: str, moment: str, deadline: float, rng: random.Random
 ) -> str | None:
     """Wait for the drawn moment: a checkpoint being written, or a model queued for MLflow (then a random instant
-    up to 50 ms later), or for ``any time`` the deadline; the moment, or None if the job ended first."""
+    up to 50 ms later), or the deadline (``any time``); failing the event, the deadline or this start's reaching
+    the last step (a busy machine may miss a fast write) is an ``any time`` kill. The moment, or None if the job
+    ended first."""
     watched = {
         "checkpoint write": os.path.join(run_folder(output_dir), "checkpoints"),
         "model upload": os.path.join(run_folder(output_dir), "pending_models"),
     }.get(moment)
     earlier = _entries(watched) if watched else set()  # left by the start before: not this start's moment
+    resumed_at = resume_point(output_dir)
     while job.poll() is None:
         if watched and _busy(watched, moment, earlier):
             time.sleep(rng.uniform(0.0, 0.05))
             return moment if job.poll() is None else None
-        if not watched and time.monotonic() >= deadline:
-            return moment
+        in_last_step = resumed_at < steps_logged(output_dir) >= STEPS - 1  # this start reached the last step
+        if time.monotonic() >= deadline or in_last_step:
+            return MOMENTS[0]
         time.sleep(0.0005)
     return None
 

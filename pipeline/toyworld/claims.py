@@ -251,7 +251,7 @@ CLAIMS = {
             "Diff-Instruct* (Luo et al., 2024): a one-step generator distilled under a score divergence while "
             "maximising a reward beats its multi-step reference on that reward, keeping diversity. SIM and "
             "Diff-Instruct (no reward) are the baselines.",
-            "`pipeline/configs/distar_toy.yaml` as shipped (the `bench_distill` setting): 400 steps, batch 4, "
+            "`pipeline/configs/distar_toy.yaml` as shipped (the `pipeline.bench.distill` setting): 400 steps, batch 4, "
             "LoRA rank 8, alpha_rew 0.02, alpha_cfg 7.5, teacher 20 guided DDIM steps. SIM = alpha_rew 0; "
             "Diff-Instruct = KL divergence, alpha_rew 0.",
             "Holds if each interval is above 0: generator − teacher 1-step, generator − 0.9 × teacher "
