@@ -35,7 +35,7 @@ from importlib import metadata
 from pipeline.config import dump_yaml, flatten
 from pipeline.console import Emit, decimals, gain_text, note, print_event
 from pipeline.preflight import config_text
-from trainers.checkpoint import write_text_atomic
+from trainers.checkpoint import write_folder_atomic, write_text_atomic
 from trainers.config import Config
 from trainers.constraints import broken, parse_constraints
 from trainers.reporting import Reporter, read_history
@@ -387,21 +387,24 @@ class MlflowReporter(Reporter):
         latest one's metrics and, against the base model, the 95% intervals of the gains."""
         from trainers.evaluation import held_out_summary
 
-        folder = os.path.join(self.pending_models, f"step_{step:06d}")
-        if os.path.isdir(folder):
-            shutil.rmtree(folder)
-        shutil.copytree(os.path.join(checkpoint_dir, "model"), os.path.join(folder, "model"))
         evaluation = self.evaluation and {
             **self.evaluation,
             "summary": held_out_summary(self.run_dir, self.evaluation["step"]),
         }
-        with open(os.path.join(folder, "metrics.json"), "w", encoding="utf-8") as f:
-            json.dump({"step": step, "evaluation": evaluation}, f)
+
+        def fill(folder: str) -> None:
+            shutil.copytree(os.path.join(checkpoint_dir, "model"), os.path.join(folder, "model"))
+            with open(os.path.join(folder, "metrics.json"), "w", encoding="utf-8") as f:
+                json.dump({"step": step, "evaluation": evaluation}, f)
+
+        os.makedirs(self.pending_models, exist_ok=True)  # whole or absent: a kill mid-copy must not block the queue
+        write_folder_atomic(os.path.join(self.pending_models, f"step_{step:06d}"), fill)
 
     def _pending_folders(self) -> list[str]:
         if not os.path.isdir(self.pending_models):
             return []
-        return [os.path.join(self.pending_models, n) for n in sorted(os.listdir(self.pending_models))]
+        names = sorted(n for n in os.listdir(self.pending_models) if not n.startswith("."))  # .tmp_*: a killed copy
+        return [os.path.join(self.pending_models, n) for n in names]
 
     def _log_model(self, folder: str) -> None:
         """Log one pending checkpoint as a model with its held-out metrics, and register it as a version

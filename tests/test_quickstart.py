@@ -18,7 +18,13 @@ from trainers.config import Config
 from trainers.loop import run, run_folder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHORT = ["train.steps=2", "train.checkpoint_every=2", "eval.max_prompts=2", "eval.images_per_prompt=1"]
+SHORT = [
+    "train.steps=2",
+    "train.checkpoint_every=2",
+    "eval.max_prompts=2",
+    "eval.images_per_prompt=1",
+    "eval.require=[]",
+]
 
 
 def plan_lines() -> list[str]:

@@ -21,7 +21,13 @@ from conftest import shell_env
 from pipeline.ray_env import TOKEN_PATH, token_file
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHORT = ["train.steps=6", "train.checkpoint_every=3", "eval.max_prompts=2", "eval.images_per_prompt=1"]
+SHORT = [
+    "train.steps=6",
+    "train.checkpoint_every=3",
+    "eval.max_prompts=2",
+    "eval.images_per_prompt=1",
+    "eval.require=[]",
+]
 
 
 def test_the_token_file_is_made_once_and_readable_by_its_owner_only(tmp_path, monkeypatch):

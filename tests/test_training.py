@@ -300,7 +300,7 @@ def test_a_full_disk_stops_the_run_with_one_message_and_keeps_the_last_checkpoin
 
     from trainers.checkpoint import latest_checkpoint
 
-    straight = run(make_config(tiny_sd_dir, str(tmp_path / "a"), train={"steps": 6}))
+    straight = run(make_config(tiny_sd_dir, str(tmp_path / "a"), train={"steps": 8}))
     first = run(make_config(tiny_sd_dir, str(tmp_path / "b"), train={"steps": 4}))
     step_4 = os.path.join(first.run_dir, "checkpoints", "step_000004")
     metrics_bytes = os.path.getsize(os.path.join(first.run_dir, "metrics.jsonl"))
@@ -312,7 +312,7 @@ sys.path.insert(0, {os.path.dirname(__file__)!r})
 from test_training import make_config
 from trainers.checkpoint import WriteFailed
 from trainers.loop import run
-cfg = make_config({tiny_sd_dir!r}, {str(tmp_path / "b")!r}, train={{"steps": 6}})
+cfg = make_config({tiny_sd_dir!r}, {str(tmp_path / "b")!r}, train={{"steps": 8}})
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead of a signal
 resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit}))
 try:
@@ -330,7 +330,7 @@ except WriteFailed as err:
     names = os.listdir(os.path.join(first.run_dir, "checkpoints"))
     assert not [n for n in names if n.startswith(".tmp_")] and "step_000006" not in names, names
     assert latest_checkpoint(first.run_dir) == step_4
-    resumed = run(make_config(tiny_sd_dir, str(tmp_path / "b"), train={"steps": 6}))
+    resumed = run(make_config(tiny_sd_dir, str(tmp_path / "b"), train={"steps": 8}))
     a, b = _trained(straight.run_dir), _trained(resumed.run_dir)
     for name, tensor in a["trainable"].items():
         assert torch.equal(tensor, b["trainable"][name]), name

@@ -58,12 +58,13 @@ def broken(constraints: list[Constraint], metrics: dict[str, float]) -> list[str
 
 
 def unknown_metric_problems(key: str, texts: list[str], known: list[str]) -> list[str]:
-    """Each parsable entry of ``key`` names one of the ``known`` metrics (what is logged); a constraint on any
-    other could never be met."""
+    """Each parsable entry of ``key`` on a held-out metric (``eval/...``) names one of the ``known`` ones (what an
+    evaluation logs); a constraint on any other could never be met. Training metrics (``train/...``) are not
+    checked here."""
     problems = []
     for i, text in enumerate(texts):
         metric = _FORM.match(text) and _FORM.match(text)["metric"]
-        if metric and metric not in known:
+        if metric and metric.startswith("eval/") and metric not in known:
             close = difflib.get_close_matches(metric, known, n=1, cutoff=0.8)
             hint = f"did you mean {close[0]!r}? " if close else ""
             problems.append(
