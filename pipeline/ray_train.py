@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pipeline.config import ConfigError, from_dict, to_dict
 from pipeline.console import note
 from pipeline.ray_env import init_ray, say_on_console
+from pipeline.storage import Patience, local_copy, run_storage, stored_run_exists
 from trainers.config import Config
 from trainers.reporting import Reporter
 
@@ -24,14 +25,16 @@ class RayReporter(Reporter):
 
     Every ``ray.train.report`` is a barrier across workers (about a second on a busy 2-core machine), so
     per-step metrics stay in the run folder's ``metrics.jsonl``. Which steps report depends only on the
-    step number, so all ranks call ``report`` equally often even though only rank 0 evaluates.
+    step number, so all ranks call ``report`` equally often even though only rank 0 evaluates. An upload
+    to S3 storage that fails is retried with ``patience`` while the other ranks wait in the barrier.
     """
 
-    def __init__(self, cfg: Config):
+    def __init__(self, cfg: Config, patience: Patience):
         t = cfg.train
         self.periods = [p for p in (cfg.ray.report_every, cfg.eval.every, t.checkpoint_every) if p]
         self.last = t.steps
         self.held_out: dict[str, float] = {}  # the latest evaluation, repeated in every report (Ray Tune ranks on it)
+        self.patience = patience
 
     def report(self, step: int, metrics: dict[str, float], checkpoint_dir: str | None = None) -> None:
         import ray.train
@@ -42,7 +45,15 @@ class RayReporter(Reporter):
         checkpoint = None
         if checkpoint_dir and ray.train.get_context().get_world_rank() == 0:
             checkpoint = ray.train.Checkpoint.from_directory(checkpoint_dir)
-        ray.train.report({"step": step, **self.held_out, **metrics}, checkpoint=checkpoint)
+        upload = None
+        if checkpoint and self.patience.remote:
+
+            def upload(checkpoint, folder_name):
+                storage = ray.train.get_context().get_storage()
+                send = lambda: storage.persist_current_checkpoint(checkpoint, folder_name)  # noqa: E731
+                return self.patience(f"uploading checkpoint step {step}", send)
+
+        ray.train.report({"step": step, **self.held_out, **metrics}, checkpoint=checkpoint, checkpoint_upload_fn=upload)
 
 
 def train_fn_per_worker(config: dict) -> None:
@@ -60,9 +71,13 @@ def train_fn_per_worker(config: dict) -> None:
 
     cfg = from_dict(Config, config["cfg"], "train_loop_config")
     context = ray.train.get_context()
+    rank = context.get_world_rank()
+    emit = queue_emitter(config.get("events")) if rank == 0 else None
+    say = (lambda text, error=False: emit(note(text, error))) if emit else say_on_console  # else into train.log
+    patience = Patience(cfg, say)
     with output_to(os.path.join(config["run_dir"], LOG_NAME)):
         kwargs = {
-            "reporters": worker_reporters(cfg, config, context.get_world_rank(), context.get_world_size()),
+            "reporters": worker_reporters(cfg, config["run_dir"], rank, context.get_world_size(), emit, patience),
             "reward": None,
             "teacher": None,
             "run_dir": config["run_dir"],
@@ -70,34 +85,34 @@ def train_fn_per_worker(config: dict) -> None:
         if config["reward_actors"]:
             from pipeline.reward_actors import RemoteReward
 
-            kwargs["reward"] = RemoteReward(config["reward_actors"], first=context.get_world_rank())
+            kwargs["reward"] = RemoteReward(config["reward_actors"], first=rank)
         if config.get("teacher_actors"):
             from pipeline.teacher_actors import RemoteTeacher
 
-            kwargs["teacher"] = RemoteTeacher(config["teacher_actors"], first=context.get_world_rank())
+            kwargs["teacher"] = RemoteTeacher(config["teacher_actors"], first=rank)
         stored = ray.train.get_checkpoint()
         if stored is None:
             run(cfg, **kwargs)
             return
-        with stored.as_directory() as folder:
+        with local_copy(stored, patience) as folder:
             run(cfg, resume_from=folder, **kwargs)
 
 
-def worker_reporters(cfg: Config, config: dict, rank: int, world_size: int) -> tuple:
-    """Rank 0: MLflow, then the console's events (after MLflow, whose model events its checkpoint lines
-    name); every rank: Ray Train's reports, last, since after Ray sees the last step Tune may stop the trial."""
+def worker_reporters(cfg: Config, run_dir: str, rank: int, world_size: int, emit, patience: Patience) -> tuple:
+    """Rank 0: MLflow, then the console's events (``emit``; after MLflow, whose model events its checkpoint
+    lines name); every rank: Ray Train's reports, last, since after Ray sees the last step Tune may stop the
+    trial."""
     reporters = ()
-    emit = queue_emitter(config.get("events")) if rank == 0 else None
     if cfg.tracking.enabled and rank == 0:
         from pipeline.console import print_event
         from pipeline.tracking import MlflowReporter
 
-        reporters += (MlflowReporter(cfg, config["run_dir"], world_size=world_size, emit=emit or print_event),)
+        reporters += (MlflowReporter(cfg, run_dir, world_size=world_size, emit=emit or print_event),)
     if emit:
         from pipeline.console import ConsoleReporter
 
         reporters += (ConsoleReporter(emit, cfg.eval.require),)
-    return reporters + (RayReporter(cfg),)
+    return reporters + (RayReporter(cfg, patience),)
 
 
 def queue_emitter(queue):
@@ -317,34 +332,6 @@ def worker_failed(err: Exception, run_dir: str) -> WorkerFailed:
         original = getattr(failure, "_base_exc", failure)  # Ray Train wraps a worker's exception with its traceback
         lines.append(f"  rank {rank}: {type(original).__name__}: {str(original).strip()}")
     return WorkerFailed("training failed on the Ray Train workers:\n" + "\n".join(lines) + f"\nfull tracebacks: {path}")
-
-
-def run_storage(cfg: Config):
-    """``(storage_path, filesystem)`` for Ray Train: a local folder (absolute, no filesystem), or for
-    ``s3://bucket/prefix`` the path ``bucket/prefix`` with a pyarrow S3 filesystem whose endpoint is
-    given explicitly (``ray.s3_endpoint``; the AWS environment variables alone are not reliable for
-    S3-compatible stores). Credentials come from the usual AWS chain on each node, never the config."""
-    r = cfg.ray
-    path = r.storage_path or os.path.join(cfg.train.output_dir, "ray")
-    if not path.startswith("s3://"):
-        return os.path.abspath(path), None
-    from pyarrow.fs import S3FileSystem
-
-    options = {}
-    if r.s3_endpoint:
-        scheme, _, host = r.s3_endpoint.rstrip("/").partition("://")
-        options = {"endpoint_override": host, "scheme": scheme}
-    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
-    return path[len("s3://") :].rstrip("/"), S3FileSystem(region=region or "us-east-1", **options)
-
-
-def stored_run_exists(storage: str, filesystem, name: str) -> bool:
-    """True if Ray Train's storage already holds a run folder ``name``."""
-    if filesystem is None:
-        return os.path.isdir(os.path.join(storage, name))
-    from pyarrow.fs import FileType
-
-    return filesystem.get_file_info(f"{storage}/{name}").type != FileType.NotFound
 
 
 def run_outputs(result, run_dir: str) -> tuple[dict[str, dict[str, float]], str]:

@@ -422,3 +422,110 @@ def test_a_failure_after_the_model_is_logged_registers_no_second_version(
     (version,) = MlflowClient(tracking_stack["mlflow"]).search_model_versions("name = 'once'")
     assert version.tags["step"] == "2" and "Checkpoint at step 2 of 2" in version.description
     assert not os.listdir(os.path.join(run_folder(cfg), "pending_models"))
+
+
+def stored_checkpoints(s3, bucket: str, prefix: str, into) -> list[str]:
+    """Ray Train's checkpoint folders under ``prefix`` in S3, downloaded under ``into``, oldest first."""
+    folders = set()
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        for obj in page.get("Contents", []):
+            rel = obj["Key"][len(prefix) :]
+            if (
+                not rel.startswith("checkpoint_") or "/" not in rel or rel.endswith("/")
+            ):  # Ray's own files, folder markers
+                continue
+            folders.add(str(into / rel.split("/")[0]))
+            (into / rel).parent.mkdir(parents=True, exist_ok=True)
+            s3.download_file(bucket, obj["Key"], str(into / rel))
+    return sorted(folders)
+
+
+@pytest.mark.slow
+def test_an_s3_outage_during_a_checkpoint_upload_waits_and_loses_nothing(
+    ray_session, tiny_sd_dir, tmp_path, tracking_stack, capfd
+):
+    """The S3 endpoint goes down halfway through the first checkpoint's upload and comes back 15 s later (longer than Ray Train's own three tries): the
+    worker says so on the console, retries, and the run finishes with every checkpoint whole in storage,
+    identical to the run folder's, every step logged once and every checkpoint registered once."""
+    from outage_proxy import OutageProxy
+
+    from trainers.checkpoint import MANIFEST, checkpoint_problem, latest_checkpoint
+
+    proxy = OutageProxy(int(tracking_stack["s3"].rsplit(":", 1)[1]), cut_at=rb"PUT /\S+/checkpoint_\d{4}-", down_s=15.0)
+    name = "s3-outage"
+    try:
+        cfg = tracked(
+            tiny_sd_dir,
+            str(tmp_path / "runs"),
+            tracking_stack["mlflow"],
+            train={"steps": 4, "run_name": name},
+            ray={"storage_path": f"s3://{tracking_stack['bucket']}/outage", "s3_endpoint": proxy.url},
+            tracking={"registered_model": "s3-outage"},
+        )
+        assert train_main(["--config", write_config(cfg, tmp_path / "cfg.yaml")]) == 0
+    finally:
+        proxy.close()
+    ((went_down, came_back),) = proxy.outages
+    assert came_back - went_down >= 15.0
+    out = capfd.readouterr()
+    where = f"s3://{tracking_stack['bucket']}/outage"
+    assert f"storage: uploading checkpoint step 2 at {where} failed" in out.out + out.err
+    assert re.search(rf"storage: uploading checkpoint step 2 at {where} done after [1-9]\d* failed tries", out.out)
+
+    s3 = boto3.client("s3", endpoint_url=tracking_stack["s3"])
+    stored = stored_checkpoints(s3, tracking_stack["bucket"], f"outage/{name}/", tmp_path / "stored")
+    assert len(stored) == 2, "Ray keeps the last two checkpoints: steps 2 and 4"
+    assert [checkpoint_problem(folder) for folder in stored] == [None, None]
+    with (
+        open(os.path.join(stored[-1], MANIFEST)) as a,
+        open(os.path.join(latest_checkpoint(run_folder(cfg)), MANIFEST)) as b,
+    ):
+        assert json.load(a) == json.load(b), "storage holds the run folder's last checkpoint, byte for byte"
+
+    client = MlflowClient(tracking_stack["mlflow"])
+    found = the_run(client, name)
+    assert [m.step for m in client.get_metric_history(found.info.run_id, "train/loss")] == [1, 2, 3, 4]
+    assert sorted(v.tags["step"] for v in client.search_model_versions("name = 's3-outage'")) == ["2", "4"]
+
+
+def test_storage_patience_retries_s3_with_growing_waits_and_gives_up_with_the_key_to_raise(tiny_sd_dir, tmp_path):
+    """S3 transfers are retried after 1, 2, 4 ... s until ``ray.storage_retry_s`` has passed; a local storage
+    folder's error (a full disk) is raised at once."""
+    from pipeline.storage import Patience, StorageUnavailable
+
+    clock, said = [0.0], []
+
+    def sleep(s):
+        clock[0] += s
+
+    def say(text, error=False):
+        said.append(text)
+
+    def failing(times):
+        calls = []
+
+        def transfer():
+            calls.append(clock[0])
+            if len(calls) <= times:
+                raise OSError("AWS Error NETWORK_CONNECTION during PutObject operation")
+            return "stored"
+
+        return transfer, calls
+
+    remote = make_config(tiny_sd_dir, str(tmp_path), ray={"storage_path": "s3://b/p", "storage_retry_s": 20})
+    patience = Patience(remote, say, sleep=sleep, clock=lambda: clock[0])
+    transfer, calls = failing(3)
+    assert patience("uploading checkpoint step 2", transfer) == "stored"
+    assert calls == [0, 1, 3, 7]
+    assert said[-1] == "storage: uploading checkpoint step 2 at s3://b/p done after 3 failed tries"
+    assert said[0].startswith("storage: uploading checkpoint step 2 at s3://b/p failed (AWS Error NETWORK_CONNECTION")
+
+    transfer, calls = failing(99)
+    with pytest.raises(StorageUnavailable, match=r"still failing after 15 s and 5 tries .* raise ray.storage_retry_s"):
+        patience("uploading checkpoint step 4", transfer)
+
+    local = Patience(make_config(tiny_sd_dir, str(tmp_path)), say, sleep=sleep)
+    transfer, calls = failing(1)
+    with pytest.raises(OSError, match="NETWORK_CONNECTION"):
+        local("uploading checkpoint step 2", transfer)
+    assert len(calls) == 1

@@ -317,6 +317,7 @@ class RayConfig:
         None  # Ray Train run storage: a folder every node sees, or s3://bucket/prefix; None = <output_dir>/ray
     )
     s3_endpoint: str | None = None  # S3-compatible endpoint for an s3:// storage_path (http://host:port); None = AWS
+    storage_retry_s: float = 900.0  # an s3:// storage that fails mid-transfer is retried for up to this many seconds
     max_failures: int = 0  # worker-group restarts after a failure (resumes from the last checkpoint)
     autoscaling: bool = False  # nodes start on demand: skip the check of the request against the live nodes
     report_every: int = 10  # forward metrics to Ray every this many steps, and at each evaluation and checkpoint
@@ -334,6 +335,7 @@ class RayConfig:
     def validate(self) -> list[str]:
         problems = _positive("num_workers", self.num_workers) + _positive("max_failures", self.max_failures, 0)
         problems += _positive("report_every", self.report_every) + _positive("reward_actors", self.reward_actors, 0)
+        problems += _positive("storage_retry_s", self.storage_retry_s, 0)
         problems += _positive("reward_num_gpus", self.reward_num_gpus, 0) + _positive(
             "reward_num_cpus", self.reward_num_cpus, 0
         )
