@@ -117,7 +117,9 @@ def run_with_kills(mode: str, output_dir: str, overrides: list[str], kills: int,
 
 
 def resume_point(output_dir: str) -> int:
-    """The step the next start resumes from: the one the run folder's ``latest`` names (0 without one)."""
+    """The step the next start resumes from: the one the run folder's ``latest`` names (0 without one). Read
+    without checking the checkpoint's manifest (``trainers.checkpoint.latest_checkpoint``), which hashing every
+    poll would slow down."""
     try:
         with open(os.path.join(run_folder(output_dir), "checkpoints", "latest"), encoding="utf-8") as f:
             return int(f.read().strip().removeprefix("step_"))
@@ -126,11 +128,10 @@ def resume_point(output_dir: str) -> int:
 
 
 def steps_logged(output_dir: str) -> int:
-    path = os.path.join(run_folder(output_dir), "metrics.jsonl")
-    if not os.path.isfile(path):
-        return 0
-    with open(path, encoding="utf-8") as f:
-        return max(0, sum(1 for _ in f) - 1)
+    """Training steps in the run folder's history (its step-0 line aside; a line being written left out)."""
+    from trainers.reporting import read_history
+
+    return max(0, len(read_history(os.path.join(run_folder(output_dir), "metrics.jsonl"))) - 1)
 
 
 def wait_for_moment(

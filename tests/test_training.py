@@ -11,7 +11,7 @@ import torch
 
 from pipeline.config import from_dict
 from trainers.config import Config
-from trainers.loop import TrainingAborted, build_trainer, run, train_step
+from trainers.loop import TrainingAborted, build_trainer, run, run_folder, train_step
 from trainers.models import trainable_state_dict
 from trainers.reporting import Reporter
 
@@ -266,6 +266,7 @@ def test_a_damaged_latest_checkpoint_is_passed_over_and_the_run_resumes_from_the
     cfg = make_config(tiny_sd_dir, str(tmp_path / "b"), train={"steps": 6})
     first = run(cfg)
     newest = os.path.join(first.run_dir, "checkpoints", "step_000006")
+    assert checkpoint_problem(newest) is None, "found intact (and remembered so) before the damage"
     if damage == "truncate":
         with open(os.path.join(newest, "state.pt"), "r+b") as f:
             f.truncate(100)
@@ -289,6 +290,29 @@ def test_a_damaged_latest_checkpoint_is_passed_over_and_the_run_resumes_from_the
         assert torch.equal(tensor, b["trainable"][name]), name
     steps = [json.loads(line)["step"] for line in open(os.path.join(resumed.run_dir, "metrics.jsonl"))]
     assert steps == list(range(9)), "the steps after the good checkpoint are logged again, once"
+
+
+def test_a_checkpoint_is_hashed_once_per_process_at_resume(tiny_sd_dir, tmp_path, monkeypatch):
+    """Resume asks about the latest checkpoint several times (the run-folder check, the resume point, the load):
+    its files are hashed once; a file rewritten afterwards, even to the same size, is hashed again."""
+    from pipeline.preflight import run_folder_problems
+    from trainers import checkpoint
+
+    cfg = make_config(tiny_sd_dir, str(tmp_path), train={"steps": 2})
+    run(cfg)
+    hashed = []
+    sha256 = checkpoint._sha256
+    monkeypatch.setattr(checkpoint, "_sha256", lambda path: hashed.append(path) or sha256(path))
+    assert run_folder_problems(make_config(tiny_sd_dir, str(tmp_path), train={"steps": 4})) == []
+    newest = checkpoint.latest_checkpoint(run_folder(cfg))
+    files = len(hashed)
+    assert files >= 2 and checkpoint.load_checkpoint(newest)["step"] == 2
+    assert len(hashed) == files, "no second hashing"
+    state = os.path.join(newest, "state.pt")
+    data = open(state, "rb").read()
+    with open(state, "wb") as f:
+        f.write(data[:-1] + bytes([data[-1] ^ 1]))
+    assert "state.pt differs" in checkpoint.checkpoint_problem(newest)
 
 
 def test_a_full_disk_stops_the_run_with_one_message_and_keeps_the_last_checkpoint(tiny_sd_dir, tmp_path):

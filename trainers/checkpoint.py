@@ -151,11 +151,41 @@ def latest_checkpoint(run_dir: str, damaged: list[str] | None = None) -> str | N
     return None
 
 
+# Checkpoints found intact in this process, with each file's size, inode and change times then: resume asks about
+# the same checkpoint several times at start-up (the run-folder check, the resume point, the load, MLflow's
+# catch-up), and a full fine-tune's checkpoint takes a minute to hash.
+_intact: dict[str, dict[str, tuple[int, ...]]] = {}
+
+
 def checkpoint_problem(folder: str) -> str | None:
     """Why ``folder`` is not an intact checkpoint (a missing ``state.pt``, or a file that differs from the
-    manifest in size or checksum), or None. A checkpoint written before manifests existed is taken as intact."""
+    manifest in size or checksum), or None. A checkpoint written before manifests existed is taken as intact.
+    Checksums are computed once per process: a folder found intact whose files keep their sizes, inodes and
+    change times is not hashed again."""
     if not os.path.isfile(os.path.join(folder, "state.pt")):
         return "no state.pt"
+    folder = os.path.abspath(folder)
+    stamps = _stamps(folder)
+    if _intact.get(folder) == stamps:
+        return None
+    problem = _manifest_problem(folder)
+    if problem is None:
+        _intact[folder] = stamps
+    return problem
+
+
+def _stamps(folder: str) -> dict[str, tuple[int, ...]]:
+    """Each file's size, inode, and modification and status-change times (the latter cannot be set back)."""
+    stamps = {}
+    for base, _, names in os.walk(folder):
+        for name in names:
+            path = os.path.join(base, name)
+            info = os.stat(path)
+            stamps[os.path.relpath(path, folder)] = (info.st_size, info.st_ino, info.st_mtime_ns, info.st_ctime_ns)
+    return stamps
+
+
+def _manifest_problem(folder: str) -> str | None:
     path = os.path.join(folder, MANIFEST)
     if not os.path.isfile(path):
         return None
