@@ -228,6 +228,22 @@ def finite_float(text: str) -> float:
     return value
 
 
+def at_least(minimum: int) -> Callable[[str], int]:
+    """An ``argparse`` type for a count option: an integer >= ``minimum``; argparse reports a refusal as
+    ``argument --seeds: must be an integer >= 1, got '0'`` and exits with status 2."""
+
+    def count(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}, got {text!r}")
+        return value
+
+    return count
+
+
 def run_cli(main: Callable[[], int]) -> NoReturn:
     """Exit with ``main()``'s return code, or with status 2 on a ``ConfigError``."""
     with exit_on_config_error():

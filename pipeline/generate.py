@@ -6,7 +6,7 @@ import argparse
 import math
 import os
 
-from pipeline.config import ConfigError, finite_float, run_cli
+from pipeline.config import ConfigError, at_least, finite_float, run_cli
 from pipeline.preflight import (
     device_problems,
     flow_family,
@@ -54,8 +54,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable)")
     p.add_argument("--prompts", help="prompt file (.txt or .jsonl)")
-    p.add_argument("--num-images", type=int, default=4, help="images per prompt")
-    p.add_argument("--steps", type=int, default=20, help="sampling steps (DDIM, or flow-matching Euler for SD3)")
+    p.add_argument("--num-images", type=at_least(1), default=4, help="images per prompt")
+    p.add_argument(
+        "--steps", type=at_least(1), default=20, help="sampling steps (DDIM, or flow-matching Euler for SD3)"
+    )
     p.add_argument(
         "--one-step",
         type=int,

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from pipeline.config import dump_yaml, run_cli
+from pipeline.config import at_least, dump_yaml, run_cli
 from pipeline.console import LOG_NAME, Console, ConsoleReporter, held_out_table, output_to
 from pipeline.preflight import load_checked, service_preflight, write_run_config
 from pipeline.ray_train import WorkerFailed  # Ray itself is imported only when a run starts
@@ -32,7 +32,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     parser.add_argument(
         "--progress-every",
-        type=int,
+        type=at_least(1),
         metavar="N",
         help="off a terminal (job logs), print progress every N steps (default: a tenth of the run)",
     )

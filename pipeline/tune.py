@@ -101,6 +101,13 @@ class SearchConfig:
 # ---------------------------------------------------------------- loading and validation
 
 
+@dataclass(frozen=True, kw_only=True)
+class SearchSection:
+    """A config file's ``search:`` section alone."""
+
+    search: SearchConfig
+
+
 def load_search(path: str, overrides: list[str]) -> tuple[Config, SearchConfig]:
     """The base training config and the search, both checked; one ``ConfigError`` with every problem."""
     data = read_yaml(path)
@@ -109,9 +116,9 @@ def load_search(path: str, overrides: list[str]) -> tuple[Config, SearchConfig]:
         raise ConfigError(
             ["search: missing; add a search: section with a space (python -m pipeline.tune --help)"], path
         )
-    ours = [o.removeprefix("search.") for o in overrides if o.startswith("search.")]
-    base = load_config(Config, path, [o for o in overrides if not o.startswith("search.")], data=data)
-    search = load_config(SearchConfig, f"{path} (search:)", ours, data=search_data)
+    ours = [o for o in overrides if o.startswith("search.")]
+    base = load_config(Config, path, [o for o in overrides if o not in ours], data=data)
+    search = load_config(SearchSection, path, ours, data={"search": search_data}).search  # problems name search.*
     problems = space_problems(base, search) + metric_problems(base, search)
     if problems:
         raise ConfigError(problems, f"{path} (search:)")

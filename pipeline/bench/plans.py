@@ -34,14 +34,16 @@ PLANS = {  # label -> config overrides
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    from pipeline.config import at_least
+
     p = argparse.ArgumentParser(
         prog="python -m pipeline.bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--size", choices=["tiny", "sd15"], help="model size (default: sd15 on GPU, tiny on CPU)")
     p.add_argument("--model", help="use this pipeline folder instead of building a random one")
-    p.add_argument("--steps", type=int, nargs="+", default=[20, 50], help="sampling step counts T to measure")
-    p.add_argument("--batch-size", type=int, default=1)
-    p.add_argument("--iters", type=int, default=3, help="timed optimiser steps per plan (after 1 warm-up)")
+    p.add_argument("--steps", type=at_least(1), nargs="+", default=[20, 50], help="sampling step counts T to measure")
+    p.add_argument("--batch-size", type=at_least(1), default=1)
+    p.add_argument("--iters", type=at_least(1), default=3, help="timed optimiser steps per plan (after 1 warm-up)")
     p.add_argument("--plans", nargs="+", choices=list(PLANS), default=list(PLANS), metavar="PLAN")
     p.add_argument("--extra", nargs="*", default=[], help="more config overrides, e.g. model.dtype=bf16")
     p.add_argument("--json", help="also write the results here")

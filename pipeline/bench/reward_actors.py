@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import statistics
 
-from pipeline.config import run_cli
+from pipeline.config import at_least, run_cli
 from pipeline.preflight import load_checked
 from pipeline.train import QUICKSTART
 
@@ -23,8 +23,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--config", default=QUICKSTART, help="training config (default: the toy-world quickstart)")
-    p.add_argument("--actors", type=int, default=1, help="reward actor replicas")
-    p.add_argument("--iters", type=int, default=10, help="timed steps per setting (after 2 warm-up steps)")
+    p.add_argument("--actors", type=at_least(1), default=1, help="reward actor replicas")
+    p.add_argument("--iters", type=at_least(1), default=10, help="timed steps per setting (after 2 warm-up steps)")
     p.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. train.batch_size=8")
     return p.parse_args(argv)
 

@@ -23,7 +23,7 @@ import os
 
 import torch
 
-from pipeline.config import finite_float
+from pipeline.config import at_least, finite_float
 from pipeline.toyworld.build_reward import load_shipped_reward, render_set
 from pipeline.toyworld.report import sample_images, split_metrics
 from pipeline.toyworld.shapes import ASSETS_DIR, held_out_combos
@@ -44,8 +44,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", default="runs/audit", help="folder for audit.json, audit.md and audit.png")
     parser.add_argument("--sd", default=str(ASSETS_DIR / "sd"), help="the base diffusers pipeline folder")
     parser.add_argument("--clip", default=str(ASSETS_DIR / "clip"), help="folder with toy-clip.json and weights")
-    parser.add_argument("--n", type=int, default=8, help="samples per held-out prompt (the quickstart's eval: 8)")
-    parser.add_argument("--steps", type=int, default=10, help="DDIM steps (the quickstart's sampler: 10)")
+    parser.add_argument(
+        "--n", type=at_least(1), default=8, help="samples per held-out prompt (the quickstart's eval: 8)"
+    )
+    parser.add_argument("--steps", type=at_least(1), default=10, help="DDIM steps (the quickstart's sampler: 10)")
     parser.add_argument("--guidance", type=finite_float, default=7.5, help="classifier-free guidance scale")
     parser.add_argument("--seed", type=int, default=1234, help="noise seed (the evaluation's eval.seed: 1234)")
     parser.add_argument("--target-gain", type=finite_float, default=None, help="clip_score gain the target asks for")

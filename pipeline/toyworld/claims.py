@@ -33,6 +33,7 @@ from dataclasses import dataclass
 import torch
 
 from pipeline.bench.distill import VARIANTS, timed_steps
+from pipeline.config import at_least
 from trainers.stats import bootstrap_mean_ci, crossed_bootstrap_ci
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -689,10 +690,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--claims", nargs="+", choices=ALL, default=ALL, metavar="CLAIM", help="which claims to run: " + ", ".join(ALL)
     )
-    parser.add_argument("--seeds", type=int, default=None, help="seeds per arm (default 3; --quick: 2)")
+    parser.add_argument("--seeds", type=at_least(1), default=None, help="seeds per arm (default 3; --quick: 2)")
     parser.add_argument("--quick", action="store_true", help="a few steps, tiny T, 2 seeds: checks the machinery")
     parser.add_argument("--out", default="runs/claims", help="folder for the runs, claims.md and the figures")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads")
+    parser.add_argument("--threads", type=at_least(1), default=2, help="torch threads")
     args = parser.parse_args(argv)
     seeds = args.seeds or (2 if args.quick else 3)
     if seeds < 2:

@@ -34,7 +34,7 @@ import os
 
 import torch
 
-from pipeline.config import finite_float
+from pipeline.config import at_least, finite_float
 from pipeline.toyworld.build_reward import load_shipped_reward, render_set, score_matrix
 from pipeline.toyworld.measure import distances_by_adherence, prompt_checks
 from pipeline.toyworld.shapes import ASSETS_DIR, Combo, all_combos, caption, held_out_combos, train_combos
@@ -149,9 +149,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sd", default=str(ASSETS_DIR / "sd"), help="diffusers pipeline folder")
     parser.add_argument("--weights", default=None, help="trained weights to apply (a run's final/ folder)")
     parser.add_argument("--clip", default=str(ASSETS_DIR / "clip"), help="folder with toy-clip.json and weights")
-    parser.add_argument("--n", type=int, default=8, help="samples per prompt")
-    parser.add_argument("--n-train", type=int, default=9, help="training prompts to include (0: held-out only)")
-    parser.add_argument("--steps", type=int, default=20, help="DDIM steps")
+    parser.add_argument("--n", type=at_least(1), default=8, help="samples per prompt")
+    parser.add_argument("--n-train", type=at_least(0), default=9, help="training prompts to include (0: held-out only)")
+    parser.add_argument("--steps", type=at_least(1), default=20, help="DDIM steps")
     parser.add_argument("--guidance", type=finite_float, default=7.5, help="classifier-free guidance scale")
     parser.add_argument(
         "--one-step",
@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> None:
         help="sample a one-step generator at this timestep (default: the weights' one_step.json)",
     )
     parser.add_argument("--seed", type=int, default=0, help="noise seed")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads")
+    parser.add_argument("--threads", type=at_least(1), default=2, help="torch threads")
     parser.add_argument("--grid", default="/tmp/toy_samples.png", help="sample grid PNG to write")
     parser.add_argument("--json", default=None, help="also write the metrics here")
     args = parser.parse_args(argv)
