@@ -66,6 +66,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "timestep, no guidance (default: the weights' one_step.json when they have one)",
     )
     p.add_argument("--guidance", type=finite_float, default=7.5, help="classifier-free guidance scale")
+    p.add_argument(
+        "--resolution",
+        type=at_least(8),
+        metavar="PX",
+        help="image side in pixels, a multiple of 8 (default: the model's native size; FLUX.1: 1024)",
+    )
     p.add_argument("--eta", type=finite_float, default=0.0, help="DDIM eta (0 for flow models)")
     p.add_argument("--seed", type=int, default=0, help="noise seed")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
@@ -148,6 +154,8 @@ def check(args: argparse.Namespace) -> None:
             if args.one_step is not None
             else []
         )
+    if args.resolution is not None and args.resolution % 8:
+        problems.append(f"--resolution: must be a multiple of 8, got {args.resolution}")
     if args.num_images < 1 or not 1 <= args.steps <= 1000:
         problems.append(f"--num-images/--steps: need >= 1 and 1..1000, got {args.num_images}/{args.steps}")
     if problems:
@@ -190,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     from trainers.prompts import read_prompts
     from trainers.samplers.ddim import one_step_schedule
 
-    model = load_model(ModelConfig(path=args.model, device=args.device))
+    model = load_model(ModelConfig(path=args.model, device=args.device, resolution=args.resolution))
     if blended(args):  # AIG alone (one weight of 1) loads one adapter at scale 1, as load_trained would
         load_weighted(model, [(folder, w * args.lora_scale) for folder, w in args.weighted])
     elif args.weighted:

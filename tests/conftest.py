@@ -124,6 +124,14 @@ def tiny_sd3_dir(tmp_path_factory, clip_tokenizer_dir) -> str:
     return build_tiny_sd3(str(tmp_path_factory.mktemp("tiny_sd3")), clip_tokenizer_dir)
 
 
+@pytest.fixture(scope="session")
+def tiny_flux_dir(tmp_path_factory, clip_tokenizer_dir) -> str:
+    """A tiny FLUX.1 [dev] pipeline folder (embedded guidance, dynamic shifting; sampled at 16 px in tests)."""
+    from flux_factories import build_tiny_flux
+
+    return build_tiny_flux(str(tmp_path_factory.mktemp("tiny_flux")), clip_tokenizer_dir)
+
+
 def _shared_folder(tmp_path_factory) -> str | None:
     """The folder all of this run's pytest-xdist workers share (their temp folders' parent), else None."""
     return str(tmp_path_factory.getbasetemp().parent) if os.environ.get("PYTEST_XDIST_WORKER") else None

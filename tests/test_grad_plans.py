@@ -10,6 +10,7 @@ with step-level checkpointing on.
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -24,7 +25,9 @@ T, GUIDANCE = 6, 3.0
 
 def float64_lora_model(folder: str):
     """A tiny model in float64 with gaussian-initialised LoRA (so every adapter gets gradient)."""
-    model = load_model(ModelConfig(path=folder, device="cpu"))
+    model = load_model(
+        ModelConfig(path=folder, device="cpu", resolution=16)
+    )  # every tiny model's size (FLUX: not native)
     targets = LORA_TARGETS if model.family.sampler == "flow" else ("to_q", "to_k", "to_v", "to_out.0")
     make_trainable(model, TrainableConfig(rank=2, alpha=2.0, init="gaussian", target_modules=targets))
     for module in (model.denoiser, *model.frozen_modules()):
@@ -41,10 +44,10 @@ def model64(tiny_sd_dir):
     return float64_lora_model(tiny_sd_dir)
 
 
-@pytest.fixture(scope="module", params=["sd", "sdxl", "pixart", "sd3"])
+@pytest.fixture(scope="module", params=["sd", "sdxl", "pixart", "sd3", "flux"])
 def family_model64(request):
     """The tiny model of each family (SD, SDXL with pooled embeddings and time ids, PixArt with its T5 mask,
-    SD3 with flow matching and LoRA on both streams)."""
+    SD3 with flow matching and LoRA on both streams, FLUX.1 [dev] with packed latents and embedded guidance)."""
     return float64_lora_model(request.getfixturevalue(f"tiny_{request.param}_dir"))
 
 
@@ -57,7 +60,7 @@ def reward(images: torch.Tensor) -> torch.Tensor:
 def _inputs(model):
     prompts = ["a red circle", "a blue square"]
     cond = model.family.encode_prompts(model, prompts)
-    uncond = model.family.encode_negative(model, 2)
+    uncond = model.unconditional(2, GUIDANCE)  # None for FLUX, which takes the scale as an input
     x_T = torch.randn(2, *model.latent_shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
     return cond, uncond, x_T
 
@@ -164,7 +167,14 @@ def flow_reference_grads(model, flags, refine=None, beta=0.0):
     ``x0 = x - sigma v`` at an early stop; stop-gradients placed per flag, by hand."""
     cond, uncond, x = _inputs(model)
     sched = model.scheduler
-    sched.set_timesteps(T)
+    if model.family.name == "flux":  # FluxPipeline's sigmas and mu (from the packed sequence length)
+        from diffusers.pipelines.flux.pipeline_flux import calculate_shift
+
+        c, (_, h, w) = sched.config, model.latent_shape
+        mu = calculate_shift((h // 2) * (w // 2), c.base_image_seq_len, c.max_image_seq_len, c.base_shift, c.max_shift)
+        sched.set_timesteps(T, sigmas=np.linspace(1.0, 1 / T, T), mu=mu)
+    else:
+        sched.set_timesteps(T)
     sigmas, timesteps = sched.sigmas.double(), sched.timesteps
     gen = torch.Generator().manual_seed(5)
 

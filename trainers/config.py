@@ -28,7 +28,9 @@ def _positive(name: str, value: float, minimum: float = 1) -> list[str]:
 class ModelConfig:
     """Which diffusion model to tune and how to run it."""
 
-    family: Literal["auto", "sd", "sdxl", "pixart", "sd3"] = "auto"  # auto: from model_index.json; sd = SD 1.x/2.x
+    family: Literal["auto", "sd", "sdxl", "pixart", "sd3", "flux"] = (
+        "auto"  # auto: from model_index.json; sd = SD 1.x/2.x
+    )
     path: str = "pipeline/assets/toyworld/sd"  # diffusers pipeline folder, or a hub id when online
     dtype: Literal["fp32", "bf16", "fp16"] = "fp32"  # frozen weights' precision; trained weights stay fp32
     device: str = "auto"  # "auto" (cuda if present, else cpu), "cpu", "cuda", "cuda:1", ...

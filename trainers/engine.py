@@ -56,6 +56,8 @@ def guided_output(
     or one per sample (``(B,)``).
     """
     x_in = x_t.to(model.dtype)
+    if model.guidance == "embedded":  # FLUX.1 [dev]: the scale is an input, one batch
+        return model.family.denoise(model, x_in, t, cond, guidance).to(x_t.dtype)
     if uncond is None:
         return model.family.denoise(model, x_in, t, cond).to(x_t.dtype)
     t = torch.cat([t, t]) if t.dim() else t
@@ -232,7 +234,7 @@ def generate(
     """Images ``(B, 3, H, W)`` in [0, 1] for ``prompts`` from noise ``x_T``, with no gradients (with
     annealed importance guidance when ``tuned_weights`` are given; LoRA folded unless ``fold_lora=False``)."""
     cond = model.family.encode_prompts(model, prompts)
-    uncond = model.family.encode_negative(model, len(prompts)) if guidance > 1 else None
+    uncond = model.unconditional(len(prompts), guidance)
     traj = sample(
         model,
         cond,

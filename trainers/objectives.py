@@ -157,7 +157,7 @@ def plan_loss(tr: Trainer, prompts: list[str], x_T: torch.Tensor, flags: list, g
     final latents as the reward is (``train/feature_diversity``: the mean)."""
     model, s, guidance = tr.model, tr.cfg.sampler, tr.cfg.sampler.training_guidance
     cond = model.family.encode_prompts(model, prompts)
-    uncond = model.family.encode_negative(model, len(prompts)) if guidance > 1 else None
+    uncond = model.unconditional(len(prompts), guidance)
     beta = tr.cfg.plan.kl_coeff
     traj = sample(
         model,
@@ -217,7 +217,7 @@ def distill_loss(tr: Trainer, d: DiStar) -> Loss:
     b, rep = tr.cfg.train.batch_size, tr.replicas
     prompts = tr.sampler.next_batch(b * rep.world_size)[rep.own_slice(b)]
     cond = tr.model.family.encode_prompts(tr.model, prompts)
-    uncond = tr.model.family.encode_negative(tr.model, b) if tr.cfg.distill.alpha_cfg > 1 else None
+    uncond = tr.model.unconditional(b, tr.cfg.distill.alpha_cfg)
     fake = [d.fake_update(cond, tr.gen, rep) for _ in range(tr.cfg.distill.fake_updates)]
     metrics = {"train/fake_loss": fake[-1][0], "train/fake_grad_norm": fake[-1][1]}
     if not all(math.isfinite(value) for f in fake for value in f):

@@ -10,13 +10,14 @@ import json
 import os
 
 from trainers.families.base import ModelFamily
+from trainers.families.flux import Flux
 from trainers.families.pixart import PixArtAlpha
 from trainers.families.sd import StableDiffusion
 from trainers.families.sd3 import StableDiffusion3
 from trainers.families.sdxl import StableDiffusionXL
 
 FAMILIES: dict[str, ModelFamily] = {
-    f.name: f for f in (StableDiffusion(), StableDiffusionXL(), PixArtAlpha(), StableDiffusion3())
+    f.name: f for f in (StableDiffusion(), StableDiffusionXL(), PixArtAlpha(), StableDiffusion3(), Flux())
 }
 BY_PIPELINE = {f.pipeline_class: f for f in FAMILIES.values()}
 SUPPORTED = ", ".join(f"{f.pipeline_class} ({f.name})" for f in FAMILIES.values())

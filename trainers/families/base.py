@@ -4,7 +4,7 @@ and the :class:`ModelFamily` protocol that each family module implements."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import torch
 
@@ -46,6 +46,8 @@ class DiffusionModel:
         tokenizers: Their tokenizers, in the same order.
         pipeline_config: The non-component entries of the pipeline's ``model_index.json``
             (SDXL: ``force_zeros_for_empty_prompt``).
+        guidance: How the guidance scale is applied: ``cfg`` (classifier-free, an unconditional batch),
+            ``embedded`` (an input of the denoiser: FLUX.1 [dev]) or ``none`` (FLUX.1 [schnell]).
     """
 
     family: ModelFamily
@@ -58,13 +60,19 @@ class DiffusionModel:
     dtype: torch.dtype
     resolution: int
     pipeline_config: dict[str, Any] = field(default_factory=dict)
+    guidance: Literal["cfg", "embedded", "none"] = "cfg"
 
     @property
     def latent_shape(self) -> tuple[int, int, int]:
-        """``(C, h, w)`` of one latent."""
+        """``(C, h, w)`` of one latent, as the VAE encodes an image (FLUX's transformer sees it packed)."""
         scale = 2 ** (len(self.vae.config.block_out_channels) - 1)
         side = self.resolution // scale
-        return (self.denoiser.config.in_channels, side, side)
+        return (self.vae.config.latent_channels, side, side)
+
+    def unconditional(self, n: int, guidance: float) -> Conditioning | None:
+        """Classifier-free guidance's unconditional branch for a batch of ``n`` at scale ``guidance``, or None
+        when there is none: guidance off (``<= 1``), or applied otherwise (:attr:`guidance`)."""
+        return self.family.encode_negative(self, n) if self.guidance == "cfg" and guidance > 1 else None
 
     def frozen_modules(self) -> list[torch.nn.Module]:
         """The VAE and text encoders (what training never changes)."""
@@ -102,7 +110,9 @@ class ModelFamily(Protocol):
         builds it for an absent negative prompt."""
 
     def denoise(self, model: DiffusionModel, x_t: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
-        """The denoiser's output for latents ``(B, C, h, w)`` at timestep ``t`` (0-dim or ``(B,)``)."""
+        """The denoiser's output for latents ``(B, C, h, w)`` at timestep ``t`` (0-dim or ``(B,)``). A family
+        whose models take the guidance scale as an input (``model.guidance == "embedded"``) also takes it here,
+        as a fifth argument."""
 
     def decode(self, model: DiffusionModel, latents: torch.Tensor) -> torch.Tensor:
         """Latents ``(B, C, h, w)`` -> images ``(B, 3, H, W)`` in [0, 1], differentiable, at least fp32."""

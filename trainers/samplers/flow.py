@@ -99,9 +99,11 @@ class FlowSchedule:
         return (1 - sigma) * x0 + sigma * noise
 
 
-def flow_schedule(config, num_steps: int, image_seq_len: int) -> FlowSchedule:
-    """The :class:`FlowSchedule` ``FlowMatchEulerDiscreteScheduler.set_timesteps(num_steps, mu=...)`` builds
-    from ``config``, with ``mu`` from ``image_seq_len`` (latent patches per image) under dynamic shifting.
+def flow_schedule(config, num_steps: int, image_seq_len: int, base_sigmas: np.ndarray | None = None) -> FlowSchedule:
+    """The :class:`FlowSchedule` ``FlowMatchEulerDiscreteScheduler.set_timesteps(num_steps, mu=..., sigmas=...)``
+    builds from ``config``, with ``mu`` from ``image_seq_len`` (latent patches per image) under dynamic shifting,
+    and ``base_sigmas`` the unshifted sigmas a pipeline passes (FLUX: ``linspace(1, 1/T, T)``); None = the
+    scheduler's own, evenly spaced over its training grid.
 
     Raises:
         ValueError: for the options in :data:`UNSUPPORTED` (or an unknown ``time_shift_type``).
@@ -113,12 +115,15 @@ def flow_schedule(config, num_steps: int, image_seq_len: int) -> FlowSchedule:
             f"the flow sampler; set {option_fix(found)}"
         )
     n_train, shift = config["num_train_timesteps"], config["shift"]
-    # the training grid's ends, in float32 as the scheduler's __init__ computes them
-    ends = torch.tensor([n_train, 1], dtype=torch.float32) / n_train
-    if not config["use_dynamic_shifting"]:
-        ends = shift * ends / (1 + (shift - 1) * ends)
-    sigma_max, sigma_min = ends.tolist()
-    sigmas = np.linspace(sigma_max * n_train, sigma_min * n_train, num_steps) / n_train
+    if base_sigmas is not None:
+        sigmas = np.asarray(base_sigmas).astype(np.float32)  # set_timesteps casts given sigmas before shifting
+    else:
+        # the training grid's ends, in float32 as the scheduler's __init__ computes them
+        ends = torch.tensor([n_train, 1], dtype=torch.float32) / n_train
+        if not config["use_dynamic_shifting"]:
+            ends = shift * ends / (1 + (shift - 1) * ends)
+        sigma_max, sigma_min = ends.tolist()
+        sigmas = np.linspace(sigma_max * n_train, sigma_min * n_train, num_steps) / n_train
     if config["use_dynamic_shifting"]:
         mu = dynamic_shift_mu(config, image_seq_len)
         sigmas = _time_shift(config.get("time_shift_type", "exponential"), mu, sigmas)
