@@ -146,14 +146,6 @@ def check(args: argparse.Namespace) -> None:
             if args.eta > 0
             else []
         )
-        problems += (
-            [
-                "--one-step: one-step generators are Diff-Instruct*'s, which flow-matching models do not "
-                "have; leave it out"
-            ]
-            if args.one_step is not None
-            else []
-        )
     if args.resolution is not None and args.resolution % 8:
         problems.append(f"--resolution: must be a multiple of 8, got {args.resolution}")
     if args.num_images < 1 or not 1 <= args.steps <= 1000:
@@ -192,11 +184,10 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from trainers.config import ModelConfig
-    from trainers.distill import generator_timestep
+    from trainers.distill import forward_process, generator_timestep
     from trainers.engine import annealed_weights, generate
     from trainers.models import load_model, load_trained, load_weighted
     from trainers.prompts import read_prompts
-    from trainers.samplers.ddim import one_step_schedule
 
     model = load_model(ModelConfig(path=args.model, device=args.device, resolution=args.resolution))
     if blended(args):  # AIG alone (one weight of 1) loads one adapter at scale 1, as load_trained would
@@ -217,7 +208,8 @@ def main(argv: list[str] | None = None) -> int:
         schedule, guidance = model.family.schedule(model, args.steps), args.guidance
     else:
         print(f"one-step generator: x0 prediction at timestep {one_step}, no guidance")
-        schedule, guidance = one_step_schedule(model.scheduler, one_step), 0.0
+        # guidance 1: the conditional output alone, as the generator was trained (FLUX.1 [dev]: the embedded scale 1)
+        schedule, guidance = forward_process(model, model.scheduler).one_step(model.scheduler, one_step), 1.0
     aig = annealed_weights(len(schedule), args.aig) if args.aig is not None else None
     images = generate(model, prompts, x_T, schedule, guidance=guidance, eta=args.eta, gen=gen, tuned_weights=aig)
     save_images(images.float().cpu(), prompts, args.out, args.num_images)

@@ -60,7 +60,7 @@ def flow_scheduler_problems(key: str, path: str) -> list[str]:
 
 def sampler_problems(cfg: Config) -> list[str]:
     """A flow-matching model (SD3) samples with deterministic Euler steps, on sigmas rebuilt from its scheduler
-    config: no ``sampler.eta``, no Diff-Instruct* (its scores are DDIM's), no sigma option the engine lacks."""
+    config: no ``sampler.eta``, no sigma option the engine lacks."""
     family = flow_family(cfg.model.path, cfg.model.family)
     if family is None:
         return []
@@ -69,11 +69,6 @@ def sampler_problems(cfg: Config) -> list[str]:
         "Euler sampler"
     )
     problems = [f"sampler.eta: {cfg.sampler.eta} but {what}; set sampler.eta=0"] if cfg.sampler.eta > 0 else []
-    if cfg.plan.name == "di_star":
-        problems.append(
-            f"plan.name: di_star needs a DDIM teacher, but {what}; use draft_k, draft_lv, drtune, refl or "
-            "alignprop, or a DDIM family (sd, sdxl, pixart) for di_star"
-        )
     return problems + flow_scheduler_problems("model.path", cfg.model.path)
 
 

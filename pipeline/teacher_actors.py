@@ -33,7 +33,7 @@ class TeacherServer:
 
     def __init__(self, cfg: dict):
         from pipeline.config import from_dict
-        from trainers.distill import LocalTeacher, NoiseSchedule, divergence_spec
+        from trainers.distill import LocalTeacher, divergence_spec, forward_process
         from trainers.families import family_of
         from trainers.models import DTYPES, DiffusionModel, load_denoiser
 
@@ -41,10 +41,13 @@ class TeacherServer:
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         family = family_of(c.model.path, c.model.family, os.path.isdir(c.model.path))
         unet, scheduler = load_denoiser(c.distill.teacher_path or c.model.path, family, DTYPES[c.model.dtype], device)
-        model = DiffusionModel(family, unet, None, (), (), scheduler, device, DTYPES[c.model.dtype], 0)
+        dtype = DTYPES[c.model.dtype]
+        model = DiffusionModel(
+            family, unet, None, (), (), scheduler, device, dtype, 0, guidance=family.guidance_of(unet)
+        )
         self.device = device
         self.teacher = LocalTeacher(
-            model, _unet_of(unet), NoiseSchedule.of(scheduler), divergence_spec(c.distill), c.distill.alpha_cfg
+            model, _unet_of(unet), forward_process(model, scheduler), divergence_spec(c.distill), c.distill.alpha_cfg
         )
 
     def pid(self) -> int:

@@ -151,3 +151,42 @@ def test_rms_form_is_the_l2_form_with_c_times_root_n_divided_by_root_n():
     rms, l2 = PseudoHuber(0.03, "rms"), PseudoHuber(0.03 * n**0.5, "l2")
     torch.testing.assert_close(rms.value(y), l2.value(y) / n**0.5)
     torch.testing.assert_close(rms.grad(y), l2.grad(y) / n**0.5)
+
+
+def test_a_flow_models_velocity_gives_the_noise_prediction_and_the_score_on_a_gaussian():
+    """Flow matching (SD3, FLUX): ``x_σ = (1-σ) x0 + σ ε`` and the denoiser predicts ``v = E[ε - x0 | x_σ]``.
+    ``FlowNoise.to_eps`` turns the exact velocity of a Gaussian into ``E[ε | x_σ] = -σ ∇log p(x_σ)``, and the
+    DI* surrogate built on it has the score divergence's gradient, as for a DDPM teacher above."""
+    from trainers.distill import FlowNoise
+
+    flow, t = FlowNoise(1000), torch.full((400_000,), 400)
+    sigma = 0.4
+    alpha = 1 - sigma
+
+    def posterior(x, mean, var):
+        """``(E[x0 | x], E[ε | x])`` for x0 ~ N(mean, var) per dimension."""
+        residual = (x - alpha * mean) / (alpha**2 * var + sigma**2)
+        return mean + alpha * var * residual, sigma * residual
+
+    def score(x, mean, var):
+        return -(x - alpha * mean) / (alpha**2 * var + sigma**2)
+
+    def eps_hat(x, mean, var):
+        x0, eps = posterior(x, mean, var)
+        return flow.to_eps(eps - x0, x, t)
+
+    z, eps = draws(400_000)
+    x = flow.add_noise(REF_MEAN + REF_VAR.sqrt() * z, t, eps)
+    torch.testing.assert_close(x, alpha * (REF_MEAN + REF_VAR.sqrt() * z) + sigma * eps, rtol=0, atol=1e-12)
+    torch.testing.assert_close(eps_hat(x, REF_MEAN, REF_VAR), -sigma * score(x, REF_MEAN, REF_VAR), rtol=0, atol=1e-12)
+
+    distance, (mean, log_std) = PseudoHuber(0.05, "l2"), generator()
+    x_t = flow.add_noise((mean + log_std.exp() * z).detach(), t, eps)
+    y = sigma * (score(x_t, mean, log_std.exp() ** 2) - score(x_t, REF_MEAN, REF_VAR))
+    exact = torch.autograd.grad(distance.value(y).mean(), (mean, log_std))
+    x_t = flow.add_noise(mean + log_std.exp() * z, t, eps)
+    fake, ref = eps_hat(x_t, mean.detach(), log_std.detach().exp() ** 2), eps_hat(x_t, REF_MEAN, REF_VAR)
+    surrogate = torch.autograd.grad(sim_loss(fake, ref, eps, distance).mean(), (mean, log_std))
+    for a, b in zip(exact, surrogate):  # two Monte-Carlo estimators of the same gradient, as above
+        assert a.abs().max() > 1e-3
+        torch.testing.assert_close(b, a, rtol=0.03, atol=2e-4)

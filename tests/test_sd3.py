@@ -178,7 +178,7 @@ def test_every_lora_tensor_reaches_the_diffusers_pipeline(tiny_sd3_dir, tmp_path
     )
 
 
-def test_unsupported_sigma_options_eta_and_di_star_exit_2(clip_tokenizer_dir, tmp_path):
+def test_unsupported_sigma_options_and_eta_exit_2(clip_tokenizer_dir, tmp_path):
     from sd3_factories import build_tiny_sd3
 
     folder = build_tiny_sd3(str(tmp_path / "karras"), clip_tokenizer_dir, use_karras_sigmas=True)
@@ -189,7 +189,6 @@ def test_unsupported_sigma_options_eta_and_di_star_exit_2(clip_tokenizer_dir, tm
         "pipeline.train",
         f"model.path={folder}",
         "sampler.eta=0.5",
-        "plan.name=di_star",
         "ray.enabled=false",
         "tracking.enabled=false",
     )
@@ -198,16 +197,14 @@ def test_unsupported_sigma_options_eta_and_di_star_exit_2(clip_tokenizer_dir, tm
     assert f"model.path: {config_file} sets use_karras_sigmas=true" in result.stderr
     assert "set use_karras_sigmas=false in that file" in result.stderr
     assert "sampler.eta: 0.5 but model.path=" in result.stderr and "set sampler.eta=0" in result.stderr
-    assert "plan.name: di_star needs a DDIM teacher" in result.stderr
 
     from pipeline.config import ConfigError
     from pipeline.generate import check, parse_args
 
     with pytest.raises(ConfigError) as err:
-        check(parse_args(["--model", folder, "--prompt", "a red circle", "--eta", "0.5", "--one-step", "500"]))
-    karras, eta, one_step = err.value.problems
+        check(parse_args(["--model", folder, "--prompt", "a red circle", "--eta", "0.5"]))
+    karras, eta = err.value.problems
     assert karras.startswith(f"--model: {config_file} sets use_karras_sigmas=true") and "use --eta 0" in eta
-    assert one_step.startswith("--one-step: one-step generators are Diff-Instruct*'s")
 
 
 def test_preflight_reads_sd3_folders(tiny_sd3_dir, tiny_sd_dir, tmp_path):

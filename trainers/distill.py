@@ -1,8 +1,8 @@
 """Diff-Instruct* (DI*, Luo et al. 2024) and its baselines: a one-step generator distilled from a guided
 teacher while it maximises a reward.
 
-Three roles (docs/methods.md), each a UNet predicting noise (or v, or x0: everything is converted
-to the noise prediction ``ε̂``):
+Three roles (docs/methods.md), each a denoiser predicting noise (or v, or x0, or a flow model's velocity:
+everything is converted to the noise prediction ``ε̂``, :class:`NoiseSchedule` and :class:`FlowNoise`):
 
 ============  ===============================================================================
 generator     ``x0 = g_θ(z, c) = x̂0(ε_θ(z, t_g, c), z, t_g)``, ``z ~ N(0, I)``: the engine run on the
@@ -54,6 +54,7 @@ from trainers.engine import guided_output, sample
 from trainers.grad_plan import OneStep
 from trainers.models import Conditioning, DiffusionModel, load_denoiser, make_trainable, pair_problems
 from trainers.samplers.ddim import one_step_schedule, split_prediction
+from trainers.samplers.flow import flow_one_step
 from trainers.score_divergence import DivergenceSpec, DivergenceTerms, PseudoHuber, divergence_terms, dsm_loss
 
 FAKE = "fake"  # adapter name of the fake score under shared_base; the generator's is peft's "default"
@@ -91,6 +92,49 @@ class NoiseSchedule:
         abar = self.abar[t.cpu()]
         return (abar / (1 - abar)).clamp(max=MIN_SNR)
 
+    def one_step(self, scheduler, timestep: int):
+        """The generator's schedule: the x0 prediction from ``timestep`` (``ddim.one_step_schedule``)."""
+        return one_step_schedule(scheduler, timestep)
+
+
+@dataclass
+class FlowNoise:
+    """A flow-matching teacher's forward process ``x_σ = (1-σ) x0 + σ ε`` with ``σ = t / num_train_timesteps``
+    (SD3, FLUX): the denoiser predicts the velocity ``v = ε - x0``, so ``ε̂ = x_σ + (1-σ) v`` and ``x̂0 = x_σ - σ v``;
+    the score is ``-ε̂ / σ`` (``tests/test_score_divergence.py`` checks this on a Gaussian)."""
+
+    num_train_timesteps: int = 1000
+
+    def _sigma(self, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        sigma = t.to(torch.float64) / self.num_train_timesteps
+        return sigma.view(-1, *([1] * (like.dim() - 1))).to(device=like.device, dtype=like.dtype)
+
+    def add_noise(self, x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        sigma = self._sigma(t, x0)
+        return (1 - sigma) * x0 + sigma * eps
+
+    def to_eps(self, out: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return x_t + (1 - self._sigma(t, x_t)) * out.to(x_t.dtype)
+
+    def weight(self, t: torch.Tensor, kind: str) -> torch.Tensor:
+        """``w(t)``: 1 (uniform) or ``min(SNR, 5)`` with ``SNR = ((1-σ)/σ)²`` (min_snr)."""
+        if kind == "uniform":
+            return torch.ones(len(t), dtype=torch.float64)
+        sigma = t.to(torch.float64) / self.num_train_timesteps
+        return ((1 - sigma) / sigma).square().clamp(max=MIN_SNR)
+
+    def one_step(self, scheduler, timestep: int):
+        """The generator's schedule: one Euler step from ``σ_g = timestep / num_train_timesteps`` to 0, which lands
+        on the x0 prediction ``z - σ_g v``."""
+        return flow_one_step(timestep, self.num_train_timesteps)
+
+
+def forward_process(model: DiffusionModel, scheduler) -> NoiseSchedule | FlowNoise:
+    """The teacher's forward process: DDPM's (``ᾱ``) for a DDIM family, the flow's for SD3 and FLUX."""
+    if model.family.sampler == "flow":
+        return FlowNoise(scheduler.config.num_train_timesteps)
+    return NoiseSchedule.of(scheduler)
+
 
 def generator_timestep(weights: str | None) -> int | None:
     """The timestep a one-step generator's weights folder records in ``one_step.json``, or None."""
@@ -119,7 +163,9 @@ class LocalTeacher:
     """The guided teacher on a UNet in this process; ``use()`` yields the UNet (a context, so a shared
     base can turn its adapters off for the call)."""
 
-    def __init__(self, model: DiffusionModel, use, noise: NoiseSchedule, spec: DivergenceSpec, alpha_cfg: float):
+    def __init__(
+        self, model: DiffusionModel, use, noise: NoiseSchedule | FlowNoise, spec: DivergenceSpec, alpha_cfg: float
+    ):
         self.model, self.use, self.noise, self.spec, self.alpha_cfg = model, use, noise, spec, alpha_cfg
 
     def eps(
@@ -273,19 +319,14 @@ class DiStar:
 
     def __init__(self, cfg: Config, model: DiffusionModel, teacher: Teacher | None = None):
         d, o = cfg.distill, cfg.optim
-        if model.family.sampler != "ddim":
-            raise ValueError(
-                f"plan.name=di_star: Diff-Instruct* needs a DDIM teacher, and {model.family.pipeline_class} "
-                "is a flow-matching model; use a DDIM family (sd, sdxl, pixart) or another plan"
-            )
         self.cfg, self.model = d, model
         self.nets, self.teacher_scheduler = build_networks(cfg, model, local_teacher=teacher is None)
-        self.noise, self.teacher_path = NoiseSchedule.of(self.teacher_scheduler), d.teacher_path or cfg.model.path
+        self.noise, self.teacher_path = forward_process(model, self.teacher_scheduler), d.teacher_path or cfg.model.path
         self.spec = divergence_spec(d)
         self.teacher = teacher or LocalTeacher(
             model, lambda: self.nets.role("teacher"), self.noise, self.spec, d.alpha_cfg
         )
-        self.one_step = one_step_schedule(model.scheduler, d.generator_timestep)
+        self.one_step = self.noise.one_step(model.scheduler, d.generator_timestep)
         self.plan = OneStep()
         self.fake_optimizer = torch.optim.AdamW(
             self.nets.fake_params, lr=d.fake_lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay

@@ -30,7 +30,6 @@ from trainers.evaluation import OneStepGenerator, feature_diversity, image_encod
 from trainers.grad_plan import GradPlan, refinement
 from trainers.models import DiffusionModel, make_trainable
 from trainers.registry import build_plan
-from trainers.samplers.ddim import one_step_schedule
 from trainers.samplers.schedule import Schedule
 
 if TYPE_CHECKING:
@@ -110,7 +109,7 @@ class DistillObjective:
         metrics, per_image = {}, {}
         with self.distill.teacher_model() as teacher:
             schedules = {
-                "one_step": one_step_schedule(teacher.scheduler, self.distill.cfg.generator_timestep),
+                "one_step": self.distill.noise.one_step(teacher.scheduler, self.distill.cfg.generator_timestep),
                 "multi_step": teacher.family.schedule(teacher, self.teacher_steps),
             }
             for name, schedule in schedules.items():

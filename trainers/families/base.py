@@ -92,6 +92,9 @@ class ModelFamily(Protocol):
     def load_denoiser(self, path: str, dtype: torch.dtype, offline: bool) -> torch.nn.Module:
         """The pipeline's denoiser alone (a distillation teacher), as stored."""
 
+    def guidance_of(self, denoiser: torch.nn.Module) -> str:
+        """How ``denoiser`` is guided: :attr:`DiffusionModel.guidance`."""
+
     def scheduler(self, scheduler_config) -> Any:
         """The diffusers scheduler whose maths sampling follows, from the pipeline's scheduler config."""
 

@@ -40,7 +40,6 @@ class Flux:
         from diffusers import FluxPipeline
 
         pipe = FluxPipeline.from_pretrained(path, dtype=dtype, local_files_only=offline)
-        embedded = bool(pipe.transformer.config.guidance_embeds)
         return DiffusionModel(
             self,
             frozen(pipe.transformer, device),
@@ -51,8 +50,12 @@ class Flux:
             device,
             dtype,
             DEFAULT_SAMPLE_SIZE * 2 ** (len(pipe.vae.config.block_out_channels) - 1),
-            guidance="embedded" if embedded else "none",
+            guidance=self.guidance_of(pipe.transformer),
         )
+
+    def guidance_of(self, denoiser: torch.nn.Module) -> str:
+        """[dev] takes the guidance scale as an input; [schnell] has none."""
+        return "embedded" if denoiser.config.guidance_embeds else "none"
 
     def load_denoiser(self, path: str, dtype: torch.dtype, offline: bool) -> torch.nn.Module:
         from diffusers import FluxTransformer2DModel

@@ -42,6 +42,10 @@ class PixArtAlpha:
     trained_files = (ADAPTER_CONFIG, ADAPTER_WEIGHTS)
     sampler = "ddim"
     lora_targets = ATTENTION_PROJECTIONS
+
+    def guidance_of(self, denoiser: torch.nn.Module) -> str:
+        return "cfg"
+
     schedule = staticmethod(ddim_sampling)
 
     def load(self, path: str, dtype: torch.dtype, device: torch.device, offline: bool) -> DiffusionModel:

@@ -31,6 +31,10 @@ class StableDiffusion:
     trained_files = (LORA_FILE,)
     sampler = "ddim"
     lora_targets = ATTENTION_PROJECTIONS
+
+    def guidance_of(self, denoiser: torch.nn.Module) -> str:
+        return "cfg"
+
     schedule = staticmethod(ddim_sampling)
 
     def load(self, path: str, dtype: torch.dtype, device: torch.device, offline: bool) -> DiffusionModel:

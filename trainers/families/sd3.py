@@ -40,6 +40,9 @@ class StableDiffusion3:
     sampler = "flow"
     lora_targets = LORA_TARGETS
 
+    def guidance_of(self, denoiser: torch.nn.Module) -> str:
+        return "cfg"
+
     def load(self, path: str, dtype: torch.dtype, device: torch.device, offline: bool) -> DiffusionModel:
         from diffusers import StableDiffusion3Pipeline
 

@@ -35,6 +35,10 @@ class StableDiffusionXL:
     trained_files = (LORA_FILE,)
     sampler = "ddim"
     lora_targets = ATTENTION_PROJECTIONS
+
+    def guidance_of(self, denoiser: torch.nn.Module) -> str:
+        return "cfg"
+
     schedule = staticmethod(ddim_sampling)
 
     def load(self, path: str, dtype: torch.dtype, device: torch.device, offline: bool) -> DiffusionModel:

@@ -141,6 +141,13 @@ def flow_schedule(config, num_steps: int, image_seq_len: int, base_sigmas: np.nd
     return FlowSchedule(torch.cat([sigmas, torch.zeros(1)]), sigmas * n_train, n_train)
 
 
+def flow_one_step(timestep: int, num_train_timesteps: int = 1000) -> FlowSchedule:
+    """One Euler step from ``sigma = timestep / num_train_timesteps`` to 0: its ``step`` returns the x0 prediction
+    ``x - sigma v``, the one-step generator of trainers/distill.py on a flow model."""
+    sigmas = torch.tensor([timestep / num_train_timesteps, 0.0], dtype=torch.float32)
+    return FlowSchedule(sigmas, sigmas[:1] * num_train_timesteps, num_train_timesteps)
+
+
 def dynamic_shift_mu(config, image_seq_len: int) -> float:
     """``mu`` linear in the number of latent patches, between (``base_image_seq_len``, ``base_shift``) and
     (``max_image_seq_len``, ``max_shift``), as the SD3 and FLUX pipelines compute it."""
