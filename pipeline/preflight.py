@@ -69,7 +69,26 @@ def sampler_problems(cfg: Config) -> list[str]:
         "Euler sampler"
     )
     problems = [f"sampler.eta: {cfg.sampler.eta} but {what}; set sampler.eta=0"] if cfg.sampler.eta > 0 else []
-    return problems + flow_scheduler_problems("model.path", cfg.model.path)
+    return problems + guidance_problems(cfg, family) + flow_scheduler_problems("model.path", cfg.model.path)
+
+
+def guidance_problems(cfg: Config, family) -> list[str]:
+    """A model that takes no guidance (FLUX.1 [schnell]) refuses guidance scales above 1, which would be ignored."""
+    skeleton = denoiser_skeleton(cfg.model.path)
+    if skeleton is None or family.guidance_of(skeleton) != "none":
+        return []
+    scales = {
+        "sampler.guidance_scale": cfg.sampler.guidance_scale,
+        "sampler.train_guidance_scale": cfg.sampler.train_guidance_scale,
+    }
+    if cfg.plan.name == "di_star":
+        scales["distill.alpha_cfg"] = cfg.distill.alpha_cfg
+    return [
+        f"{key}: {value} but model.path={cfg.model.path!r} is a {family.pipeline_class} without guidance (timestep-"
+        f"distilled, as FLUX.1 [schnell]), which would ignore it; set {key}=1"
+        for key, value in scales.items()
+        if value is not None and value > 1
+    ]
 
 
 def prompt_problems(key: str, path: str | None) -> list[str]:

@@ -138,3 +138,36 @@ def test_a_lora_trained_for_two_steps_loads_in_plain_diffusers_and_generate(tiny
     assert generate.main([*argv, "--device", "cpu", "--seed", "0", "--out", str(out)]) == 0
     saved = torch.stack([read_image(str(p)).float() / 255 for p in sorted(out.glob("0*.png"))])
     torch.testing.assert_close(saved, tuned, rtol=0, atol=1 / 255 + 1e-6)  # 8-bit PNGs
+
+
+def test_bad_flux_input_exits_2_before_anything_loads(tiny_flux_dir, tiny_sd3_dir, clip_tokenizer_dir, tmp_path):
+    """A FLUX LoRA on an SD3 base, guidance scales on a model without guidance ([schnell]), and a FLUX variant no
+    family loads: each refused with status 2 and one message naming the key."""
+    from flux_factories import build_tiny_flux
+    from test_cli import cli
+
+    from pipeline.config import ConfigError
+    from pipeline.generate import check, parse_args
+    from trainers.config import TrainableConfig
+    from trainers.models import make_trainable, save_trained
+
+    model = load_tiny(tiny_flux_dir)
+    make_trainable(model, TrainableConfig(rank=2))
+    save_trained(model, TrainableConfig(rank=2), str(tmp_path / "lora"))
+    with pytest.raises(ConfigError) as err:
+        check(parse_args(["--model", tiny_sd3_dir, "--weights", str(tmp_path / "lora"), "--prompt", "a red circle"]))
+    (problem,) = err.value.problems
+    assert problem.startswith(f"--weights: {str(tmp_path / 'lora')!r} does not fit the base model {tiny_sd3_dir!r}")
+
+    schnell = build_tiny_flux(str(tmp_path / "schnell"), clip_tokenizer_dir, guidance_embeds=False)
+    result = cli("pipeline.train", f"model.path={schnell}", "sampler.guidance_scale=3.5", "ray.enabled=false")
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert "sampler.guidance_scale: 3.5 but model.path=" in result.stderr
+    why = "is a FluxPipeline without guidance (timestep-distilled, as FLUX.1 [schnell]), which would ignore it"
+    assert f"{why}; set sampler.guidance_scale=1" in result.stderr
+
+    klein = tmp_path / "klein"
+    klein.mkdir()
+    (klein / "model_index.json").write_text('{"_class_name": "Flux2KleinPipeline"}')
+    result = cli("pipeline.train", f"model.path={klein}", "ray.enabled=false")
+    assert result.returncode == 2 and "holds a Flux2KleinPipeline, which no model family loads" in result.stderr

@@ -47,12 +47,14 @@ def test_unsupported_or_mismatched_pipelines_are_preflight_errors(tiny_sdxl_dir,
     from pipeline.preflight import model_problems
     from trainers.models import pair_problems
 
-    flux = tmp_path / "flux"
-    flux.mkdir()
-    (flux / "model_index.json").write_text(json.dumps({"_class_name": "FluxPipeline"}))
-    (problem,) = model_problems("model.path", str(flux))
-    assert "holds a FluxPipeline, which no model family loads" in problem
-    assert "StableDiffusionPipeline (sd), StableDiffusionXLPipeline (sdxl)" in problem
+    qwen = tmp_path / "qwen"
+    qwen.mkdir()
+    (qwen / "model_index.json").write_text(json.dumps({"_class_name": "QwenImagePipeline"}))
+    (problem,) = model_problems("model.path", str(qwen))
+    assert "holds a QwenImagePipeline, which no model family loads" in problem
+    assert (
+        "StableDiffusionPipeline (sd), StableDiffusionXLPipeline (sdxl)" in problem and "FluxPipeline (flux)" in problem
+    )
     (problem,) = model_problems("model.path", tiny_sdxl_dir, "sd")
     assert (
         "model.family='sd' but" in problem and "StableDiffusionXLPipeline; set model.family=auto (or sdxl)" in problem
