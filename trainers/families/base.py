@@ -88,6 +88,7 @@ class ModelFamily(Protocol):
     trained_files: tuple[str, ...]  # the files a saved LoRA folder holds
     sampler: str  # "ddim" (trainers/samplers/ddim.py) or "flow" (trainers/samplers/flow.py)
     lora_targets: tuple[str, ...]  # the denoiser modules given LoRA adapters when trainable.target_modules is unset
+    kohya_prefix: str | None  # the key prefix of pipeline.export's ComfyUI/kohya file; None: not exported
 
     def load_denoiser(self, path: str, dtype: torch.dtype, offline: bool) -> torch.nn.Module:
         """The pipeline's denoiser alone (a distillation teacher), as stored."""

@@ -35,6 +35,7 @@ class Flux:
     trained_files = (LORA_FILE,)
     sampler = "flow"
     lora_targets = LORA_TARGETS  # both streams' attention; single blocks match to_q/to_k/to_v
+    kohya_prefix = "lora_transformer_"  # pipeline.export's key prefix (None: no ComfyUI export)
 
     def load(self, path: str, dtype: torch.dtype, device: torch.device, offline: bool) -> DiffusionModel:
         from diffusers import FluxPipeline

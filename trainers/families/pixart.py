@@ -42,6 +42,7 @@ class PixArtAlpha:
     trained_files = (ADAPTER_CONFIG, ADAPTER_WEIGHTS)
     sampler = "ddim"
     lora_targets = ATTENTION_PROJECTIONS
+    kohya_prefix = None  # pipeline.export's key prefix (None: no ComfyUI export)
 
     def guidance_of(self, denoiser: torch.nn.Module) -> str:
         return "cfg"

@@ -39,6 +39,7 @@ class StableDiffusion3:
     trained_files = (LORA_FILE,)
     sampler = "flow"
     lora_targets = LORA_TARGETS
+    kohya_prefix = None  # pipeline.export's key prefix (None: no ComfyUI export)
 
     def guidance_of(self, denoiser: torch.nn.Module) -> str:
         return "cfg"

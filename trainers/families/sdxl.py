@@ -35,6 +35,7 @@ class StableDiffusionXL:
     trained_files = (LORA_FILE,)
     sampler = "ddim"
     lora_targets = ATTENTION_PROJECTIONS
+    kohya_prefix = "lora_unet_"  # pipeline.export's key prefix (None: no ComfyUI export)
 
     def guidance_of(self, denoiser: torch.nn.Module) -> str:
         return "cfg"
