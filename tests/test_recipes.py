@@ -24,7 +24,12 @@ def _spec(spec) -> dict:
 
 @pytest.mark.parametrize(
     "recipe, family",
-    [("sdxl_drtune_hps.yaml", "sdxl"), ("pixart_distar_hps.yaml", "pixart"), ("sd35_drtune_hps.yaml", "sd3")],
+    [
+        ("sdxl_drtune_hps.yaml", "sdxl"),
+        ("pixart_distar_hps.yaml", "pixart"),
+        ("sd35_drtune_hps.yaml", "sd3"),
+        ("flux_drtune_hps.yaml", "flux"),
+    ],
 )
 def test_family_recipe_trains_on_its_tiny_model(request, tmp_path, recipe, family):
     with open(os.path.join(ROOT, "pipeline", "configs", recipe), encoding="utf-8") as f:
@@ -32,6 +37,9 @@ def test_family_recipe_trains_on_its_tiny_model(request, tmp_path, recipe, famil
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a red circle\na blue square\n", encoding="utf-8")
     data["model"]["path"] = request.getfixturevalue(f"tiny_{family}_dir")
+    data["model"].pop("resolution", None)  # the tiny model's size
+    if family == "flux":  # FLUX's native size is 128 latent pixels; the tiny one is sampled at 16 px
+        data["model"]["resolution"] = 16
     data["rewards"] = [_spec(make_hps_spec(str(tmp_path / "hps")))]
     data["eval"]["rewards"] = [_spec(make_aesthetic_spec(str(tmp_path / "aesthetic")))]
     data["data"] = {"prompts": str(prompts), "eval_prompts": str(prompts)}
