@@ -111,3 +111,91 @@ def build_random_sd(
     os.makedirs(folder, exist_ok=True)
     pipe.save_pretrained(folder)
     return folder
+
+
+def small_t5_tokenizer():
+    """A small T5 Unigram tokenizer built offline (pad 0, eos 1, unk 2): a piece per lowercase letter, digit and
+    sign, and each letter after a word boundary."""
+    import string
+
+    from transformers import T5Tokenizer
+
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0)]
+    pieces += [(c, -3.0) for c in string.ascii_lowercase + string.digits + string.punctuation]
+    pieces += [("\u2581" + c, -2.5) for c in string.ascii_lowercase]
+    return T5Tokenizer(vocab=pieces, extra_ids=0)
+
+
+FLUX_SIZES = {  # tiny: CPU benchmarks (sampled at model.resolution=64: 16 x 16 packed patches)
+    "tiny": {
+        "transformer": dict(num_layers=2, num_single_layers=2, attention_head_dim=16, num_attention_heads=4),
+        "text": dict(hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=3),
+        "t5": dict(d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4),
+    },
+}
+
+
+def build_random_flux(folder: str, size: str = "tiny", seed: int = 0) -> str:
+    """A random-weight FLUX.1 [dev]-structured pipeline (embedded guidance, dynamic shifting, a 16-channel VAE with
+    FLUX's scaling and shift), ``save_pretrained`` to ``folder``."""
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+
+    from pipeline.clip_tokenizer import build_clip_tokenizer
+
+    spec, tokenizer, tokenizer_2 = FLUX_SIZES[size], build_clip_tokenizer(), small_t5_tokenizer()
+    head = spec["transformer"]["attention_head_dim"]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        text_encoder = CLIPTextModel(
+            CLIPTextConfig(
+                vocab_size=len(tokenizer),
+                max_position_embeddings=77,
+                bos_token_id=tokenizer.bos_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id,
+                **spec["text"],
+            )
+        )
+        t5 = T5EncoderModel(
+            T5Config(
+                vocab_size=len(tokenizer_2),
+                feed_forward_proj="gated-gelu",
+                pad_token_id=0,
+                eos_token_id=1,
+                decoder_start_token_id=0,
+                **spec["t5"],
+            )
+        )
+        transformer = FluxTransformer2DModel(
+            patch_size=1,
+            in_channels=64,
+            joint_attention_dim=spec["t5"]["d_model"],
+            pooled_projection_dim=spec["text"]["hidden_size"],
+            guidance_embeds=True,
+            axes_dims_rope=(head // 4, 3 * head // 8, 3 * head // 8),
+            **spec["transformer"],
+        )
+        vae = AutoencoderKL(
+            down_block_types=("DownEncoderBlock2D",) * 2,
+            up_block_types=("UpDecoderBlock2D",) * 2,
+            block_out_channels=(32, 64),
+            latent_channels=16,
+            sample_size=64,
+            scaling_factor=0.3611,
+            shift_factor=0.1159,
+            use_quant_conv=False,
+            use_post_quant_conv=False,
+        )
+    pipe = FluxPipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True),
+        vae=vae,
+        text_encoder=text_encoder.eval(),
+        tokenizer=tokenizer,
+        text_encoder_2=t5.eval(),
+        tokenizer_2=tokenizer_2,
+        transformer=transformer,
+    )
+    os.makedirs(folder, exist_ok=True)
+    pipe.save_pretrained(folder)
+    return folder

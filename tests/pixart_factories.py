@@ -5,19 +5,15 @@ PixArt transformer with learned sigma (8 output channels) and the SD VAE layout,
 from __future__ import annotations
 
 import os
-import string
 
 import torch
 
 
 def t5_tokenizer():
-    """A small T5 Unigram tokenizer (pad 0, eos 1, unk 2): a piece per lowercase letter, digit and sign."""
-    from transformers import T5Tokenizer
+    """A small T5 Unigram tokenizer (pad 0, eos 1, unk 2), built offline."""
+    from pipeline.random_models import small_t5_tokenizer
 
-    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0)]
-    pieces += [(c, -3.0) for c in string.ascii_lowercase + string.digits + string.punctuation]
-    pieces += [("\u2581" + c, -2.5) for c in string.ascii_lowercase]
-    return T5Tokenizer(vocab=pieces, extra_ids=0)
+    return small_t5_tokenizer()
 
 
 def build_tiny_pixart(folder: str, seed: int = 0, sample_size: int = 8) -> str:

@@ -1,8 +1,7 @@
 """``python -m pipeline.bench``: the gradient-plan benchmark (:mod:`pipeline.bench.plans`)."""
 
-import sys
-
 from pipeline.bench.plans import main
+from pipeline.config import run_cli
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_cli(main)

@@ -39,6 +39,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m pipeline.bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    p.add_argument("--family", choices=["sd", "flux"], default="sd", help="random model's family (default sd)")
     p.add_argument("--size", choices=["tiny", "sd15"], help="model size (default: sd15 on GPU, tiny on CPU)")
     p.add_argument("--model", help="use this pipeline folder instead of building a random one")
     p.add_argument("--steps", type=at_least(1), nargs="+", default=[20, 50], help="sampling step counts T to measure")
@@ -229,11 +230,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     import torch
 
-    size = args.size or ("sd15" if torch.cuda.is_available() else "tiny")
+    size = args.size or ("sd15" if torch.cuda.is_available() and args.family == "sd" else "tiny")
     with tempfile.TemporaryDirectory() as tmp:
-        model_dir = args.model or _build(tmp, size)
+        model_dir = args.model or _build(tmp, args.family, size)
         rows = []
-        print(f"model: {args.model or size + ' (random weights)'}, batch {args.batch_size}, CFG 7.5, LoRA r4")
+        what = args.model or f"{args.family} {size} (random weights)"
+        print(f"model: {what}, batch {args.batch_size}, guidance 7.5 (FLUX: embedded), LoRA r4")
         if args.baseline:
             return compare_naive(model_dir, args)
         print(f"{'plan':<18}{'T':>4}{'s/step':>10}{'img/s':>9}{'peak MB':>10}{'over model MB':>15}")
@@ -285,9 +287,14 @@ def compare_naive(model_dir: str, args: argparse.Namespace) -> int:
     return 0
 
 
-def _build(tmp: str, size: str) -> str:
-    from pipeline.random_models import build_random_sd
+def _build(tmp: str, family: str, size: str) -> str:
+    from pipeline.config import ConfigError
+    from pipeline.random_models import build_random_flux, build_random_sd
 
+    if family == "flux":
+        if size != "tiny":
+            raise ConfigError([f"--size: the random FLUX model comes in size tiny, got {size!r}"], "command line")
+        return build_random_flux(os.path.join(tmp, "flux"), size)
     return build_random_sd(os.path.join(tmp, size), size)
 
 
