@@ -1,9 +1,10 @@
-"""Random-weight Stable Diffusion pipelines built from configs, for tests and benchmarks.
+"""Random-weight Stable Diffusion and FLUX.1 pipelines built from configs, for tests and benchmarks.
 
 ``build_random_sd(folder, size)`` writes a diffusers pipeline folder that loads through the same
 ``from_pretrained`` code as a real model. Sizes: ``test`` (16 px, fast unit tests), ``tiny``
 (64 px, for CPU benchmarks) and ``sd15`` (the real SD 1.5 UNet and VAE
-architecture at 512 px, random weights, for GPU benchmarks).
+architecture at 512 px, random weights, for GPU benchmarks). ``build_random_flux(folder, size)``: ``test`` and
+``tiny``, the same roles.
 """
 
 from __future__ import annotations
@@ -126,24 +127,42 @@ def small_t5_tokenizer():
     return T5Tokenizer(vocab=pieces, extra_ids=0)
 
 
-FLUX_SIZES = {  # tiny: CPU benchmarks (sampled at model.resolution=64: 16 x 16 packed patches)
+FLUX_SIZES = {  # test: unit tests at 16 px; tiny: CPU benchmarks at model.resolution=64 (16 x 16 packed patches)
+    "test": {
+        "transformer": dict(num_layers=1, num_single_layers=1, attention_head_dim=16, num_attention_heads=2),
+        "text": dict(hidden_size=16, intermediate_size=32, num_attention_heads=2, num_hidden_layers=2),
+        "t5": dict(d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4),
+        "vae": dict(
+            block_out_channels=(8, 16), latent_channels=4, layers_per_block=1, norm_num_groups=4, sample_size=16
+        ),
+    },
     "tiny": {
         "transformer": dict(num_layers=2, num_single_layers=2, attention_head_dim=16, num_attention_heads=4),
         "text": dict(hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=3),
         "t5": dict(d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4),
+        "vae": dict(block_out_channels=(32, 64), latent_channels=16, sample_size=64),
     },
 }
 
 
-def build_random_flux(folder: str, size: str = "tiny", seed: int = 0) -> str:
-    """A random-weight FLUX.1 [dev]-structured pipeline (embedded guidance, dynamic shifting, a 16-channel VAE with
-    FLUX's scaling and shift), ``save_pretrained`` to ``folder``."""
+def build_random_flux(
+    folder: str,
+    size: str = "tiny",
+    seed: int = 0,
+    tokenizer=None,
+    guidance_embeds: bool = True,
+    **scheduler_options,
+) -> str:
+    """A random-weight FLUX.1-structured pipeline, ``save_pretrained`` to ``folder``: [dev]'s layout (embedded
+    guidance) or, with ``guidance_embeds=False``, [schnell]'s; a VAE with FLUX's scaling and shift; dynamic
+    shifting unless ``scheduler_options`` say otherwise. ``tokenizer``: a ``CLIPTokenizer`` (default: the real
+    CLIP tokenizer rebuilt offline)."""
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
     from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
     from pipeline.clip_tokenizer import build_clip_tokenizer
 
-    spec, tokenizer, tokenizer_2 = FLUX_SIZES[size], build_clip_tokenizer(), small_t5_tokenizer()
+    spec, tokenizer, tokenizer_2 = FLUX_SIZES[size], tokenizer or build_clip_tokenizer(), small_t5_tokenizer()
     head = spec["transformer"]["attention_head_dim"]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -167,28 +186,27 @@ def build_random_flux(folder: str, size: str = "tiny", seed: int = 0) -> str:
                 **spec["t5"],
             )
         )
+        # in_channels: the latent channels times a 2x2 patch; the rope axes sum to the head width
         transformer = FluxTransformer2DModel(
             patch_size=1,
-            in_channels=64,
+            in_channels=4 * spec["vae"]["latent_channels"],
             joint_attention_dim=spec["t5"]["d_model"],
             pooled_projection_dim=spec["text"]["hidden_size"],
-            guidance_embeds=True,
+            guidance_embeds=guidance_embeds,
             axes_dims_rope=(head // 4, 3 * head // 8, 3 * head // 8),
             **spec["transformer"],
         )
         vae = AutoencoderKL(
             down_block_types=("DownEncoderBlock2D",) * 2,
             up_block_types=("UpDecoderBlock2D",) * 2,
-            block_out_channels=(32, 64),
-            latent_channels=16,
-            sample_size=64,
             scaling_factor=0.3611,
             shift_factor=0.1159,
             use_quant_conv=False,
             use_post_quant_conv=False,
+            **spec["vae"],
         )
     pipe = FluxPipeline(
-        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True),
+        scheduler=FlowMatchEulerDiscreteScheduler(**{"shift": 3.0, "use_dynamic_shifting": True, **scheduler_options}),
         vae=vae,
         text_encoder=text_encoder.eval(),
         tokenizer=tokenizer,

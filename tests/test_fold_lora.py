@@ -20,15 +20,12 @@ from trainers.models import load_model, make_trainable
 def lora_model(request):
     """A tiny model of the family with a random (non-zero) LoRA."""
     folder = request.getfixturevalue(f"tiny_{request.param}_dir")
-    model = load_model(ModelConfig(path=folder, device="cpu"))
-    targets = ("to_q", "to_k", "to_v", "to_out.0") + (
-        ("add_q_proj", "add_k_proj", "add_v_proj", "to_add_out") if model.family.sampler == "flow" else ()
-    )
-    _perturb(make_trainable(model, TrainableConfig(rank=4, alpha=8.0, target_modules=targets)), scale=0.1)
+    model = load_model(ModelConfig(path=folder, device="cpu", resolution=16))  # every tiny model's size
+    _perturb(make_trainable(model, TrainableConfig(rank=4, alpha=8.0)), scale=0.1)  # the family's default targets
     return model
 
 
-@pytest.mark.parametrize("lora_model", ["sd", "sdxl", "pixart", "sd3"], indirect=True)
+@pytest.mark.parametrize("lora_model", ["sd", "sdxl", "pixart", "sd3", "flux"], indirect=True)
 def test_folded_sampling_equals_the_plain_path_and_restores_the_weights(lora_model):
     model = lora_model
     before = {k: v.clone() for k, v in model.denoiser.state_dict().items()}
