@@ -73,9 +73,12 @@ def sampler_problems(cfg: Config) -> list[str]:
 
 
 def guidance_problems(cfg: Config, family) -> list[str]:
-    """A model that takes no guidance (FLUX.1 [schnell]) refuses guidance scales above 1, which would be ignored."""
+    """Guidance scales a model does not use as a CFG config means them: a model without guidance input (FLUX.1
+    [schnell]) would ignore a scale above 1; one that takes the scale as an input (FLUX.1 [dev]) has no CFG to turn
+    off, so a scale below 1 is not "guidance off" but an input it was not distilled for."""
     skeleton = denoiser_skeleton(cfg.model.path)
-    if skeleton is None or family.guidance_of(skeleton) != "none":
+    kind = None if skeleton is None else family.guidance_of(skeleton)
+    if kind not in ("none", "embedded"):
         return []
     scales = {
         "sampler.guidance_scale": cfg.sampler.guidance_scale,
@@ -83,11 +86,21 @@ def guidance_problems(cfg: Config, family) -> list[str]:
     }
     if cfg.plan.name == "di_star":
         scales["distill.alpha_cfg"] = cfg.distill.alpha_cfg
+    scales = {key: value for key, value in scales.items() if value is not None}
+    model = f"model.path={cfg.model.path!r} is a {family.pipeline_class}"
+    if kind == "none":
+        return [
+            f"{key}: {value} but {model} without guidance (timestep-distilled, as FLUX.1 [schnell]), which would "
+            f"ignore it; set {key}=1"
+            for key, value in scales.items()
+            if value > 1
+        ]
     return [
-        f"{key}: {value} but model.path={cfg.model.path!r} is a {family.pipeline_class} without guidance (timestep-"
-        f"distilled, as FLUX.1 [schnell]), which would ignore it; set {key}=1"
+        f"{key}: {value} but {model} that takes the guidance scale as an input (guidance-distilled, as FLUX.1 "
+        f"[dev]): there is no classifier-free guidance to turn off, and scales below 1 are outside what it was "
+        f"distilled on; set {key} between 1 and 10 (FLUX.1 [dev]: 3.5 to sample, 4.0 in the FLUX recipe)"
         for key, value in scales.items()
-        if value is not None and value > 1
+        if value < 1
     ]
 
 

@@ -61,7 +61,14 @@ def test_packing_and_positions_are_the_pipelines():
 
 @pytest.mark.parametrize(
     "variant, steps, guidance",
-    [("dev", 4, 3.5), ("dev", 2, 3.5), ("dev-static", 3, 3.5), ("schnell", 3, 0.0), ("schnell", 1, 0.0)],
+    [
+        ("dev", 4, 3.5),
+        ("dev", 2, 3.5),
+        ("dev", 3, 8.0),
+        ("dev-static", 3, 3.5),
+        ("schnell", 3, 0.0),
+        ("schnell", 1, 0.0),
+    ],
 )
 def test_sampling_matches_the_flux_pipeline(tiny_flux_dir, clip_tokenizer_dir, tmp_path, variant, steps, guidance):
     from flux_factories import build_tiny_flux
@@ -141,8 +148,9 @@ def test_a_lora_trained_for_two_steps_loads_in_plain_diffusers_and_generate(tiny
 
 
 def test_bad_flux_input_exits_2_before_anything_loads(tiny_flux_dir, tiny_sd3_dir, clip_tokenizer_dir, tmp_path):
-    """A FLUX LoRA on an SD3 base, guidance scales on a model without guidance ([schnell]), and a FLUX variant no
-    family loads: each refused with status 2 and one message naming the key."""
+    """A FLUX LoRA on an SD3 base, a guidance scale on a model without guidance ([schnell]), a scale below 1 on one
+    that takes it as an input ([dev], where it does not turn CFG off), and a FLUX variant no family loads: each
+    refused with status 2 and one message naming the key."""
     from flux_factories import build_tiny_flux
     from test_cli import cli
 
@@ -165,6 +173,11 @@ def test_bad_flux_input_exits_2_before_anything_loads(tiny_flux_dir, tiny_sd3_di
     assert "sampler.guidance_scale: 3.5 but model.path=" in result.stderr
     why = "is a FluxPipeline without guidance (timestep-distilled, as FLUX.1 [schnell]), which would ignore it"
     assert f"{why}; set sampler.guidance_scale=1" in result.stderr
+
+    dev = cli("pipeline.train", f"model.path={tiny_flux_dir}", "sampler.guidance_scale=0", "ray.enabled=false")
+    assert dev.returncode == 2 and "Traceback" not in dev.stderr, dev.stderr[-2000:]
+    assert "sampler.guidance_scale: 0.0 but model.path=" in dev.stderr
+    assert "there is no classifier-free guidance to turn off" in dev.stderr
 
     klein = tmp_path / "klein"
     klein.mkdir()
