@@ -72,6 +72,29 @@ def sampler_problems(cfg: Config) -> list[str]:
     return problems + guidance_problems(cfg, family) + flow_scheduler_problems("model.path", cfg.model.path)
 
 
+def resolution_problems(cfg: Config) -> list[str]:
+    """``model.resolution`` gives a latent side the denoiser takes: a multiple of its patch size (FLUX: of its 2x2
+    packing), times the VAE's downscaling."""
+    import json
+
+    from trainers.families import family_of
+
+    vae_config = os.path.join(cfg.model.path, "vae", "config.json")
+    skeleton = denoiser_skeleton(cfg.model.path)
+    if cfg.model.resolution is None or skeleton is None or not os.path.isfile(vae_config):
+        return []
+    with open(vae_config, encoding="utf-8") as f:
+        scale = 2 ** (len(json.load(f)["block_out_channels"]) - 1)
+    step = scale * family_of(cfg.model.path, cfg.model.family).latent_multiple(skeleton)
+    if cfg.model.resolution % step == 0:
+        return []
+    nearest = max(step, round(cfg.model.resolution / step) * step)
+    return [
+        f"model.resolution: {cfg.model.resolution} px is not a multiple of {step} (the VAE's {scale}x downscaling "
+        f"times the denoiser's patch of {step // scale} latent pixels); set model.resolution={nearest}"
+    ]
+
+
 def guidance_problems(cfg: Config, family) -> list[str]:
     """Guidance scales a model does not use as a CFG config means them: a model without guidance input (FLUX.1
     [schnell]) would ignore a scale above 1; one that takes the scale as an input (FLUX.1 [dev]) has no CFG to turn
@@ -269,7 +292,7 @@ def preflight(cfg: Config, source: str = "config", training: bool = False) -> No
     """Raise one ``ConfigError`` listing every missing file or unavailable device the config names
     (and, for ``training``, a run folder it may not write into)."""
     problems = model_problems("model.path", cfg.model.path, cfg.model.family) or target_module_problems(cfg)
-    problems += sampler_problems(cfg) if not problems else []
+    problems += sampler_problems(cfg) + resolution_problems(cfg) if not problems else []
     if not (cfg.ray.enabled and cfg.ray.use_gpu):  # Ray workers get GPUs the driver may not have
         problems += device_problems("model.device", cfg.model.device)
     problems += reward_problems("rewards", cfg.rewards) + reward_problems("eval.rewards", cfg.eval.rewards)

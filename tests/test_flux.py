@@ -5,6 +5,7 @@ and reproduces ``pipeline.generate``."""
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
@@ -178,6 +179,17 @@ def test_bad_flux_input_exits_2_before_anything_loads(tiny_flux_dir, tiny_sd3_di
     assert dev.returncode == 2 and "Traceback" not in dev.stderr, dev.stderr[-2000:]
     assert "sampler.guidance_scale: 0.0 but model.path=" in dev.stderr
     assert "there is no classifier-free guidance to turn off" in dev.stderr
+
+    eightfold = build_tiny_flux(str(tmp_path / "eightfold"), clip_tokenizer_dir)  # a VAE config of FLUX's 8x
+    config = os.path.join(eightfold, "vae", "config.json")
+    with open(config, encoding="utf-8") as f:
+        vae = json.load(f)
+    with open(config, "w", encoding="utf-8") as f:
+        json.dump(vae | {"block_out_channels": [8, 16, 16, 16]}, f)
+    odd = cli("pipeline.train", f"model.path={eightfold}", "model.resolution=520", "ray.enabled=false")
+    assert odd.returncode == 2 and "Traceback" not in odd.stderr, odd.stderr[-2000:]
+    why = "the VAE's 8x downscaling times the denoiser's patch of 2 latent pixels"
+    assert f"model.resolution: 520 px is not a multiple of 16 ({why}); set model.resolution=512" in odd.stderr
 
     klein = tmp_path / "klein"
     klein.mkdir()

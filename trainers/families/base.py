@@ -93,6 +93,9 @@ class ModelFamily(Protocol):
     def load_denoiser(self, path: str, dtype: torch.dtype, offline: bool) -> torch.nn.Module:
         """The pipeline's denoiser alone (a distillation teacher), as stored."""
 
+    def latent_multiple(self, denoiser: torch.nn.Module) -> int:
+        """What the latent side must be a multiple of (a transformer's patch size; FLUX's 2x2 packing)."""
+
     def guidance_of(self, denoiser: torch.nn.Module) -> str:
         """How ``denoiser`` is guided: :attr:`DiffusionModel.guidance`."""
 

@@ -54,6 +54,10 @@ class Flux:
             guidance=self.guidance_of(pipe.transformer),
         )
 
+    def latent_multiple(self, denoiser: torch.nn.Module) -> int:
+        """What the latent side must be a multiple of (packed into 2x2 patches)."""
+        return 2
+
     def guidance_of(self, denoiser: torch.nn.Module) -> str:
         """[dev] takes the guidance scale as an input; [schnell] has none."""
         return "embedded" if denoiser.config.guidance_embeds else "none"

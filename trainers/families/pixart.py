@@ -44,6 +44,10 @@ class PixArtAlpha:
     lora_targets = ATTENTION_PROJECTIONS
     kohya_prefix = None  # pipeline.export's key prefix (None: no ComfyUI export)
 
+    def latent_multiple(self, denoiser: torch.nn.Module) -> int:
+        """What the latent side must be a multiple of (patchified)."""
+        return denoiser.config.patch_size
+
     def guidance_of(self, denoiser: torch.nn.Module) -> str:
         return "cfg"
 

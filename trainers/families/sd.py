@@ -33,6 +33,10 @@ class StableDiffusion:
     lora_targets = ATTENTION_PROJECTIONS
     kohya_prefix = "lora_unet_"  # pipeline.export's key prefix (None: no ComfyUI export)
 
+    def latent_multiple(self, denoiser: torch.nn.Module) -> int:
+        """What the latent side must be a multiple of (UNet: any latent size)."""
+        return 1
+
     def guidance_of(self, denoiser: torch.nn.Module) -> str:
         return "cfg"
 

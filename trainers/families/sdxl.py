@@ -37,6 +37,10 @@ class StableDiffusionXL:
     lora_targets = ATTENTION_PROJECTIONS
     kohya_prefix = "lora_unet_"  # pipeline.export's key prefix (None: no ComfyUI export)
 
+    def latent_multiple(self, denoiser: torch.nn.Module) -> int:
+        """What the latent side must be a multiple of (UNet: any latent size)."""
+        return 1
+
     def guidance_of(self, denoiser: torch.nn.Module) -> str:
         return "cfg"
 
