@@ -55,6 +55,28 @@ def test_remote_teacher_gives_the_same_generator_gradients(ray_session, tiny_sd_
         torch.set_num_threads(threads)
 
 
+def test_a_remote_flux_teacher_gives_the_same_generator_gradients(ray_session, tiny_flux_dir, tmp_path):
+    """The actor builds a flow teacher as the worker does: FLUX.1 [dev]'s embedded guidance and the velocity's
+    noise prediction (``FlowNoise``), so one actor gives the in-process gradients bit for bit."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        model = {"model": {"path": tiny_flux_dir, "device": "cpu", "resolution": 16}}
+        cfg = distill_config(
+            tiny_flux_dir, str(tmp_path), model | {"ray": {"teacher_actors": 1, "teacher_num_cpus": 0.5}}
+        )
+        local = _moved_grads(cfg)
+        pool = start_teacher_actors(cfg)
+        try:
+            remote = _moved_grads(cfg, RemoteTeacher(pool))
+        finally:
+            for actor in pool:
+                ray.kill(actor)
+        assert float(local.norm()) > 0 and torch.equal(remote, local)
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_killed_teacher_actor_restarts_and_training_goes_on(ray_session, tiny_sd_dir, tmp_path):
     cfg = distill_config(
         tiny_sd_dir,
