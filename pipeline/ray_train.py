@@ -45,15 +45,20 @@ class RayReporter(Reporter):
         checkpoint = None
         if checkpoint_dir and ray.train.get_context().get_world_rank() == 0:
             checkpoint = ray.train.Checkpoint.from_directory(checkpoint_dir)
-        upload = None
-        if checkpoint and self.patience.remote:
-
-            def upload(checkpoint, folder_name):
-                storage = ray.train.get_context().get_storage()
-                send = lambda: storage.persist_current_checkpoint(checkpoint, folder_name)  # noqa: E731
-                return self.patience(f"uploading checkpoint step {step}", send)
-
+        upload = self._patient_upload(step) if checkpoint and self.patience.remote else None  # None: Ray's own
         ray.train.report({"step": step, **self.held_out, **metrics}, checkpoint=checkpoint, checkpoint_upload_fn=upload)
+
+    def _patient_upload(self, step: int):
+        """Ray Train's ``checkpoint_upload_fn``: its own upload to the run storage, retried with ``patience``."""
+        import ray.train
+
+        def upload(checkpoint, folder_name: str):
+            storage = ray.train.get_context().get_storage()
+            return self.patience(
+                f"uploading checkpoint step {step}", lambda: storage.persist_current_checkpoint(checkpoint, folder_name)
+            )
+
+        return upload
 
 
 def train_fn_per_worker(config: dict) -> None:
