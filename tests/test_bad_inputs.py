@@ -91,6 +91,16 @@ CASES = [
     (("pipeline.toyworld.report", "--n", "0"), "argument --n: must be an integer >= 1"),
     (("pipeline.toyworld.audit", "--steps", "x"), "argument --steps: expected an integer, got 'x'"),
     (("pipeline.bench.plans", "--iters", "0"), "argument --iters"),
+    (
+        ("pipeline.bench.plans", "--family", "flux", "--baseline", "naive"),
+        "--baseline: the naive loop is written for DDIM",
+    ),
+    (
+        ("pipeline.bench.plans", "--family", "flux", "--size", "sd15"),
+        "--size: the random FLUX model comes in size tiny",
+    ),
+    (("pipeline.export", "--model", TOY_SD, "--weights", "/no/such/weights", "--out", "x.safetensors"), "/no/such"),
+    (("pipeline.export", "--model", TOY_SD, "--weights", TOY_SD, "--out", "x.pt"), "--out"),
     (("pipeline.bench.reward_actors", "--actors", "0"), "argument --actors"),
     (train("--progress-every", "0"), "argument --progress-every"),
 ]

@@ -230,6 +230,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     import torch
 
+    if args.baseline and args.family != "sd":
+        from pipeline.config import ConfigError
+
+        raise ConfigError(["--baseline: the naive loop is written for DDIM families; use --family sd"], "command line")
     size = args.size or ("sd15" if torch.cuda.is_available() and args.family == "sd" else "tiny")
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = args.model or _build(tmp, args.family, size)
