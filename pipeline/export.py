@@ -70,7 +70,10 @@ def kohya_state_dict(folder: str, denoiser_folder: str, prefix: str) -> dict:
         metadata = json.loads((f.metadata() or {}).get("lora_adapter_metadata", "{}"))
     alpha = metadata.get(f"{denoiser_folder}.lora_alpha")
     if alpha is None:
-        raise ValueError(f"{folder}: {LORA_FILE} has no lora_adapter_metadata; re-save it with this version")
+        raise ValueError(
+            f"{folder}: {LORA_FILE} has no lora_adapter_metadata, so its alpha is unknown; export weights saved by "
+            "this version's training (final/ or a checkpoint's model/)"
+        )
     if metadata.get(f"{denoiser_folder}.alpha_pattern") or metadata.get(f"{denoiser_folder}.rank_pattern"):
         raise ValueError(f"{folder}: per-layer ranks or alphas have no kohya-style equivalent")
     if metadata.get(f"{denoiser_folder}.use_rslora") or metadata.get(f"{denoiser_folder}.use_dora"):
