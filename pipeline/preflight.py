@@ -16,7 +16,7 @@ from trainers.config import Config
 from trainers.families import family_problem
 from trainers.families.pixart import ADAPTER_WEIGHTS
 from trainers.families.sd import LORA_FILE
-from trainers.models import denoiser_dir, denoiser_skeleton, model_path_problem, pair_problems
+from trainers.models import component_config, denoiser_dir, denoiser_skeleton, model_path_problem, pair_problems
 from trainers.prompts import read_prompts
 
 
@@ -75,16 +75,13 @@ def sampler_problems(cfg: Config) -> list[str]:
 def resolution_problems(cfg: Config) -> list[str]:
     """``model.resolution`` gives a latent side the denoiser takes: a multiple of its patch size (FLUX: of its 2x2
     packing), times the VAE's downscaling."""
-    import json
-
     from trainers.families import family_of
 
-    vae_config = os.path.join(cfg.model.path, "vae", "config.json")
+    vae = component_config(cfg.model.path, "vae")
     skeleton = denoiser_skeleton(cfg.model.path)
-    if cfg.model.resolution is None or skeleton is None or not os.path.isfile(vae_config):
+    if cfg.model.resolution is None or skeleton is None or "block_out_channels" not in vae:
         return []
-    with open(vae_config, encoding="utf-8") as f:
-        scale = 2 ** (len(json.load(f)["block_out_channels"]) - 1)
+    scale = 2 ** (len(vae["block_out_channels"]) - 1)
     step = scale * family_of(cfg.model.path, cfg.model.family).latent_multiple(skeleton)
     if cfg.model.resolution % step == 0:
         return []

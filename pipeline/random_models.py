@@ -62,7 +62,6 @@ def build_random_sd(
         prediction_type: ``epsilon`` or ``v_prediction``.
     """
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
 
     from pipeline.clip_tokenizer import build_clip_tokenizer
 
@@ -80,16 +79,7 @@ def build_random_sd(
             up_block_types=("UpDecoderBlock2D",) * blocks,
             **spec["vae"],
         )
-        text_encoder = CLIPTextModel(
-            CLIPTextConfig(
-                vocab_size=len(tokenizer),
-                max_position_embeddings=77,
-                bos_token_id=tokenizer.bos_token_id,
-                eos_token_id=tokenizer.eos_token_id,
-                pad_token_id=tokenizer.pad_token_id,
-                **spec["text"],
-            )
-        )
+        text_encoder = clip_text_encoder(tokenizer, spec["text"])
     scheduler = DDIMScheduler(
         beta_start=0.00085,
         beta_end=0.012,
@@ -112,6 +102,22 @@ def build_random_sd(
     os.makedirs(folder, exist_ok=True)
     pipe.save_pretrained(folder)
     return folder
+
+
+def clip_text_encoder(tokenizer, text: dict):
+    """A random ``CLIPTextModel`` of the sizes in ``text`` for ``tokenizer`` (its vocabulary and special tokens)."""
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    return CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer),
+            max_position_embeddings=77,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            **text,
+        )
+    )
 
 
 def small_t5_tokenizer():
@@ -158,7 +164,7 @@ def build_random_flux(
     shifting unless ``scheduler_options`` say otherwise. ``tokenizer``: a ``CLIPTokenizer`` (default: the real
     CLIP tokenizer rebuilt offline)."""
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
-    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+    from transformers import T5Config, T5EncoderModel
 
     from pipeline.clip_tokenizer import build_clip_tokenizer
 
@@ -166,16 +172,7 @@ def build_random_flux(
     head = spec["transformer"]["attention_head_dim"]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        text_encoder = CLIPTextModel(
-            CLIPTextConfig(
-                vocab_size=len(tokenizer),
-                max_position_embeddings=77,
-                bos_token_id=tokenizer.bos_token_id,
-                eos_token_id=tokenizer.eos_token_id,
-                pad_token_id=tokenizer.pad_token_id,
-                **spec["text"],
-            )
-        )
+        text_encoder = clip_text_encoder(tokenizer, spec["text"])
         t5 = T5EncoderModel(
             T5Config(
                 vocab_size=len(tokenizer_2),

@@ -19,18 +19,12 @@ import time
 import pytest
 import yaml
 from conftest import shell_env
+from test_quickstart import SHORT  # the quickstart cut to two steps
 
 from cluster.local import free_port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.dirname(sys.executable)  # the venv's bin: its `ray`, and the job's `python` via the head's PATH
-SHORT = [
-    "train.steps=2",
-    "train.checkpoint_every=2",
-    "eval.max_prompts=2",
-    "eval.images_per_prompt=1",
-    "eval.require=[]",
-]
 # .gitignore'd folders (.venv, runs) are skipped by Ray anyway; listed so the upload stays ~15 MB
 # (mostly pipeline/assets, which the job needs) even without that file.
 RUNTIME_ENV = {

@@ -263,21 +263,22 @@ PAIR_KEYS = (
 )
 
 
+def component_config(folder: str, part: str) -> dict:
+    """The config of a pipeline folder's component ``part`` (``denoiser`` for ``unet/`` or ``transformer/``,
+    ``vae``, ``text_encoder``, ``scheduler``, ...); ``{}`` when the folder has none."""
+    import json
+
+    name = "scheduler_config.json" if part == "scheduler" else "config.json"
+    path = os.path.join(denoiser_dir(folder) or "", name) if part == "denoiser" else os.path.join(folder, part, name)
+    if not os.path.isfile(path):
+        return {}
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
 def pair_problems(generator_path: str, teacher_path: str) -> list[str]:
     """Why a teacher cannot supervise a generator: a different latent space or text encoder, read from
     the two pipeline folders' config files (hub ids are not checked here)."""
-    import json
-
-    def read(folder: str, part: str) -> dict:
-        name = "scheduler_config.json" if part == "scheduler" else "config.json"
-        path = (
-            os.path.join(denoiser_dir(folder) or "", name) if part == "denoiser" else os.path.join(folder, part, name)
-        )
-        if not os.path.isfile(path):
-            return {}
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-
     if not (os.path.isdir(generator_path) and os.path.isdir(teacher_path)):
         return []
     from trainers.families import pipeline_class
@@ -291,7 +292,7 @@ def pair_problems(generator_path: str, teacher_path: str) -> list[str]:
     problems = []
     denoiser = os.path.basename(denoiser_dir(generator_path) or "unet")
     for part, key in PAIR_KEYS:
-        mine, theirs = read(generator_path, part).get(key), read(teacher_path, part).get(key)
+        mine, theirs = component_config(generator_path, part).get(key), component_config(teacher_path, part).get(key)
         if mine != theirs:
             name = denoiser if part == "denoiser" else part
             problems.append(

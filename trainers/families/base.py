@@ -169,6 +169,13 @@ def ddim_scheduler(config, **defaults) -> Any:
     return DDIMScheduler.from_config(config, **{k: v for k, v in defaults.items() if k not in config})
 
 
+def flow_match_scheduler(config) -> Any:
+    """The pipeline's ``FlowMatchEulerDiscreteScheduler`` (SD3, FLUX); flow sampling reads only its config."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    return FlowMatchEulerDiscreteScheduler.from_config(config)
+
+
 def ddim_sampling(model: DiffusionModel, num_steps: int) -> Any:
     """The DDIM schedule of ``num_steps`` steps on the model's (DDIM) scheduler."""
     from trainers.samplers.ddim import ddim_schedule

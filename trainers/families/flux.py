@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from trainers.families.base import Conditioning, DiffusionModel, decode_images, frozen
+from trainers.families.base import Conditioning, DiffusionModel, decode_images, flow_match_scheduler, frozen
 from trainers.families.sd import LORA_FILE
 from trainers.families.sd3 import LORA_TARGETS
 
@@ -70,10 +70,7 @@ class Flux:
         )
 
     def scheduler(self, scheduler_config):
-        """The pipeline's ``FlowMatchEulerDiscreteScheduler``; sampling reads only its config."""
-        from diffusers import FlowMatchEulerDiscreteScheduler
-
-        return FlowMatchEulerDiscreteScheduler.from_config(scheduler_config)
+        return flow_match_scheduler(scheduler_config)
 
     def schedule(self, model: DiffusionModel, num_steps: int):
         """The pipeline's sigmas ``linspace(1, 1/T, T)``, shifted; ``mu`` from the packed sequence length."""

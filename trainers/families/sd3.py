@@ -21,6 +21,7 @@ from trainers.families.base import (
     Conditioning,
     DiffusionModel,
     decode_images,
+    flow_match_scheduler,
     frozen,
     native_resolution,
 )
@@ -81,10 +82,7 @@ class StableDiffusion3:
         )
 
     def scheduler(self, scheduler_config):
-        """The pipeline's ``FlowMatchEulerDiscreteScheduler``; sampling reads only its config."""
-        from diffusers import FlowMatchEulerDiscreteScheduler
-
-        return FlowMatchEulerDiscreteScheduler.from_config(scheduler_config)
+        return flow_match_scheduler(scheduler_config)
 
     def schedule(self, model: DiffusionModel, num_steps: int):
         """Flow-matching Euler sigmas; under dynamic shifting ``mu`` follows the latent's patch count."""
