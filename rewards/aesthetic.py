@@ -23,7 +23,7 @@ from torch import nn
 
 from rewards.base import RewardLoadError, check_images, describe_state_dict_mismatch, freeze, model_device_dtype
 from rewards.descriptor import OPEN_CLIP_ARCH, OPEN_CLIP_TENSORS, RewardDescriptor, WeightsFile
-from rewards.open_clip_loading import load_open_clip, open_clip_preprocess, register_arch_config
+from rewards.open_clip_loading import load_open_clip, meta_open_clip, open_clip_preprocess, register_arch_config
 from rewards.preprocess import ImagePreprocess
 
 if TYPE_CHECKING:
@@ -82,6 +82,19 @@ class AestheticReward(nn.Module):
         x_hat = self.preprocess(images.to(device=device, dtype=dtype))  # (B, 3, h, w)
         embeddings = F.normalize(self.visual(x_hat), dim=-1)  # (B, d)
         return self.head(embeddings).float()
+
+
+def aesthetic_skeleton(spec: RewardSpec) -> AestheticReward:
+    """The aesthetic reward's modules on the meta device (``RewardDescriptor.skeleton``)."""
+    import open_clip
+
+    if spec.arch_config is not None:
+        register_arch_config(spec.arch_config)
+    arch = spec.resolved_arch()
+    clip = meta_open_clip(arch)
+    with torch.device("meta"):
+        head = AestheticMLP(open_clip.get_model_config(arch)["embed_dim"])
+    return AestheticReward(clip.visual, head, open_clip_preprocess(clip))
 
 
 def load_aesthetic(spec: RewardSpec) -> AestheticReward:
@@ -157,6 +170,7 @@ def _unwrap(state: Mapping) -> dict[str, torch.Tensor]:
 # The LAION head was trained on OpenAI CLIP ViT-L/14 features, and OpenAI's CLIP uses QuickGELU: the plain
 # "ViT-L-14" config has the same tensors but GELU, so it would load OpenAI weights without error and score wrongly.
 DESCRIPTOR = RewardDescriptor(
+    skeleton=aesthetic_skeleton,
     name="aesthetic",
     load=load_aesthetic,
     unit="aesthetic score (1-10)",

@@ -109,6 +109,8 @@ def check_images(images: object, prompts: Sequence[str]) -> None:
 
 
 def _check_range(images: torch.Tensor) -> None:
+    if images.device.type == "meta":  # shapes only: pipeline.plan counts a step on the meta device
+        return
     lo, hi = torch.aminmax(images.detach())
     lo, hi = lo.item(), hi.item()
     # Written so that NaN (which compares False with everything) also fails.

@@ -17,7 +17,7 @@ from rewards.catalog import BY_NAME, REWARD_NAMES
 from rewards.combine import WeightedSum, unique_names
 from rewards.config import RewardSpec
 
-__all__ = ["REWARD_NAMES", "build_reward", "load_reward"]
+__all__ = ["REWARD_NAMES", "build_reward", "load_reward", "reward_skeleton"]
 
 
 def build_reward(
@@ -41,6 +41,19 @@ def build_reward(
     if not specs:
         raise ValueError(f"build_reward needs at least one RewardSpec; valid names: {', '.join(REWARD_NAMES)}")
     rewards = [load_reward(spec, device, dtype) for spec in specs]
+    if not term_names(specs):
+        return rewards[0]
+    return WeightedSum([(spec.weight, reward) for spec, reward in zip(specs, rewards)])
+
+
+def reward_skeleton(specs: Sequence[RewardSpec], dtype: torch.dtype = torch.float32) -> Reward:
+    """What :func:`build_reward` builds from ``specs``, on the meta device with no weights file read (rewards
+    without weights are built as they are); for counting FLOPs and memory."""
+    rewards = []
+    for spec in specs:
+        describe = BY_NAME[spec.name]
+        reward = describe.skeleton(spec) if describe.skeleton else describe.load(spec)
+        rewards.append(freeze(reward.to(device="meta", dtype=dtype)))
     if not term_names(specs):
         return rewards[0]
     return WeightedSum([(spec.weight, reward) for spec, reward in zip(specs, rewards)])

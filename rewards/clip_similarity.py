@@ -21,7 +21,7 @@ from torch import nn
 
 from rewards.base import check_images, freeze, model_device_dtype
 from rewards.descriptor import OPEN_CLIP_ARCH, OPEN_CLIP_TENSORS, RewardDescriptor, WeightsFile
-from rewards.open_clip_loading import load_open_clip, open_clip_preprocess, register_arch_config
+from rewards.open_clip_loading import load_open_clip, meta_open_clip, open_clip_preprocess, register_arch_config
 from rewards.preprocess import ImagePreprocess
 
 if TYPE_CHECKING:
@@ -91,23 +91,29 @@ def load_clip_score(spec: RewardSpec) -> ClipSimilarityReward:
     return _load_similarity(spec, "open_clip weights file for clip_score", CLIP_SCORE.scale)
 
 
-def _load_similarity(spec: RewardSpec, what: str, scale: float) -> ClipSimilarityReward:
+def _load_similarity(spec: RewardSpec, what: str, scale: float, meta: bool = False) -> ClipSimilarityReward:
     import open_clip
 
     if spec.arch_config is not None:
         register_arch_config(spec.arch_config)
     arch = spec.resolved_arch()
     assert arch is not None and spec.checkpoint is not None, "spec.validate() should have caught this"
-    model = load_open_clip(arch, spec.checkpoint, what)
+    model = meta_open_clip(arch) if meta else load_open_clip(arch, spec.checkpoint, what)
     # Built-in CLIP configs and configs without hf_tokenizer_name get open_clip's bundled BPE
     # tokenizer, which needs no network.
     tokenizer = open_clip.get_tokenizer(arch)
     return ClipSimilarityReward(model, tokenizer, open_clip_preprocess(model), scale, spec.name)
 
 
+def _skeleton(spec: RewardSpec) -> ClipSimilarityReward:
+    scale = HPSV2.scale if spec.name == "hpsv2" else CLIP_SCORE.scale
+    return _load_similarity(spec, "", scale, meta=True)
+
+
 HPSV2 = RewardDescriptor(
     name="hpsv2",
     load=load_hpsv2,
+    skeleton=_skeleton,
     unit="cosine (HPS; benchmarks print 100 × it)",
     required={"checkpoint": "the HPS_v2.1_compressed.pt or HPS_v2_compressed.pt file"},
     allowed=OPEN_CLIP_ARCH,
@@ -120,6 +126,7 @@ HPSV2 = RewardDescriptor(
 CLIP_SCORE = RewardDescriptor(
     name="clip_score",
     load=load_clip_score,
+    skeleton=_skeleton,
     unit="cosine",
     scale=100.0,
     required={"checkpoint": "an open_clip weights file (.pt, .bin or .safetensors)"},

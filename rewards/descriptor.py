@@ -47,6 +47,8 @@ class RewardDescriptor:
         files: The layout each file or folder field must have, checked before anything loads.
         default_arch: The open_clip architecture when ``arch`` and ``arch_config`` are unset.
         image_encoder: Whether its CLIP image embeddings can be read out (the feature-diversity metric).
+        skeleton: Builds the same module on the meta device without reading a weights file (``pipeline.plan``
+            counts its FLOPs and memory); None for a reward without weights, which ``load`` builds as it is.
     """
 
     name: str
@@ -58,6 +60,7 @@ class RewardDescriptor:
     files: Mapping[str, WeightsFile | Folder] = field(default_factory=dict)
     default_arch: str | None = None
     image_encoder: bool = False
+    skeleton: Callable[[RewardSpec], nn.Module] | None = None
 
 
 OPEN_CLIP_ARCH = ("arch", "arch_config")  # the fields that pick an open_clip architecture

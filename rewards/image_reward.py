@@ -184,6 +184,15 @@ def load_image_reward(spec: RewardSpec) -> ImageReward:
     return ImageReward(model.eval(), _load_tokenizer(spec.processor))
 
 
+def image_reward_skeleton(spec: RewardSpec) -> ImageReward:
+    """ImageReward's modules on the meta device, with its real tokeniser (``RewardDescriptor.skeleton``)."""
+    assert spec.processor is not None, "spec.validate() should have caught this"
+    arch = _read_arch(spec.arch_config) if spec.arch_config else OFFICIAL_ARCH
+    with torch.device("meta"):
+        model = ImageRewardModel(arch)
+    return ImageReward(model.eval(), _load_tokenizer(spec.processor))
+
+
 def map_checkpoint(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Rename an official state dict's tensors to ``ImageRewardModel``'s (``CHECKPOINT_KEYS``); tensors no
     rule names are kept under their own name, so the mismatch check reports them."""
@@ -239,6 +248,7 @@ def _load_tokenizer(folder: str):
 
 DESCRIPTOR = RewardDescriptor(
     name="image_reward",
+    skeleton=image_reward_skeleton,
     load=load_image_reward,
     unit="ImageReward (standardised)",
     required={"checkpoint": "the official ImageReward.pt", "processor": "a bert-base-uncased folder with vocab.txt"},

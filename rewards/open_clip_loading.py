@@ -128,6 +128,16 @@ def _mismatch_message(arch: str, path: str, what: str, error: RuntimeError) -> s
     )
 
 
+def meta_open_clip(arch: str) -> nn.Module:
+    """Open_clip architecture ``arch`` on the meta device: its shapes, no weights (``RewardDescriptor.skeleton``)."""
+    import open_clip
+
+    if open_clip.get_model_config(arch) is None:
+        raise RewardLoadError(f"unknown open_clip architecture {arch!r}; use a built-in name (open_clip.list_models())")
+    with torch.device("meta"):
+        return open_clip.create_model(arch, device="meta")
+
+
 def open_clip_preprocess(model: nn.Module) -> ImagePreprocess:
     """The differentiable equivalent of ``model``'s open_clip validation transform.
 

@@ -85,6 +85,20 @@ def load_pickscore(spec: RewardSpec) -> PickScoreReward:
     return PickScoreReward(model, processor.tokenizer, preprocess)
 
 
+def pickscore_skeleton(spec: RewardSpec) -> PickScoreReward:
+    """PickScore built from its folder's config.json on the meta device, with its real processor
+    (``RewardDescriptor.skeleton``)."""
+    from transformers import AutoConfig, AutoModel
+
+    assert spec.checkpoint is not None, "spec.validate() should have caught this"
+    with torch.device("meta"):
+        model = AutoModel.from_config(AutoConfig.from_pretrained(spec.checkpoint, local_files_only=True))
+    processor_folder = spec.processor or spec.checkpoint
+    processor = _load_processor(processor_folder)
+    preprocess = image_preprocess_from(processor.image_processor, processor_folder)
+    return PickScoreReward(model.eval(), processor.tokenizer, preprocess)
+
+
 def _load_model(folder: str) -> nn.Module:
     from transformers import AutoModel
 
@@ -182,6 +196,7 @@ def image_preprocess_from(image_processor, folder: str) -> ImagePreprocess:
 
 
 DESCRIPTOR = RewardDescriptor(
+    skeleton=pickscore_skeleton,
     name="pickscore",
     load=load_pickscore,
     unit="PickScore (exp(logit_scale) × cosine; about 21-23)",

@@ -184,7 +184,7 @@ class LocalTeacher:
 
 def _score(reward, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
     """``r(images, prompts)``, ``(B,)``; NaN (so the step is skipped) when an image is not finite."""
-    if not torch.isfinite(images).all():
+    if images.device.type != "meta" and not torch.isfinite(images).all():  # meta: pipeline.plan's count
         return torch.full((len(prompts),), float("nan"), device=images.device)
     return reward(images, prompts)
 
@@ -375,16 +375,21 @@ class DiStar:
         like = {"device": self.model.device, "dtype": torch.promote_types(self.model.dtype, torch.float32)}
         return z.to(**like), t, eps.to(**like)
 
-    def fake_update(self, cond: Conditioning, gen: torch.Generator, replicas) -> tuple[float, float]:
-        """One AdamW step of the fake score on DSM at detached generator samples; ``(loss, grad norm)``,
-        both NaN when the step was skipped for a non-finite loss or gradient on any replica."""
+    def fake_loss(self, cond: Conditioning, gen: torch.Generator, replicas) -> torch.Tensor:
+        """The fake score's DSM loss at detached generator samples; call it, and differentiate it, inside
+        ``nets.training_fake()`` and ``nets.role("fake")``."""
         z, t, eps = self.draw(gen, replicas, len(cond))
         with torch.no_grad():
             x0 = self.generator_latents(cond, z)
+        x_t = self.noise.add_noise(x0, t, eps)
+        return dsm_loss(self.fake_eps(x_t, t, cond), eps).mean()
+
+    def fake_update(self, cond: Conditioning, gen: torch.Generator, replicas) -> tuple[float, float]:
+        """One AdamW step of the fake score on :meth:`fake_loss`; ``(loss, grad norm)``, both NaN when the step
+        was skipped for a non-finite loss or gradient on any replica."""
         with self.nets.training_fake(), self.nets.role("fake"):
             self.fake_optimizer.zero_grad(set_to_none=True)
-            x_t = self.noise.add_noise(x0, t, eps)
-            loss = dsm_loss(self.fake_eps(x_t, t, cond), eps).mean()
+            loss = self.fake_loss(cond, gen, replicas)
             finite = bool(torch.isfinite(loss))
             if finite:
                 loss.backward()
@@ -399,8 +404,8 @@ class DiStar:
         return float(mean), float(norm)
 
     def generator_loss(self, cond, uncond, prompts, reward, gen, replicas) -> tuple[torch.Tensor, torch.Tensor, dict]:
-        """``(loss, rewards (b,), metrics)``: the loss's value is ``-α_rew r̄ + mean(w D)`` and its gradient
-        in the generator's weights is exactly that of the divergence and reward."""
+        """``(loss, rewards (b,), metrics as 0-dim tensors)``: the loss's value is ``-α_rew r̄ + mean(w D)`` and its
+        gradient in the generator's weights is exactly that of the divergence and reward."""
         d = self.cfg
         z, t, eps = self.draw(gen, replicas, len(prompts))
         x0 = self.generator_latents(cond, z)
@@ -412,7 +417,7 @@ class DiStar:
         with torch.set_grad_enabled(d.alpha_rew > 0):  # alpha_rew = 0: scored for the log only
             scores = _score(reward, self.model.family.decode(self.model, x0), prompts)
         loss = -d.alpha_rew * scores.mean() + div_grad + (div_value - div_grad).detach()
-        return loss, scores, {"train/divergence": float(div_value), "train/t_mean": float(t.float().mean())}
+        return loss, scores, {"train/divergence": div_value.detach(), "train/t_mean": t.float().mean()}
 
     def divergence_grad(self, x_t, t, cond, uncond, eps) -> tuple[torch.Tensor, torch.Tensor]:
         """``(∂D/∂x_t (B, C, h, w), D (B,))`` at detached ``x_t``, through both score networks: the fake

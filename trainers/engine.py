@@ -74,7 +74,7 @@ def _step_noise(x: torch.Tensor, eta: float, gen: torch.Generator | None) -> tor
     return torch.randn(x.shape, generator=gen, device=device, dtype=x.dtype).to(x.device)
 
 
-class _Denoise:
+class Denoise:
     """Guided output at one timestep, as a function of the latent only (for checkpointing); with
     ``tuned_weight`` g, annealed importance guidance's ``g * f_tuned + (1 - g) * f_base`` (base: the
     adapters off)."""
@@ -93,8 +93,8 @@ class _Denoise:
         return g * tuned + (1 - g) * base
 
 
-def _call_denoiser(
-    fn: _Denoise, x_t: torch.Tensor, flags: StepFlags, step_checkpointing: bool, drift: list[torch.Tensor] | None = None
+def call_denoiser(
+    fn: Denoise, x_t: torch.Tensor, flags: StepFlags, step_checkpointing: bool, drift: list[torch.Tensor] | None = None
 ) -> torch.Tensor:
     """Run the denoiser as the flags say: no graph, or a (checkpointed) graph; for a call with gradient,
     append its drift from the base network to ``drift`` when given."""
@@ -186,7 +186,7 @@ def sample(
             # per-layer adapter work); it is unfolded before any call that carries gradient.
             folding.set(not f.grad)
             g = tuned_weights[i] if tuned_weights is not None else None
-            out = _call_denoiser(_Denoise(model, t, cond, uncond, guidance, g), x, f, step_checkpointing, drifts)
+            out = call_denoiser(Denoise(model, t, cond, uncond, guidance, g), x, f, step_checkpointing, drifts)
             grad_calls += f.grad
             # Decision 4, early stop: DRTune and ReFL stop at their last trained step with the one-step x0_hat.
             if f.stop:
@@ -199,8 +199,8 @@ def sample(
     t_r = one.timesteps[0].to(model.device)
     for _ in range(refine.copies):
         x_r = one.renoise(x.detach(), _step_noise(x, 1.0, gen))
-        out = _call_denoiser(
-            _Denoise(model, t_r, cond, uncond, guidance), x_r, StepFlags(grad=True), step_checkpointing, drifts
+        out = call_denoiser(
+            Denoise(model, t_r, cond, uncond, guidance), x_r, StepFlags(grad=True), step_checkpointing, drifts
         )
         finals.append(one.step(out, x_r, 0, eta, _step_noise(x_r, eta, gen)))
         grad_calls += 1

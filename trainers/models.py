@@ -83,6 +83,50 @@ def load_model(cfg: ModelConfig) -> DiffusionModel:
     return model
 
 
+def skeleton_model(cfg: ModelConfig) -> DiffusionModel:
+    """The model ``cfg`` names as :func:`load_model` builds it, on the meta device: every module, tensor shape
+    and dtype, built from the pipeline folder's config files with no weight read (``pipeline.plan``'s input).
+
+    Raises:
+        FileNotFoundError: ``model.path`` is not a local pipeline folder.
+    """
+    if not os.path.isfile(os.path.join(cfg.path, "model_index.json")):
+        raise FileNotFoundError(f"model.path: {cfg.path!r} is not a pipeline folder with a model_index.json")
+    import json
+
+    with open(os.path.join(cfg.path, "model_index.json"), encoding="utf-8") as f:
+        index = json.load(f)
+    dtype, components = DTYPES[cfg.dtype], {}
+    for name, entry in index.items():
+        if isinstance(entry, list) and len(entry) == 2 and entry[0] in ("diffusers", "transformers"):
+            module = meta_module(entry[0], entry[1], os.path.join(cfg.path, name))
+            if module is not None:
+                components[name] = module.to(dtype)
+    family = family_of(cfg.path, cfg.family, offline=True)
+    model = family.load(cfg.path, dtype, torch.device("meta"), True, **components)
+    if cfg.unet_checkpointing:
+        model.denoiser.enable_gradient_checkpointing()
+    if cfg.vae_checkpointing:
+        model.vae.enable_gradient_checkpointing()
+    model.resolution = cfg.resolution or model.resolution
+    return model
+
+
+def meta_module(library: str, class_name: str, folder: str) -> torch.nn.Module | None:
+    """A ``diffusers`` or ``transformers`` model class built from ``folder``'s config on the meta device; None
+    for a class that is not a module (a tokenizer, a scheduler)."""
+    import diffusers
+    import transformers
+
+    cls = getattr(diffusers if library == "diffusers" else transformers, class_name, None)
+    if not (isinstance(cls, type) and issubclass(cls, torch.nn.Module)):
+        return None
+    with torch.device("meta"):
+        if library == "diffusers":
+            return cls.from_config(cls.load_config(folder))
+        return cls._from_config(transformers.AutoConfig.from_pretrained(folder))
+
+
 def make_trainable(
     model: DiffusionModel, cfg: TrainableConfig, adapter_name: str = "default"
 ) -> list[torch.nn.Parameter]:
@@ -212,7 +256,10 @@ def load_denoiser(
     if problem:
         raise FileNotFoundError(f"distill.teacher_path: {problem}")
     offline = os.path.isdir(path)
-    denoiser = family.load_denoiser(path, dtype, offline)
+    # on the meta device (pipeline.plan): the teacher's shapes from its config, no weights read
+    denoiser = (
+        denoiser_skeleton(path).to(dtype) if device.type == "meta" else family.load_denoiser(path, dtype, offline)
+    )
     scheduler = family.scheduler(DDIMScheduler.load_config(path, subfolder="scheduler", local_files_only=offline))
     return denoiser.requires_grad_(False).eval().to(device), scheduler
 
@@ -234,15 +281,11 @@ def denoiser_skeleton(folder: str) -> torch.nn.Module | None:
     its config on the meta device: every module and tensor shape, no weight read. None without one."""
     import json
 
-    import diffusers
-
     found = denoiser_dir(folder)
     if found is None:
         return None
     with open(os.path.join(found, "config.json"), encoding="utf-8") as f:
-        cls = getattr(diffusers, json.load(f)["_class_name"])
-    with torch.device("meta"):
-        return cls.from_config(cls.load_config(found))
+        return meta_module("diffusers", json.load(f)["_class_name"], found)
 
 
 # what a teacher must share with the generator: (component folder, config key); latents and text conditioning

@@ -223,4 +223,4 @@ def distill_loss(tr: Trainer, d: DiStar) -> Loss:
         nan = torch.full((1, b), float("nan"))
         return nan.sum(), nan, prompts, metrics
     loss, scores, more = d.generator_loss(cond, uncond, prompts, tr.reward, tr.gen, rep)
-    return loss, scores[None], prompts, metrics | more
+    return loss, scores[None], prompts, metrics | {key: float(value) for key, value in more.items()}

@@ -105,9 +105,10 @@ class ModelFamily(Protocol):
     def schedule(self, model: DiffusionModel, num_steps: int) -> Any:
         """The :class:`~trainers.samplers.schedule.Schedule` of a ``num_steps`` sampling run of ``model``."""
 
-    def load(self, path: str, dtype: torch.dtype, device: torch.device, offline: bool) -> DiffusionModel:
+    def load(self, path: str, dtype: torch.dtype, device: torch.device, offline: bool, **components) -> DiffusionModel:
         """The pipeline folder's (or hub id's) components, frozen, in eval mode, on ``device``;
-        ``resolution`` is the denoiser's native size."""
+        ``resolution`` is the denoiser's native size. ``components`` (by ``model_index.json`` name) are used as
+        given instead of being loaded (``trainers.models.skeleton_model``: built on the meta device)."""
 
     def encode_prompts(self, model: DiffusionModel, prompts: list[str]) -> Conditioning:
         """The conditioning of each prompt, without gradient."""

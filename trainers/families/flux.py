@@ -37,10 +37,10 @@ class Flux:
     lora_targets = LORA_TARGETS  # both streams' attention; single blocks match to_q/to_k/to_v
     kohya_prefix = "lora_transformer_"  # pipeline.export's key prefix (None: no ComfyUI export)
 
-    def load(self, path: str, dtype: torch.dtype, device: torch.device, offline: bool) -> DiffusionModel:
+    def load(self, path: str, dtype: torch.dtype, device: torch.device, offline: bool, **components) -> DiffusionModel:
         from diffusers import FluxPipeline
 
-        pipe = FluxPipeline.from_pretrained(path, dtype=dtype, local_files_only=offline)
+        pipe = FluxPipeline.from_pretrained(path, dtype=dtype, local_files_only=offline, **components)
         return DiffusionModel(
             self,
             frozen(pipe.transformer, device),

@@ -53,10 +53,10 @@ class PixArtAlpha:
 
     schedule = staticmethod(ddim_sampling)
 
-    def load(self, path: str, dtype: torch.dtype, device: torch.device, offline: bool) -> DiffusionModel:
+    def load(self, path: str, dtype: torch.dtype, device: torch.device, offline: bool, **components) -> DiffusionModel:
         from diffusers import PixArtAlphaPipeline
 
-        pipe = PixArtAlphaPipeline.from_pretrained(path, dtype=dtype, local_files_only=offline)
+        pipe = PixArtAlphaPipeline.from_pretrained(path, dtype=dtype, local_files_only=offline, **components)
         return DiffusionModel(
             self,
             frozen(pipe.transformer, device),

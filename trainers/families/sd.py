@@ -42,11 +42,16 @@ class StableDiffusion:
 
     schedule = staticmethod(ddim_sampling)
 
-    def load(self, path: str, dtype: torch.dtype, device: torch.device, offline: bool) -> DiffusionModel:
+    def load(self, path: str, dtype: torch.dtype, device: torch.device, offline: bool, **components) -> DiffusionModel:
         from diffusers import StableDiffusionPipeline
 
         pipe = StableDiffusionPipeline.from_pretrained(
-            path, dtype=dtype, local_files_only=offline, safety_checker=None, requires_safety_checker=False
+            path,
+            dtype=dtype,
+            local_files_only=offline,
+            safety_checker=None,
+            requires_safety_checker=False,
+            **components,
         )
         return DiffusionModel(
             self,

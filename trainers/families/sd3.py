@@ -49,10 +49,10 @@ class StableDiffusion3:
     def guidance_of(self, denoiser: torch.nn.Module) -> str:
         return "cfg"
 
-    def load(self, path: str, dtype: torch.dtype, device: torch.device, offline: bool) -> DiffusionModel:
+    def load(self, path: str, dtype: torch.dtype, device: torch.device, offline: bool, **components) -> DiffusionModel:
         from diffusers import StableDiffusion3Pipeline
 
-        pipe = StableDiffusion3Pipeline.from_pretrained(path, dtype=dtype, local_files_only=offline)
+        pipe = StableDiffusion3Pipeline.from_pretrained(path, dtype=dtype, local_files_only=offline, **components)
         pairs = [
             (e, t)
             for e, t in (

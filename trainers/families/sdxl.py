@@ -46,10 +46,10 @@ class StableDiffusionXL:
 
     schedule = staticmethod(ddim_sampling)
 
-    def load(self, path: str, dtype: torch.dtype, device: torch.device, offline: bool) -> DiffusionModel:
+    def load(self, path: str, dtype: torch.dtype, device: torch.device, offline: bool, **components) -> DiffusionModel:
         from diffusers import StableDiffusionXLPipeline
 
-        pipe = StableDiffusionXLPipeline.from_pretrained(path, dtype=dtype, local_files_only=offline)
+        pipe = StableDiffusionXLPipeline.from_pretrained(path, dtype=dtype, local_files_only=offline, **components)
         vae = pipe.vae.float() if dtype == torch.float16 and pipe.vae.config.get("force_upcast") else pipe.vae
         return DiffusionModel(
             self,

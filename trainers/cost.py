@@ -1,0 +1,486 @@
+"""What one optimiser step costs, known before any weight is loaded: FLOPs and peak memory per worker.
+
+The model, rewards and trainable weights are built on the meta device from the pipeline's config files
+(``trainers.models.skeleton_model``, ``rewards.build.reward_skeleton``): every shape, no values. The step's own
+calls then run once each on them, counted by :class:`Counter` (FLOPs with ``torch.utils.flop_counter``'s
+formulas; the bytes of tensors allocated and still alive, and their peak), and a step is composed of them:
+
+- a gradient plan's step (:func:`plan_step`) walks the plan's step flags as ``trainers.engine.sample`` does: the
+  prompt encoding; each denoiser call without gradient (LoRA folded or not); each fold of the LoRA into the
+  weights; each call with gradient (with or without its input's gradient, checkpointed as configured) and
+  DRaFT+'s base call; then for each final latent the VAE decode and the reward, forward and backward. Its memory
+  is the largest, over the forward and the backward, of what is kept so far plus the running call's own peak;
+- a DI* step (:func:`distill_step`) is short: its fake-score loss and generator loss run whole, with backward.
+
+FLOPs are what ``torch.utils.flop_counter.FlopCounterMode`` counts: matrix products, convolutions and attention (its two products forward,
+four backward; CPU's fused attention kernel is counted the same way). Elementwise work, the optimiser and
+communication are not counted. Bytes are tensor storage as an allocator sees it, without fragmentation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field, replace
+
+import torch
+import torch.nn.functional as F
+from torch.multiprocessing.reductions import StorageWeakRef
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+from torch.utils.flop_counter import flop_registry, sdpa_flop_count, shape_wrapper
+
+from trainers.adapters import adapters_off, folded
+from trainers.config import Config
+from trainers.engine import Denoise, call_denoiser
+from trainers.evaluation import image_encoder
+from trainers.grad_plan import StepFlags, refinement
+from trainers.models import DiffusionModel
+from trainers.objectives import DistillObjective, Objective, RewardObjective
+from trainers.replicas import Replicas
+
+aten = torch.ops.aten
+
+DRAWS = 32  # plan draws averaged for a plan with random steps (DRTune's offset, ReFL's stop, AlignProp's cuts)
+
+
+def _cpu_attention(query, key, value, *args, **kwargs) -> int:
+    return sdpa_flop_count(query, key, value)
+
+
+def _cpu_attention_backward(grad_out, query, key, value, *args, **kwargs) -> int:
+    return 2 * sdpa_flop_count(query, key, value)  # four products: dV, dP, dQ, dK
+
+
+# CPU's fused attention, which FlopCounterMode leaves uncounted, counted as the meta device's attention
+# (``FlopCounterMode(custom_mapping=CPU_ATTENTION)`` counts it too)
+CPU_ATTENTION = {
+    aten._scaled_dot_product_flash_attention_for_cpu: _cpu_attention,
+    aten._scaled_dot_product_flash_attention_for_cpu_backward: _cpu_attention_backward,
+}
+FLOP_RULES = {**flop_registry, **{op: shape_wrapper(rule) for op, rule in CPU_ATTENTION.items()}}
+
+
+def _storage(t: torch.Tensor) -> torch.UntypedStorage | None:
+    try:
+        return t.untyped_storage()
+    except (RuntimeError, NotImplementedError):  # tensors without storage (sparse, nested)
+        return None
+
+
+def _tensors(tree) -> list[torch.Tensor]:
+    return [t for t in tree_leaves(tree) if isinstance(t, torch.Tensor)]
+
+
+class Counter(TorchDispatchMode):
+    """Counts the ops run inside: their :attr:`flops` (``FlopCounterMode``'s formulas, without its module hooks,
+    which keep tensors alive), and the bytes of tensor storage they allocated that are still alive (:meth:`now`)
+    and their :attr:`peak`. An op's output that shares an input's storage (a view, an in-place op) allocates
+    nothing."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._tracked: dict[int, tuple[StorageWeakRef, int]] = {}
+        self._sum = 0  # bytes of the tracked storages, freed ones included until the next sweep
+        self.peak = 0
+        self.flops = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        rule = FLOP_RULES.get(func._overloadpacket)
+        if rule is not None:
+            self.flops += rule(*args, **kwargs, out_val=out)
+        inputs = {s._cdata for s in map(_storage, _tensors((args, kwargs))) if s is not None}
+        for storage in map(_storage, _tensors(out)):
+            if storage is not None and storage._cdata not in inputs:
+                self._add(storage)
+        return out
+
+    def _add(self, storage: torch.UntypedStorage) -> None:
+        known = self._tracked.get(storage._cdata)
+        if known is not None and not known[0].expired():
+            return
+        self._tracked[storage._cdata] = (StorageWeakRef(storage), storage.nbytes())
+        self._sum += storage.nbytes()
+        if self._sum > self.peak:  # only then can the live bytes be a new peak: sweep to know
+            self.peak = max(self.peak, self.now())
+
+    def now(self) -> int:
+        """Bytes allocated inside and alive now."""
+        self._tracked = {k: v for k, v in self._tracked.items() if not v[0].expired()}
+        self._sum = sum(n for _, n in self._tracked.values())
+        return self._sum
+
+    def restart(self) -> None:
+        """Count FLOPs from 0 and the peak from the bytes alive now."""
+        self.flops, self.peak = 0, self.now()
+
+
+@contextmanager
+def fused_attention() -> Iterator[None]:
+    """Attention on the meta device run as a fused kernel runs it, keeping O(L) bytes for the backward (the
+    output and the log-sum-exp) where the meta device's default, the math form, keeps the L x L weights: the
+    memory of GPUs' flash and memory-efficient kernels, and of CPU's own fused kernel. ``F``'s function is
+    swapped for the duration (not a function mode: checkpointing's recomputation in backward must see it too)."""
+    original = F.scaled_dot_product_attention
+
+    def attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
+        if query.device.type != "meta" or enable_gqa:
+            return original(query, key, value, attn_mask, dropout_p, is_causal, scale=scale, enable_gqa=enable_gqa)
+        fused = aten._scaled_dot_product_flash_attention_for_cpu
+        return fused(query, key, value, dropout_p, is_causal, attn_mask=attn_mask, scale=scale)[0]
+
+    F.scaled_dot_product_attention = attention
+    try:
+        yield
+    finally:
+        F.scaled_dot_product_attention = original
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One call's cost: FLOPs forward and backward (recomputation included, and of it ``recompute``); bytes above
+    those alive at its start: the forward's peak, what it keeps for the backward (its output included), and the
+    backward's peak (the kept bytes included)."""
+
+    flops: int = 0
+    back_flops: int = 0
+    recompute: int = 0
+    peak: int = 0
+    kept: int = 0
+    back_peak: int = 0
+
+
+def measure(forward: Callable[[], torch.Tensor], backward: bool = True) -> Unit:
+    """Run ``forward`` (and the backward of its output, with a gradient of ones) and count it."""
+    counter = Counter()
+    with fused_attention(), counter:
+        out = forward()
+    unit = Unit(counter.flops, peak=counter.peak, kept=counter.now())
+    if not backward:
+        return unit
+    counter.restart()
+    with fused_attention(), counter:
+        out.backward(torch.ones_like(out))
+    return replace(unit, back_flops=counter.flops, back_peak=counter.peak)
+
+
+def with_recompute(configured: Unit, plain: Unit) -> Unit:
+    """``configured`` with its recomputation: the backward FLOPs above those of the same call with no
+    checkpointing (``plain``)."""
+    return replace(configured, recompute=configured.back_flops - plain.back_flops)
+
+
+@contextmanager
+def no_checkpointing(*networks: torch.nn.Module | None) -> Iterator[None]:
+    """The networks' own activation checkpointing (diffusers' ``enable_gradient_checkpointing``) off inside."""
+    modules = [m for m in networks if m is not None and getattr(m, "is_gradient_checkpointing", False)]
+    for module in modules:
+        module.disable_gradient_checkpointing()
+    try:
+        yield
+    finally:
+        for module in modules:
+            module.enable_gradient_checkpointing()
+
+
+PARTS = (
+    "text encoding",
+    "sampling without gradient",
+    "trained steps, forward and backward",
+    "recomputation (checkpointing)",
+    "VAE decode, forward and backward",
+    "reward, forward and backward",
+    "fake score updates",
+    "generator loss (generator, fake score, teacher, decode, reward)",
+)
+
+
+@dataclass
+class StepCost:
+    """One optimiser step of one worker.
+
+    Attributes:
+        flops: FLOPs by part (:data:`PARTS`), the mean over the plan's draws for a plan with random steps.
+        activations: Peak bytes above the static memory (the largest over the draws).
+        peak_at: The call during which that peak falls.
+        static: Bytes held through the step: ``weights`` (frozen and trained), ``gradients``, ``optimizer``.
+    """
+
+    flops: dict[str, float] = field(default_factory=dict)
+    activations: int = 0
+    peak_at: str = ""
+    static: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def total_flops(self) -> float:
+        return sum(self.flops.values())
+
+    @property
+    def minimum_flops(self) -> float:
+        """The step's FLOPs without recomputation."""
+        return self.total_flops - self.flops.get("recomputation (checkpointing)", 0.0)
+
+    @property
+    def peak_bytes(self) -> int:
+        return sum(self.static.values()) + self.activations
+
+
+@dataclass
+class _Walk:
+    """A gradient plan's step, call by call: FLOPs by part, kept bytes, and the peak so far."""
+
+    flops: dict[str, float] = field(default_factory=lambda: dict.fromkeys(PARTS[:6], 0.0))
+    kept: int = 0
+    peak: int = 0
+    peak_at: str = ""
+    backward: list[tuple[int, Unit, str]] = field(default_factory=list)  # (kept before, unit, name) to undo
+
+    def candidate(self, size: int, where: str) -> None:
+        if size > self.peak:
+            self.peak, self.peak_at = size, where
+
+    def forward(self, unit: Unit, part: str, where: str, graph: bool) -> None:
+        self.flops[part] += unit.flops
+        self.candidate(self.kept + unit.peak, where)
+        if graph:
+            self.backward.append((self.kept, unit, where))
+            self.kept += unit.kept
+
+    def run_backward(self, parts: dict[str, str]) -> None:
+        for kept_before, unit, where in reversed(self.backward):
+            self.flops[parts[where]] += unit.back_flops - unit.recompute
+            self.flops["recomputation (checkpointing)"] += unit.recompute
+            self.candidate(kept_before + unit.back_peak, f"backward of the {where}")
+
+
+@dataclass
+class PlanUnits:
+    """The calls a gradient plan's step is made of, each measured once at the run's batch size."""
+
+    text: Unit
+    call: Unit  # a denoiser call without gradient
+    grad: dict[bool, Unit]  # a call with gradient, by whether its input's gradient is needed
+    decode: Unit
+    reward: Unit | None  # None: served by reward actors
+    fold: Unit | None = None  # folding the LoRA in (kept: the folded weights); None: calls run unfolded
+    drift: Unit | None = None  # DRaFT+'s base call
+    features: Unit | None = None  # the diversity term's image features
+
+    def walk(self, flags: list[StepFlags], copies: int, include_chain: bool) -> _Walk:
+        """A step with these flags (and DRaFT-LV's ``copies``), as ``trainers.engine.sample`` runs it."""
+        w, x_grad, folded_in = _Walk(), False, False
+        w.forward(self.text, "text encoding", "text encoders", graph=False)
+        w.kept += self.text.kept
+        for i, f in enumerate(flags):
+            x_grad = x_grad and f.chain
+            if self.fold is not None and (not f.grad) != folded_in:  # fold before calls without gradient
+                folded_in = not folded_in
+                if folded_in:
+                    w.forward(self.fold, "sampling without gradient", "LoRA fold", graph=False)
+                w.kept += self.fold.kept if folded_in else -self.fold.kept
+            if not f.grad:
+                w.forward(self.call, "sampling without gradient", f"denoiser call {i} (no gradient)", graph=False)
+            else:
+                unit = self.grad[x_grad and not f.detach_input]
+                w.forward(unit, "trained steps, forward and backward", "trained denoiser call", graph=True)
+                x_grad = True
+                if self.drift is not None:
+                    w.forward(self.drift, "sampling without gradient", "DRaFT+ base call", graph=False)
+            if f.stop:
+                break
+        if folded_in:
+            w.kept -= self.fold.kept
+        finals = [x_grad] if include_chain or not copies else []
+        for _ in range(copies):
+            w.forward(self.grad[False], "trained steps, forward and backward", "trained denoiser call", graph=True)
+            finals.append(True)
+        for graph in finals:
+            w.forward(self.decode, "VAE decode, forward and backward", "VAE decode", graph=graph)
+            if self.reward is not None:
+                w.forward(self.reward, "reward, forward and backward", "reward", graph=graph)
+            if self.features is not None:
+                w.forward(self.features, "reward, forward and backward", "diversity features", graph=graph)
+        w.run_backward(
+            {
+                "trained denoiser call": "trained steps, forward and backward",
+                "VAE decode": "VAE decode, forward and backward",
+                "reward": "reward, forward and backward",
+                "diversity features": "reward, forward and backward",
+            }
+        )
+        return w
+
+
+def measure_plan_units(cfg: Config, model: DiffusionModel, objective: RewardObjective, reward) -> PlanUnits:
+    """Measure each call of a gradient plan's step once, on ``model`` as ``objective`` made it trainable."""
+    b, guidance = cfg.train.batch_size, cfg.sampler.training_guidance
+    prompts = ["a photograph of an astronaut riding a horse"] * b
+    state: dict = {}
+
+    def text() -> torch.Tensor:
+        state["cond"] = model.family.encode_prompts(model, prompts)
+        state["uncond"] = model.unconditional(b, guidance)
+        return state["cond"].hidden_states
+
+    text_unit = measure(text, backward=False)
+    cond, uncond = state["cond"], state["uncond"]
+    latent = torch.zeros(b, *model.latent_shape, device=model.device)
+    denoise = Denoise(model, objective.schedule.timesteps[0].to(model.device), cond, uncond, guidance)
+    ckpt = cfg.model.step_checkpointing
+
+    def grad_call(input_grad: bool, checkpointed: bool) -> Unit:
+        x = latent.clone().requires_grad_(input_grad)
+        return measure(lambda: call_denoiser(denoise, x, StepFlags(grad=True, chain=True), checkpointed))
+
+    def grad_unit(input_grad: bool) -> Unit:
+        configured = grad_call(input_grad, ckpt)
+        with no_checkpointing(model.denoiser):
+            return with_recompute(configured, grad_call(input_grad, False))
+
+    lora = cfg.trainable.kind == "lora"
+    fold = _fold_unit(model.denoiser) if lora and cfg.model.fold_lora else None
+    with folded(model.denoiser) if fold is not None else nullcontext(), torch.no_grad():
+        call = measure(lambda: denoise(latent), backward=False)
+    drift = None
+    if cfg.plan.kl_coeff:
+        with torch.no_grad(), adapters_off(model.denoiser):
+            drift = measure(lambda: denoise(latent), backward=False)
+    x0 = latent.clone().requires_grad_(True)
+    with no_checkpointing(model.vae):
+        plain_decode = measure(lambda: model.family.decode(model, x0))
+    decode = with_recompute(measure(lambda: model.family.decode(model, x0)), plain_decode)
+    images = torch.zeros(b, 3, model.resolution, model.resolution, device=model.device, requires_grad=True)
+    reward_unit = None if reward is None else measure(lambda: reward(images, prompts))
+    features = None
+    if cfg.plan.diversity_coeff and reward is not None:
+        features = measure(lambda: image_encoder({"trained": reward})(images))
+    return PlanUnits(
+        text_unit, call, {False: grad_unit(False), True: grad_unit(True)}, decode, reward_unit, fold, drift, features
+    )
+
+
+def _fold_unit(denoiser: torch.nn.Module) -> Unit | None:
+    """Folding the LoRA into the base weights: its FLOPs, and the folded copies it keeps while folded."""
+    context = folded(denoiser)
+    unit = measure(lambda: context.__enter__(), backward=False)
+    context.__exit__(None, None, None)
+    return unit if unit.kept else None  # nothing to fold (no LoRA layers)
+
+
+def plan_step(cfg: Config, model: DiffusionModel, objective: RewardObjective, reward) -> StepCost:
+    """A gradient plan's step: FLOPs averaged and peak bytes maximised over :data:`DRAWS` draws of its flags."""
+    units = measure_plan_units(cfg, model, objective, reward)
+    refine = refinement(objective.plan)
+    copies, include_chain = (refine.copies, refine.include_chain) if refine else (0, True)
+    gen = torch.Generator().manual_seed(cfg.train.seed)
+    walks = {}
+    for _ in range(DRAWS):
+        flags = tuple(objective.plan.flags(cfg.sampler.num_steps, gen))
+        walks.setdefault(flags, []).append(None)
+    cost = StepCost()
+    for flags, hits in walks.items():
+        w = units.walk(list(flags), copies, include_chain)
+        for part, value in w.flops.items():
+            cost.flops[part] = cost.flops.get(part, 0.0) + value * len(hits) / DRAWS
+        if w.peak > cost.activations:
+            cost.activations, cost.peak_at = w.peak, w.peak_at
+    return cost
+
+
+def distill_step(cfg: Config, model: DiffusionModel, objective: DistillObjective, reward) -> StepCost:
+    """A DI* step, run whole: ``distill.fake_updates`` fake-score updates and the generator loss."""
+    d, b = objective.distill, cfg.train.batch_size
+    prompts = ["a photograph of an astronaut riding a horse"] * b
+    state: dict = {}
+
+    def text() -> torch.Tensor:
+        state["cond"] = model.family.encode_prompts(model, prompts)
+        state["uncond"] = model.unconditional(b, cfg.distill.alpha_cfg)
+        return state["cond"].hidden_states
+
+    text_unit = measure(text, backward=False)
+    cond, uncond = state["cond"], state["uncond"]
+    gen, replicas = torch.Generator().manual_seed(cfg.train.seed), Replicas()
+
+    def fake_unit() -> Unit:
+        with d.nets.training_fake(), d.nets.role("fake"):
+            return measure(lambda: d.fake_loss(cond, gen, replicas))
+
+    def generator_unit() -> Unit:
+        return measure(lambda: d.generator_loss(cond, uncond, prompts, reward, gen, replicas)[0])
+
+    fake, generator = fake_unit(), generator_unit()
+    with no_checkpointing(model.denoiser, d.nets.fake, d.nets.teacher, model.vae):
+        fake, generator = with_recompute(fake, fake_unit()), with_recompute(generator, generator_unit())
+    n = cfg.distill.fake_updates
+    cost = StepCost(
+        flops={
+            "text encoding": text_unit.flops,
+            "fake score updates": n * (fake.flops + fake.back_flops - fake.recompute),
+            "generator loss (generator, fake score, teacher, decode, reward)": (
+                generator.flops + generator.back_flops - generator.recompute
+            ),
+            "recomputation (checkpointing)": n * fake.recompute + generator.recompute,
+        }
+    )
+    peaks = {
+        "fake score update": max(fake.peak, fake.back_peak),
+        "generator loss": max(generator.peak, generator.back_peak),
+    }
+    cost.peak_at = max(peaks, key=peaks.get)
+    cost.activations = text_unit.kept + peaks[cost.peak_at]
+    return cost
+
+
+def _bytes(tensors) -> int:
+    seen, total = set(), 0
+    for t in tensors:
+        if id(t) not in seen:
+            seen.add(id(t))
+            total += t.numel() * t.element_size()
+    return total
+
+
+def static_bytes(modules: list[torch.nn.Module], trained: list[torch.nn.Parameter], shards: int = 1) -> dict[str, int]:
+    """Bytes held through a step: every weight and buffer of ``modules`` (the trained ones included), and for the
+    trained parameters their gradients and AdamW's two moments; with ``shards`` > 1 (FSDP) the trained parameters,
+    their gradients and moments are split over the workers."""
+    tensors = [t for m in modules for t in (*m.parameters(), *m.buffers())]
+    trained_bytes = _bytes(trained)
+    frozen = _bytes(tensors) - trained_bytes
+    return {
+        "weights": frozen + trained_bytes // shards,
+        "gradients": trained_bytes // shards,
+        "optimizer": 2 * trained_bytes // shards,
+    }
+
+
+def step_cost(cfg: Config, model: DiffusionModel, objective: Objective, reward, shards: int = 1) -> StepCost:
+    """The cost of one step of ``cfg`` on ``model`` (meta device, made trainable by ``objective``); ``reward``
+    is None when reward actors serve it (then neither its FLOPs nor its memory are the worker's)."""
+    if isinstance(objective, DistillObjective):
+        cost = distill_step(cfg, model, objective, reward)
+        nets = objective.distill.nets
+        modules = [model.denoiser, nets.fake, *([nets.teacher] if nets.teacher is not None else [])]
+        trained = [*objective.params, *objective.extra_params]
+    else:
+        cost = plan_step(cfg, model, objective, reward)
+        modules, trained = [model.denoiser], objective.params
+    modules += model.frozen_modules() + ([reward] if reward is not None else [])
+    cost.static = static_bytes(list({id(m): m for m in modules}.values()), trained, shards)
+    return cost
+
+
+def predict(cfg: Config, shards: int = 1) -> tuple[StepCost, DiffusionModel]:
+    """The cost of one step of ``cfg``, from its model's and rewards' config files alone (meta device); also
+    the skeleton model, for what the caller reports of it."""
+    from rewards.build import reward_skeleton
+    from trainers.models import skeleton_model
+    from trainers.objectives import build_objective
+
+    model = skeleton_model(cfg.model)
+    objective = build_objective(cfg, model)
+    reward = None if cfg.ray.reward_actors else reward_skeleton(cfg.rewards)
+    return step_cost(cfg, model, objective, reward, shards), model
