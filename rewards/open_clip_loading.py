@@ -17,6 +17,7 @@ import json
 import os
 import pickle
 
+import torch
 from torch import nn
 
 from rewards.base import RewardLoadError, describe_state_dict_mismatch
