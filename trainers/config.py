@@ -17,6 +17,7 @@ from rewards.catalog import IMAGE_ENCODER_REWARDS
 from rewards.config import RewardSpec
 from trainers.constraints import constraint_problems, unknown_metric_problems
 
+GPU_NAMES = ("h100", "h200", "a100", "a100-40gb", "l40s")  # pipeline.plan's GPU table
 PLAN_NAMES = ("draft", "draft_k", "draft_lv", "drtune", "refl", "alignprop", "di_star")
 
 
@@ -292,6 +293,9 @@ class TrainConfig:
     resume: bool = True  # continue from the run folder's latest checkpoint if there is one
     max_bad_steps: int = 5  # consecutive non-finite losses before aborting
     fsdp: bool = False  # full fine-tunes over several workers: shard weights, gradients and AdamW state (FSDP2)
+    # the GPU each worker runs on: pipeline.train checks that a step fits it before starting (pipeline.plan's
+    # figures; exit 2 if not); null: no check. It does not place workers (ray.worker_resources does)
+    gpu: Literal["h100", "h200", "a100", "a100-40gb", "l40s"] | None = None
 
     def validate(self) -> list[str]:
         return (

@@ -19,12 +19,14 @@ communication are not counted. Bytes are tensor storage as an allocator sees it,
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
@@ -41,6 +43,7 @@ from trainers.replicas import Replicas
 
 aten = torch.ops.aten
 
+PEAK_SLACK = 0.005  # the peak bytes are counted to this fraction
 DRAWS = 32  # plan draws averaged for a plan with random steps (DRTune's offset, ReFL's stop, AlignProp's cuts)
 
 
@@ -84,13 +87,18 @@ class Counter(TorchDispatchMode):
         self._sum = 0  # bytes of the tracked storages, freed ones included until the next sweep
         self.peak = 0
         self.flops = 0
+        self.recompute = 0  # of the flops, those of checkpointed functions rerun in backward
+        self.backward = False  # set while a backward runs: a checkpointed function called then is a rerun
+        self.rerunning = 0
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
         rule = FLOP_RULES.get(func._overloadpacket)
         if rule is not None:
-            self.flops += rule(*args, **kwargs, out_val=out)
+            flops = rule(*args, **kwargs, out_val=out)
+            self.flops += flops
+            self.recompute += flops if self.rerunning else 0
         inputs = {s._cdata for s in map(_storage, _tensors((args, kwargs))) if s is not None}
         for storage in map(_storage, _tensors(out)):
             if storage is not None and storage._cdata not in inputs:
@@ -103,7 +111,9 @@ class Counter(TorchDispatchMode):
             return
         self._tracked[storage._cdata] = (StorageWeakRef(storage), storage.nbytes())
         self._sum += storage.nbytes()
-        if self._sum > self.peak:  # only then can the live bytes be a new peak: sweep to know
+        # live <= _sum, so only a _sum above the peak can be a new one; sweeping (O(tracked)) only past a slack of
+        # PEAK_SLACK keeps a growing forward linear, and the peak exact to that fraction
+        if self._sum > self.peak * (1 + PEAK_SLACK):
             self.peak = max(self.peak, self.now())
 
     def now(self) -> int:
@@ -114,28 +124,42 @@ class Counter(TorchDispatchMode):
 
     def restart(self) -> None:
         """Count FLOPs from 0 and the peak from the bytes alive now."""
-        self.flops, self.peak = 0, self.now()
+        self.flops, self.recompute, self.peak = 0, 0, self.now()
 
 
 @contextmanager
-def fused_attention() -> Iterator[None]:
-    """Attention on the meta device run as a fused kernel runs it, keeping O(L) bytes for the backward (the
-    output and the log-sum-exp) where the meta device's default, the math form, keeps the L x L weights: the
-    memory of GPUs' flash and memory-efficient kernels, and of CPU's own fused kernel. ``F``'s function is
-    swapped for the duration (not a function mode: checkpointing's recomputation in backward must see it too)."""
-    original = F.scaled_dot_product_attention
+def meta_execution(counter: Counter) -> Iterator[None]:
+    """Two functions swapped for the duration (not modes: checkpointing's reruns in backward must see them too):
 
-    def attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
+    - attention on the meta device runs as a fused kernel does, keeping O(L) bytes for the backward (the output
+      and the log-sum-exp) where the meta device's default, the math form, keeps the L x L weights: the memory of
+      GPUs' flash and memory-efficient kernels and of CPU's fused kernel;
+    - ``torch.utils.checkpoint.checkpoint`` (the engine's step checkpointing, diffusers' in-network
+      checkpointing) marks its function's rerun in ``counter``'s backward as recomputation.
+    """
+    attention, checkpoint = F.scaled_dot_product_attention, torch.utils.checkpoint.checkpoint
+
+    def fused(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
         if query.device.type != "meta" or enable_gqa:
-            return original(query, key, value, attn_mask, dropout_p, is_causal, scale=scale, enable_gqa=enable_gqa)
-        fused = aten._scaled_dot_product_flash_attention_for_cpu
-        return fused(query, key, value, dropout_p, is_causal, attn_mask=attn_mask, scale=scale)[0]
+            return attention(query, key, value, attn_mask, dropout_p, is_causal, scale=scale, enable_gqa=enable_gqa)
+        kernel = aten._scaled_dot_product_flash_attention_for_cpu
+        return kernel(query, key, value, dropout_p, is_causal, attn_mask=attn_mask, scale=scale)[0]
 
-    F.scaled_dot_product_attention = attention
+    def counted(function, *args, **kwargs):
+        def rerun(*inner, **options):
+            counter.rerunning += counter.backward
+            try:
+                return function(*inner, **options)
+            finally:
+                counter.rerunning -= counter.backward
+
+        return checkpoint(rerun, *args, **kwargs)
+
+    F.scaled_dot_product_attention, torch.utils.checkpoint.checkpoint = fused, counted
     try:
         yield
     finally:
-        F.scaled_dot_product_attention = original
+        F.scaled_dot_product_attention, torch.utils.checkpoint.checkpoint = attention, checkpoint
 
 
 @dataclass(frozen=True)
@@ -155,34 +179,16 @@ class Unit:
 def measure(forward: Callable[[], torch.Tensor], backward: bool = True) -> Unit:
     """Run ``forward`` (and the backward of its output, with a gradient of ones) and count it."""
     counter = Counter()
-    with fused_attention(), counter:
+    with meta_execution(counter), counter:
         out = forward()
     unit = Unit(counter.flops, peak=counter.peak, kept=counter.now())
     if not backward:
         return unit
     counter.restart()
-    with fused_attention(), counter:
+    counter.backward = True
+    with meta_execution(counter), counter:
         out.backward(torch.ones_like(out))
-    return replace(unit, back_flops=counter.flops, back_peak=counter.peak)
-
-
-def with_recompute(configured: Unit, plain: Unit) -> Unit:
-    """``configured`` with its recomputation: the backward FLOPs above those of the same call with no
-    checkpointing (``plain``)."""
-    return replace(configured, recompute=configured.back_flops - plain.back_flops)
-
-
-@contextmanager
-def no_checkpointing(*networks: torch.nn.Module | None) -> Iterator[None]:
-    """The networks' own activation checkpointing (diffusers' ``enable_gradient_checkpointing``) off inside."""
-    modules = [m for m in networks if m is not None and getattr(m, "is_gradient_checkpointing", False)]
-    for module in modules:
-        module.disable_gradient_checkpointing()
-    try:
-        yield
-    finally:
-        for module in modules:
-            module.enable_gradient_checkpointing()
+    return replace(unit, back_flops=counter.flops, recompute=counter.recompute, back_peak=counter.peak)
 
 
 PARTS = (
@@ -261,7 +267,7 @@ class PlanUnits:
 
     text: Unit
     call: Unit  # a denoiser call without gradient
-    grad: dict[bool, Unit]  # a call with gradient, by whether its input's gradient is needed
+    grad: Callable[[bool], Unit]  # a call with gradient, by whether its input's gradient is needed (cached)
     decode: Unit
     reward: Unit | None  # None: served by reward actors
     fold: Unit | None = None  # folding the LoRA in (kept: the folded weights); None: calls run unfolded
@@ -283,7 +289,7 @@ class PlanUnits:
             if not f.grad:
                 w.forward(self.call, "sampling without gradient", f"denoiser call {i} (no gradient)", graph=False)
             else:
-                unit = self.grad[x_grad and not f.detach_input]
+                unit = self.grad(x_grad and not f.detach_input)
                 w.forward(unit, "trained steps, forward and backward", "trained denoiser call", graph=True)
                 x_grad = True
                 if self.drift is not None:
@@ -294,7 +300,7 @@ class PlanUnits:
             w.kept -= self.fold.kept
         finals = [x_grad] if include_chain or not copies else []
         for _ in range(copies):
-            w.forward(self.grad[False], "trained steps, forward and backward", "trained denoiser call", graph=True)
+            w.forward(self.grad(False), "trained steps, forward and backward", "trained denoiser call", graph=True)
             finals.append(True)
         for graph in finals:
             w.forward(self.decode, "VAE decode, forward and backward", "VAE decode", graph=graph)
@@ -330,14 +336,10 @@ def measure_plan_units(cfg: Config, model: DiffusionModel, objective: RewardObje
     denoise = Denoise(model, objective.schedule.timesteps[0].to(model.device), cond, uncond, guidance)
     ckpt = cfg.model.step_checkpointing
 
-    def grad_call(input_grad: bool, checkpointed: bool) -> Unit:
-        x = latent.clone().requires_grad_(input_grad)
-        return measure(lambda: call_denoiser(denoise, x, StepFlags(grad=True, chain=True), checkpointed))
-
+    @functools.cache
     def grad_unit(input_grad: bool) -> Unit:
-        configured = grad_call(input_grad, ckpt)
-        with no_checkpointing(model.denoiser):
-            return with_recompute(configured, grad_call(input_grad, False))
+        x = latent.clone().requires_grad_(input_grad)
+        return measure(lambda: call_denoiser(denoise, x, StepFlags(grad=True, chain=True), ckpt))
 
     lora = cfg.trainable.kind == "lora"
     fold = _fold_unit(model.denoiser) if lora and cfg.model.fold_lora else None
@@ -348,17 +350,13 @@ def measure_plan_units(cfg: Config, model: DiffusionModel, objective: RewardObje
         with torch.no_grad(), adapters_off(model.denoiser):
             drift = measure(lambda: denoise(latent), backward=False)
     x0 = latent.clone().requires_grad_(True)
-    with no_checkpointing(model.vae):
-        plain_decode = measure(lambda: model.family.decode(model, x0))
-    decode = with_recompute(measure(lambda: model.family.decode(model, x0)), plain_decode)
+    decode = measure(lambda: model.family.decode(model, x0))
     images = torch.zeros(b, 3, model.resolution, model.resolution, device=model.device, requires_grad=True)
     reward_unit = None if reward is None else measure(lambda: reward(images, prompts))
     features = None
     if cfg.plan.diversity_coeff and reward is not None:
         features = measure(lambda: image_encoder({"trained": reward})(images))
-    return PlanUnits(
-        text_unit, call, {False: grad_unit(False), True: grad_unit(True)}, decode, reward_unit, fold, drift, features
-    )
+    return PlanUnits(text_unit, call, grad_unit, decode, reward_unit, fold, drift, features)
 
 
 def _fold_unit(denoiser: torch.nn.Module) -> Unit | None:
@@ -412,8 +410,6 @@ def distill_step(cfg: Config, model: DiffusionModel, objective: DistillObjective
         return measure(lambda: d.generator_loss(cond, uncond, prompts, reward, gen, replicas)[0])
 
     fake, generator = fake_unit(), generator_unit()
-    with no_checkpointing(model.denoiser, d.nets.fake, d.nets.teacher, model.vae):
-        fake, generator = with_recompute(fake, fake_unit()), with_recompute(generator, generator_unit())
     n = cfg.distill.fake_updates
     cost = StepCost(
         flops={

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch.utils.checkpoint import checkpoint
+import torch.utils.checkpoint
 
 from trainers.adapters import adapters_off, folded
 from trainers.grad_plan import Refinement, StepFlags
@@ -105,7 +105,7 @@ def call_denoiser(
     if not flags.grad:
         with torch.no_grad():
             return fn(x_in)
-    out = checkpoint(fn, x_in, use_reentrant=False) if step_checkpointing else fn(x_in)
+    out = torch.utils.checkpoint.checkpoint(fn, x_in, use_reentrant=False) if step_checkpointing else fn(x_in)
     if drift is not None:
         with torch.no_grad(), adapters_off(fn.model.denoiser):
             base = fn(x_in)
