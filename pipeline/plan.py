@@ -160,6 +160,13 @@ def knobs(cfg: Config, workers: int) -> list[list[str]]:
     return changes
 
 
+def _changes(cfg: Config, workers: int) -> list[list[str]]:
+    """Each knob alone, then the knobs together, one more at a time (the caller stops at the first that fits)."""
+    single = knobs(cfg, workers)
+    together = [sum(single[:n], []) for n in range(2, len(single) + 1)]
+    return single + together
+
+
 def plan(cfg: Config, gpu: Gpu, workers: int, utilisation: float, name: str | None = None) -> dict:
     """Count ``cfg``'s step and say whether it fits ``gpu``; ``{"text": the report, ...its figures}``."""
     cost, verdict, model = predict_verdict(cfg, gpu, workers, utilisation)
@@ -194,13 +201,15 @@ def plan(cfg: Config, gpu: Gpu, workers: int, utilisation: float, name: str | No
         lines.append(
             f"verdict: does not fit: needs {verdict.needed_gib:.1f} GiB, the {gpu.label} has {gpu.memory_gib:g}"
         )
-        for change in knobs(cfg, workers):
+        for change in _changes(cfg, workers):
             _, alternative, _ = predict_verdict(_with(cfg, change), gpu, workers, utilisation)
             suggestions.append({"overrides": change, "needed_gib": alternative.needed_gib, "fits": alternative.fits})
             mark = "fits" if alternative.fits else "still too large"
             lines.append(
                 f"  {' '.join(change)}: {alternative.needed_gib:.1f} GiB, {alternative.seconds:.2f} s/step ({mark})"
             )
+            if len(change) > 1 and alternative.fits:
+                break
     return {
         "text": "\n".join(lines),
         "gpu": gpu.label,
@@ -217,23 +226,27 @@ def plan(cfg: Config, gpu: Gpu, workers: int, utilisation: float, name: str | No
 
 
 def _header(cfg: Config, model, gpu: Gpu, workers: int, name: str | None) -> str:
-    millions = lambda module: sum(p.numel() for p in module.parameters()) / 1e6  # noqa: E731
+    def millions(module, trained: bool = False) -> float:
+        return sum(p.numel() for p in module.parameters() if p.requires_grad == trained) / 1e6
+
     encoders = " + ".join(f"{millions(e):.1f}" for e in model.text_encoders)
+    trained = millions(model.denoiser, trained=True)
     source = f"architecture {name}" if name else cfg.model.path
     p = cfg.plan
     knobs_of = {"draft_k": f" K={p.k}", "drtune": f" K={p.k} m={p.early_stop}", "refl": f" m={p.early_stop}"}
     return (
         f"{type(model.family).__name__} ({source}; config files only, no weights read): denoiser "
-        f"{millions(model.denoiser):.1f} M, VAE {millions(model.vae):.1f} M, text {encoders} M parameters\n"
+        f"{millions(model.denoiser):.1f} M (+{trained:.1f} M trained), VAE {millions(model.vae):.1f} M, text "
+        f"{encoders} M parameters\n"
         f"step: {p.name}{knobs_of.get(p.name, '')}, T={cfg.sampler.num_steps}, batch {cfg.train.batch_size} per "
         f"worker, {model.resolution} px, {cfg.model.dtype}, {cfg.trainable.kind}"
         f"{f' r{cfg.trainable.rank}' if cfg.trainable.kind == 'lora' else ''}; {workers} x {gpu.label}"
     )
 
 
-def fit_check(cfg: Config) -> str:
-    """``pipeline.train``'s check when ``train.gpu`` is set: the plan's verdict line; raises ``ConfigError``
-    (exit 2) naming the knobs when the step cannot fit."""
+def fit_check(cfg: Config, refuse: bool = True) -> str:
+    """``pipeline.train``'s check when ``train.gpu`` is set: the plan's verdict line; when the step cannot fit,
+    raises ``ConfigError`` (exit 2) naming the knobs, or with ``refuse=False`` says so in the line."""
     gpu = GPUS[cfg.train.gpu]
     cost, verdict, _ = predict_verdict(cfg, gpu, cfg.ray.num_workers, UTILISATION)
     line = (
@@ -243,6 +256,8 @@ def fit_check(cfg: Config) -> str:
     )
     if verdict.fits:
         return line
+    if not refuse:
+        return f"{line}; it does not fit, starting anyway (--skip-fit-check)"
     ways = [" ".join(c) for c in knobs(cfg, cfg.ray.num_workers)]
     raise ConfigError(
         [

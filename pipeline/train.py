@@ -31,6 +31,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("overrides", nargs="*", help="dotted overrides such as plan.name=drtune plan.k=5")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     parser.add_argument(
+        "--skip-fit-check",
+        action="store_true",
+        help="with train.gpu set, start even if the plan says a step does not fit that GPU's memory",
+    )
+    parser.add_argument(
         "--progress-every",
         type=at_least(1),
         metavar="N",
@@ -45,6 +50,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.print_config:
         print(dump_yaml(cfg), end="")
         return 0
+    if cfg.train.gpu:  # the cost model's verdict, from the config files alone (pipeline.plan)
+        from pipeline.plan import fit_check
+
+        print(fit_check(cfg, refuse=not args.skip_fit_check), flush=True)
     service_preflight(cfg)
     from trainers.checkpoint import latest_checkpoint
     from trainers.loop import run_folder

@@ -135,9 +135,17 @@ def meta_execution(counter: Counter) -> Iterator[None]:
       and the log-sum-exp) where the meta device's default, the math form, keeps the L x L weights: the memory of
       GPUs' flash and memory-efficient kernels and of CPU's fused kernel;
     - ``torch.utils.checkpoint.checkpoint`` (the engine's step checkpointing, diffusers' in-network
-      checkpointing) marks its function's rerun in ``counter``'s backward as recomputation.
+      checkpointing) marks its function's rerun in ``counter``'s backward as recomputation;
+    - transformers' masks treat a meta tensor as a traced one (its values unknown), so the padding mask is built,
+      as for prompts shorter than the padded length, instead of read.
     """
-    attention, checkpoint = F.scaled_dot_product_attention, torch.utils.checkpoint.checkpoint
+    import transformers.masking_utils as masking
+
+    attention, checkpoint, tracing = (
+        F.scaled_dot_product_attention,
+        torch.utils.checkpoint.checkpoint,
+        masking.is_tracing,
+    )
 
     def fused(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
         if query.device.type != "meta" or enable_gqa:
@@ -155,11 +163,15 @@ def meta_execution(counter: Counter) -> Iterator[None]:
 
         return checkpoint(rerun, *args, **kwargs)
 
-    F.scaled_dot_product_attention, torch.utils.checkpoint.checkpoint = fused, counted
+    def traced(tensor=None) -> bool:
+        return tracing(tensor) or (isinstance(tensor, torch.Tensor) and tensor.device.type == "meta")
+
+    F.scaled_dot_product_attention, torch.utils.checkpoint.checkpoint, masking.is_tracing = fused, counted, traced
     try:
         yield
     finally:
         F.scaled_dot_product_attention, torch.utils.checkpoint.checkpoint = attention, checkpoint
+        masking.is_tracing = tracing
 
 
 @dataclass(frozen=True)
