@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     prompts = load_prompts(cfg.data.eval_prompts, BUILTIN_HELD_OUT)[: cfg.eval.max_prompts]
     prompts = [p for p in prompts for _ in range(cfg.eval.images_per_prompt)]
-    schedule = model.family.schedule(model, cfg.sampler.num_steps)
+    schedule, batch = model.family.schedule(model, cfg.sampler.num_steps), cfg.eval_batch_size
     if args.lora_scales is not None:
         rows = sweep(model, args, cfg, prompts, rewards, schedule)
         print(sweep_table(rows, cfg.eval.images_per_prompt))
@@ -83,14 +83,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"plot: {os.path.abspath(args.plot)}")
         return 0
     base = (
-        sample_and_score(model, prompts, rewards, cfg.sampler, schedule, cfg.eval.seed)[0]
+        sample_and_score(model, prompts, rewards, cfg.sampler, schedule, cfg.eval.seed, batch_size=batch)[0]
         if args.compare_base or not args.weights
         else None
     )
     tuned = None
     if args.weights:
         load_trained(model, args.weights)
-        tuned = sample_and_score(model, prompts, rewards, cfg.sampler, schedule, cfg.eval.seed)[0]
+        tuned = sample_and_score(model, prompts, rewards, cfg.sampler, schedule, cfg.eval.seed, batch_size=batch)[0]
     print(format_table(base, tuned, len(prompts)))
     return 0
 
@@ -128,7 +128,14 @@ def sweep(model, args: argparse.Namespace, cfg, prompts: list[str], rewards: dic
     for label, scale, tuned_weights in settings:
         weigh(model.denoiser, {"tuned": scale})
         scores, images = sample_and_score(
-            model, prompts, rewards, cfg.sampler, schedule, cfg.eval.seed, tuned_weights=tuned_weights
+            model,
+            prompts,
+            rewards,
+            cfg.sampler,
+            schedule,
+            cfg.eval.seed,
+            tuned_weights=tuned_weights,
+            batch_size=cfg.eval_batch_size,
         )
         scores |= diversity_scores(images, k, encoder, model.device)
         rows.append({"label": label, "scores": scores})

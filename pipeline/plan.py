@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import tempfile
 from dataclasses import dataclass
@@ -160,6 +161,22 @@ def knobs(cfg: Config, workers: int) -> list[list[str]]:
     return changes
 
 
+def _run_time(cfg: Config, cost, verdict: Verdict) -> str:
+    """The whole run: ``train.steps`` steps and the held-out evaluations (at the start, every ``eval.every``
+    steps and at the end), at the step's rate."""
+    steps = cfg.train.steps
+    if cost.eval_flops is None:
+        return f"a run of {steps} steps: {steps * verdict.seconds / 3600:.1f} h (evaluations not counted)"
+    evaluations = 1 + (math.ceil(steps / cfg.eval.every) if cfg.eval.every else 1)
+    each = cost.eval_flops / cost.total_flops * verdict.seconds
+    images = cfg.eval.max_prompts * cfg.eval.images_per_prompt
+    hours = (steps * verdict.seconds + evaluations * each) / 3600
+    return (
+        f"a run of {steps} steps with {evaluations} held-out evaluations (up to {images} images, "
+        f"{cost.eval_flops / 1e12:.0f} TFLOP, {each:.0f} s each): {hours:.1f} h"
+    )
+
+
 def _changes(cfg: Config, workers: int) -> list[list[str]]:
     """Each knob alone, then the knobs together, one more at a time (the caller stops at the first that fits)."""
     single = knobs(cfg, workers)
@@ -193,6 +210,7 @@ def plan(cfg: Config, gpu: Gpu, workers: int, utilisation: float, name: str | No
         f"time at {100 * utilisation:.0f}% of the {gpu.label}'s {gpu.tflops[cfg.model.dtype]:g} TFLOP/s "
         f"({cfg.model.dtype}): {verdict.seconds:.2f} s/step; {workers * cfg.train.batch_size / verdict.seconds:.2f} "
         f"images/s on {workers} GPU{'s' if workers > 1 else ''} (communication not counted)",
+        _run_time(cfg, cost, verdict),
     ]
     suggestions = []
     if verdict.fits:
@@ -218,6 +236,7 @@ def plan(cfg: Config, gpu: Gpu, workers: int, utilisation: float, name: str | No
         "minimum_flops": cost.minimum_flops,
         "memory_bytes": {**cost.static, "activations": cost.activations},
         "peak_at": cost.peak_at,
+        "eval_flops": cost.eval_flops,
         **dataclasses.asdict(verdict),
         "fits": verdict.fits,
         "utilisation": utilisation,

@@ -12,6 +12,7 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from pipeline.bench.cost import held_bytes
 from pipeline.config import ConfigError, load_config
 from trainers.config import Config
 from trainers.cost import CPU_ATTENTION, Counter, measure_plan_units, predict
@@ -23,10 +24,6 @@ PEAK_TOLERANCE = 0.20  # the issue's bar for predicted against measured peak byt
 def config(path: str, *overrides: str) -> Config:
     base = [f"model.path={path}", "model.device=cpu", "rewards=[{name: brightness}]", "sampler.num_steps=6"]
     return load_config(Config, None, [*base, "train.batch_size=2", *overrides])
-
-
-def tensor_bytes(tensors) -> int:
-    return sum(t.numel() * t.element_size() for t in {id(t): t for t in tensors}.values())
 
 
 def measured(cfg: Config) -> tuple[int, int, list]:
@@ -47,11 +44,7 @@ def measured(cfg: Config) -> tuple[int, int, list]:
         with FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION) as flops:
             train_step(tr)
         assert flops.get_total_flops() == counter.flops
-    modules = [tr.model.denoiser, *tr.model.frozen_modules(), tr.reward, *_distill_modules(tr)]
-    held = tensor_bytes([t for m in modules for t in (*m.parameters(), *m.buffers())])
-    states = [*tr.optimizer.state.values(), *_fake_optimizer_states(tr)]
-    held += tensor_bytes([v for s in states for v in s.values() if torch.is_tensor(v) and v.dim()])
-    return counter.flops, held + counter.peak, flags
+    return counter.flops, held_bytes(tr) + counter.peak, flags
 
 
 def _next_flags(tr) -> list:
@@ -59,16 +52,6 @@ def _next_flags(tr) -> list:
     gen.set_state(tr.gen.get_state())
     plan = getattr(tr.objective, "plan", None)
     return plan.flags(tr.cfg.sampler.num_steps, gen) if plan is not None else []
-
-
-def _distill_modules(tr) -> list:
-    distill = getattr(tr.objective, "distill", None)
-    return [] if distill is None else [m for m in (distill.nets.fake, distill.nets.teacher) if m is not None]
-
-
-def _fake_optimizer_states(tr) -> list:
-    distill = getattr(tr.objective, "distill", None)
-    return [] if distill is None else list(distill.fake_optimizer.state.values())
 
 
 def assert_matches(cfg: Config) -> None:

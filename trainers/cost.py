@@ -223,13 +223,17 @@ class StepCost:
         flops: FLOPs by part (:data:`PARTS`), the mean over the plan's draws for a plan with random steps.
         activations: Peak bytes above the static memory (the largest over the draws).
         peak_at: The call during which that peak falls.
-        static: Bytes held through the step: ``weights`` (frozen and trained), ``gradients``, ``optimizer``.
+        static: Bytes held through the step: ``weights`` (frozen and trained; the held-out rewards' too),
+            ``gradients``, ``optimizer``.
+        eval_flops: FLOPs of one held-out evaluation (``eval.max_prompts`` x ``eval.images_per_prompt`` images
+            sampled and scored by every reward), or None where not counted (DI*).
     """
 
     flops: dict[str, float] = field(default_factory=dict)
     activations: int = 0
     peak_at: str = ""
     static: dict[str, int] = field(default_factory=dict)
+    eval_flops: float | None = None
 
     @property
     def total_flops(self) -> float:
@@ -379,8 +383,9 @@ def _fold_unit(denoiser: torch.nn.Module) -> Unit | None:
     return unit if unit.kept else None  # nothing to fold (no LoRA layers)
 
 
-def plan_step(cfg: Config, model: DiffusionModel, objective: RewardObjective, reward) -> StepCost:
-    """A gradient plan's step: FLOPs averaged and peak bytes maximised over :data:`DRAWS` draws of its flags."""
+def plan_step(cfg: Config, model: DiffusionModel, objective: RewardObjective, reward, eval_rewards: list) -> StepCost:
+    """A gradient plan's step: FLOPs averaged and peak bytes maximised over :data:`DRAWS` draws of its flags;
+    and one held-out evaluation's FLOPs."""
     units = measure_plan_units(cfg, model, objective, reward)
     refine = refinement(objective.plan)
     copies, include_chain = (refine.copies, refine.include_chain) if refine else (0, True)
@@ -396,7 +401,20 @@ def plan_step(cfg: Config, model: DiffusionModel, objective: RewardObjective, re
             cost.flops[part] = cost.flops.get(part, 0.0) + value * len(hits) / DRAWS
         if w.peak > cost.activations:
             cost.activations, cost.peak_at = w.peak, w.peak_at
+    cost.eval_flops = _evaluation_flops(cfg, model, units, [r for r in (reward, *eval_rewards) if r is not None])
     return cost
+
+
+def _evaluation_flops(cfg: Config, model: DiffusionModel, units: PlanUnits, rewards: list) -> float:
+    """One held-out evaluation: each image sampled with ``sampler.num_steps`` calls without gradient, decoded and
+    scored by every reward (each counted at the step's batch, per image)."""
+    b = cfg.train.batch_size
+    images = torch.zeros(b, 3, model.resolution, model.resolution, device=model.device)
+    prompts = ["a photograph of an astronaut riding a horse"] * b
+    with torch.no_grad():
+        scoring = sum(measure(lambda r=r: r(images, prompts), backward=False).flops for r in rewards)
+    per_image = (cfg.sampler.num_steps * units.call.flops + units.decode.flops + scoring) / b
+    return per_image * cfg.eval.max_prompts * cfg.eval.images_per_prompt
 
 
 def distill_step(cfg: Config, model: DiffusionModel, objective: DistillObjective, reward) -> StepCost:
@@ -465,18 +483,21 @@ def static_bytes(modules: list[torch.nn.Module], trained: list[torch.nn.Paramete
     }
 
 
-def step_cost(cfg: Config, model: DiffusionModel, objective: Objective, reward, shards: int = 1) -> StepCost:
+def step_cost(
+    cfg: Config, model: DiffusionModel, objective: Objective, reward, eval_rewards: list, shards: int = 1
+) -> StepCost:
     """The cost of one step of ``cfg`` on ``model`` (meta device, made trainable by ``objective``); ``reward``
-    is None when reward actors serve it (then neither its FLOPs nor its memory are the worker's)."""
+    is None when reward actors serve it (then neither its FLOPs nor its memory are the worker's);
+    ``eval_rewards``, the held-out rewards, are held by the worker too."""
     if isinstance(objective, DistillObjective):
         cost = distill_step(cfg, model, objective, reward)
         nets = objective.distill.nets
         modules = [model.denoiser, nets.fake, *([nets.teacher] if nets.teacher is not None else [])]
         trained = [*objective.params, *objective.extra_params]
     else:
-        cost = plan_step(cfg, model, objective, reward)
+        cost = plan_step(cfg, model, objective, reward, eval_rewards)
         modules, trained = [model.denoiser], objective.params
-    modules += model.frozen_modules() + ([reward] if reward is not None else [])
+    modules += model.frozen_modules() + ([reward] if reward is not None else []) + eval_rewards
     cost.static = static_bytes(list({id(m): m for m in modules}.values()), trained, shards)
     return cost
 
@@ -491,4 +512,5 @@ def predict(cfg: Config, shards: int = 1) -> tuple[StepCost, DiffusionModel]:
     model = skeleton_model(cfg.model)
     objective = build_objective(cfg, model)
     reward = None if cfg.ray.reward_actors else reward_skeleton(cfg.rewards)
-    return step_cost(cfg, model, objective, reward, shards), model
+    eval_rewards = [reward_skeleton([spec]) for spec in cfg.eval.rewards]
+    return step_cost(cfg, model, objective, reward, eval_rewards, shards), model

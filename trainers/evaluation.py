@@ -38,9 +38,12 @@ def sample_and_score(
     one_step: OneStepGenerator | None = None,
     tuned_weights: list[float] | None = None,
     fold_lora: bool = True,
+    batch_size: int | None = None,
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """Sample ``prompts`` from noise seeded by ``seed`` (with the DDIM sampler, or the ``one_step``
-    generator; ``tuned_weights``: annealed importance guidance) and score the images with every reward.
+    generator; ``tuned_weights``: annealed importance guidance) and score the images with every reward, in
+    batches of ``batch_size`` prompts (None: all at once), each image from the same initial noise whatever the
+    batches.
 
     Returns:
         ``(scores, images)``: per-image scores ``(N,)`` by reward name, images ``(N, 3, H, W)``, on CPU.
@@ -48,24 +51,30 @@ def sample_and_score(
     model.denoiser.eval()
     gen = torch.Generator().manual_seed(seed)
     x_T = torch.randn(len(prompts), *model.latent_shape, generator=gen).to(model.device)
-    if one_step is not None:
-        images = one_step.generate(prompts, x_T)
-    else:
-        images = generate(
-            model,
-            prompts,
-            x_T,
-            schedule,
-            guidance=sampler.guidance_scale,
-            eta=sampler.eta,
-            gen=gen,
-            tuned_weights=tuned_weights,
-            fold_lora=fold_lora,
-        )
-    scores = {}
-    for name, reward in rewards.items():
-        scores.update(_score_with_components(name, reward, images, prompts))
-    return scores, images.float().cpu()
+    size = batch_size or len(prompts)
+    parts: list[tuple[dict[str, torch.Tensor], torch.Tensor]] = []
+    for start in range(0, len(prompts), size):
+        batch, noise = prompts[start : start + size], x_T[start : start + size]
+        if one_step is not None:
+            images = one_step.generate(batch, noise)
+        else:
+            images = generate(
+                model,
+                batch,
+                noise,
+                schedule,
+                guidance=sampler.guidance_scale,
+                eta=sampler.eta,
+                gen=gen,
+                tuned_weights=tuned_weights,
+                fold_lora=fold_lora,
+            )
+        scores = {}
+        for name, reward in rewards.items():
+            scores.update(_score_with_components(name, reward, images, batch))
+        parts.append((scores, images.float().cpu()))
+    scores = {name: torch.cat([s[name] for s, _ in parts]) for name in parts[0][0]}
+    return scores, torch.cat([images for _, images in parts])
 
 
 def diversity(images: torch.Tensor, per_prompt: int, side: int = 32) -> torch.Tensor:

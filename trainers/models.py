@@ -90,6 +90,17 @@ def skeleton_model(cfg: ModelConfig) -> DiffusionModel:
     Raises:
         FileNotFoundError: ``model.path`` is not a local pipeline folder.
     """
+    return model_from_configs(cfg, torch.device("meta"))
+
+
+def model_from_configs(cfg: ModelConfig, device: torch.device) -> DiffusionModel:
+    """The model ``cfg`` names, built from its pipeline folder's config files on ``device`` with each class's own
+    random initialisation (meta: shapes only); no weight file is read (``pipeline.bench.cost`` measures a real
+    step of a released architecture with random weights).
+
+    Raises:
+        FileNotFoundError: ``model.path`` is not a local pipeline folder.
+    """
     if not os.path.isfile(os.path.join(cfg.path, "model_index.json")):
         raise FileNotFoundError(f"model.path: {cfg.path!r} is not a pipeline folder with a model_index.json")
     import json
@@ -99,11 +110,11 @@ def skeleton_model(cfg: ModelConfig) -> DiffusionModel:
     dtype, components = DTYPES[cfg.dtype], {}
     for name, entry in index.items():
         if isinstance(entry, list) and len(entry) == 2 and entry[0] in ("diffusers", "transformers"):
-            module = meta_module(entry[0], entry[1], os.path.join(cfg.path, name))
+            module = config_module(entry[0], entry[1], os.path.join(cfg.path, name), device, dtype)
             if module is not None:
-                components[name] = module.to(dtype)
+                components[name] = module
     family = family_of(cfg.path, cfg.family, offline=True)
-    model = family.load(cfg.path, dtype, torch.device("meta"), True, **components)
+    model = family.load(cfg.path, dtype, device, True, **components)
     if cfg.unet_checkpointing:
         model.denoiser.enable_gradient_checkpointing()
     if cfg.vae_checkpointing:
@@ -112,19 +123,30 @@ def skeleton_model(cfg: ModelConfig) -> DiffusionModel:
     return model
 
 
-def meta_module(library: str, class_name: str, folder: str) -> torch.nn.Module | None:
-    """A ``diffusers`` or ``transformers`` model class built from ``folder``'s config on the meta device; None
-    for a class that is not a module (a tokenizer, a scheduler)."""
+def config_module(
+    library: str,
+    class_name: str,
+    folder: str,
+    device: torch.device | str = "meta",
+    dtype: torch.dtype = torch.float32,
+) -> torch.nn.Module | None:
+    """A ``diffusers`` or ``transformers`` model class built from ``folder``'s config on ``device`` in ``dtype``,
+    randomly initialised (meta: shapes only); None for a class that is not a module (a tokenizer, a scheduler)."""
     import diffusers
     import transformers
 
     cls = getattr(diffusers if library == "diffusers" else transformers, class_name, None)
     if not (isinstance(cls, type) and issubclass(cls, torch.nn.Module)):
         return None
-    with torch.device("meta"):
-        if library == "diffusers":
-            return cls.from_config(cls.load_config(folder))
-        return cls._from_config(transformers.AutoConfig.from_pretrained(folder))
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(dtype if dtype.is_floating_point else default)
+    try:
+        with torch.device(device):
+            if library == "diffusers":
+                return cls.from_config(cls.load_config(folder)).to(dtype)
+            return cls._from_config(transformers.AutoConfig.from_pretrained(folder)).to(dtype)
+    finally:
+        torch.set_default_dtype(default)
 
 
 def make_trainable(
@@ -285,7 +307,7 @@ def denoiser_skeleton(folder: str) -> torch.nn.Module | None:
     if found is None:
         return None
     with open(os.path.join(found, "config.json"), encoding="utf-8") as f:
-        return meta_module("diffusers", json.load(f)["_class_name"], found)
+        return config_module("diffusers", json.load(f)["_class_name"], found)
 
 
 # what a teacher must share with the generator: (component folder, config key); latents and text conditioning
