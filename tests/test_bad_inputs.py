@@ -103,6 +103,12 @@ CASES = [
     (("pipeline.export", "--model", TOY_SD, "--weights", TOY_SD, "--out", "x.pt"), "--out"),
     (("pipeline.bench.reward_actors", "--actors", "0"), "argument --actors"),
     (train("--progress-every", "0"), "argument --progress-every"),
+    (train("train.gpu=h800"), "train.gpu"),
+    (train("eval.batch_size=0"), "eval.batch_size"),
+    (("pipeline.plan", "--config", QUICKSTART, "--utilisation", "2"), "--utilisation: a fraction in (0, 1], got 2"),
+    (("pipeline.plan", "--config", QUICKSTART, "--gpu", "h800"), "argument --gpu"),
+    (("pipeline.plan", "--config", QUICKSTART, "model.path=/models/FLUX.1-dev"), "--architecture flux-dev"),
+    (("pipeline.bench.cost", "--model", TOY_SD, "--steps", "0"), "argument --steps"),
 ]
 
 

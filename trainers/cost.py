@@ -433,8 +433,11 @@ def distill_step(cfg: Config, model: DiffusionModel, objective: DistillObjective
     gen, replicas = torch.Generator().manual_seed(cfg.train.seed), Replicas()
 
     def fake_unit() -> Unit:
+        state = {}
+        sampling = measure(lambda: state.setdefault("inputs", d.fake_inputs(cond, gen, replicas)).x_t, backward=False)
         with d.nets.training_fake(), d.nets.role("fake"):
-            return measure(lambda: d.fake_loss(cond, gen, replicas))
+            loss = measure(lambda: d.fake_loss(cond, state["inputs"]))
+        return replace(loss, flops=loss.flops + sampling.flops, peak=max(loss.peak, sampling.peak))
 
     def generator_unit() -> Unit:
         return measure(lambda: d.generator_loss(cond, uncond, prompts, reward, gen, replicas)[0])

@@ -145,6 +145,15 @@ def generator_timestep(weights: str | None) -> int | None:
         return int(json.load(f)["generator_timestep"])
 
 
+@dataclass(frozen=True)
+class FakeInputs:
+    """The fake score's training batch: ``x_t`` ``(B, C, h, w)`` at timesteps ``t`` ``(B,)`` from noise ``eps``."""
+
+    x_t: torch.Tensor
+    t: torch.Tensor
+    eps: torch.Tensor
+
+
 class Teacher(Protocol):
     """Serves the teacher's side of the divergence (in this process, or from Ray actors)."""
 
@@ -375,21 +384,25 @@ class DiStar:
         like = {"device": self.model.device, "dtype": torch.promote_types(self.model.dtype, torch.float32)}
         return z.to(**like), t, eps.to(**like)
 
-    def fake_loss(self, cond: Conditioning, gen: torch.Generator, replicas) -> torch.Tensor:
-        """The fake score's DSM loss at detached generator samples; call it, and differentiate it, inside
-        ``nets.training_fake()`` and ``nets.role("fake")``."""
+    def fake_inputs(self, cond: Conditioning, gen: torch.Generator, replicas) -> FakeInputs:
+        """Noised detached generator samples for the fake score's DSM loss."""
         z, t, eps = self.draw(gen, replicas, len(cond))
         with torch.no_grad():
             x0 = self.generator_latents(cond, z)
-        x_t = self.noise.add_noise(x0, t, eps)
-        return dsm_loss(self.fake_eps(x_t, t, cond), eps).mean()
+        return FakeInputs(self.noise.add_noise(x0, t, eps), t, eps)
+
+    def fake_loss(self, cond: Conditioning, inputs: FakeInputs) -> torch.Tensor:
+        """The fake score's DSM loss; call it, and differentiate it, inside ``nets.training_fake()`` and
+        ``nets.role("fake")``."""
+        return dsm_loss(self.fake_eps(inputs.x_t, inputs.t, cond), inputs.eps).mean()
 
     def fake_update(self, cond: Conditioning, gen: torch.Generator, replicas) -> tuple[float, float]:
         """One AdamW step of the fake score on :meth:`fake_loss`; ``(loss, grad norm)``, both NaN when the step
         was skipped for a non-finite loss or gradient on any replica."""
+        inputs = self.fake_inputs(cond, gen, replicas)
         with self.nets.training_fake(), self.nets.role("fake"):
             self.fake_optimizer.zero_grad(set_to_none=True)
-            loss = self.fake_loss(cond, gen, replicas)
+            loss = self.fake_loss(cond, inputs)
             finite = bool(torch.isfinite(loss))
             if finite:
                 loss.backward()
