@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     prompts = load_prompts(cfg.data.eval_prompts, BUILTIN_HELD_OUT)[: cfg.eval.max_prompts]
     prompts = [p for p in prompts for _ in range(cfg.eval.images_per_prompt)]
-    schedule, batch = model.family.schedule(model, cfg.sampler.num_steps), cfg.eval_batch_size
+    schedule, batch = model.family.schedule(model, cfg.sampler.num_steps), cfg.eval.batch_size
     if args.lora_scales is not None:
         rows = sweep(model, args, cfg, prompts, rewards, schedule)
         print(sweep_table(rows, cfg.eval.images_per_prompt))
@@ -135,7 +135,7 @@ def sweep(model, args: argparse.Namespace, cfg, prompts: list[str], rewards: dic
             schedule,
             cfg.eval.seed,
             tuned_weights=tuned_weights,
-            batch_size=cfg.eval_batch_size,
+            batch_size=cfg.eval.batch_size,
         )
         scores |= diversity_scores(images, k, encoder, model.device)
         rows.append({"label": label, "scores": scores})

@@ -154,6 +154,8 @@ def knobs(cfg: Config, workers: int) -> list[list[str]]:
             changes.append([f"model.{key}=true"])
     if cfg.train.batch_size > 1:
         changes.append([f"train.batch_size={cfg.train.batch_size // 2}"])
+    if cfg.eval.batch_size > 1:
+        changes.append([f"eval.batch_size={max(1, cfg.eval.batch_size // 4)}"])
     if cfg.trainable.kind == "full" and workers > 1 and not cfg.train.fsdp and cfg.plan.name != "di_star":
         changes.append(["train.fsdp=true"])
     if m.dtype == "fp32" and cfg.trainable.kind == "lora":
@@ -187,7 +189,9 @@ def _changes(cfg: Config, workers: int) -> list[list[str]]:
 def plan(cfg: Config, gpu: Gpu, workers: int, utilisation: float, name: str | None = None) -> dict:
     """Count ``cfg``'s step and say whether it fits ``gpu``; ``{"text": the report, ...its figures}``."""
     cost, verdict, model = predict_verdict(cfg, gpu, workers, utilisation)
-    lines = [_header(cfg, model, gpu, workers, name), "", "FLOPs per optimiser step, per worker     TFLOP   share"]
+    lines = [_header(cfg, model, gpu, workers, name)]
+    lines += [f"not counted, its files are not at hand: {what}" for what in cost.not_counted]
+    lines += ["", "FLOPs per optimiser step, per worker     TFLOP   share"]
     total = cost.total_flops or 1.0
     for part, flops in cost.flops.items():
         if flops:
@@ -203,6 +207,8 @@ def plan(cfg: Config, gpu: Gpu, workers: int, utilisation: float, name: str | No
         lines.append(f"  {part:<38}{size / GIB:>6.2f}")
     lines += [
         f"  {'activations at the peak':<38}{cost.activations / GIB:>6.2f}  ({cost.peak_at})",
+        f"  {'held-out evaluation instead':<38}{cost.eval_activations / GIB:>6.2f}  "
+        f"(eval.batch_size={cfg.eval.batch_size} images at once)",
         f"  {'total':<38}{verdict.peak_gib:>6.2f}",
         f"  {'with allocator and CUDA context':<38}{verdict.needed_gib:>6.2f}  "
         f"(x{FRAGMENTATION} + {CONTEXT_GIB:g} GiB) of {gpu.memory_gib:g} GiB on the {gpu.label}",
@@ -234,9 +240,10 @@ def plan(cfg: Config, gpu: Gpu, workers: int, utilisation: float, name: str | No
         "workers": workers,
         "flops": cost.flops,
         "minimum_flops": cost.minimum_flops,
-        "memory_bytes": {**cost.static, "activations": cost.activations},
+        "memory_bytes": {**cost.static, "activations": cost.activations, "evaluation": cost.eval_activations},
         "peak_at": cost.peak_at,
         "eval_flops": cost.eval_flops,
+        "not_counted": cost.not_counted,
         **dataclasses.asdict(verdict),
         "fits": verdict.fits,
         "utilisation": utilisation,

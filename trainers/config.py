@@ -267,7 +267,7 @@ class EvalConfig:
     # checkpoint that meets them all is marked (checkpoints/best, kept from pruning)
     require: list[str] = field(default_factory=list)
     stop_when_broken: bool = False  # stop the run at the first evaluation after step 0 that breaks one
-    batch_size: int | None = None  # images sampled at once; null = train.batch_size (a step's memory bounds it)
+    batch_size: int = 8  # images sampled and scored at once (pipeline.plan counts the evaluation's peak at it)
 
     def validate(self) -> list[str]:
         problems = (
@@ -275,7 +275,7 @@ class EvalConfig:
             + _positive("images_per_prompt", self.images_per_prompt)
             + _positive("max_prompts", self.max_prompts)
             + constraint_problems("require", self.require)
-            + ([] if self.batch_size is None else _positive("batch_size", self.batch_size))
+            + _positive("batch_size", self.batch_size)
         )
         if self.stop_when_broken and not self.require:
             problems.append("stop_when_broken: true needs constraints in eval.require")
@@ -426,11 +426,6 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
-
-    @property
-    def eval_batch_size(self) -> int:
-        """Held-out images sampled at once: ``eval.batch_size``, else ``train.batch_size``."""
-        return self.eval.batch_size or self.train.batch_size
 
     def reward_scales(self) -> str:
         """Each reward term's effective scale in the loss: its weight times the loss's coefficient on the reward

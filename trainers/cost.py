@@ -226,7 +226,9 @@ class StepCost:
         static: Bytes held through the step: ``weights`` (frozen and trained; the held-out rewards' too),
             ``gradients``, ``optimizer``.
         eval_flops: FLOPs of one held-out evaluation (``eval.max_prompts`` x ``eval.images_per_prompt`` images
-            sampled and scored by every reward), or None where not counted (DI*).
+            sampled and scored by every reward, ``eval.batch_size`` at once), or None where not counted (DI*).
+        eval_activations: The evaluation's peak bytes above the static memory (0 where not counted).
+        not_counted: What the figures leave out, and why (a reward whose config files are not at hand).
     """
 
     flops: dict[str, float] = field(default_factory=dict)
@@ -234,6 +236,8 @@ class StepCost:
     peak_at: str = ""
     static: dict[str, int] = field(default_factory=dict)
     eval_flops: float | None = None
+    eval_activations: int = 0
+    not_counted: list[str] = field(default_factory=list)
 
     @property
     def total_flops(self) -> float:
@@ -245,8 +249,14 @@ class StepCost:
         return self.total_flops - self.flops.get("recomputation (checkpointing)", 0.0)
 
     @property
-    def peak_bytes(self) -> int:
+    def step_bytes(self) -> int:
+        """The step's peak: the static bytes and the step's activations."""
         return sum(self.static.values()) + self.activations
+
+    @property
+    def peak_bytes(self) -> int:
+        """The larger of a step's and an evaluation's peak."""
+        return sum(self.static.values()) + max(self.activations, self.eval_activations)
 
 
 @dataclass
@@ -385,7 +395,7 @@ def _fold_unit(denoiser: torch.nn.Module) -> Unit | None:
 
 def plan_step(cfg: Config, model: DiffusionModel, objective: RewardObjective, reward, eval_rewards: list) -> StepCost:
     """A gradient plan's step: FLOPs averaged and peak bytes maximised over :data:`DRAWS` draws of its flags;
-    and one held-out evaluation's FLOPs."""
+    and one held-out evaluation's FLOPs and peak."""
     units = measure_plan_units(cfg, model, objective, reward)
     refine = refinement(objective.plan)
     copies, include_chain = (refine.copies, refine.include_chain) if refine else (0, True)
@@ -401,20 +411,40 @@ def plan_step(cfg: Config, model: DiffusionModel, objective: RewardObjective, re
             cost.flops[part] = cost.flops.get(part, 0.0) + value * len(hits) / DRAWS
         if w.peak > cost.activations:
             cost.activations, cost.peak_at = w.peak, w.peak_at
-    cost.eval_flops = _evaluation_flops(cfg, model, units, [r for r in (reward, *eval_rewards) if r is not None])
+    scorers = [r for r in (reward, *eval_rewards) if r is not None]
+    cost.eval_flops, cost.eval_activations = _evaluation(cfg, model, objective, units.fold, scorers)
     return cost
 
 
-def _evaluation_flops(cfg: Config, model: DiffusionModel, units: PlanUnits, rewards: list) -> float:
-    """One held-out evaluation: each image sampled with ``sampler.num_steps`` calls without gradient, decoded and
-    scored by every reward (each counted at the step's batch, per image)."""
-    b = cfg.train.batch_size
-    images = torch.zeros(b, 3, model.resolution, model.resolution, device=model.device)
-    prompts = ["a photograph of an astronaut riding a horse"] * b
+def _evaluation(cfg: Config, model: DiffusionModel, objective: RewardObjective, fold: Unit | None, rewards: list):
+    """One held-out evaluation, ``(FLOPs, peak bytes)``: ``eval.batch_size`` prompts at a time encoded, sampled
+    with ``sampler.num_steps`` calls without gradient (the LoRA folded as in training), decoded and scored by
+    every reward, for ``eval.max_prompts x eval.images_per_prompt`` images."""
+    e, guidance = cfg.eval.batch_size, cfg.sampler.guidance_scale
+    prompts = ["a photograph of an astronaut riding a horse"] * e
+    state: dict = {}
+
+    def text() -> torch.Tensor:
+        state["cond"] = model.family.encode_prompts(model, prompts)
+        state["uncond"] = model.unconditional(e, guidance)
+        return state["cond"].hidden_states
+
+    latent = torch.zeros(e, *model.latent_shape, device=model.device)
+    images = torch.zeros(e, 3, model.resolution, model.resolution, device=model.device)
     with torch.no_grad():
-        scoring = sum(measure(lambda r=r: r(images, prompts), backward=False).flops for r in rewards)
-    per_image = (cfg.sampler.num_steps * units.call.flops + units.decode.flops + scoring) / b
-    return per_image * cfg.eval.max_prompts * cfg.eval.images_per_prompt
+        encoding = measure(text, backward=False)
+        denoise = Denoise(
+            model, objective.schedule.timesteps[0].to(model.device), state["cond"], state["uncond"], guidance
+        )
+        with folded(model.denoiser) if fold is not None else nullcontext():
+            call = measure(lambda: denoise(latent), backward=False)
+        decode = measure(lambda: model.family.decode(model, latent), backward=False)
+        scoring = [measure(lambda r=r: r(images, prompts), backward=False) for r in rewards]
+    batch = encoding.flops + cfg.sampler.num_steps * call.flops + decode.flops + sum(u.flops for u in scoring)
+    flops = batch * cfg.eval.max_prompts * cfg.eval.images_per_prompt / e
+    sampling = call.peak + (fold.kept if fold is not None else 0)
+    peak = encoding.kept + max([sampling, decode.peak, *(decode.kept + u.peak for u in scoring)])
+    return flops, peak
 
 
 def distill_step(cfg: Config, model: DiffusionModel, objective: DistillObjective, reward) -> StepCost:
@@ -508,12 +538,24 @@ def step_cost(
 def predict(cfg: Config, shards: int = 1) -> tuple[StepCost, DiffusionModel]:
     """The cost of one step of ``cfg``, from its model's and rewards' config files alone (meta device); also
     the skeleton model, for what the caller reports of it."""
+    from rewards.base import RewardLoadError
     from rewards.build import reward_skeleton
     from trainers.models import skeleton_model
     from trainers.objectives import build_objective
 
     model = skeleton_model(cfg.model)
     objective = build_objective(cfg, model)
-    reward = None if cfg.ray.reward_actors else reward_skeleton(cfg.rewards)
-    eval_rewards = [reward_skeleton([spec]) for spec in cfg.eval.rewards]
-    return step_cost(cfg, model, objective, reward, eval_rewards, shards), model
+    missing = []
+
+    def skeleton(specs: list) -> object | None:
+        try:
+            return reward_skeleton(specs)
+        except (OSError, RewardLoadError) as err:  # a reward's config or tokenizer files are not at hand
+            missing.append(f"{', '.join(s.name for s in specs)} ({err})")
+            return None
+
+    reward = None if cfg.ray.reward_actors else skeleton(cfg.rewards)
+    eval_rewards = [r for r in (skeleton([spec]) for spec in cfg.eval.rewards) if r is not None]
+    cost = step_cost(cfg, model, objective, reward, eval_rewards, shards)
+    cost.not_counted = missing
+    return cost, model

@@ -241,7 +241,7 @@ def evaluate(
         tr.cfg.eval.seed,
         one_step,
         fold_lora=tr.cfg.model.fold_lora,
-        batch_size=tr.cfg.eval_batch_size,
+        batch_size=tr.cfg.eval.batch_size,
     )
     if k > 1:
         scores |= diversity_scores(images, k, image_encoder(rewards), tr.model.device)

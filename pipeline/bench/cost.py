@@ -109,7 +109,7 @@ def compare(overrides: list[str], iters: int, matmul: float | None) -> dict:
     row = {
         "predicted_tflop": cost.total_flops / 1e12,
         "measured_tflop": flops / 1e12,
-        "predicted_gib": cost.peak_bytes / GIB,
+        "predicted_gib": cost.step_bytes / GIB,
         "measured_gib": peak / GIB,
         "peak_at": cost.peak_at,
     }
