@@ -86,7 +86,7 @@ SDXL = {
 }
 PIXART_512 = {
     "_class_name": "PixArtAlphaPipeline",
-    "transformer": ("PixArtTransformer2DModel", dict(sample_size=64)),
+    "transformer": ("PixArtTransformer2DModel", dict(sample_size=64, caption_channels=4096)),
     "vae": ("AutoencoderKL", SD_VAE),
     "text_encoder": ("T5EncoderModel", T5_XXL),
     "tokenizer": ("T5Tokenizer", None),

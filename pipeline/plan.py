@@ -207,8 +207,12 @@ def plan(cfg: Config, gpu: Gpu, workers: int, utilisation: float, name: str | No
         lines.append(f"  {part:<38}{size / GIB:>6.2f}")
     lines += [
         f"  {'activations at the peak':<38}{cost.activations / GIB:>6.2f}  ({cost.peak_at})",
-        f"  {'held-out evaluation instead':<38}{cost.eval_activations / GIB:>6.2f}  "
-        f"(eval.batch_size={cfg.eval.batch_size} images at once)",
+        f"  {'held-out evaluation instead':<38}"
+        + (
+            f"{cost.eval_activations / GIB:>6.2f}  (eval.batch_size={cfg.eval.batch_size} images at once)"
+            if cost.eval_flops is not None
+            else "  not counted (DI*)"
+        ),
         f"  {'total':<38}{verdict.peak_gib:>6.2f}",
         f"  {'with allocator and CUDA context':<38}{verdict.needed_gib:>6.2f}  "
         f"(x{FRAGMENTATION} + {CONTEXT_GIB:g} GiB) of {gpu.memory_gib:g} GiB on the {gpu.label}",
@@ -256,14 +260,14 @@ def _header(cfg: Config, model, gpu: Gpu, workers: int, name: str | None) -> str
         return sum(p.numel() for p in module.parameters() if p.requires_grad == trained) / 1e6
 
     encoders = " + ".join(f"{millions(e):.1f}" for e in model.text_encoders)
-    trained = millions(model.denoiser, trained=True)
+    frozen, trained = millions(model.denoiser), millions(model.denoiser, trained=True)
+    denoiser = f"{frozen:.1f} M + {trained:.1f} M LoRA" if frozen else f"{trained:.1f} M, all trained"
     source = f"architecture {name}" if name else cfg.model.path
     p = cfg.plan
     knobs_of = {"draft_k": f" K={p.k}", "drtune": f" K={p.k} m={p.early_stop}", "refl": f" m={p.early_stop}"}
     return (
-        f"{type(model.family).__name__} ({source}; config files only, no weights read): denoiser "
-        f"{millions(model.denoiser):.1f} M (+{trained:.1f} M trained), VAE {millions(model.vae):.1f} M, text "
-        f"{encoders} M parameters\n"
+        f"{type(model.family).__name__} ({source}; config files only, no weights read): denoiser {denoiser}, "
+        f"VAE {millions(model.vae):.1f} M, text {encoders} M parameters\n"
         f"step: {p.name}{knobs_of.get(p.name, '')}, T={cfg.sampler.num_steps}, batch {cfg.train.batch_size} per "
         f"worker, {model.resolution} px, {cfg.model.dtype}, {cfg.trainable.kind}"
         f"{f' r{cfg.trainable.rank}' if cfg.trainable.kind == 'lora' else ''}; {workers} x {gpu.label}"

@@ -92,8 +92,10 @@ def test_every_family_matches_a_real_step(family, request):
     assert_matches(config(folder, "plan.name=draft_k", "plan.k=2", *extra))
 
 
-def test_a_distillation_step_matches_a_real_step(tiny_sd_dir):
-    assert_matches(config(tiny_sd_dir, "plan.name=di_star", "distill.fake_updates=2", "train.batch_size=2"))
+@pytest.mark.parametrize("shared", ["false", "true"])
+def test_a_distillation_step_matches_a_real_step(tiny_sd_dir, shared):
+    """DI*: the fake score's updates and the generator's loss (three UNets, or one base with two adapters)."""
+    assert_matches(config(tiny_sd_dir, "plan.name=di_star", "distill.fake_updates=2", f"distill.shared_base={shared}"))
 
 
 @pytest.mark.parametrize(
@@ -148,7 +150,7 @@ def test_plan_cli_on_a_released_architecture(tmp_path):
     out = tmp_path / "plan.json"
     done = run_plan("--config", "pipeline/configs/sd15_drtune_hps.yaml", "--architecture", "sd15", "--json", str(out))
     assert done.returncode == 0, done.stderr
-    assert "denoiser 859.5 M" in done.stdout and "verdict: fits" in done.stdout
+    assert "denoiser 859.5 M + " in done.stdout and "verdict: fits" in done.stdout
     report = json.loads(out.read_text())
     assert report["fits"] and report["needed_gib"] < report["available_gib"]
     assert sum(report["flops"].values()) >= report["minimum_flops"] > 0

@@ -211,7 +211,7 @@ PARTS = (
     "VAE decode, forward and backward",
     "reward, forward and backward",
     "fake score updates",
-    "generator loss (generator, fake score, teacher, decode, reward)",
+    "generator loss",
 )
 
 
@@ -478,9 +478,7 @@ def distill_step(cfg: Config, model: DiffusionModel, objective: DistillObjective
         flops={
             "text encoding": text_unit.flops,
             "fake score updates": n * (fake.flops + fake.back_flops - fake.recompute),
-            "generator loss (generator, fake score, teacher, decode, reward)": (
-                generator.flops + generator.back_flops - generator.recompute
-            ),
+            "generator loss": (generator.flops + generator.back_flops - generator.recompute),
             "recomputation (checkpointing)": n * fake.recompute + generator.recompute,
         }
     )
@@ -545,6 +543,7 @@ def predict(cfg: Config, shards: int = 1) -> tuple[StepCost, DiffusionModel]:
 
     model = skeleton_model(cfg.model)
     objective = build_objective(cfg, model)
+    model.denoiser.to("meta")  # peft builds a second adapter (DI*'s shared base) off the meta device
     missing = []
 
     def skeleton(specs: list) -> object | None:
