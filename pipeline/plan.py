@@ -44,8 +44,9 @@ GPUS = {
 }
 assert set(GPUS) == set(GPU_NAMES), "trainers.config.GPU_NAMES lists the GPUs this table describes"
 
-# Model-FLOP utilisation assumed for the time: a DRaFT-1 step of SD 1.5 (batch 8, T=50, CFG, ViT-H reward) took
-# 4.83 s on an H100 in bf16 for about 747 TFLOP (../docs/measurements.md, "GPU"): 155 TFLOP/s, 16% of 989.
+# Model-FLOP utilisation assumed for the time (an assumption, docs/cost_model.md): in the team's platform notes a
+# DRaFT-1 step of SD 1.5 (batch 8, T=50, CFG, ViT-H reward) took 4.83 s on an H100 in bf16 for about 747 TFLOP,
+# 155 TFLOP/s, 16% of 989; scripts/gpu_check.sh measures it for this code.
 UTILISATION = 0.16
 CONTEXT_GIB = 1.0  # CUDA context and libraries' workspaces, outside PyTorch's allocator
 FRAGMENTATION = 1.05  # the caching allocator's reserve over the bytes allocated at the peak
