@@ -44,6 +44,7 @@ from trainers.replicas import Replicas
 aten = torch.ops.aten
 
 PEAK_SLACK = 0.005  # the peak bytes are counted to this fraction
+PROMPT = "a photograph of an astronaut riding a horse"  # prompts are padded to a fixed length: any will do
 DRAWS = 32  # plan draws averaged for a plan with random steps (DRTune's offset, ReFL's stop, AlignProp's cuts)
 
 
@@ -345,19 +346,24 @@ class PlanUnits:
         return w
 
 
-def measure_plan_units(cfg: Config, model: DiffusionModel, objective: RewardObjective, reward) -> PlanUnits:
-    """Measure each call of a gradient plan's step once, on ``model`` as ``objective`` made it trainable."""
-    b, guidance = cfg.train.batch_size, cfg.sampler.training_guidance
-    prompts = ["a photograph of an astronaut riding a horse"] * b
+def _encoding(model: DiffusionModel, prompts: list[str], guidance: float):
+    """The prompt encoding (and CFG's empty-prompt branch) counted: ``(unit, cond, uncond)``."""
     state: dict = {}
 
     def text() -> torch.Tensor:
         state["cond"] = model.family.encode_prompts(model, prompts)
-        state["uncond"] = model.unconditional(b, guidance)
+        state["uncond"] = model.unconditional(len(prompts), guidance)
         return state["cond"].hidden_states
 
-    text_unit = measure(text, backward=False)
-    cond, uncond = state["cond"], state["uncond"]
+    unit = measure(text, backward=False)
+    return unit, state["cond"], state["uncond"]
+
+
+def measure_plan_units(cfg: Config, model: DiffusionModel, objective: RewardObjective, reward) -> PlanUnits:
+    """Measure each call of a gradient plan's step once, on ``model`` as ``objective`` made it trainable."""
+    b, guidance = cfg.train.batch_size, cfg.sampler.training_guidance
+    prompts = [PROMPT] * b
+    text_unit, cond, uncond = _encoding(model, prompts, guidance)
     latent = torch.zeros(b, *model.latent_shape, device=model.device)
     denoise = Denoise(model, objective.schedule.timesteps[0].to(model.device), cond, uncond, guidance)
     ckpt = cfg.model.step_checkpointing
@@ -421,21 +427,12 @@ def _evaluation(cfg: Config, model: DiffusionModel, objective: RewardObjective, 
     with ``sampler.num_steps`` calls without gradient (the LoRA folded as in training), decoded and scored by
     every reward, for ``eval.max_prompts x eval.images_per_prompt`` images."""
     e, guidance = cfg.eval.batch_size, cfg.sampler.guidance_scale
-    prompts = ["a photograph of an astronaut riding a horse"] * e
-    state: dict = {}
-
-    def text() -> torch.Tensor:
-        state["cond"] = model.family.encode_prompts(model, prompts)
-        state["uncond"] = model.unconditional(e, guidance)
-        return state["cond"].hidden_states
-
+    prompts = [PROMPT] * e
     latent = torch.zeros(e, *model.latent_shape, device=model.device)
     images = torch.zeros(e, 3, model.resolution, model.resolution, device=model.device)
     with torch.no_grad():
-        encoding = measure(text, backward=False)
-        denoise = Denoise(
-            model, objective.schedule.timesteps[0].to(model.device), state["cond"], state["uncond"], guidance
-        )
+        encoding, cond, uncond = _encoding(model, prompts, guidance)
+        denoise = Denoise(model, objective.schedule.timesteps[0].to(model.device), cond, uncond, guidance)
         with folded(model.denoiser) if fold is not None else nullcontext():
             call = measure(lambda: denoise(latent), backward=False)
         decode = measure(lambda: model.family.decode(model, latent), backward=False)
@@ -449,17 +446,8 @@ def _evaluation(cfg: Config, model: DiffusionModel, objective: RewardObjective, 
 
 def distill_step(cfg: Config, model: DiffusionModel, objective: DistillObjective, reward) -> StepCost:
     """A DI* step, run whole: ``distill.fake_updates`` fake-score updates and the generator loss."""
-    d, b = objective.distill, cfg.train.batch_size
-    prompts = ["a photograph of an astronaut riding a horse"] * b
-    state: dict = {}
-
-    def text() -> torch.Tensor:
-        state["cond"] = model.family.encode_prompts(model, prompts)
-        state["uncond"] = model.unconditional(b, cfg.distill.alpha_cfg)
-        return state["cond"].hidden_states
-
-    text_unit = measure(text, backward=False)
-    cond, uncond = state["cond"], state["uncond"]
+    d, prompts = objective.distill, [PROMPT] * cfg.train.batch_size
+    text_unit, cond, uncond = _encoding(model, prompts, cfg.distill.alpha_cfg)
     gen, replicas = torch.Generator().manual_seed(cfg.train.seed), Replicas()
 
     def fake_unit() -> Unit:

@@ -74,7 +74,11 @@ def load_model(cfg: ModelConfig) -> DiffusionModel:
         raise FileNotFoundError(f"model.path: {problem}")
     device, dtype = resolve_device(cfg.device), DTYPES[cfg.dtype]
     offline = os.path.isdir(cfg.path)
-    model = family_of(cfg.path, cfg.family, offline).load(cfg.path, dtype, device, offline)
+    return configured(family_of(cfg.path, cfg.family, offline).load(cfg.path, dtype, device, offline), cfg)
+
+
+def configured(model: DiffusionModel, cfg: ModelConfig) -> DiffusionModel:
+    """``model`` with the config's checkpointing and resolution."""
     if cfg.unet_checkpointing:
         model.denoiser.enable_gradient_checkpointing()
     if cfg.vae_checkpointing:
@@ -114,13 +118,7 @@ def model_from_configs(cfg: ModelConfig, device: torch.device) -> DiffusionModel
             if module is not None:
                 components[name] = module
     family = family_of(cfg.path, cfg.family, offline=True)
-    model = family.load(cfg.path, dtype, device, True, **components)
-    if cfg.unet_checkpointing:
-        model.denoiser.enable_gradient_checkpointing()
-    if cfg.vae_checkpointing:
-        model.vae.enable_gradient_checkpointing()
-    model.resolution = cfg.resolution or model.resolution
-    return model
+    return configured(family.load(cfg.path, dtype, device, True, **components), cfg)
 
 
 def config_module(
