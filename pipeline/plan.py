@@ -181,7 +181,7 @@ def _run_time(cfg: Config, cost, verdict: Verdict) -> str:
 
 
 def _changes(cfg: Config, workers: int) -> list[list[str]]:
-    """Each knob alone, then the knobs together, one more at a time (the caller stops at the first that fits)."""
+    """Each knob alone, then the knobs together, one more at a time (the caller stops once one fits)."""
     single = knobs(cfg, workers)
     together = [sum(single[:n], []) for n in range(2, len(single) + 1)]
     return single + together
@@ -231,7 +231,13 @@ def plan(cfg: Config, gpu: Gpu, workers: int, utilisation: float, name: str | No
             f"verdict: does not fit: needs {verdict.needed_gib:.1f} GiB, the {gpu.label} has {gpu.memory_gib:g}"
         )
         for change in _changes(cfg, workers):
-            _, alternative, _ = predict_verdict(_with(cfg, change), gpu, workers, utilisation)
+            if len(change) > 1 and any(s["fits"] for s in suggestions):
+                break  # one knob alone is enough
+            try:
+                changed = _with(cfg, change)
+            except ConfigError:  # e.g. a batch that no longer holds whole groups of plan.samples_per_prompt
+                continue
+            _, alternative, _ = predict_verdict(changed, gpu, workers, utilisation)
             suggestions.append({"overrides": change, "needed_gib": alternative.needed_gib, "fits": alternative.fits})
             mark = "fits" if alternative.fits else "still too large"
             lines.append(

@@ -10,11 +10,14 @@ formulas; the bytes of tensors allocated and still alive, and their peak), and a
   weights; each call with gradient (with or without its input's gradient, checkpointed as configured) and
   DRaFT+'s base call; then for each final latent the VAE decode and the reward, forward and backward. Its memory
   is the largest, over the forward and the backward, of what is kept so far plus the running call's own peak;
-- a DI* step (:func:`distill_step`) is short: its fake-score loss and generator loss run whole, with backward.
+- a DI* step (:func:`distill_step`) is short: its fake-score loss and generator loss run whole, with backward;
+- a held-out evaluation (:func:`_evaluation`) is ``eval.batch_size`` prompts at a time encoded, sampled, decoded
+  and scored.
 
-FLOPs are what ``torch.utils.flop_counter.FlopCounterMode`` counts: matrix products, convolutions and attention (its two products forward,
-four backward; CPU's fused attention kernel is counted the same way). Elementwise work, the optimiser and
-communication are not counted. Bytes are tensor storage as an allocator sees it, without fragmentation.
+FLOPs are what ``torch.utils.flop_counter.FlopCounterMode`` counts: matrix products, convolutions and attention
+(its two products forward, four backward; CPU's fused attention kernel is counted the same way). Elementwise work,
+the optimiser and communication are not counted. Bytes are tensor storage as an allocator sees it, without
+fragmentation. ``tests/test_cost.py`` checks both against real steps.
 """
 
 from __future__ import annotations
