@@ -12,11 +12,14 @@ hand yet. ``pipeline.train`` runs the same check before a run whose ``train.gpu`
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
+import logging
 import math
 import os
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from pipeline.config import ConfigError, at_least, load_config, run_cli
@@ -136,12 +139,33 @@ def _check_model_path(cfg: Config) -> None:
     )
 
 
+@contextlib.contextmanager
+def quiet_loading() -> Iterator[None]:
+    """No loading bars, and no warnings that weights were not loaded (they never are here), while building."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    levels = {name: logging.getLogger(name).level for name in ("", "diffusers", "transformers")}
+    for name in levels:
+        logging.getLogger(name).setLevel(logging.ERROR)
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
+        diffusers_logging.enable_progress_bar()
+        transformers_logging.enable_progress_bar()
+
+
 def predict_verdict(cfg: Config, gpu: Gpu, workers: int, utilisation: float):
     """``(StepCost, Verdict, model)`` of ``cfg`` on ``workers`` of ``gpu``."""
     from trainers.cost import predict
 
     shards = workers if cfg.train.fsdp else 1
-    cost, model = predict(cfg, shards)
+    with quiet_loading():
+        cost, model = predict(cfg, shards)
     peak = cost.peak_bytes / GIB
     rate = gpu.tflops[cfg.model.dtype] * 1e12 * utilisation
     return cost, Verdict(peak, peak * FRAGMENTATION + CONTEXT_GIB, gpu.memory_gib, cost.total_flops / rate), model

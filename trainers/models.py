@@ -137,14 +137,17 @@ def config_module(
     if not (isinstance(cls, type) and issubclass(cls, torch.nn.Module)):
         return None
     default = torch.get_default_dtype()
-    torch.set_default_dtype(dtype if dtype.is_floating_point else default)
+    torch.set_default_dtype(dtype)
     try:
         with torch.device(device):
             if library == "diffusers":
-                return cls.from_config(cls.load_config(folder)).to(dtype)
-            return cls._from_config(transformers.AutoConfig.from_pretrained(folder)).to(dtype)
+                module = cls.from_config(cls.load_config(folder))
+            else:
+                module = cls._from_config(transformers.AutoConfig.from_pretrained(folder))
     finally:
         torch.set_default_dtype(default)
+    # a cast only where a class made tensors in another dtype (diffusers warns on every cast)
+    return module.to(dtype) if any(p.dtype != dtype for p in module.parameters()) else module
 
 
 def make_trainable(
