@@ -133,7 +133,7 @@ class Counter(TorchDispatchMode):
 
 @contextmanager
 def meta_execution(counter: Counter) -> Iterator[None]:
-    """Two functions swapped for the duration (not modes: checkpointing's reruns in backward must see them too):
+    """Three functions swapped for the duration (not modes: checkpointing's reruns in backward must see them):
 
     - attention on the meta device runs as a fused kernel does, keeping O(L) bytes for the backward (the output
       and the log-sum-exp) where the meta device's default, the math form, keeps the L x L weights: the memory of
