@@ -309,6 +309,8 @@ def fit_check(cfg: Config, refuse: bool = True) -> str:
     """``pipeline.train``'s check when ``train.gpu`` is set: the plan's verdict line; when the step cannot fit,
     raises ``ConfigError`` (exit 2) naming the knobs, or with ``refuse=False`` says so in the line."""
     gpu = GPUS[cfg.train.gpu]
+    if not os.path.isfile(os.path.join(cfg.model.path, "model_index.json")):  # a hub id: no config files here
+        return "plan: not checked: model.path is not a local pipeline folder (python -m pipeline.plan --architecture)"
     cost, verdict, _ = predict_verdict(cfg, gpu, cfg.ray.num_workers, UTILISATION)
     line = (
         f"plan: {verdict.needed_gib:.1f} of {gpu.memory_gib:g} GiB on the {gpu.label} (train.gpu), "
