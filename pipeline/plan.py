@@ -22,7 +22,7 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from pipeline.config import ConfigError, at_least, load_config, run_cli
+from pipeline.config import ConfigError, at_least, load_config, run_cli, to_dict
 from trainers.config import GPU_NAMES, Config
 
 GIB = 2**30
@@ -104,7 +104,10 @@ def main(argv: list[str] | None = None) -> int:
 
             cfg = _with(cfg, [f"model.path={write_architecture(args.architecture, folder)}"])
         _check_model_path(cfg)
-        report = plan(cfg, GPUS[gpu], workers, args.utilisation, name=args.architecture)
+        try:
+            report = plan(cfg, GPUS[gpu], workers, args.utilisation, name=args.architecture)
+        except FileNotFoundError as err:  # a folder the config names (distill.teacher_path): the message names it
+            raise ConfigError([str(err)], args.config or "the command line") from None
     print(report["text"])
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
@@ -113,14 +116,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _with(cfg: Config, overrides: list[str]) -> Config:
-    from pipeline.config import dump_yaml
-
-    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
-        f.write(dump_yaml(cfg))
-    try:
-        return load_config(Config, f.name, overrides)
-    finally:
-        os.unlink(f.name)
+    """``cfg`` with ``overrides`` on top, checked as a loaded config is."""
+    return load_config(Config, None, overrides, data=to_dict(cfg))
 
 
 def _check_model_path(cfg: Config) -> None:

@@ -40,10 +40,7 @@ def build_reward(
     """
     if not specs:
         raise ValueError(f"build_reward needs at least one RewardSpec; valid names: {', '.join(REWARD_NAMES)}")
-    rewards = [load_reward(spec, device, dtype) for spec in specs]
-    if not term_names(specs):
-        return rewards[0]
-    return WeightedSum([(spec.weight, reward) for spec, reward in zip(specs, rewards)])
+    return _combined(specs, [load_reward(spec, device, dtype) for spec in specs])
 
 
 def reward_skeleton(specs: Sequence[RewardSpec], dtype: torch.dtype = torch.float32) -> Reward:
@@ -54,6 +51,11 @@ def reward_skeleton(specs: Sequence[RewardSpec], dtype: torch.dtype = torch.floa
         describe = BY_NAME[spec.name]
         reward = describe.skeleton(spec) if describe.skeleton else describe.load(spec)
         rewards.append(freeze(reward.to(device="meta", dtype=dtype)))
+    return _combined(specs, rewards)
+
+
+def _combined(specs: Sequence[RewardSpec], rewards: list[nn.Module]) -> Reward:
+    """The single reward of one spec with weight 1, else the weighted sum of ``rewards``."""
     if not term_names(specs):
         return rewards[0]
     return WeightedSum([(spec.weight, reward) for spec, reward in zip(specs, rewards)])

@@ -108,6 +108,10 @@ CASES = [
     (("pipeline.plan", "--config", QUICKSTART, "--utilisation", "2"), "--utilisation: a fraction in (0, 1], got 2"),
     (("pipeline.plan", "--config", QUICKSTART, "--gpu", "h800"), "argument --gpu"),
     (("pipeline.plan", "--config", QUICKSTART, "model.path=/models/FLUX.1-dev"), "--architecture flux-dev"),
+    (
+        ("pipeline.plan", "--config", QUICKSTART, "plan.name=di_star", "distill.teacher_path=/no/such"),
+        "distill.teacher_path",
+    ),
     (("pipeline.bench.cost", "--model", TOY_SD, "--steps", "0"), "argument --steps"),
 ]
 

@@ -482,13 +482,9 @@ def distill_step(cfg: Config, model: DiffusionModel, objective: DistillObjective
     return cost
 
 
-def _bytes(tensors) -> int:
-    seen, total = set(), 0
-    for t in tensors:
-        if id(t) not in seen:
-            seen.add(id(t))
-            total += t.numel() * t.element_size()
-    return total
+def tensor_bytes(tensors) -> int:
+    """The bytes of ``tensors``, each counted once."""
+    return sum(t.numel() * t.element_size() for t in {id(t): t for t in tensors}.values())
 
 
 def static_bytes(modules: list[torch.nn.Module], trained: list[torch.nn.Parameter], shards: int = 1) -> dict[str, int]:
@@ -496,8 +492,8 @@ def static_bytes(modules: list[torch.nn.Module], trained: list[torch.nn.Paramete
     trained parameters their gradients and AdamW's two moments; with ``shards`` > 1 (FSDP) the trained parameters,
     their gradients and moments are split over the workers."""
     tensors = [t for m in modules for t in (*m.parameters(), *m.buffers())]
-    trained_bytes = _bytes(trained)
-    frozen = _bytes(tensors) - trained_bytes
+    trained_bytes = tensor_bytes(trained)
+    frozen = tensor_bytes(tensors) - trained_bytes
     return {
         "weights": frozen + trained_bytes // shards,
         "gradients": trained_bytes // shards,

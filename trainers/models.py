@@ -280,9 +280,7 @@ def load_denoiser(
         raise FileNotFoundError(f"distill.teacher_path: {problem}")
     offline = os.path.isdir(path)
     # on the meta device (pipeline.plan): the teacher's shapes from its config, no weights read
-    denoiser = (
-        denoiser_skeleton(path).to(dtype) if device.type == "meta" else family.load_denoiser(path, dtype, offline)
-    )
+    denoiser = denoiser_skeleton(path, dtype) if device.type == "meta" else family.load_denoiser(path, dtype, offline)
     scheduler = family.scheduler(DDIMScheduler.load_config(path, subfolder="scheduler", local_files_only=offline))
     return denoiser.requires_grad_(False).eval().to(device), scheduler
 
@@ -299,7 +297,7 @@ def denoiser_dir(folder: str) -> str | None:
     return found[0] if found else None
 
 
-def denoiser_skeleton(folder: str) -> torch.nn.Module | None:
+def denoiser_skeleton(folder: str, dtype: torch.dtype = torch.float32) -> torch.nn.Module | None:
     """The denoiser of a pipeline folder (or of trained weights' ``unet/``/``transformer/`` folder) built from
     its config on the meta device: every module and tensor shape, no weight read. None without one."""
     import json
@@ -308,7 +306,7 @@ def denoiser_skeleton(folder: str) -> torch.nn.Module | None:
     if found is None:
         return None
     with open(os.path.join(found, "config.json"), encoding="utf-8") as f:
-        return config_module("diffusers", json.load(f)["_class_name"], found)
+        return config_module("diffusers", json.load(f)["_class_name"], found, dtype=dtype)
 
 
 # what a teacher must share with the generator: (component folder, config key); latents and text conditioning

@@ -147,6 +147,8 @@ def real_step(cfg, iters: int) -> tuple[int, int, float | None]:
 def held_bytes(tr) -> int:
     """The tensor bytes a trainer holds between steps: every weight and buffer of its networks, and the optimisers'
     moments (gradients are freed at the start of a step)."""
+    from trainers.cost import tensor_bytes
+
     distill = getattr(tr.objective, "distill", None)
     networks = [tr.model.denoiser, *tr.model.frozen_modules(), tr.reward]
     optimizers = [tr.optimizer]
@@ -155,7 +157,7 @@ def held_bytes(tr) -> int:
         optimizers.append(distill.fake_optimizer)
     tensors = [t for m in networks for t in (*m.parameters(), *m.buffers())]
     tensors += [v for o in optimizers for s in o.state.values() for v in s.values() if torch.is_tensor(v) and v.dim()]
-    return sum(t.numel() * t.element_size() for t in {id(t): t for t in tensors}.values())
+    return tensor_bytes(tensors)
 
 
 def format_row(row: dict) -> str:
