@@ -361,12 +361,14 @@ def run(
         sink.start(tr.extra)
     if tr.step == 0:
         tr.extra["eval_before"] = _evaluate_and_save(tr, run_dir) if evaluates else {}
-        metrics, per_image = (
-            tr.objective.baselines(lambda model, schedule: evaluate(tr, model, schedule)) if lead else ({}, {})
+        metrics, per_image, images = (
+            tr.objective.baselines(lambda model, schedule: evaluate(tr, model, schedule)) if lead else ({}, {}, {})
         )
         if per_image:
             tr.extra["eval_before"] |= metrics
             torch.save(per_image, os.path.join(run_dir, "samples", "teacher_scores.pt"))
+            for name, grid in images.items():
+                save_grid(grid, os.path.join(run_dir, "samples", f"teacher_{name}.png"), cfg.eval.images_per_prompt)
         for sink in sinks:
             sink.report(0, tr.extra["eval_before"])
     metrics, every = {}, cfg.eval.every

@@ -38,6 +38,8 @@ if TYPE_CHECKING:
 Loss = tuple[torch.Tensor, torch.Tensor, list[str], dict[str, float]]
 """``(loss, scores (J, b), prompts, metrics)``: a loss that is NaN when the step must be skipped."""
 Evaluation = Callable[[DiffusionModel, Schedule], tuple[dict[str, float], dict[str, torch.Tensor], torch.Tensor]]
+# (means by metric name, per-image scores by baseline, images by baseline)
+Baselines = tuple[dict[str, float], dict[str, dict[str, torch.Tensor]], dict[str, torch.Tensor]]
 """Held-out evaluation of another model on a schedule: ``(means, per-image scores, images)``."""
 
 
@@ -51,8 +53,8 @@ class Objective(Protocol):
 
     def loss(self, tr: Trainer) -> Loss: ...
 
-    def baselines(self, evaluate: Evaluation) -> tuple[dict[str, float], dict[str, dict[str, torch.Tensor]]]:
-        """Step 0's reference scores besides the model's own (``{}`` when there are none)."""
+    def baselines(self, evaluate: Evaluation) -> Baselines:
+        """Step 0's reference scores and images besides the model's own (all ``{}`` when there are none)."""
 
     def save_info(self, folder: str) -> None:
         """Write what sampling the trained weights needs beside them (nothing, for most)."""
@@ -75,8 +77,8 @@ class RewardObjective:
     def loss(self, tr: Trainer) -> Loss:
         return reward_loss(tr)
 
-    def baselines(self, evaluate: Evaluation) -> tuple[dict[str, float], dict[str, dict[str, torch.Tensor]]]:
-        return {}, {}
+    def baselines(self, evaluate: Evaluation) -> Baselines:
+        return {}, {}, {}
 
     def save_info(self, folder: str) -> None:
         pass
@@ -102,20 +104,20 @@ class DistillObjective:
     def loss(self, tr: Trainer) -> Loss:
         return distill_loss(tr, self.distill)
 
-    def baselines(self, evaluate: Evaluation) -> tuple[dict[str, float], dict[str, dict[str, torch.Tensor]]]:
+    def baselines(self, evaluate: Evaluation) -> Baselines:
         """The teacher's held-out scores with one step (from ``t_g``) and with ``sampler.num_steps`` DDIM steps,
         both guided as the sampler says: ``(teacher/{one_step,multi_step}/<reward> means, {one_step,
-        multi_step}: per-image scores)``."""
-        metrics, per_image = {}, {}
+        multi_step}: per-image scores, {one_step, multi_step}: images)``."""
+        metrics, per_image, images = {}, {}, {}
         with self.distill.teacher_model() as teacher:
             schedules = {
                 "one_step": self.distill.noise.one_step(teacher.scheduler, self.distill.cfg.generator_timestep),
                 "multi_step": teacher.family.schedule(teacher, self.teacher_steps),
             }
             for name, schedule in schedules.items():
-                means, per_image[name], _ = evaluate(teacher, schedule)
+                means, per_image[name], images[name] = evaluate(teacher, schedule)
                 metrics |= {f"teacher/{name}/{key[len('eval/') :]}": value for key, value in means.items()}
-        return metrics, per_image
+        return metrics, per_image, images
 
     def save_info(self, folder: str) -> None:
         self.distill.save_info(folder)
