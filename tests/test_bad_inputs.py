@@ -87,7 +87,7 @@ CASES = [
     # the registry and the toy world
     (("pipeline.promote", "--model", "tiny", "--require", "eval/trained>>1"), "--require"),
     (("pipeline.toyworld.claims", "--claims", "no_such_claim"), "no_such_claim"),
-    (("pipeline.toyworld.claims", "--seeds", "0"), "argument --seeds: must be an integer >= 1, got '0'"),
+    (("pipeline.toyworld.claims", "--seeds", "0"), "argument --seeds: must be an integer >= 2, got '0'"),
     (("pipeline.toyworld.report", "--n", "0"), "argument --n: must be an integer >= 1"),
     (("pipeline.toyworld.audit", "--steps", "x"), "argument --steps: expected an integer, got 'x'"),
     (("pipeline.bench.plans", "--iters", "0"), "argument --iters"),

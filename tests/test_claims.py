@@ -1,10 +1,11 @@
 """The claims report (pipeline.toyworld.claims, second edition): its verdict rules and the learning-rate
 choice on records built by hand, the variance decomposition on gradients with known parts, adherence read
-from a saved grid, the prompt split, and a --quick report end to end."""
+from a saved grid, the prompt split, the shipped report against its own data, and a --quick report end to end."""
 
 from __future__ import annotations
 
 import json
+import pathlib
 import re
 import shutil
 
@@ -176,6 +177,22 @@ def test_validation_prompts_are_training_combinations_kept_out_of_training(tmp_p
     assert (split.validation, split.heldout) == (9, 9) and not set(fit) & set(validation)
     assert sorted(fit + validation) == sorted(train)
     assert heldout == [p for p in (ASSETS_DIR / PROMPT_FILES["heldout"]).read_text().splitlines() if p.strip()]
+
+
+def test_the_shipped_report_follows_from_its_recorded_runs():
+    """docs/claims: every verdict of the second edition is what its rule gives on the runs in claims.json,
+    and the page says so in its summary table."""
+    shipped = pathlib.Path(__file__).parents[1] / "docs" / "claims"
+    data = json.loads((shipped / "claims.json").read_text(encoding="utf-8"))
+    report = (shipped / "claims.md").read_text(encoding="utf-8")
+    assert not data["quick"] and set(data["verdicts"]) == set(claims.ALL)
+    for key, claim in claims.CLAIMS.items():
+        runs = data["runs"][key]
+        assert (
+            claim.judge(Evidence(runs["records"], runs["flops"], data["runs"]["measured"]))[0] == data["verdicts"][key]
+        )
+    assert claims.judge_lv(data["runs"]["lv_variance"])[0] == data["verdicts"]["lv_variance"]
+    assert all(f"| {key} | {verdict} |" in report for key, verdict in data["verdicts"].items())
 
 
 @pytest.mark.slow

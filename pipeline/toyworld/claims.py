@@ -344,7 +344,8 @@ LV = {
     "settings": "The clip world (T=10) at the base weights. 16 (prompt, initial noise) pairs, each a batch of 1, "
     "times 8 re-noisings; DRaFT-LV with n=2 copies at three re-noise levels: the last step's timestep (t=1, "
     "the paper's), t=19 and t=99. DRaFT-1's gradient is fixed by the pair (DDIM, η=0), so all of its variance "
-    "is between samples. Cost per draw: FLOPs per step from `trainers.cost`.",
+    "is between samples. A draw's gradient is per image (LV's copies averaged), so the scale of LV's summed "
+    "loss does not enter. Cost per draw: FLOPs per step from `trainers.cost`.",
     "rule": "Variance = the trace of a draw's gradient covariance, split into between samples and within a "
     "sample's x0. Equal compute: var × FLOPs per step. Holds if the 95% bootstrap interval (over pairs) of "
     "var(LV)·cost(LV) / var(DRaFT-1)·cost(DRaFT-1) at the last step's timestep is below 1; does not hold if "
@@ -507,7 +508,8 @@ def training_section(claim: Claim, arms: Arms, measured: dict) -> tuple[str, lis
             None,
         )
     ]
-    arms_figure(os.path.join(arms.out, f"{claim.key}.png"), claim.title, ev.records, "trained", panels if norms else [])
+    reference = "teacher multi_step" if claim.world == "distill" else "base"
+    arms_figure(os.path.join(arms.out, f"{claim.key}.png"), claim.title, ev.records, panels if norms else [], reference)
     chosen = {label: arms.chosen[(claim.world, label)] for label in claim.arms}
     table = arm_table(ev.records, chosen, ev.flops)
     if claim.world == "distill":

@@ -173,19 +173,20 @@ def figure(
     plt.close(fig)
 
 
-def arms_figure(path: str, title: str, records: dict, metric: str = "trained", extra: list | None = None) -> None:
-    """Held-out tuned reward and adherence per arm, with the base model's as a line (and ``extra`` panels)."""
+def arms_figure(path: str, title: str, records: dict, extra: list | None = None, reference: str = "base") -> None:
+    """Held-out tuned reward and adherence per arm, with ``reference``'s (a moment of the records: the base
+    model, or DI*'s ``teacher multi_step``) as a line, and ``extra`` panels."""
     labels = list(records)
     panels = [
         (
             f"held-out {name} (tuned)",
             labels,
-            [interval(values(records, a, m)) for a in labels],
-            float(values(records, labels[0], m, "base").mean()),
+            [interval(values(records, a, metric)) for a in labels],
+            float(values(records, labels[0], metric, reference).mean()),
         )
-        for name, m in ((metric if metric != "trained" else "trained reward", metric), ("adherence", "adherence"))
+        for name, metric in (("trained reward", "trained"), ("adherence", "adherence"))
     ]
-    figure(path, title, panels + (extra or []))
+    figure(path, title, panels + (extra or []), reference.replace("_", " "))
 
 
 # ------------------------------------------------------------------------------------------------ pages
