@@ -38,9 +38,9 @@ if TYPE_CHECKING:
 Loss = tuple[torch.Tensor, torch.Tensor, list[str], dict[str, float]]
 """``(loss, scores (J, b), prompts, metrics)``: a loss that is NaN when the step must be skipped."""
 Evaluation = Callable[[DiffusionModel, Schedule], tuple[dict[str, float], dict[str, torch.Tensor], torch.Tensor]]
-# (means by metric name, per-image scores by baseline, images by baseline)
-Baselines = tuple[dict[str, float], dict[str, dict[str, torch.Tensor]], dict[str, torch.Tensor]]
 """Held-out evaluation of another model on a schedule: ``(means, per-image scores, images)``."""
+Baselines = tuple[dict[str, float], dict[str, dict[str, torch.Tensor]], dict[str, torch.Tensor]]
+"""Step 0's references: ``(means by metric name, per-image scores by baseline, images by baseline)``."""
 
 
 class Objective(Protocol):
