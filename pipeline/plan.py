@@ -143,17 +143,19 @@ def quiet_loading() -> Iterator[None]:
     from transformers.utils import logging as transformers_logging
 
     levels = {name: logging.getLogger(name).level for name in ("", "diffusers", "transformers")}
+    bars = {lib: lib.is_progress_bar_enabled() for lib in (diffusers_logging, transformers_logging)}
     for name in levels:
         logging.getLogger(name).setLevel(logging.ERROR)
-    diffusers_logging.disable_progress_bar()
-    transformers_logging.disable_progress_bar()
+    for lib in bars:
+        lib.disable_progress_bar()
     try:
         yield
     finally:
         for name, level in levels.items():
             logging.getLogger(name).setLevel(level)
-        diffusers_logging.enable_progress_bar()
-        transformers_logging.enable_progress_bar()
+        for lib, enabled in bars.items():
+            if enabled:
+                lib.enable_progress_bar()
 
 
 def predict_verdict(cfg: Config, gpu: Gpu, workers: int, utilisation: float):

@@ -49,7 +49,7 @@ from pipeline.toyworld.claims_report import (
     gain,
     grid_table,
     interval,
-    quiet_loading,
+    no_loading_bars,
     section,
     show,
     teacher_rows,
@@ -594,7 +594,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="runs/claims", help="folder for the runs, claims.md and the figures")
     parser.add_argument("--workers", type=at_least(1), default=2, help="runs trained at once (1 thread each of 2)")
     args = parser.parse_args(argv)
-    quiet_loading()
+    no_loading_bars()
     run_claims(args.claims, args.seeds or (2 if args.quick else 3), args.out, args.quick, args.workers)
     print(f"report: {os.path.join(args.out, 'claims.md')}")
     return 0

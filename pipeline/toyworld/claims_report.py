@@ -54,6 +54,11 @@ def values(records: dict, label: str, metric: str = "trained", when: str = "tune
     return torch.tensor([r[split][when][metric] for r in records[label]], dtype=torch.float64)
 
 
+def mean_of(record: dict, split: str, when: str, metric: str) -> float:
+    """One run's mean over the prompts of ``split``."""
+    return statistics.mean(record[split][when][metric])
+
+
 def paired(records: dict, a: str, b: str, metric: str = "trained", when: str = "tuned") -> tuple:
     """Held-out ``(seeds, prompts)`` values of arms ``a`` and ``b`` on the seeds both ran."""
     common = sorted({r["seed"] for r in records[a]} & {r["seed"] for r in records[b]})
@@ -124,10 +129,9 @@ def grid_table(grids: dict[str, dict[float, dict]], chosen: dict[str, float]) ->
     ]
     for label, grid in grids.items():
         for lr, r in grid.items():
-            reward = f"{statistics.mean(r['validation']['base']['trained']):.3f} → "
-            reward += f"{statistics.mean(r['validation']['tuned']['trained']):.3f}"
-            adh = f"{statistics.mean(r['validation']['base']['adherence']):.2f} → "
-            adh += f"{statistics.mean(r['validation']['tuned']['adherence']):.2f}"
+            base, tuned = (mean_of(r, "validation", when, "trained") for when in ("base", "tuned"))
+            adh_base, adh_tuned = (mean_of(r, "validation", when, "adherence") for when in ("base", "tuned"))
+            reward, adh = f"{base:.3f} → {tuned:.3f}", f"{adh_base:.2f} → {adh_tuned:.2f}"
             lines.append(f"| {label} | {lr:g} | {reward} | {adh} | {'✓' if chosen[label] == lr else ''} |")
     return lines
 
@@ -225,7 +229,7 @@ def write_report(out: str, head: list[str], summary: list[tuple[str, str]], sect
         json.dump({"verdicts": dict(summary), **raw}, f)
 
 
-def quiet_loading() -> None:
+def no_loading_bars() -> None:
     """No loading bars from diffusers and transformers between the report's lines."""
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging

@@ -105,11 +105,11 @@ def train(job: Job, threads: int) -> dict:
     after (and the teacher's, for DI*) on the validation and held-out prompts, the wall seconds, and the
     median s/step."""
     from pipeline.bench.distill import timed_steps
-    from pipeline.toyworld.claims_report import quiet_loading
+    from pipeline.toyworld.claims_report import no_loading_bars
     from trainers.loop import run
 
     torch.set_num_threads(threads)
-    quiet_loading()
+    no_loading_bars()
     cfg = job_config(job)
     check_run_folder(cfg)
     began = time.perf_counter()
@@ -197,14 +197,12 @@ def adherence(grid: str, prompts: list[str], per: int) -> list[float]:
     return prompt_checks(tiles, combos)["follows"].float().view(len(prompts), per).mean(dim=1).tolist()
 
 
-def mean_of(record: dict, split: str, when: str, metric: str) -> float:
-    return statistics.mean(record[split][when][metric])
-
-
 def choose_lr(grid: dict[float, dict]) -> float:
     """The rule, fixed before the runs: among the learning rates whose validation adherence keeps at least
     ``KEEP_ADHERENCE`` of the base model's, the one with the highest validation reward (the trained one);
     if none keeps it, the one with the highest validation adherence."""
+    from pipeline.toyworld.claims_report import mean_of
+
     keeps = [
         lr
         for lr, r in grid.items()
@@ -223,13 +221,10 @@ def flops_per_step(job: Job) -> float:
     """The expected FLOPs of one optimiser step of ``job``'s config (``trainers.cost``, on the meta
     device: equal to a real step's count, averaged over the plan's random draws)."""
     from pipeline.plan import quiet_loading
-    from pipeline.toyworld.claims_report import quiet_loading as no_loading_bars
     from trainers.cost import predict
 
     with quiet_loading():  # no warnings that the skeleton's weights are not loaded
-        flops = predict(job_config(job))[0].total_flops
-    no_loading_bars()  # which the context turned back on
-    return flops
+        return predict(job_config(job))[0].total_flops
 
 
 def trainer_for(config: str, overrides: list[str]):
